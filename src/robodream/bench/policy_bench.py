@@ -1,0 +1,123 @@
+"""``robodream bench policy``: inference latency per action chunk and training throughput.
+
+Latency is measured at batch 1 on the default model size, medians (and p90) over repeats
+in one process, for
+  (a) action-only inference with the prefix key/value cache (GigaWorld-Policy's mode),
+  (a') action-only without the cache (reference path; shows what the cache buys),
+  (b) with-video inference (actions and future latents denoised together),
+  (c) the ``mask = "full"`` joint model (Motus-style: everything denoised every step).
+Training throughput (samples/s) and peak resident memory are measured in a fresh
+subprocess so the number is the training step's own footprint.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from robodream.policy.configuration import PolicyConfig
+from robodream.policy.modeling import GigaWorldPolicy
+from robodream.utils.run import code_version, environment_info, now
+
+
+def _time_ms(fn, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def _inputs(cfg: PolicyConfig, batch: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    state = torch.randn(batch, cfg.state_dim, generator=g)
+    ref = torch.randn(batch, len(cfg.cameras), cfg.latent_channels, cfg.latent_size, cfg.latent_size, generator=g)
+    return state, ref, torch.zeros(batch, dtype=torch.long)
+
+
+def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int = 1) -> dict[str, Any]:
+    """Per-chunk latency (ms) of the inference modes at batch 1; see the module docstring."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        policy = GigaWorldPolicy(cfg).eval()
+        joint = GigaWorldPolicy(replace(cfg, mask="full")).eval()
+        state, ref, task = _inputs(cfg)
+        runs = {}
+        with torch.inference_mode():
+            runs["action_only"] = _time_ms(lambda: policy.sample(state, ref, task), repeats, warmup)
+            runs["action_only_nocache"] = _time_ms(
+                lambda: policy.sample(state, ref, task, use_cache=False), repeats, warmup)
+            runs["with_video"] = _time_ms(lambda: policy.sample(state, ref, task, mode="with_video"), repeats, warmup)
+            runs["joint"] = _time_ms(lambda: joint.sample(state, ref, task, mode="joint"), repeats, warmup)
+    finally:
+        torch.set_num_threads(prev)
+    out: dict[str, Any] = {}
+    for k, v in runs.items():
+        out[f"{k}_p50_ms"] = statistics.median(v)
+        out[f"{k}_p90_ms"] = sorted(v)[int(0.9 * (len(v) - 1))]
+    out["speedup_vs_joint"] = out["joint_p50_ms"] / out["action_only_p50_ms"]
+    out["speedup_vs_with_video"] = out["with_video_p50_ms"] / out["action_only_p50_ms"]
+    out["cache_speedup"] = out["action_only_nocache_p50_ms"] / out["action_only_p50_ms"]
+    out["n_parameters"] = sum(p.numel() for p in policy.parameters())
+    out["tokens"] = {"prefix": cfg.n_prefix_tokens, "action": cfg.horizon, "future": cfg.n_future_tokens}
+    out["repeats"], out["threads"] = repeats, threads
+    return out
+
+
+def _train_worker(cfg: PolicyConfig, batch: int, steps: int, warmup: int, threads: int, precision: str, q) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = GigaWorldPolicy(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    state, ref, task = _inputs(cfg, batch)
+    actions = torch.randn(batch, cfg.horizon, cfg.action_dim, generator=g)
+    fut = torch.randn(batch, cfg.n_future, len(cfg.cameras), cfg.latent_channels, cfg.latent_size, cfg.latent_size,
+                      generator=g) if cfg.n_future else None
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss, _ = model(state, ref, actions, task, fut, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    q.put({"train_step_s_p50": statistics.median(times),
+           "train_samples_per_s": batch / statistics.median(times),
+           "train_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+           "train_batch_size": batch, "train_precision": precision, "train_threads": threads})
+
+
+def train_throughput(cfg: PolicyConfig, batch: int = 64, steps: int = 10, warmup: int = 3, threads: int = 2,
+                     precision: str = "bf16") -> dict[str, Any]:
+    """Training samples/s (median step) and peak RSS (MiB) of a fresh process."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_train_worker, args=(cfg, batch, steps, warmup, threads, precision, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def bench_policy(cfg: PolicyConfig | None = None, repeats: int = 50, train_steps: int = 10) -> dict[str, Any]:
+    """Run the whole benchmark; returns the JSON-able result."""
+    cfg = cfg or PolicyConfig()
+    res: dict[str, Any] = {"benchmark": "policy", "created": now(), "code": code_version(),
+                           "environment": environment_info(), "config": cfg.__dict__ | {"cameras": list(cfg.cameras)}}
+    res.update(latency(cfg, repeats=repeats))
+    res.update(train_throughput(cfg, steps=train_steps))
+    return res

@@ -1,0 +1,142 @@
+"""Record scripted-expert episodes of a Meta-World task into a LeRobotDataset v3.0.
+
+``robodream collect --task TASK --episodes N --out DIR`` calls :func:`collect`. Episode
+``i`` of attempt order uses env seed ``seed + i``; by default only successful episodes are
+kept (recording stops at the step the task reports success) and the number discarded is
+reported. Provenance (env settings, the seed of every kept and discarded episode) goes to
+``DIR/meta/robodream.json`` so that evaluation can pick seeds never used for training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from robodream.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
+from robodream.envs.meta_world import (
+    ACTION_NAMES,
+    DEFAULT_CAMERAS,
+    FPS,
+    STATE_NAMES,
+    EnvConfig,
+    MetaWorldEnv,
+    check_task,
+    task_instruction,
+)
+from robodream.errors import ConfigError, DatasetError
+from robodream.utils.io import read_json
+from robodream.utils.progress import progress_bar
+from robodream.utils.run import code_version, now, to_jsonable
+
+PROVENANCE_FILE = "robodream.json"
+
+
+@dataclass
+class CollectConfig:
+    """What ``robodream collect`` records."""
+
+    task: str = "reach-v3"
+    episodes: int = 50  # episodes to keep
+    seed: int = 0  # first env seed; attempts use seed, seed + 1, ...
+    image_size: int = 64
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    max_steps: int = 500  # per episode (Meta-World's limit)
+    keep_failures: bool = False  # keep unsuccessful episodes too
+    max_attempts_factor: float = 2.0  # give up after episodes * factor attempts
+    video_codec: str = "h264"  # see robodream.data.lerobot.VIDEO_CODECS
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class CollectResult:
+    path: Path
+    kept: int
+    discarded: int
+    seeds: list[int]
+    discarded_seeds: list[int]
+    mean_length: float
+
+
+def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = False) -> CollectResult:
+    """Run the expert and write the dataset atomically to ``out``.
+
+    Raises:
+        UnknownTaskError: unknown task.
+        DatasetError: ``out`` exists (and not ``overwrite``), or too few successful episodes.
+    """
+    check_task(cfg.task)
+    if cfg.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {cfg.episodes}")
+    env_cfg = EnvConfig(task=cfg.task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps)
+    writer = LeRobotDatasetWriter(
+        out, fps=FPS, robot_type="sawyer", state_names=list(STATE_NAMES), action_names=list(ACTION_NAMES),
+        cameras=list(cfg.cameras), image_size=(cfg.image_size, cfg.image_size), video_codec=cfg.video_codec,
+        extra_features={"next.reward": {"dtype": "float32", "shape": [1], "names": None},
+                        "next.success": {"dtype": "bool", "shape": [1], "names": None}},
+        overwrite=overwrite)
+    seeds: list[int] = []
+    discarded: list[int] = []
+    lengths: list[int] = []
+    max_attempts = max(cfg.episodes, int(np.ceil(cfg.episodes * cfg.max_attempts_factor)))
+    with writer, MetaWorldEnv(env_cfg) as env, progress_bar() as progress:
+        bar = progress.add_task(f"collect {cfg.task}", total=cfg.episodes)
+        seed = cfg.seed
+        while len(seeds) < cfg.episodes:
+            if seed - cfg.seed >= max_attempts:
+                raise DatasetError(
+                    f"only {len(seeds)} of {cfg.episodes} expert episodes succeeded in {max_attempts} attempts")
+            ep = run_expert_episode(env, seed)
+            if ep["success"] or cfg.keep_failures:
+                writer.add_episode(task=task_instruction(cfg.task), state=ep["state"], action=ep["action"],
+                                   images={c: ep["images"][:, i] for i, c in enumerate(cfg.cameras)},
+                                   extra={"next.reward": ep["reward"], "next.success": ep["success_flags"]})
+                seeds.append(seed)
+                lengths.append(len(ep["action"]))
+                progress.update(bar, advance=1)
+            else:
+                discarded.append(seed)
+            seed += 1
+        writer.write_meta_json(PROVENANCE_FILE, {
+            "created": now(), "code": code_version(), "source": "metaworld-scripted-expert",
+            "env": to_jsonable(env_cfg), "task": cfg.task, "seeds": seeds, "discarded_seeds": discarded,
+            "keep_failures": cfg.keep_failures,
+        })
+    return CollectResult(Path(out), len(seeds), len(discarded), seeds, discarded, float(np.mean(lengths)))
+
+
+def run_expert_episode(env: MetaWorldEnv, seed: int) -> dict[str, np.ndarray | bool]:
+    """Roll out the scripted expert from ``reset(seed)`` until success or the step limit.
+
+    Returns arrays over the T recorded steps: images (T, n_cam, H, W, 3) uint8, state (T, 4),
+    action (T, 4) (clipped to [-1, 1], as applied), reward (T,), success_flags (T,) bool,
+    and ``success``.
+    """
+    obs = env.reset(seed)
+    images, states, actions, rewards, flags = [], [], [], [], []
+    while True:
+        a = np.clip(env.expert_action(), -1.0, 1.0).astype(np.float32)
+        images.append(obs.images)
+        states.append(obs.state)
+        actions.append(a)
+        obs = env.step(a)
+        rewards.append(obs.reward)
+        flags.append(obs.success)
+        if obs.success or obs.truncated:
+            break
+    return {"images": np.stack(images), "state": np.stack(states), "action": np.stack(actions),
+            "reward": np.asarray(rewards, np.float32), "success_flags": np.asarray(flags, bool),
+            "success": bool(obs.success)}
+
+
+def dataset_provenance(ds: LeRobotDataset) -> dict | None:
+    """robodream's ``meta/robodream.json`` of a dataset, or None for a dataset from elsewhere."""
+    path = Path(ds.root) / "meta" / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except ValueError as e:
+        raise DatasetError(f"corrupt {path}: {e}") from e

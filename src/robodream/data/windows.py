@@ -1,0 +1,85 @@
+"""Training windows over episodes: reference frame, state, action chunk, future frames.
+
+All frames of all episodes are held in memory as flat arrays (frames are pre-encoded to
+tokenizer latents, so a 25k-frame dataset takes ~100 MB). A window anchored at frame ``i``
+of an episode spanning ``[start, end)`` holds::
+
+    reference latents  lat[i]                      (N, C, h, w)
+    state              state[i]                    (Ds,)
+    action chunk       action[i : i + H]           (H, Da), padded past the episode end
+    action_is_pad      i + k >= end                (H,)
+    future latents     lat[min(i + o, end - 1)]    (F, N, C, h, w) for o in future_offsets
+
+Padding repeats the last action and the last frame (the scene after the episode end is
+the scene at its end); padded actions are excluded from the action loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class EpisodeTable:
+    """Flat per-frame arrays of many episodes.
+
+    latents: (N, n_cam, C, h, w) float32 tokenizer latents.
+    state: (N, Ds) float32; action: (N, Da) float32; task_index: (N,) int64.
+    episode_start / episode_end: (N,) int64, the [start, end) frame range of each frame's episode.
+    """
+
+    latents: torch.Tensor
+    state: torch.Tensor
+    action: torch.Tensor
+    task_index: torch.Tensor
+    episode_start: torch.Tensor
+    episode_end: torch.Tensor
+
+    @classmethod
+    def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
+        """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``."""
+        lat, st, ac, ti, s0, s1 = [], [], [], [], [], []
+        pos = 0
+        for ep in episodes:
+            T = len(ep["action"])
+            lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
+            st.append(torch.as_tensor(ep["state"], dtype=torch.float32))
+            ac.append(torch.as_tensor(ep["action"], dtype=torch.float32))
+            ti.append(torch.full((T,), int(ep["task_index"]), dtype=torch.long))
+            s0.append(torch.full((T,), pos, dtype=torch.long))
+            s1.append(torch.full((T,), pos + T, dtype=torch.long))
+            pos += T
+        return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1))
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    @property
+    def n_episodes(self) -> int:
+        return int(torch.unique(self.episode_start).numel())
+
+    def windows(self, idx: torch.Tensor, horizon: int, future_offsets: list[int]) -> dict[str, torch.Tensor]:
+        """Gather the windows anchored at frame indices ``idx`` (B,). See module docstring."""
+        end = self.episode_end[idx]  # (B,)
+        steps = idx.unsqueeze(1) + torch.arange(horizon)  # (B, H)
+        is_pad = steps >= end.unsqueeze(1)
+        steps = torch.minimum(steps, end.unsqueeze(1) - 1)
+        out = {
+            "state": self.state[idx],
+            "ref_latents": self.latents[idx],
+            "actions": self.action[steps],
+            "action_is_pad": is_pad,
+            "task_index": self.task_index[idx],
+        }
+        if future_offsets:
+            fut = torch.minimum(idx.unsqueeze(1) + torch.tensor(future_offsets), end.unsqueeze(1) - 1)  # (B, F)
+            out["future_latents"] = self.latents[fut]
+        return out
+
+    def mean_std(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std of ``state`` or ``action`` over all frames."""
+        x = getattr(self, key).double()
+        return x.mean(0).numpy(), x.std(0, unbiased=False).numpy()

@@ -1,0 +1,287 @@
+"""Meta-World v3 tasks with headless RGB rendering and the tasks' scripted experts.
+
+The environment is built through gymnasium (``Meta-World/MT1``), rendered off-screen with
+MuJoCo (``MUJOCO_GL=egl`` by default, Mesa on a CPU) from several cameras at once, and
+observed the way a real robot would be: camera images plus proprioception (hand position
+in metres, gripper opening in [0, 1]); the privileged object and goal positions are kept
+only for the scripted expert.
+
+Object/goal variations: Meta-World's MT1 draws its 50 preset variations once from a
+benchmark seed. We instead draw a fresh variation per episode from the episode seed
+(``reset(seed=s)``), from the same uniform distribution over the task's reset space, so
+that evaluation seeds disjoint from the collection seeds also mean unseen object and goal
+positions.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from robodream.errors import ConfigError, RobodreamError, UnknownTaskError  # noqa: E402
+
+#: The cameras Meta-World's Sawyer scene defines.
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+#: Default cameras, chosen by ``robodream bench cameras`` (see benchmarks/RESULTS.md): a static
+#: view that keeps object and goal in frame throughout the expert episodes, plus the
+#: hand-following view that sees them largest.
+DEFAULT_CAMERAS = ("corner", "behindGripper")
+#: Proprioceptive state: end-effector position (metres, world frame) and gripper opening
+#: (finger distance / 0.1 m, clipped to [0, 1]).
+STATE_NAMES = ("hand_x", "hand_y", "hand_z", "gripper_opening")
+#: Meta-World action: end-effector displacement command in [-1, 1] (x 1 cm per step after
+#: the env's action scale) and gripper effort in [-1, 1] (positive closes).
+ACTION_NAMES = ("delta_x", "delta_y", "delta_z", "gripper")
+#: Control frequency: 5 physics steps of 2.5 ms per env step.
+FPS = 80
+
+
+def task_names() -> list[str]:
+    """All 50 Meta-World v3 task names, e.g. ``"reach-v3"``."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return list(ALL_V3_ENVIRONMENTS.keys())
+
+
+def check_task(task: str) -> str:
+    """Return ``task`` if Meta-World knows it.
+
+    Raises:
+        UnknownTaskError: with the list of valid names.
+    """
+    names = task_names()
+    if task not in names:
+        raise UnknownTaskError(f"unknown Meta-World task {task!r}; valid tasks: {', '.join(names)}")
+    return task
+
+
+def task_instruction(task: str) -> str:
+    """A plain-language instruction for a task name, e.g. ``"button press topdown"``."""
+    return task.removesuffix("-v3").replace("-", " ")
+
+
+@dataclass
+class EnvConfig:
+    """Configuration of a rendered Meta-World environment."""
+
+    task: str = "reach-v3"
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS  # camera names, rendered in this order
+    image_size: int = 64  # square images, pixels
+    max_steps: int = 500  # episode length limit (Meta-World's own limit is 500)
+    fast_render: bool = True  # no shadows, reflections or multisampling (~8x faster on CPU)
+
+    def __post_init__(self) -> None:
+        self.cameras = tuple(self.cameras)
+        bad = [c for c in self.cameras if c not in CAMERAS]
+        if bad:
+            raise ConfigError(f"unknown camera(s) {bad}; valid cameras: {', '.join(CAMERAS)}")
+        if not self.cameras:
+            raise ConfigError("at least one camera is required")
+        if self.image_size < 8:
+            raise ConfigError(f"image_size must be >= 8, got {self.image_size}")
+
+
+@dataclass
+class StepResult:
+    """What one ``reset``/``step`` returns.
+
+    images: (n_cameras, H, W, 3) uint8, RGB, upright.
+    state: (4,) float32, see :data:`STATE_NAMES`.
+    """
+
+    images: np.ndarray
+    state: np.ndarray
+    reward: float = 0.0
+    success: bool = False
+    truncated: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class MetaWorldEnv:
+    """A Meta-World v3 task with multi-camera headless rendering.
+
+    Keep one instance per process at a time: MuJoCo's EGL renderers of a garbage-collected
+    env can break the renderer of the next one, so :meth:`close` releases everything and
+    rendering guards against all-black frames.
+
+    Example::
+
+        env = MetaWorldEnv(EnvConfig(task="push-v3"))
+        obs = env.reset(seed=0)
+        obs = env.step(env.expert_action())
+        env.close()
+
+    Raises:
+        UnknownTaskError: unknown task name.
+        ConfigError: unknown camera, image too small.
+    """
+
+    def __init__(self, cfg: EnvConfig) -> None:
+        import gymnasium as gym
+        import metaworld  # noqa: F401  (registers the Meta-World/* environments)
+        import mujoco
+
+        check_task(cfg.task)
+        self.cfg = cfg
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._gym = gym.make("Meta-World/MT1", env_name=cfg.task, seed=0, disable_env_checker=True)
+        self._mw = self._gym.unwrapped
+        # Take variation sampling into our own hands: a fresh variation per episode seed.
+        task_wrapper = self._gym
+        while not hasattr(task_wrapper, "toggle_sample_tasks_on_reset"):
+            task_wrapper = task_wrapper.env
+        task_wrapper.toggle_sample_tasks_on_reset(False)
+        self._mw.set_task(task_wrapper.tasks[0])  # sets task-specific fields once
+        self._mw._freeze_rand_vec = False
+        self._mw.seeded_rand_vec = True
+        self._mw.max_path_length = cfg.max_steps
+
+        model = self._mw.model
+        if cfg.fast_render:
+            model.vis.quality.shadowsize = 0
+            model.vis.quality.offsamples = 0
+        size = cfg.image_size
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+        self._renderer = mujoco.Renderer(model, size, size)
+        if cfg.fast_render:
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self._cam_ids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in cfg.cameras]
+        self._expert = None
+        self._raw_obs: np.ndarray | None = None
+        self._steps = 0
+        self._closed = False
+
+    # ----------------------------------------------------------------------------- API
+    @property
+    def task(self) -> str:
+        return self.cfg.task
+
+    def reset(self, seed: int) -> StepResult:
+        """Start an episode whose object/goal variation is drawn from ``seed``."""
+        self._mw.seed(int(seed))
+        raw, _ = self._gym.reset(seed=int(seed))
+        # Meta-World moves goal sites in model.site_pos at reset but refreshes their world
+        # positions only in step(); without this the first frame shows last episode's goal.
+        for site in self._mw._target_site_config:
+            self._mw._set_pos_site(*site)
+        self._raw_obs = np.asarray(raw, dtype=np.float64)
+        self._steps = 0
+        return StepResult(images=self.render(), state=self.state())
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Apply one action (4,) in [-1, 1]; values outside are clipped."""
+        if self._raw_obs is None:
+            raise RobodreamError("call reset() before step()")
+        a = np.clip(np.asarray(action, dtype=np.float32).reshape(4), -1.0, 1.0)
+        raw, reward, _terminated, truncated, info = self._gym.step(a)
+        self._raw_obs = np.asarray(raw, dtype=np.float64)
+        self._steps += 1
+        truncated = bool(truncated) or self._steps >= self.cfg.max_steps
+        return StepResult(
+            images=self.render(),
+            state=self.state(),
+            reward=float(reward),
+            success=bool(info.get("success", False)),
+            truncated=truncated,
+            info=info,
+        )
+
+    def state(self) -> np.ndarray:
+        """Proprioceptive state (4,) float32: hand xyz (m) and gripper opening in [0, 1]."""
+        assert self._raw_obs is not None
+        return self._raw_obs[:4].astype(np.float32)
+
+    def expert_action(self) -> np.ndarray:
+        """The task's scripted expert action (4,) float32 for the current (privileged) state."""
+        if self._expert is None:
+            from metaworld.policies import ENV_POLICY_MAP
+
+            self._expert = ENV_POLICY_MAP[self.cfg.task]()
+        assert self._raw_obs is not None
+        with warnings.catch_warnings():  # the experts warn when their P-gain saturates; the env clips
+            warnings.simplefilter("ignore")
+            return np.asarray(self._expert.get_action(self._raw_obs), dtype=np.float32)
+
+    def render(self) -> np.ndarray:
+        """Render all cameras: (n_cameras, H, W, 3) uint8, RGB, upright.
+
+        Raises:
+            RobodreamError: if the renderer returns an all-black frame (a broken GL context).
+        """
+        import mujoco
+
+        frames = []
+        for cam_id in self._cam_ids:
+            self._renderer.update_scene(self._mw.data, camera=cam_id)
+            img = self._renderer.render()
+            if self._upside_down(cam_id):
+                img = img[::-1, ::-1]
+            frames.append(img)
+        out = np.ascontiguousarray(np.stack(frames))
+        if not out.any():
+            raise RobodreamError(
+                "MuJoCo renderer returned an all-black frame (broken GL context); "
+                "close each env before creating the next one"
+            )
+        del mujoco
+        return out
+
+    def camera_matrices(self, cam: str, *, width: int | None = None, height: int | None = None):
+        """Intrinsics and extrinsics of a camera as rendered by :meth:`render` (upright).
+
+        Returns ``(K (3, 3), world_to_cam (4, 4))`` in the OpenCV convention (x right,
+        y down, z forward; metres).
+        """
+        from robodream.envs.cameras import camera_matrices
+
+        w = width or self.cfg.image_size
+        h = height or self.cfg.image_size
+        return camera_matrices(self._mw.model, self._mw.data, cam, w, h)
+
+    def _upside_down(self, cam_id: int) -> bool:
+        # A camera whose image "up" axis points downwards in the world renders upside down
+        # (Meta-World's corner cameras); rotating the image 180 degrees makes it upright.
+        up = self._mw.data.cam_xmat[cam_id].reshape(3, 3)[:, 1]
+        return bool(up[2] < -1e-6)
+
+    @property
+    def privileged_positions(self) -> dict[str, np.ndarray]:
+        """Object and goal positions (metres) — for analysis only, never a policy input."""
+        mw = self._mw
+        return {"object": np.asarray(mw._get_pos_objects()[:3]), "goal": np.asarray(mw._target_pos)}
+
+    @property
+    def mujoco_model(self):
+        return self._mw.model
+
+    @property
+    def mujoco_data(self):
+        return self._mw.data
+
+    def close(self) -> None:
+        """Release the renderer and the simulator (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._renderer.close()
+        finally:
+            self._gym.close()
+            del self._renderer, self._gym, self._mw
+            gc.collect()
+
+    def __enter__(self) -> MetaWorldEnv:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,151 @@
+"""Closed-loop evaluation of a trained policy on Meta-World.
+
+``robodream eval policy --policy RUN --task TASK --episodes N --out DIR`` calls
+:func:`evaluate_policy`: N rollouts on env seeds disjoint from every seed the policy's
+training data was collected with, success from ``info["success"]``, per-chunk inference
+latency, and ``DIR/results.json``, a few rollout MP4s and ``DIR/evaluation.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robodream.envs.meta_world import EnvConfig, MetaWorldEnv, check_task, task_instruction
+from robodream.errors import ConfigError
+from robodream.eval.metrics import percentile, wilson_interval
+from robodream.eval.video import write_mp4
+from robodream.policy.runner import PolicyRunner
+from robodream.policy.train import load_policy
+from robodream.utils.io import atomic_write_json
+from robodream.utils.progress import progress_bar
+from robodream.utils.run import code_version, environment_info, now
+
+#: Evaluation seeds start here by default, far from the collection seeds (0, 1, 2, ...).
+DEFAULT_EVAL_SEED = 1_000_000
+
+
+def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: str | os.PathLike, *,
+                    seed_start: int = DEFAULT_EVAL_SEED, max_steps: int = 500, n_videos: int = 3,
+                    mode: str | None = None, device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """Roll out the policy ``episodes`` times and write the evaluation to ``out``.
+
+    Args:
+        run_dir: policy run directory.
+        task: Meta-World task name, e.g. ``"push-v3"``.
+        seed_start: env seeds ``seed_start, seed_start + 1, ...``; must not overlap the
+            training seeds recorded in the policy run.
+        max_steps: episode step limit (Meta-World's own limit is 500).
+        n_videos: number of rollouts saved as MP4.
+        mode: inference mode (default: action_only, or joint for mask="full" models).
+        threads: torch intra-op threads during evaluation (batch-1 inference is fastest with 1).
+
+    Raises:
+        UnknownTaskError, CheckpointError, ConfigError (task not trained, seed overlap).
+    """
+    check_task(task)
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {episodes}")
+    policy, tokenizer, run_cfg = load_policy(run_dir, device=device)
+    instruction = next((k for k, v in run_cfg.get("env_tasks", {}).items() if v == task), task_instruction(task))
+    seeds = list(range(seed_start, seed_start + episodes))
+    overlap = sorted(set(seeds) & set(run_cfg.get("train_seeds", {}).get(task, [])))
+    if overlap:
+        raise ConfigError(f"evaluation seeds overlap the training seeds of {task} (e.g. {overlap[:3]}); "
+                          f"choose another --seed-start")
+    runner = PolicyRunner(policy, tokenizer, instruction, mode=mode, seed=seed_start)
+    cfg = policy.cfg
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prev_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    per_episode: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    try:
+        env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps)
+        with MetaWorldEnv(env_cfg) as env, progress_bar() as progress:
+            bar = progress.add_task(f"eval {task}", total=episodes)
+            for i, seed in enumerate(seeds):
+                record = i < n_videos
+                ep = _rollout(env, runner, seed, record)
+                if record:
+                    tag = "success" if ep["success"] else "fail"
+                    write_mp4(out / "rollouts" / f"seed{seed}_{tag}.mp4", ep.pop("frames"))
+                per_episode.append(ep)
+                n_ok = sum(e["success"] for e in per_episode)
+                progress.update(bar, advance=1, description=f"eval {task} {n_ok}/{len(per_episode)} ok")
+    finally:
+        torch.set_num_threads(prev_threads)
+    n_ok = sum(e["success"] for e in per_episode)
+    steps_ok = [e["steps"] for e in per_episode if e["success"]]
+    lat = runner.chunk_latency_ms
+    results = {
+        "task": task, "instruction": instruction, "success_rate": n_ok / episodes, "n_episodes": episodes,
+        "n_successes": n_ok, "ci95": list(wilson_interval(n_ok, episodes)),
+        "mean_steps_to_success": float(np.mean(steps_ok)) if steps_ok else None,
+        "latency_ms_p50": percentile(lat, 50), "latency_ms_p90": percentile(lat, 90),
+        "latency_includes": "tokenizer encode + chunk sampling, batch 1",
+        "mode": runner.mode, "n_chunks": len(lat), "n_action_steps": cfg.n_action_steps, "horizon": cfg.horizon,
+        "seeds": seeds, "max_steps": max_steps, "wall_s": time.perf_counter() - t_start,
+        "policy_run": str(run_dir), "episodes": per_episode, "created": now(), "code": code_version(),
+        "environment": environment_info(),
+    }
+    atomic_write_json(out / "results.json", results)
+    plot_evaluation(results, lat, out / "evaluation.png")
+    return results
+
+
+def _rollout(env: MetaWorldEnv, runner: PolicyRunner, seed: int, record: bool) -> dict[str, Any]:
+    runner.reset()
+    obs = env.reset(seed)
+    frames = [np.concatenate(list(obs.images), axis=1)] if record else None
+    steps = 0
+    while True:
+        obs = env.step(runner.act(obs.images, obs.state))
+        steps += 1
+        if record:
+            frames.append(np.concatenate(list(obs.images), axis=1))
+        if obs.success or obs.truncated:
+            break
+    ep: dict[str, Any] = {"seed": seed, "success": bool(obs.success), "steps": steps}
+    if record:
+        ep["frames"] = np.stack(frames)
+    return ep
+
+
+def plot_evaluation(results: dict[str, Any], latencies: list[float], path: Path) -> None:
+    """PNG with the success-vs-steps curve and the per-chunk latency histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = results["episodes"]
+    n = len(eps)
+    limit = results["max_steps"]
+    xs = np.arange(limit + 1)
+    done = np.array([e["steps"] if e["success"] else limit + 1 for e in eps])
+    curve = [(done <= x).sum() / n for x in xs]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    lo, hi = results["ci95"]
+    ax[0].plot(xs, curve, color="C0")
+    ax[0].axhspan(lo, hi, color="C0", alpha=0.15, label=f"95% CI (Wilson), n={n}")
+    ax[0].set(xlabel="env steps", ylabel="success rate", ylim=(0, 1.02),
+              title=f"{results['task']}: {results['success_rate']:.0%} success")
+    ax[0].legend(loc="lower right")
+    if latencies:
+        ax[1].hist(latencies, bins=40, color="C1")
+        ax[1].axvline(results["latency_ms_p50"], color="k", ls="--", label=f"p50 {results['latency_ms_p50']:.1f} ms")
+        ax[1].legend()
+    ax[1].set(xlabel="ms per action chunk", ylabel="chunks", title=f"inference latency ({results['mode']})")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

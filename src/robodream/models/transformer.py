@@ -1,0 +1,177 @@
+"""Transformer blocks with per-token AdaLN modulation, attention masks and a key/value cache.
+
+These are the shared blocks of robodream's diffusion transformers (DiT-style AdaLN-Zero,
+Peebles & Xie 2023). Two things differ from a plain DiT:
+
+* Conditioning is *per token*: a sequence mixes clean tokens (flow time 0) and noisy
+  tokens (flow time t), as in GigaWorld-Policy (arXiv 2603.17240, Sec. 3.2). A block's
+  modulation is computed by ``modulate(cond)`` once per distinct conditioning vector
+  (e.g. per token group, or per sampling step) and gathered per token by the caller.
+* Attention accepts a boolean mask (True = may attend) and a cached key/value prefix, so a
+  clean prefix computed once can be reused across denoising steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, n_heads, P, head_dim) each
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dim with a learned gain."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal embedding of flow time t in [0, 1] followed by an MLP: (...,) -> (..., dim)."""
+
+    def __init__(self, dim: int, freq_dim: int = 128, max_period: float = 10_000.0) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        half = freq_dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        args = (t.float() * 1000.0).unsqueeze(-1) * self.freqs  # (..., half)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (..., freq_dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with QK-RMSNorm, a boolean mask and an optional cached prefix."""
+
+    def __init__(self, dim: int, n_heads: int) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.head_dim = dim // n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        kv_prefix: KV | None = None,
+    ) -> tuple[torch.Tensor, KV]:
+        """Attend.
+
+        Args:
+            x: (B, L, D) tokens.
+            mask: (L, P + L) bool, True where query i may attend key j; None = all.
+            kv_prefix: cached keys/values (B, n_heads, P, head_dim) of P earlier tokens that
+                every query may attend (subject to ``mask``).
+
+        Returns:
+            (B, L, D) output and this call's own keys/values (B, n_heads, L, head_dim).
+        """
+        B, L, D = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, nh, L, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        own = (k, v)
+        if kv_prefix is not None:
+            k = torch.cat([kv_prefix[0], k], dim=2)  # (B, nh, P + L, hd)
+            v = torch.cat([kv_prefix[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, L, hd)
+        out = out.transpose(1, 2).reshape(B, L, D)
+        return self.proj(out), own
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: Linear -> GELU(tanh) -> Linear."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class AdaLNBlock(nn.Module):
+    """Pre-norm transformer block with AdaLN-Zero modulation by per-group conditioning.
+
+    ``x = x + gate1 * Attn(LN(x) * (1 + scale1) + shift1)``;
+    ``x = x + gate2 * MLP(LN(x) * (1 + scale2) + shift2)``; the modulation layer is zero
+    initialised so every block starts as the identity. The modulation is computed by
+    :meth:`modulate` from conditioning vectors and passed to :meth:`forward`, so callers can
+    compute it once for many tokens or many sampling steps.
+    """
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
+                 mlp: nn.Module | None = None) -> None:
+        super().__init__()
+        cond_dim = cond_dim or dim
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, n_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = mlp if mlp is not None else MLP(dim, int(dim * mlp_ratio))
+        self.modulation = nn.Linear(cond_dim, 6 * dim)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def modulate(self, cond: torch.Tensor) -> torch.Tensor:
+        """Conditioning (..., C) -> modulation (..., 6D): shift, scale, gate for attention and MLP."""
+        return self.modulation(F.silu(cond))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mod: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        kv_prefix: KV | None = None,
+    ) -> tuple[torch.Tensor, KV]:
+        """Args:
+            x: (B, L, D) tokens.
+            mod: (B, L, 6D) per-token modulation, or (B, 1, 6D) shared by all tokens.
+            mask, kv_prefix: see :meth:`Attention.forward`.
+
+        Returns:
+            (B, L, D) and this block's keys/values for ``x`` (for caching).
+        """
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        h, kv = self.attn(self.norm1(x) * (1 + scale1) + shift1, mask=mask, kv_prefix=kv_prefix)
+        x = x + gate1 * h
+        x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        return x, kv
+
+
+class FinalLayer(nn.Module):
+    """AdaLN-modulated LayerNorm and a zero-initialised linear read-out: (B, L, D) -> (B, L, out)."""
+
+    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Linear(cond_dim or dim, 2 * dim)
+        self.linear = nn.Linear(dim, out_dim)
+        for layer in (self.modulation, self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def modulate(self, cond: torch.Tensor) -> torch.Tensor:
+        """Conditioning (..., C) -> modulation (..., 2D): shift and scale."""
+        return self.modulation(F.silu(cond))
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), mod (B, L or 1, 2D) -> (B, L, out)."""
+        shift, scale = mod.chunk(2, dim=-1)
+        return self.linear(self.norm(x) * (1 + scale) + shift)

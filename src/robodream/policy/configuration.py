@@ -1,0 +1,94 @@
+"""Configuration of the GigaWorld-Policy world-action model (arXiv 2603.17240)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from robodream.errors import ConfigError
+
+MASKS = ("block_causal", "full")
+
+
+@dataclass
+class PolicyConfig:
+    """Architecture, objective and inference settings of :class:`GigaWorldPolicy`.
+
+    Token layout per sample: ``[state (1) | reference latents (n_cameras x tokens_per_frame) |
+    action chunk (horizon) | future latents (n_future x n_cameras x tokens_per_frame)]``.
+    """
+
+    # --- inputs (filled from the dataset and tokenizer at training time) -------------------
+    state_dim: int = 4  # proprioceptive state size
+    action_dim: int = 4  # action size per step
+    cameras: tuple[str, ...] = ("corner", "behindGripper")  # camera order of the latent tokens
+    latent_channels: int = 8  # tokenizer latent channels C
+    latent_size: int = 8  # tokenizer latent grid side h = w
+    image_size: int = 64  # frame side the tokenizer expects (checked at evaluation)
+    tasks: tuple[str, ...] = ("reach-v3",)  # task vocabulary; index = task embedding row
+
+    # --- chunking ---------------------------------------------------------------------------
+    horizon: int = 16  # action chunk length H (steps)
+    n_action_steps: int = 8  # receding horizon: actions executed per predicted chunk (K <= H)
+    video_stride: int = 8  # future frames at t+S, t+2S, ..., t+H; 0 disables video (plain BC)
+
+    # --- transformer ------------------------------------------------------------------------
+    dim: int = 256  # token width
+    depth: int = 6  # number of blocks
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    patch_size: int = 2  # latent patch side: a token covers patch_size^2 latent cells
+    mask: str = "block_causal"  # "block_causal" (GigaWorld-Policy) or "full" (joint, Motus-style)
+
+    # --- rectified flow -----------------------------------------------------------------------
+    time_shift: float = 5.0  # s in t' = s t / (1 + (s - 1) t)
+    action_loss_weight: float = 5.0  # lambda in L = L_video + lambda * L_action
+    n_inference_steps: int = 10  # Euler steps at inference
+
+    extra: dict = field(default_factory=dict)  # free-form notes carried into config.json
+
+    def __post_init__(self) -> None:
+        self.cameras = tuple(self.cameras)
+        self.tasks = tuple(self.tasks)
+        if self.mask not in MASKS:
+            raise ConfigError(f"mask must be one of {MASKS}, got {self.mask!r}")
+        if self.video_stride < 0:
+            raise ConfigError(f"video_stride must be >= 0, got {self.video_stride}")
+        if self.video_stride and self.horizon % self.video_stride:
+            raise ConfigError(f"horizon {self.horizon} must be a multiple of video_stride {self.video_stride}")
+        if not 1 <= self.n_action_steps <= self.horizon:
+            raise ConfigError(f"n_action_steps must be in [1, horizon={self.horizon}], got {self.n_action_steps}")
+        if self.latent_size % self.patch_size:
+            raise ConfigError(f"latent_size {self.latent_size} not divisible by patch_size {self.patch_size}")
+        if self.dim % self.n_heads:
+            raise ConfigError(f"dim {self.dim} not divisible by n_heads {self.n_heads}")
+        if self.mask == "full" and self.video_stride == 0:
+            raise ConfigError("mask='full' (joint model) needs video tokens: set video_stride > 0")
+
+    @property
+    def n_future(self) -> int:
+        """Number of future frames predicted per chunk (H / S, or 0 without video)."""
+        return self.horizon // self.video_stride if self.video_stride else 0
+
+    @property
+    def future_offsets(self) -> list[int]:
+        """Frame offsets of the predicted future frames relative to the reference frame."""
+        return [self.video_stride * (k + 1) for k in range(self.n_future)]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Latent tokens per camera frame."""
+        return (self.latent_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        """Numbers per latent token (C * p * p)."""
+        return self.latent_channels * self.patch_size**2
+
+    @property
+    def n_prefix_tokens(self) -> int:
+        """State and reference tokens (clean, t = 0)."""
+        return 1 + len(self.cameras) * self.tokens_per_frame
+
+    @property
+    def n_future_tokens(self) -> int:
+        return self.n_future * len(self.cameras) * self.tokens_per_frame

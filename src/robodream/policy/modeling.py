@@ -1,0 +1,334 @@
+"""GigaWorld-Policy: an action-centred world-action model (arXiv 2603.17240).
+
+One transformer reads ``[state | reference-frame latents | action chunk | future-frame
+latents]`` and is trained with rectified flow on the action chunk and the future latents
+(one noise level per sample, time shift s = 5; state and reference tokens stay clean at
+t = 0). A **block-causal mask** lets state+reference attend only to themselves, actions to
+state+reference+actions, and future frames to everything — so future video never
+influences the actions, and at inference the future tokens can be dropped entirely
+("action-only" mode, Sec. 3.3): the clean prefix is encoded once, its keys/values are
+cached, and only the action tokens are denoised for ``n_inference_steps`` Euler steps.
+
+``mask = "full"`` gives the joint (Motus-style) ablation where actions see the future
+video, so inference must denoise video and actions together and nothing can be cached.
+``video_stride = 0`` removes the future tokens (plain flow-matching behaviour cloning).
+
+Tensor conventions (B = batch, N = cameras, C/h/w = tokenizer latent grid):
+    state:          (B, state_dim)            normalised
+    ref_latents:    (B, N, C, h, w)           tokenizer latents of the current frames
+    actions:        (B, H, action_dim)        normalised action chunk
+    future_latents: (B, F, N, C, h, w)        latents of frames t+S, ..., t+H
+    task_index:     (B,) long
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
+from robodream.models.transformer import KV, AdaLNBlock, FinalLayer, TimestepEmbedding
+from robodream.policy.configuration import PolicyConfig
+
+# Token groups of the block-causal mask, in sequence order.
+PREFIX, ACTION, FUTURE = 0, 1, 2
+
+
+def block_causal_mask(group_of_query: torch.Tensor, group_of_key: torch.Tensor, mask: str) -> torch.Tensor:
+    """Boolean attention mask (Lq, Lk), True where a query token may attend a key token.
+
+    Block-causal (GigaWorld-Policy, Sec. 3.2): a token attends keys whose group index is
+    <= its own (prefix=0, action=1, future=2). ``mask="full"`` lets everything attend
+    everything.
+    """
+    if mask == "full":
+        return torch.ones(len(group_of_query), len(group_of_key), dtype=torch.bool)
+    return group_of_key.unsqueeze(0) <= group_of_query.unsqueeze(1)
+
+
+@dataclass
+class PolicyOutput:
+    """Result of one inference call.
+
+    actions: (B, H, action_dim) normalised action chunk.
+    future_latents: (B, F, N, C, h, w) predicted future latents, or None (action-only).
+    """
+
+    actions: torch.Tensor
+    future_latents: torch.Tensor | None = None
+
+
+class GigaWorldPolicy(nn.Module):
+    """The world-action transformer. See the module docstring for the token layout."""
+
+    model_type = "gigaworld_policy"
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.dim
+        n_cam = len(cfg.cameras)
+        self.state_in = nn.Linear(cfg.state_dim, D)
+        self.latent_in = nn.Linear(cfg.patch_dim, D)
+        self.action_in = nn.Linear(cfg.action_dim, D)
+        self.pos_state = nn.Parameter(torch.zeros(1, D))
+        self.pos_ref = nn.Parameter(torch.zeros(n_cam * cfg.tokens_per_frame, D))
+        self.pos_action = nn.Parameter(torch.zeros(cfg.horizon, D))
+        self.pos_future = nn.Parameter(torch.zeros(max(cfg.n_future_tokens, 1), D))
+        self.task_embedding = nn.Embedding(len(cfg.tasks), D)
+        self.time_embedding = TimestepEmbedding(D)
+        self.blocks = nn.ModuleList(AdaLNBlock(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.action_out = FinalLayer(D, cfg.action_dim)
+        self.latent_out = FinalLayer(D, cfg.patch_dim)
+        for p in (self.pos_state, self.pos_ref, self.pos_action, self.pos_future):
+            nn.init.normal_(p, std=0.02)
+
+        # Group index of every token of a full training sequence [prefix | actions | future].
+        groups = torch.cat([
+            torch.full((cfg.n_prefix_tokens,), PREFIX),
+            torch.full((cfg.horizon,), ACTION),
+            torch.full((cfg.n_future_tokens,), FUTURE),
+        ]).long()
+        self.register_buffer("groups", groups, persistent=False)
+        self.register_buffer("train_mask", block_causal_mask(groups, groups, cfg.mask), persistent=False)
+        # AdaLN conditioning group: 0 = clean (t = 0) prefix, 1 = noisy (t) actions/future.
+        self.register_buffer("cond_groups", (groups != PREFIX).long(), persistent=False)
+        # Normalisation statistics travel with the weights (also written to normalization.json).
+        self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
+        self.register_buffer("state_std", torch.ones(cfg.state_dim))
+        self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
+        self.register_buffer("action_std", torch.ones(cfg.action_dim))
+
+    # ------------------------------------------------------------------ normalisation
+    def set_normalization(self, stats: dict[str, dict[str, list[float]]]) -> None:
+        """Set mean/std of ``observation.state`` and ``action`` from a stats dict."""
+        for key, name in (("observation.state", "state"), ("action", "action")):
+            getattr(self, f"{name}_mean").copy_(torch.as_tensor(stats[key]["mean"], dtype=torch.float32))
+            std = torch.as_tensor(stats[key]["std"], dtype=torch.float32).clamp_min(1e-3)
+            getattr(self, f"{name}_std").copy_(std)
+
+    def normalize_state(self, s: torch.Tensor) -> torch.Tensor:
+        return (s - self.state_mean) / self.state_std
+
+    def normalize_action(self, a: torch.Tensor) -> torch.Tensor:
+        return (a - self.action_mean) / self.action_std
+
+    def unnormalize_action(self, a: torch.Tensor) -> torch.Tensor:
+        return a * self.action_std + self.action_mean
+
+    # ------------------------------------------------------------------ token embedding
+    def _patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, ..., C, h, w) -> (B, n_tokens, C*p*p), frames and cameras flattened in order."""
+        p = self.cfg.patch_size
+        lat = latents.reshape(latents.shape[0], -1, *latents.shape[-3:])  # (B, M, C, h, w)
+        return rearrange(lat, "b m c (y p) (x q) -> b (m y x) (c p q)", p=p, q=p)
+
+    def _unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, F*N*tokens_per_frame, C*p*p) -> (B, F, N, C, h, w)."""
+        cfg = self.cfg
+        g = cfg.latent_size // cfg.patch_size
+        return rearrange(
+            tokens, "b (f n y x) (c p q) -> b f n c (y p) (x q)",
+            f=cfg.n_future, n=len(cfg.cameras), y=g, x=g, p=cfg.patch_size, q=cfg.patch_size,
+        )
+
+    def _embed_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor) -> torch.Tensor:
+        s = self.state_in(state).unsqueeze(1) + self.pos_state  # (B, 1, D)
+        r = self.latent_in(self._patchify(ref_latents)) + self.pos_ref  # (B, N*T, D)
+        return torch.cat([s, r], dim=1)
+
+    def _embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.action_in(actions) + self.pos_action  # (B, H, D)
+
+    def _embed_future(self, future_latents: torch.Tensor) -> torch.Tensor:
+        return self.latent_in(self._patchify(future_latents)) + self.pos_future  # (B, F*N*T, D)
+
+    def _cond(self, t: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """AdaLN conditioning: flow-time embedding plus task embedding. t (B, G) -> (B, G, D)."""
+        return self.time_embedding(t) + self.task_embedding(task_index).unsqueeze(1)
+
+    def _blocks(self, x, mods, mask=None, kv_cache: list[KV] | None = None, collect_kv=False):
+        """Run all blocks; ``mods[i]`` is block i's modulation (B, L or 1, 6D)."""
+        kvs: list[KV] = []
+        for i, blk in enumerate(self.blocks):
+            x, kv = blk(x, mods[i], mask=mask, kv_prefix=None if kv_cache is None else kv_cache[i])
+            if collect_kv:
+                kvs.append(kv)
+        return x, kvs
+
+    # ------------------------------------------------------------------ training
+    def velocity(
+        self,
+        state: torch.Tensor,
+        ref_latents: torch.Tensor,
+        noisy_actions: torch.Tensor,
+        task_index: torch.Tensor,
+        t: torch.Tensor,
+        noisy_future: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Predicted velocities on the full sequence with the configured mask (training path).
+
+        Args:
+            noisy_actions: (B, H, action_dim) at flow time ``t`` (B,).
+            noisy_future: (B, F*N*T, C*p*p) patchified future latents at time ``t``, or None.
+
+        Returns:
+            action velocity (B, H, action_dim) and future-token velocity (B, F*N*T, C*p*p) or None.
+        """
+        cfg = self.cfg
+        parts = [self._embed_prefix(state, ref_latents), self._embed_actions(noisy_actions)]
+        if noisy_future is not None:
+            parts.append(self.latent_in(noisy_future) + self.pos_future)
+        x = torch.cat(parts, dim=1)
+        L = x.shape[1]
+        # Per-group conditioning [clean t = 0, noisy t] gathered per token.
+        cond = self._cond(torch.stack([torch.zeros_like(t), t], dim=1), task_index)  # (B, 2, D)
+        g = self.cond_groups[:L]
+        mods = [blk.modulate(cond).index_select(1, g) for blk in self.blocks]  # (B, L, 6D) each
+        x, _ = self._blocks(x, mods, mask=self.train_mask[:L, :L])
+        P, H = cfg.n_prefix_tokens, cfg.horizon
+        v_a = self.action_out(x[:, P:P + H], self.action_out.modulate(cond[:, 1:]))
+        v_f = None if noisy_future is None else self.latent_out(x[:, P + H:], self.latent_out.modulate(cond[:, 1:]))
+        return v_a, v_f
+
+    def forward(
+        self,
+        state: torch.Tensor,
+        ref_latents: torch.Tensor,
+        actions: torch.Tensor,
+        task_index: torch.Tensor,
+        future_latents: torch.Tensor | None = None,
+        action_is_pad: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Rectified-flow training loss ``L_video + lambda * L_action`` (Sec. 3.2).
+
+        Inputs are normalised (see module docstring); ``action_is_pad`` (B, H) bool marks
+        chunk steps past the episode end, excluded from the action loss. Returns the scalar
+        loss and a dict of its parts.
+        """
+        cfg = self.cfg
+        B = state.shape[0]
+        dev = state.device
+        t = sample_time(B, cfg.time_shift, generator=generator, device=dev)  # (B,)
+        eps_a = torch.randn(actions.shape, generator=generator, device="cpu").to(dev)
+        a_t = interpolate(actions, eps_a, t)
+        f_t = x0_f = eps_f = None
+        if cfg.n_future:
+            if future_latents is None:
+                raise ValueError("future_latents are required when video_stride > 0")
+            x0_f = self._patchify(future_latents)  # (B, F*N*T, C*p*p)
+            eps_f = torch.randn(x0_f.shape, generator=generator, device="cpu").to(dev)
+            f_t = interpolate(x0_f, eps_f, t)
+        v_a, v_f = self.velocity(state, ref_latents, a_t, task_index, t, f_t)
+        err_a = (v_a.float() - velocity_target(actions, eps_a)).pow(2).mean(-1)  # (B, H)
+        if action_is_pad is not None:
+            w = (~action_is_pad).float()
+            loss_action = (err_a * w).sum() / w.sum().clamp_min(1.0)
+        else:
+            loss_action = err_a.mean()
+        loss = cfg.action_loss_weight * loss_action
+        logs = {"loss_action": float(loss_action.detach())}
+        if cfg.n_future:
+            loss_video = F.mse_loss(v_f.float(), velocity_target(x0_f, eps_f))
+            loss = loss + loss_video
+            logs["loss_video"] = float(loss_video.detach())
+        logs["loss"] = float(loss.detach())
+        return loss, logs
+
+    # ------------------------------------------------------------------ inference
+    def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor) -> list[KV]:
+        """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd)."""
+        cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
+        mods = [blk.modulate(cond) for blk in self.blocks]
+        _, kvs = self._blocks(self._embed_prefix(state, ref_latents), mods, collect_kv=True)
+        return kvs
+
+    @torch.no_grad()
+    def sample(
+        self,
+        state: torch.Tensor,
+        ref_latents: torch.Tensor,
+        task_index: torch.Tensor,
+        *,
+        mode: str = "action_only",
+        noise: torch.Tensor | None = None,
+        future_noise: torch.Tensor | None = None,
+        use_cache: bool = True,
+        n_steps: int | None = None,
+    ) -> PolicyOutput:
+        """Predict a normalised action chunk by Euler integration from t = 1 to t = 0.
+
+        Args:
+            state, ref_latents, task_index: see the module docstring.
+            mode: ``"action_only"`` (future tokens dropped; block-causal models only),
+                ``"with_video"`` (also denoise and return future latents) or ``"joint"``
+                (every token recomputed every step; the only mode of ``mask="full"``).
+            noise: (B, H, action_dim) initial action noise; drawn if None.
+            future_noise: (B, F*N*T, C*p*p) initial future-token noise; drawn if None.
+            use_cache: encode the clean prefix once and reuse its keys/values at every step
+                (action_only / with_video). ``False`` recomputes the prefix every step —
+                the reference path the cache is tested against.
+            n_steps: Euler steps (default ``cfg.n_inference_steps``).
+
+        Raises:
+            ValueError: a mode the configuration cannot run (e.g. action_only with mask="full").
+        """
+        cfg = self.cfg
+        if cfg.mask == "full" and mode != "joint":
+            raise ValueError("a mask='full' (joint) model can only sample in mode='joint'")
+        if mode not in ("action_only", "with_video", "joint"):
+            raise ValueError(f"unknown mode {mode!r}")
+        if mode != "action_only" and not cfg.n_future:
+            raise ValueError(f"mode {mode!r} needs video tokens (video_stride > 0)")
+        B, dev = state.shape[0], state.device
+        a = noise if noise is not None else torch.randn(B, cfg.horizon, cfg.action_dim, device=dev)
+        f = None
+        if mode != "action_only":
+            f = future_noise if future_noise is not None else torch.randn(
+                B, cfg.n_future_tokens, cfg.patch_dim, device=dev)
+        times = euler_timesteps(n_steps or cfg.n_inference_steps, cfg.time_shift)
+        dts = (times[1:] - times[:-1]).tolist()
+        P, H = cfg.n_prefix_tokens, cfg.horizon
+        n_noisy = H + (0 if f is None else cfg.n_future_tokens)
+        cached = use_cache and mode != "joint"
+
+        # Conditioning of every step at once: clean (B, 1, D) and noisy (B, n_steps, D); each
+        # block's modulation is computed once here, not once per step.
+        task = self.task_embedding(task_index).unsqueeze(1)
+        cond_clean = self.time_embedding(torch.zeros(1, 1, device=dev)) + task
+        cond_noisy = self.time_embedding(times[:-1].to(dev).view(1, -1)) + task
+        mods_noisy = [blk.modulate(cond_noisy) for blk in self.blocks]  # (B, n_steps, 6D)
+        act_mod = self.action_out.modulate(cond_noisy)
+        lat_mod = self.latent_out.modulate(cond_noisy) if f is not None else None
+
+        if cached:
+            kv = self.encode_prefix(state, ref_latents, task_index)
+            groups_q = self.groups[P:P + n_noisy]
+            mask = None if f is None else block_causal_mask(groups_q, self.groups[:P + n_noisy], cfg.mask).to(dev)
+        else:
+            prefix = self._embed_prefix(state, ref_latents)
+            mods_clean = [blk.modulate(cond_clean) for blk in self.blocks]  # (B, 1, 6D)
+            groups = self.groups[:P + n_noisy]
+            mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
+        for step, dt in enumerate(dts):
+            parts = [self._embed_actions(a)]
+            if f is not None:
+                parts.append(self.latent_in(f) + self.pos_future)
+            x = torch.cat(parts, dim=1)
+            if cached:
+                mods = [m[:, step:step + 1] for m in mods_noisy]
+                x, _ = self._blocks(x, mods, mask=mask, kv_cache=kv)
+            else:
+                mods = [torch.cat([mc.expand(B, P, -1), mn[:, step:step + 1].expand(B, n_noisy, -1)], dim=1)
+                        for mc, mn in zip(mods_clean, mods_noisy)]
+                x, _ = self._blocks(torch.cat([prefix, x], dim=1), mods, mask=mask)
+                x = x[:, P:]
+            a = a + dt * self.action_out(x[:, :H], act_mod[:, step:step + 1])
+            if f is not None:
+                f = f + dt * self.latent_out(x[:, H:], lat_mod[:, step:step + 1])
+        return PolicyOutput(actions=a, future_latents=None if f is None else self._unpatchify(f))

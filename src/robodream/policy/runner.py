@@ -1,0 +1,78 @@
+"""Closed-loop control with a trained policy: receding-horizon execution of action chunks.
+
+At each replanning point the runner encodes the current camera frames with the frozen
+tokenizer, samples an action chunk (H steps) and executes its first K =
+``n_action_steps`` actions before planning again (GigaWorld-Policy, Sec. 3.3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+import torch
+
+from robodream.errors import ConfigError
+from robodream.policy.modeling import GigaWorldPolicy
+from robodream.tokenizer.model import ImageTokenizer
+
+
+class PolicyRunner:
+    """Turns observations into actions with a :class:`GigaWorldPolicy`.
+
+    Args:
+        policy, tokenizer: trained models (eval mode).
+        task: the task instruction string (must be in ``policy.cfg.tasks``).
+        mode: ``"action_only"`` (default; future video dropped, prefix cached),
+            ``"with_video"`` (also predicts future frames) or ``"joint"`` (mask="full" models).
+        seed: seeds the initial noise of every chunk.
+
+    Raises:
+        ConfigError: a task the policy was not trained on.
+    """
+
+    def __init__(self, policy: GigaWorldPolicy, tokenizer: ImageTokenizer, task: str, *,
+                 mode: str | None = None, seed: int = 0) -> None:
+        if task not in policy.cfg.tasks:
+            raise ConfigError(f"the policy was not trained on task {task!r}; it knows {list(policy.cfg.tasks)}")
+        self.policy, self.tokenizer = policy, tokenizer
+        self.mode = mode or ("joint" if policy.cfg.mask == "full" else "action_only")
+        self.device = policy.state_mean.device
+        self.task_index = torch.tensor([policy.cfg.tasks.index(task)], device=self.device)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.queue: deque[np.ndarray] = deque()
+        self.chunk_latency_ms: list[float] = []  # tokenizer encode + chunk sampling, per chunk
+        self.last_future_frames: torch.Tensor | None = None  # (F, N, 3, H, W) in with_video mode
+
+    def reset(self) -> None:
+        """Forget queued actions (call at the start of every episode)."""
+        self.queue.clear()
+
+    @torch.inference_mode()
+    def predict_chunk(self, images: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """Sample a whole action chunk (H, action_dim) in env units from one observation.
+
+        images: (n_cameras, H, W, 3) uint8 in the policy's camera order; state: (state_dim,).
+        """
+        cfg = self.policy.cfg
+        if images.shape[0] != len(cfg.cameras):
+            raise ConfigError(f"expected {len(cfg.cameras)} camera images, got {images.shape[0]}")
+        t0 = time.perf_counter()
+        lat = self.tokenizer.encode(torch.from_numpy(images).to(self.device)).unsqueeze(0)  # (1, N, C, h, w)
+        s = self.policy.normalize_state(torch.as_tensor(state, dtype=torch.float32, device=self.device)[None])
+        noise = torch.randn(1, cfg.horizon, cfg.action_dim, generator=self.gen).to(self.device)
+        out = self.policy.sample(s, lat, self.task_index, mode=self.mode, noise=noise)
+        actions = self.policy.unnormalize_action(out.actions)[0].float().cpu().numpy()
+        self.chunk_latency_ms.append((time.perf_counter() - t0) * 1000.0)
+        if out.future_latents is not None:
+            fl = out.future_latents[0]  # (F, N, C, h, w)
+            self.last_future_frames = self.tokenizer.decode(fl.flatten(0, 1)).unflatten(0, fl.shape[:2]).cpu()
+        return actions
+
+    def act(self, images: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """The next action (action_dim,) in env units; replans when the queue is empty."""
+        if not self.queue:
+            chunk = self.predict_chunk(images, state)
+            self.queue.extend(chunk[: self.policy.cfg.n_action_steps])
+        return self.queue.popleft()

@@ -1,0 +1,175 @@
+"""End-to-end smoke runs of every CLI command on tiny settings, and bad-input handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from robodream.cli import app
+from fixtures.lerobot_v30 import make_lerobot_v30_fixture
+
+runner = CliRunner()
+
+TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--action-steps", "4", "--video-stride", "4",
+               "--batch-size", "8"]
+
+
+def run(*args: str, code: int = 0):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A tiny collected dataset, tokenizer and policy shared by the tests of this module."""
+    w = tmp_path_factory.mktemp("cli")
+    run("collect", "--task", "reach-v3", "--episodes", 3, "--out", w / "ds", "--image-size", 32)
+    run("train", "tokenizer", "--data", w / "ds", "--out", w / "tok", "--steps", 6, "--batch-size", 8)
+    run("train", "policy", "--data", w / "ds", "--tokenizer", w / "tok", "--out", w / "pol", "--steps", 6,
+        *TINY_POLICY)
+    return w
+
+
+def test_collect_train_outputs(work):
+    info = json.loads((work / "ds" / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 3
+    prov = json.loads((work / "ds" / "meta" / "robodream.json").read_text())
+    assert prov["seeds"] == [0, 1, 2] and prov["task"] == "reach-v3"
+    for run_dir in ("tok", "pol"):
+        for name in ("config.json", "meta.json", "metrics.jsonl", "model.safetensors", "results.json"):
+            assert (work / run_dir / name).is_file(), (run_dir, name)
+    cfg = json.loads((work / "pol" / "config.json").read_text())
+    assert cfg["model_type"] == "gigaworld_policy" and cfg["train_seeds"] == {"reach-v3": [0, 1, 2]}
+    assert (work / "pol" / "normalization.json").is_file() and (work / "pol" / "tokenizer" / "model.safetensors").is_file()
+    assert json.loads((work / "tok" / "results.json").read_text())["psnr_heldout"] > 5
+
+
+def test_eval_policy(work):
+    res = run("eval", "policy", "--policy", work / "pol", "--task", "reach-v3", "--episodes", 2, "--out",
+              work / "ev", "--max-steps", 12, "--videos", 1)
+    r = json.loads((work / "ev" / "results.json").read_text())
+    for key in ("success_rate", "n_episodes", "ci95", "mean_steps_to_success", "latency_ms_p50", "latency_ms_p90",
+                "task", "seeds"):
+        assert key in r
+    assert r["n_episodes"] == 2 and r["seeds"] == [1_000_000, 1_000_001] and r["latency_ms_p50"] > 0
+    assert (work / "ev" / "evaluation.png").is_file() and len(list((work / "ev" / "rollouts").glob("*.mp4"))) == 1
+    assert "latency" in res.output
+    # with-video inference works from the CLI too
+    run("eval", "policy", "--policy", work / "pol", "--task", "reach-v3", "--episodes", 1, "--out", work / "ev2",
+        "--max-steps", 5, "--videos", 0, "--mode", "with_video")
+
+
+def test_resume_and_existing_run(work):
+    run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", work / "pol", "--steps", 6,
+        *TINY_POLICY, code=2)  # exists, no --resume: refused, nothing lost
+    assert (work / "pol" / "model.safetensors").is_file()
+    run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", work / "pol", "--steps", 6,
+        *TINY_POLICY, "--resume")  # already complete: nothing to do, still fine
+
+
+def test_bench_policy(tmp_path, work):
+    run("bench", "policy", "--out", tmp_path / "b.json", "--repeats", 3, "--train-steps", 1, "--config",
+        work / "pol" / "config.json")
+    r = json.loads((tmp_path / "b.json").read_text())
+    for key in ("action_only_p50_ms", "with_video_p50_ms", "joint_p50_ms", "speedup_vs_joint",
+                "train_samples_per_s", "train_peak_rss_mib"):
+        assert r[key] > 0, key
+
+
+def _tiny_recipe(path: Path) -> Path:
+    path.write_text(json.dumps({
+        "tasks": ["reach-v3"], "demos_per_task": 2, "eval_episodes": 1, "eval_max_steps": 8, "image_size": 32,
+        "videos_per_task": 1, "tokenizer_train": {"steps": 4, "batch_size": 8},
+        "policy": {"dim": 32, "depth": 1, "horizon": 8, "n_action_steps": 4, "video_stride": 4},
+        "policy_train": {"steps": 4, "batch_size": 8}}))
+    return path
+
+
+def test_demo_and_bench_success(tmp_path):
+    recipe = _tiny_recipe(tmp_path / "recipe.json")
+    res = run("demo", "--out", tmp_path / "demo", "--recipe", recipe)
+    assert "reach-v3" in res.output and (tmp_path / "demo" / "policy_summary.json").is_file()
+    run("bench", "success", "--out", tmp_path / "s.json", "--work", tmp_path / "bs", "--recipe", recipe)
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert set(s["per_task"]) == {"reach-v3"} and "ablation_no_video" in s
+    assert s["ablation_no_video"]["details"]["recipe"]["policy"]["video_stride"] == 4  # recipe unchanged
+    assert json.loads((tmp_path / "bs" / "policy_no_video" / "config.json").read_text())["model"]["video_stride"] == 0
+
+
+def test_tasks_command():
+    assert "door-open-v3" in run("tasks").output
+
+
+def test_foreign_lerobot_dataset_trains(tmp_path):
+    """A dataset laid out by LeRobot's writer (other robot, 6-dim state/action) trains end to end."""
+    make_lerobot_v30_fixture(tmp_path / "foreign", image_size=(32, 32))
+    run("train", "tokenizer", "--data", tmp_path / "foreign", "--out", tmp_path / "tok", "--steps", 3,
+        "--batch-size", 8)
+    run("train", "policy", "--data", tmp_path / "foreign", "--tokenizer", tmp_path / "tok", "--out",
+        tmp_path / "pol", "--steps", 3, *TINY_POLICY)
+    cfg = json.loads((tmp_path / "pol" / "config.json").read_text())
+    assert cfg["model"]["action_dim"] == 6 and cfg["model"]["cameras"] == ["front", "wrist"]
+
+
+# ----------------------------------------------------------------------------- bad input
+def _one_line_error(res, *needles: str) -> None:
+    err = res.output.strip()
+    assert err.startswith("error:") and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_unknown_task(tmp_path):
+    res = run("collect", "--task", "pusj-v3", "--episodes", 1, "--out", tmp_path / "x", code=2)
+    _one_line_error(res, "unknown Meta-World task", "push-v3")
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_and_foreign_dataset(tmp_path):
+    res = run("train", "tokenizer", "--data", tmp_path / "nope", "--out", tmp_path / "t", code=2)
+    _one_line_error(res, "nope")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("hello")
+    res = run("train", "tokenizer", "--data", foreign, "--out", tmp_path / "t", code=2)
+    _one_line_error(res, "info.json")
+    assert not (tmp_path / "t").exists()
+
+
+def test_missing_video_file(tmp_path, work):
+    ds = tmp_path / "ds"
+    shutil.copytree(work / "ds", ds)
+    next(ds.glob("videos/*/chunk-000/file-000.mp4")).unlink()
+    res = run("train", "tokenizer", "--data", ds, "--out", tmp_path / "t", code=2)
+    _one_line_error(res, "file-000.mp4")
+    assert not (tmp_path / "t").exists()
+
+
+def test_checkpoint_of_another_model(tmp_path, work):
+    res = run("eval", "policy", "--policy", work / "tok", "--task", "reach-v3", "--out", tmp_path / "e", code=2)
+    _one_line_error(res, "image_tokenizer", "gigaworld_policy")
+    res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "pol", "--out", tmp_path / "p", code=2)
+    _one_line_error(res, "gigaworld_policy", "image_tokenizer")
+
+
+def test_untrained_task_and_image_size_mismatch(tmp_path, work):
+    res = run("eval", "policy", "--policy", work / "pol", "--task", "push-v3", "--out", tmp_path / "e", code=2)
+    _one_line_error(res, "not trained on task")
+    run("collect", "--task", "reach-v3", "--episodes", 1, "--out", tmp_path / "ds48", "--image-size", 48)
+    res = run("train", "policy", "--data", tmp_path / "ds48", "--tokenizer", work / "tok", "--out", tmp_path / "p",
+              code=2)
+    _one_line_error(res, "48x48", "32x32")
+    assert not (tmp_path / "p").exists()
+
+
+def test_action_dimension_mismatch(tmp_path, work):
+    make_lerobot_v30_fixture(tmp_path / "foreign", image_size=(32, 32), cameras=("corner", "behindGripper"),
+                             episodes_per_video_file={"corner": 2, "behindGripper": 5})
+    res = run("train", "policy", "--data", work / "ds", "--data", tmp_path / "foreign", "--tokenizer", work / "tok",
+              "--out", tmp_path / "p", code=2)
+    _one_line_error(res, "dimensions")

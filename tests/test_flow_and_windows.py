@@ -1,0 +1,66 @@
+"""Rectified-flow schedule and training-window gathering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robodream.data.windows import EpisodeTable
+from robodream.models.flow import euler_timesteps, sample_time, shift_time, velocity_target
+
+
+def test_shift_time_formula_and_endpoints():
+    t = torch.linspace(0, 1, 11)
+    s = 5.0
+    torch.testing.assert_close(shift_time(t, s), s * t / (1 + (s - 1) * t))
+    assert shift_time(torch.tensor(0.0), s) == 0 and shift_time(torch.tensor(1.0), s) == 1
+    torch.testing.assert_close(shift_time(t, 1.0), t)
+    # shift > 1 moves mass to high noise: t' >= t, strictly inside (0, 1)
+    assert (shift_time(t, s) >= t).all() and (shift_time(t[1:-1], s) > t[1:-1]).all()
+
+
+def test_sample_time_is_shifted_uniform():
+    g = torch.Generator().manual_seed(0)
+    t = sample_time(200_000, 5.0, generator=g)
+    assert t.min() >= 0 and t.max() <= 1
+    # median of the shifted uniform is shift(0.5) = 5/6
+    assert float(t.median()) == pytest.approx(5 / 6, abs=5e-3)
+
+
+def test_euler_timesteps_and_velocity():
+    ts = euler_timesteps(10, 5.0)
+    assert ts.shape == (11,) and ts[0] == 1 and ts[-1] == 0 and (ts[1:] < ts[:-1]).all()
+    # integrating the exact velocity of a straight path recovers x0 exactly
+    x0, eps = torch.randn(4, 3), torch.randn(4, 3)
+    x = eps.clone()
+    for t, tn in zip(ts[:-1], ts[1:]):
+        x = x + (tn - t) * velocity_target(x0, eps)
+    torch.testing.assert_close(x, x0)
+    with pytest.raises(ValueError):
+        euler_timesteps(0, 1.0)
+
+
+def _table():
+    eps = []
+    for e, T in enumerate([5, 3]):
+        eps.append({"latents": torch.arange(T).float().view(T, 1, 1, 1, 1).expand(T, 2, 1, 1, 1) + 100 * e,
+                    "state": np.arange(T, dtype=np.float32)[:, None] + 100 * e,
+                    "action": np.arange(T, dtype=np.float32)[:, None] + 100 * e, "task_index": e})
+    return EpisodeTable.from_episodes(eps)
+
+
+def test_windows_pad_at_episode_end():
+    tab = _table()
+    assert len(tab) == 8 and tab.n_episodes == 2
+    w = tab.windows(torch.tensor([3, 6]), horizon=4, future_offsets=[2, 4])
+    # frame 3 of episode 0 (length 5): actions 3, 4, then padded with 4
+    assert w["actions"][0, :, 0].tolist() == [3, 4, 4, 4]
+    assert w["action_is_pad"][0].tolist() == [False, False, True, True]
+    # frame 1 of episode 1 (global 6, length 3): actions 101, 102, pad
+    assert w["actions"][1, :, 0].tolist() == [101, 102, 102, 102]
+    # future frames clamp to the episode's last frame, never leak into the next episode
+    assert w["future_latents"][0, :, 0, 0, 0, 0].tolist() == [4, 4]
+    assert w["future_latents"][1, :, 0, 0, 0, 0].tolist() == [102, 102]
+    assert w["task_index"].tolist() == [0, 1]
+    assert w["ref_latents"].shape == (2, 2, 1, 1, 1)

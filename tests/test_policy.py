@@ -1,0 +1,166 @@
+"""GigaWorld-Policy: block-causal mask, KV-cached inference, training loss, modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robodream.errors import ConfigError
+from robodream.models.flow import interpolate
+from robodream.policy.configuration import PolicyConfig
+from robodream.policy.modeling import ACTION, FUTURE, PREFIX, GigaWorldPolicy, block_causal_mask
+
+
+def tiny_cfg(**kw) -> PolicyConfig:
+    base = dict(dim=32, depth=2, n_heads=2, horizon=8, n_action_steps=4, video_stride=4, latent_channels=4,
+                latent_size=4, patch_size=2, tasks=("a", "b"), n_inference_steps=4)
+    base.update(kw)
+    return PolicyConfig(**base)
+
+
+def random_policy(cfg: PolicyConfig, seed: int = 0) -> GigaWorldPolicy:
+    """A policy with non-trivial weights everywhere (AdaLN-Zero would otherwise start as identity)."""
+    torch.manual_seed(seed)
+    m = GigaWorldPolicy(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    return m.eval()
+
+
+def inputs(cfg: PolicyConfig, B: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    state = torch.randn(B, cfg.state_dim, generator=g)
+    ref = torch.randn(B, len(cfg.cameras), cfg.latent_channels, cfg.latent_size, cfg.latent_size, generator=g)
+    task = torch.tensor([0, 1, 0][:B])
+    actions = torch.randn(B, cfg.horizon, cfg.action_dim, generator=g)
+    fut = torch.randn(B, cfg.n_future, len(cfg.cameras), cfg.latent_channels, cfg.latent_size, cfg.latent_size,
+                      generator=g)
+    return state, ref, task, actions, fut
+
+
+def test_block_causal_mask_structure():
+    g = torch.tensor([PREFIX, PREFIX, ACTION, ACTION, FUTURE])
+    m = block_causal_mask(g, g, "block_causal")
+    assert m[:2, :2].all() and not m[:2, 2:].any()  # prefix sees only prefix
+    assert m[2:4, :4].all() and not m[2:4, 4:].any()  # actions see prefix + actions, never future
+    assert m[4].all()  # future sees everything
+    assert block_causal_mask(g, g, "full").all()
+
+
+def test_training_path_actions_ignore_future_tokens():
+    cfg = tiny_cfg()
+    m = random_policy(cfg)
+    state, ref, task, actions, fut = inputs(cfg)
+    t = torch.tensor([0.3, 0.7, 0.9])
+    f_a = m._patchify(fut)
+    f_b = torch.randn_like(f_a) * 5
+    va1, vf1 = m.velocity(state, ref, actions, task, t, f_a)
+    va2, vf2 = m.velocity(state, ref, actions, task, t, f_b)
+    torch.testing.assert_close(va1, va2, rtol=0, atol=1e-6)
+    assert (vf1 - vf2).abs().max() > 1e-3  # the future tokens themselves do change
+    # the joint (mask=full) ablation does let the future influence the actions
+    mj = random_policy(tiny_cfg(mask="full"))
+    assert (mj.velocity(state, ref, actions, task, t, f_a)[0] - mj.velocity(state, ref, actions, task, t, f_b)[0]
+            ).abs().max() > 1e-4
+
+
+def test_inference_actions_ignore_future_noise_and_match_action_only():
+    cfg = tiny_cfg()
+    m = random_policy(cfg)
+    state, ref, task, _, _ = inputs(cfg)
+    noise = torch.randn(3, cfg.horizon, cfg.action_dim)
+    a_only = m.sample(state, ref, task, noise=noise).actions
+    for seed in (0, 1):
+        fn = torch.randn(3, cfg.n_future_tokens, cfg.patch_dim, generator=torch.Generator().manual_seed(seed)) * 3
+        out = m.sample(state, ref, task, mode="with_video", noise=noise, future_noise=fn)
+        torch.testing.assert_close(out.actions, a_only, rtol=0, atol=1e-5)
+        assert out.future_latents.shape == (3, cfg.n_future, 2, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+
+
+@pytest.mark.parametrize("mode", ["action_only", "with_video"])
+def test_kv_cache_equals_uncached(mode):
+    cfg = tiny_cfg()
+    m = random_policy(cfg)
+    state, ref, task, _, _ = inputs(cfg)
+    noise = torch.randn(3, cfg.horizon, cfg.action_dim)
+    fn = torch.randn(3, cfg.n_future_tokens, cfg.patch_dim)
+    a = m.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn, use_cache=True)
+    b = m.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn, use_cache=False)
+    torch.testing.assert_close(a.actions, b.actions, rtol=1e-5, atol=1e-5)
+    if mode == "with_video":
+        torch.testing.assert_close(a.future_latents, b.future_latents, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_inference_matches_training_path_velocity():
+    """One Euler step of the cached sampler equals a step computed with the training-path velocity."""
+    cfg = tiny_cfg(n_inference_steps=1, time_shift=1.0)
+    m = random_policy(cfg)
+    state, ref, task, _, _ = inputs(cfg)
+    noise = torch.randn(3, cfg.horizon, cfg.action_dim)
+    out = m.sample(state, ref, task, noise=noise).actions
+    v, _ = m.velocity(state, ref, noise, task, torch.ones(3), None)
+    torch.testing.assert_close(out, noise - v, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_backward_and_padding_mask():
+    cfg = tiny_cfg()
+    m = random_policy(cfg).train()
+    state, ref, task, actions, fut = inputs(cfg)
+    pad = torch.zeros(3, cfg.horizon, dtype=torch.bool)
+    pad[:, -3:] = True
+    loss, logs = m(state, ref, actions, task, fut, action_is_pad=pad, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert {"loss", "loss_action", "loss_video"} <= logs.keys()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad and p is not m.pos_future)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    m.eval()
+    full, _ = m(state, ref, actions, task, fut, generator=g())
+    nopad, _ = m(state, ref, actions, task, fut, action_is_pad=torch.zeros_like(pad), generator=g())
+    padded, _ = m(state, ref, actions, task, fut, action_is_pad=pad, generator=g())
+    torch.testing.assert_close(full, nopad)
+    assert abs(full.item() - padded.item()) > 1e-6
+
+
+def test_lambda_weights_action_loss():
+    state, ref, task, actions, fut = inputs(tiny_cfg())
+    losses = {}
+    for lam in (1.0, 5.0):
+        m = random_policy(tiny_cfg(action_loss_weight=lam))
+        loss, logs = m(state, ref, actions, task, fut, generator=torch.Generator().manual_seed(0))
+        losses[lam] = (float(loss), logs)
+    for lam, (loss, logs) in losses.items():
+        assert loss == pytest.approx(logs["loss_video"] + lam * logs["loss_action"], rel=1e-5)
+
+
+def test_no_video_ablation_has_no_future_tokens():
+    cfg = tiny_cfg(video_stride=0)
+    assert cfg.n_future == 0 and cfg.n_future_tokens == 0
+    m = random_policy(cfg)
+    state, ref, task, actions, _ = inputs(cfg)
+    loss, logs = m(state, ref, actions, task, None, generator=torch.Generator().manual_seed(0))
+    assert "loss_video" not in logs and torch.isfinite(loss)
+    with pytest.raises(ValueError):
+        m.sample(state, ref, task, mode="with_video")
+
+
+def test_joint_model_only_samples_jointly():
+    m = random_policy(tiny_cfg(mask="full"))
+    state, ref, task, _, _ = inputs(tiny_cfg())
+    with pytest.raises(ValueError):
+        m.sample(state, ref, task, mode="action_only")
+    out = m.sample(state, ref, task, mode="joint")
+    assert out.actions.shape == (3, 8, 4) and out.future_latents is not None
+
+
+@pytest.mark.parametrize("bad", [dict(mask="diagonal"), dict(horizon=10, video_stride=4), dict(n_action_steps=9),
+                                 dict(mask="full", video_stride=0), dict(patch_size=3)])
+def test_config_errors(bad):
+    with pytest.raises(ConfigError):
+        tiny_cfg(**bad)
+
+
+def test_interpolate_endpoints():
+    x0, eps = torch.randn(2, 3), torch.randn(2, 3)
+    torch.testing.assert_close(interpolate(x0, eps, torch.zeros(2)), x0)
+    torch.testing.assert_close(interpolate(x0, eps, torch.ones(2)), eps)
