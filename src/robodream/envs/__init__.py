@@ -1,0 +1,1 @@
+"""Meta-World environments with headless rendering and camera geometry."""

@@ -1,0 +1,1 @@
+"""The frozen image tokenizer (convolutional autoencoder)."""
