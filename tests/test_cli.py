@@ -61,7 +61,8 @@ def test_eval_policy(work):
     assert "latency" in res.output
     # with-video inference works from the CLI too
     run("eval", "policy", "--policy", work / "pol", "--task", "reach-v3", "--episodes", 1, "--out", work / "ev2",
-        "--max-steps", 5, "--videos", 0, "--mode", "with_video")
+        "--max-steps", 12, "--videos", 1, "--mode", "with_video")
+    assert len(list((work / "ev2" / "rollouts").glob("*_predicted_future.png"))) == 1
 
 
 def test_resume_and_existing_run(work):

@@ -24,18 +24,18 @@ def test_lr_schedule():
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
 
 
-def _make_trainer(run_dir, steps, seed=0):
+def _make_trainer(run_dir, steps, seed=0, batch_size=3):
     cfg = tiny_cfg()
     torch.manual_seed(seed)
     model = GigaWorldPolicy(cfg)
     data = inputs(cfg, B=3)
 
-    def sample_batch(step, gen):
+    def sample_batch(step, gen, batch_size):
         noise = torch.randn(3, cfg.horizon, cfg.action_dim, generator=gen) * 0.1
         state, ref, task, actions, fut = data
         return dict(state=state, ref_latents=ref, task_index=task, actions=actions + noise, future_latents=fut)
 
-    tc = TrainConfig(steps=steps, batch_size=3, lr=1e-3, warmup_steps=2, checkpoint_every=3, log_every=1,
+    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup_steps=2, checkpoint_every=3, log_every=1,
                      val_every=0, precision="fp32", ema_decay=0.9)
     return Trainer(model, tc, run_dir, sample_batch, lambda m, b, g: m(**b, generator=g),
                    validate=lambda m: {"dummy": 0.0})

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -307,3 +308,30 @@ def demo(
     _summary_table(f"robodream demo: GigaWorld-Policy on {len(rec.tasks)} Meta-World tasks", summary)
     out_console.print(f"total {(_time.perf_counter() - t0) / 60:.1f} min; datasets {out / 'data'}, "
                       f"tokenizer {out / 'tokenizer'}, policy {out / 'policy'}, evaluations {out / 'eval' / 'policy'}")
+
+
+@bench_app.command("cameras")
+@user_errors
+def bench_cameras_cmd(
+    out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/cameras.json"),
+    tasks: Annotated[Optional[str], typer.Option(help="comma-separated tasks (default: the 5 bench tasks)")] = None,
+    episodes: Annotated[int, typer.Option(help="expert episodes per task")] = 3,
+    image_size: Annotated[int, typer.Option()] = 64,
+) -> None:
+    """Pixels of task objects and goal markers seen by each camera; recommends a camera pair."""
+    from robodream.bench.cameras_bench import bench_cameras
+    from robodream.envs.meta_world import check_task
+    from robodream.pipeline import BENCH_TASKS
+    from robodream.utils.io import atomic_write_json
+
+    task_list = tuple(check_task(t) for t in tasks.split(",")) if tasks else BENCH_TASKS
+    r = bench_cameras(task_list, episodes=episodes, image_size=image_size)
+    atomic_write_json(out, r)
+    print_table(f"camera visibility at {image_size}x{image_size} (mean over tasks)",
+                ["camera", "object px", "object visible", "goal px", "goal visible"],
+                [[cam, *[float(np.mean([x[k] for x in r["rows"] if x["camera"] == cam and x[k] is not None]))
+                         for k in ("object_px", "object_visible", "goal_px", "goal_visible")]]
+                 for cam in dict.fromkeys(x["camera"] for x in r["rows"])])
+    print_table("best camera pairs", ["cameras", "object & goal seen by both", "object + goal px"],
+                [[" + ".join(p["cameras"]), p["both_visible"], p["pixels"]] for p in r["pairs"][:5]])
+    out_console.print(f"recommended: {' + '.join(r['best_pair'])}; written to {out}")

@@ -76,7 +76,11 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
                 ep = _rollout(env, runner, seed, record)
                 if record:
                     tag = "success" if ep["success"] else "fail"
-                    write_mp4(out / "rollouts" / f"seed{seed}_{tag}.mp4", ep.pop("frames"))
+                    frames = ep.pop("frames")
+                    write_mp4(out / "rollouts" / f"seed{seed}_{tag}.mp4", frames)
+                    if runner.video_predictions:
+                        save_future_grid(runner.video_predictions, frames, cfg.future_offsets,
+                                         out / "rollouts" / f"seed{seed}_predicted_future.png")
                 per_episode.append(ep)
                 n_ok = sum(e["success"] for e in per_episode)
                 progress.update(bar, advance=1, description=f"eval {task} {n_ok}/{len(per_episode)} ok")
@@ -117,6 +121,31 @@ def _rollout(env: MetaWorldEnv, runner: PolicyRunner, seed: int, record: bool) -
     if record:
         ep["frames"] = np.stack(frames)
     return ep
+
+
+def save_future_grid(predictions: list, frames: np.ndarray, offsets: list[int], path: Path, max_rows: int = 4) -> None:
+    """PNG: for the first chunks of an episode, predicted future frames next to the real ones.
+
+    predictions: [(step t, (F, N, 3, H, W) float in [0, 1])]; frames: (T + 1, H, N * W, 3) uint8
+    (cameras side by side) of the rollout. Each row: for every offset o, predicted | actual
+    frame at t + o (black when the episode ended earlier).
+    """
+    from PIL import Image
+
+    rows = []
+    for t, pred in predictions[:max_rows]:
+        cells = []
+        for k, o in enumerate(offsets):
+            p = (pred[k].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (N, H, W, 3)
+            p = np.concatenate(list(p), axis=1)
+            real = frames[t + o] if t + o < len(frames) else np.zeros_like(p)
+            cells += [p, real, np.full((p.shape[0], 2, 3), 255, np.uint8)]
+        rows.append(np.concatenate(cells, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def plot_evaluation(results: dict[str, Any], latencies: list[float], path: Path) -> None:

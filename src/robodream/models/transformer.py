@@ -107,6 +107,25 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``LayerNorm(x) * scale + shift`` (no learned affine); ``scale`` already holds ``1 + s``.
+
+    x: (B, L, D); shift, scale: (B, L or 1, D). When one sample's tokens all share the
+    modulation (batch-1 inference) it is a single fused ``layer_norm`` call.
+    """
+    D = x.shape[-1]
+    if x.shape[0] == 1 and shift.shape[1] == 1:
+        return F.layer_norm(x, (D,), scale.reshape(D), shift.reshape(D), eps)
+    return torch.addcmul(shift, F.layer_norm(x, (D,), eps=eps), scale)
+
+
+def _scale_offset(dim: int, n_chunks: int, scale_chunks: tuple[int, ...]) -> torch.Tensor:
+    """(n_chunks * dim,) with ones in the chunks that are AdaLN scales (so modulate returns 1 + s)."""
+    off = torch.zeros(n_chunks, dim)
+    off[list(scale_chunks)] = 1.0
+    return off.flatten()
+
+
 class AdaLNBlock(nn.Module):
     """Pre-norm transformer block with AdaLN-Zero modulation by per-group conditioning.
 
@@ -121,17 +140,16 @@ class AdaLNBlock(nn.Module):
                  mlp: nn.Module | None = None) -> None:
         super().__init__()
         cond_dim = cond_dim or dim
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, n_heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = mlp if mlp is not None else MLP(dim, int(dim * mlp_ratio))
         self.modulation = nn.Linear(cond_dim, 6 * dim)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
+        self.register_buffer("scale_offset", _scale_offset(dim, 6, (1, 4)), persistent=False)
 
     def modulate(self, cond: torch.Tensor) -> torch.Tensor:
-        """Conditioning (..., C) -> modulation (..., 6D): shift, scale, gate for attention and MLP."""
-        return self.modulation(F.silu(cond))
+        """Conditioning (..., C) -> modulation (..., 6D): shift, 1 + scale, gate (attention), same (MLP)."""
+        return self.modulation(F.silu(cond)) + self.scale_offset
 
     def forward(
         self,
@@ -149,9 +167,9 @@ class AdaLNBlock(nn.Module):
             (B, L, D) and this block's keys/values for ``x`` (for caching).
         """
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
-        h, kv = self.attn(self.norm1(x) * (1 + scale1) + shift1, mask=mask, kv_prefix=kv_prefix)
-        x = x + gate1 * h
-        x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        h, kv = self.attn(modulated_norm(x, shift1, scale1), mask=mask, kv_prefix=kv_prefix)
+        x = torch.addcmul(x, gate1, h)
+        x = torch.addcmul(x, gate2, self.mlp(modulated_norm(x, shift2, scale2)))
         return x, kv
 
 
@@ -160,18 +178,18 @@ class FinalLayer(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.modulation = nn.Linear(cond_dim or dim, 2 * dim)
         self.linear = nn.Linear(dim, out_dim)
         for layer in (self.modulation, self.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.register_buffer("scale_offset", _scale_offset(dim, 2, (1,)), persistent=False)
 
     def modulate(self, cond: torch.Tensor) -> torch.Tensor:
-        """Conditioning (..., C) -> modulation (..., 2D): shift and scale."""
-        return self.modulation(F.silu(cond))
+        """Conditioning (..., C) -> modulation (..., 2D): shift and 1 + scale."""
+        return self.modulation(F.silu(cond)) + self.scale_offset
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), mod (B, L or 1, 2D) -> (B, L, out)."""
         shift, scale = mod.chunk(2, dim=-1)
-        return self.linear(self.norm(x) * (1 + scale) + shift)
+        return self.linear(modulated_norm(x, shift, scale))

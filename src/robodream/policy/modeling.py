@@ -78,14 +78,17 @@ class GigaWorldPolicy(nn.Module):
         self.pos_state = nn.Parameter(torch.zeros(1, D))
         self.pos_ref = nn.Parameter(torch.zeros(n_cam * cfg.tokens_per_frame, D))
         self.pos_action = nn.Parameter(torch.zeros(cfg.horizon, D))
-        self.pos_future = nn.Parameter(torch.zeros(max(cfg.n_future_tokens, 1), D))
+        # Future-frame parameters exist only with video supervision (video_stride > 0), so a
+        # plain-BC model has no unused parameters (DDP requires every parameter to get a gradient).
+        self.pos_future = nn.Parameter(torch.zeros(cfg.n_future_tokens, D)) if cfg.n_future else None
         self.task_embedding = nn.Embedding(len(cfg.tasks), D)
         self.time_embedding = TimestepEmbedding(D)
         self.blocks = nn.ModuleList(AdaLNBlock(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.action_out = FinalLayer(D, cfg.action_dim)
-        self.latent_out = FinalLayer(D, cfg.patch_dim)
+        self.latent_out = FinalLayer(D, cfg.patch_dim) if cfg.n_future else None
         for p in (self.pos_state, self.pos_ref, self.pos_action, self.pos_future):
-            nn.init.normal_(p, std=0.02)
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
 
         # Group index of every token of a full training sequence [prefix | actions | future].
         groups = torch.cat([

@@ -44,10 +44,15 @@ class PolicyRunner:
         self.queue: deque[np.ndarray] = deque()
         self.chunk_latency_ms: list[float] = []  # tokenizer encode + chunk sampling, per chunk
         self.last_future_frames: torch.Tensor | None = None  # (F, N, 3, H, W) in with_video mode
+        # with_video mode: (env step of the chunk's reference frame, predicted frames (F, N, 3, H, W))
+        self.video_predictions: list[tuple[int, torch.Tensor]] = []
+        self._t = 0
 
     def reset(self) -> None:
-        """Forget queued actions (call at the start of every episode)."""
+        """Forget queued actions and predictions (call at the start of every episode)."""
         self.queue.clear()
+        self.video_predictions.clear()
+        self._t = 0
 
     @torch.inference_mode()
     def predict_chunk(self, images: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -75,4 +80,7 @@ class PolicyRunner:
         if not self.queue:
             chunk = self.predict_chunk(images, state)
             self.queue.extend(chunk[: self.policy.cfg.n_action_steps])
+            if self.last_future_frames is not None:
+                self.video_predictions.append((self._t, self.last_future_frames))
+        self._t += 1
         return self.queue.popleft()

@@ -160,8 +160,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
                          "n_train_frames": len(train_table)})
     _copy_tokenizer(Path(cfg.tokenizer), out / "tokenizer")
 
-    def sample_batch(step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, len(train_table), (cfg.train.batch_size,), generator=gen)
+    def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, len(train_table), (batch_size,), generator=gen)
         return _prepare(model, train_table.windows(idx, m.horizon, m.future_offsets), device)
 
     def loss_fn(mod, batch, gen):

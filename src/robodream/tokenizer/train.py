@@ -106,8 +106,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, out: str | os.PathLike, *, resume: 
     write_run_meta(out, {"n_train_frames": len(train_frames), "n_heldout_frames": len(held_frames)})
     held_eval = held_frames[:: max(1, len(held_frames) // 1024)]
 
-    def sample_batch(step: int, gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, len(train_frames), (cfg.train.batch_size,), generator=gen)
+    def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> torch.Tensor:
+        idx = torch.randint(0, len(train_frames), (batch_size,), generator=gen)
         return train_frames[idx].to(device)
 
     def loss_fn(m, batch, gen):

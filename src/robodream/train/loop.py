@@ -134,8 +134,9 @@ class Trainer:
         model: the module to train (already on ``device``).
         cfg: optimisation settings.
         run_dir: where checkpoints, metrics.jsonl and the final weights go.
-        sample_batch: ``(step, generator) -> batch`` (any structure ``loss_fn`` accepts);
-            must draw all randomness from ``generator`` for exact resume.
+        sample_batch: ``(step, generator, batch_size) -> batch`` (any structure ``loss_fn``
+            accepts); ``batch_size`` is this process's share of ``cfg.batch_size``; all
+            randomness must come from ``generator`` for exact resume.
         loss_fn: ``(model, batch, generator) -> (scalar loss, {name: float})``.
         validate: optional ``(eval_model) -> {name: float}`` on held-out data (run on the
             EMA weights when EMA is on).
@@ -147,7 +148,7 @@ class Trainer:
         model: torch.nn.Module,
         cfg: TrainConfig,
         run_dir: str | os.PathLike,
-        sample_batch: Callable[[int, torch.Generator], Any],
+        sample_batch: Callable[[int, torch.Generator, int], Any],
         loss_fn: Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
         validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         description: str = "train",
@@ -156,6 +157,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.device = next(model.parameters()).device
         self.rank, self.world = distributed_setup()
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {self.world} processes")
+        self.local_batch_size = cfg.batch_size // self.world
         self.model = model
         self.train_model: torch.nn.Module = model
         if self.world > 1:
@@ -257,7 +261,7 @@ class Trainer:
                 for group in self.opt.param_groups:
                     group["lr"] = lr
                 gen = step_generator(cfg.seed, step, self.rank)
-                batch = self.sample_batch(step, gen)
+                batch = self.sample_batch(step, gen, self.local_batch_size)
                 self.train_model.train()
                 with autocast_context(self.device, cfg.precision):
                     loss, logs = self.loss_fn(self.train_model, batch, gen)
