@@ -1,0 +1,200 @@
+"""``rasterize``: differentiable 3D Gaussian splatting on any device.
+
+One call, three paths that render the same image:
+
+* ``"tiled"`` (default on CPU, and on CUDA without gsplat): pure PyTorch, 16x16 tiles,
+  per-tile depth order, chunked compositing with early termination and a hand-written
+  backward (:mod:`robodream.gaussians.tiled`).
+* ``"gsplat"`` (default on CUDA when gsplat is installed): gsplat's CUDA kernels
+  (:mod:`robodream.gaussians.gsplat_backend`); the inputs are sanitised the same way.
+* ``"dense"``: the reference — every Gaussian against every pixel, plain autograd. Slow;
+  for tests and the benchmark's baseline.
+
+Model (3D Gaussian Splatting, Kerbl et al. 2023; EWA splatting, Zwicker et al. 2001;
+gsplat's ``rasterization`` conventions): see :mod:`robodream.gaussians.projection` for the
+projection and truncation, :mod:`robodream.gaussians.tiled` for the compositing rule.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from robodream.errors import ConfigError
+from robodream.gaussians.projection import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    SIGMA_CUT,
+    T_MIN,
+    Projected,
+    check_inputs,
+    project_gaussians,
+)
+from robodream.gaussians.tiled import composite_tiled
+
+BACKENDS = ("auto", "tiled", "dense", "gsplat")
+
+
+class RasterOutput(NamedTuple):
+    """What :func:`rasterize` returns.
+
+    rgb: (C, H, W, 3) composited colour plus ``(1 - alpha) * background``.
+    depth: (C, H, W) expected depth ``sum_i w_i z_i / alpha`` (camera-frame z, metres;
+        0 where nothing was drawn) — gsplat's ``"ED"`` mode.
+    alpha: (C, H, W) accumulated opacity ``1 - T`` in [0, 1].
+    info: ``means2d`` (C, N, 2) projected centres (pixels; call ``.retain_grad()`` on it
+        before ``backward`` to get the view-space gradients that densification uses),
+        ``radii`` (C, N, 2) truncation box half-widths (px, 0 = culled), ``visible`` (C, N),
+        ``depths`` (C, N) camera-frame z (metres), ``backend`` (the path that ran).
+    """
+
+    rgb: Tensor
+    depth: Tensor
+    alpha: Tensor
+    info: dict
+
+
+def gsplat_available() -> bool:
+    """True when gsplat can be imported (it is an optional extra: ``pip install robodream[gpu]``)."""
+    try:
+        import gsplat  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means unavailable
+        return False
+    return True
+
+
+def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+              viewmats: Tensor, Ks: Tensor, width: int, height: int, *, background: Tensor | None = None,
+              sh_degree: int | None = None, near_plane: float = 0.01, far_plane: float = 1e10,
+              eps2d: float = 0.3, tile_size: int = 16, backend: str = "auto", chunk: int = 32) -> RasterOutput:
+    """Render N 3D Gaussians into C pinhole cameras, differentiably in all Gaussian parameters.
+
+    Args:
+        means: (N, 3) centres in the world frame, metres.
+        quats: (N, 4) rotations as quaternions (w, x, y, z); normalised internally.
+        scales: (N, 3) standard deviations along the Gaussian's axes, metres (activated,
+            not log-scales).
+        opacities: (N,) in [0, 1] (activated, not logits); clamped to [0, 1].
+        colors: (N, 3) RGB in [0, 1] (used as is), or (N, K, 3) real SH coefficients with
+            K = (d + 1)^2, d in 0..3, evaluated towards each camera and mapped to
+            ``max(SH + 0.5, 0)`` (3DGS convention).
+        viewmats: (C, 4, 4) world-to-camera transforms, OpenCV camera frame (x right,
+            y down, z forward), metres — as :func:`robodream.envs.cameras.camera_matrices`.
+        Ks: (C, 3, 3) pinhole intrinsics in pixels; pixel (u, v) has its centre at
+            (u + 0.5, v + 0.5).
+        width, height: image size in pixels.
+        background: (3,) or (C, 3) colour behind the Gaussians (default black); differentiable.
+        sh_degree: evaluate SH only up to this degree (default: all bands of ``colors``).
+        near_plane, far_plane: Gaussians whose centre depth is outside this range (metres)
+            are culled — points behind the camera included.
+        eps2d: low-pass filter added to the 2D covariance, px^2 (3DGS: 0.3).
+        tile_size: tile side in pixels (16).
+        backend: ``"auto"`` (gsplat on CUDA when installed, else ``"tiled"``), ``"tiled"``,
+            ``"dense"`` or ``"gsplat"``.
+        chunk: Gaussians per tile composited per step by the tiled path (speed only).
+
+    Returns:
+        :class:`RasterOutput` ``(rgb (C, H, W, 3), depth (C, H, W), alpha (C, H, W), info)``.
+
+    Bad input: see :mod:`robodream.gaussians.projection` — NaN/inf Gaussians are dropped with
+    zero gradient, zero scales and zero quaternions are valid, points behind the camera are
+    culled, N = 0 renders the background. Never NaN outputs or gradients.
+
+    Raises:
+        ConfigError: wrong shapes, non-finite cameras, unknown backend, or ``"gsplat"``
+            requested where it cannot run (not installed or tensors not on CUDA).
+    """
+    check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown rasteriser backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = "gsplat" if means.is_cuda and gsplat_available() else "tiled"
+    C = viewmats.shape[0]
+    bg = _background(background, C, means)
+    if backend == "gsplat":
+        from robodream.gaussians.gsplat_backend import rasterize_gsplat
+
+        return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                background=bg, sh_degree=sh_degree, near_plane=near_plane,
+                                far_plane=far_plane, eps2d=eps2d, tile_size=tile_size)
+    p = project_gaussians(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                          near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree)
+    if backend == "dense":
+        rgb, depth_acc, alpha = composite_dense(p, bg, width, height)
+    else:
+        rgb, depth_acc, alpha = composite_tiled(p, bg, width, height, tile_size=tile_size, chunk=chunk)
+    depth = depth_acc / alpha.clamp_min(1e-10)
+    info = {"means2d": p.means2d, "radii": p.radii, "visible": p.visible, "depths": p.depths, "backend": backend}
+    return RasterOutput(rgb, depth, alpha, info)
+
+
+def rasterize_dense(*args, **kwargs) -> RasterOutput:
+    """:func:`rasterize` with ``backend="dense"`` (the reference implementation)."""
+    kwargs["backend"] = "dense"
+    return rasterize(*args, **kwargs)
+
+
+def _background(background: Tensor | None, C: int, like: Tensor) -> Tensor:
+    if background is None:
+        return like.new_zeros(C, 3)
+    bg = torch.as_tensor(background, dtype=like.dtype, device=like.device)
+    if bg.shape == (3,):
+        return bg[None].expand(C, 3)
+    if bg.shape != (C, 3):
+        raise ConfigError(f"background must be (3,) or (C, 3) = ({C}, 3), got {tuple(bg.shape)}")
+    return bg
+
+
+def composite_dense(p: Projected, background: Tensor, width: int, height: int,
+                    pixel_chunk: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Reference compositing: every Gaussian against every pixel, in global depth order.
+
+    Same formation rule as the tiled path (module docstring of
+    :mod:`robodream.gaussians.tiled`), written as plainly as possible with autograd.
+    ``pixel_chunk`` bounds memory by rendering that many pixels at a time under
+    activation checkpointing (used by the benchmark for large images).
+
+    Returns rgb (C, H, W, 3), depth_acc (C, H, W) = sum_i w_i z_i, alpha (C, H, W).
+    """
+    C, N = p.depths.shape
+    dev, dt = p.depths.device, p.means2d.dtype
+    v, u = torch.meshgrid(torch.arange(height, device=dev, dtype=dt), torch.arange(width, device=dev, dtype=dt),
+                          indexing="ij")
+    pix = torch.stack([u, v], -1).reshape(-1, 2) + 0.5  # (P, 2) pixel centres
+    outs = []
+    for c in range(C):
+        key = torch.where(p.visible[c], p.depths[c].detach(), torch.full_like(p.depths[c], float("inf")))
+        order = torch.sort(key, stable=True).indices  # front to back
+        m2, con, op = p.means2d[c, order], p.conics[c, order], p.opacities[c, order]  # (N, 2), (N, 3), (N,)
+        feat = torch.cat([p.colors[c, order], p.depths[c, order, None]], -1)  # (N, 4)
+        fn = lambda px, m2=m2, con=con, op=op, feat=feat: _dense_pixels(px, m2, con, op, feat)  # noqa: E731
+        if pixel_chunk is None or pixel_chunk >= pix.shape[0]:
+            out = fn(pix)
+        else:
+            from torch.utils.checkpoint import checkpoint
+
+            out = torch.cat([checkpoint(fn, pix[i:i + pixel_chunk], use_reentrant=False)
+                             for i in range(0, pix.shape[0], pixel_chunk)])
+        outs.append(out)  # (P, 5): rgb, depth_acc, T
+    out = torch.stack(outs).reshape(C, height, width, 5)
+    T = out[..., 4]
+    rgb = out[..., :3] + T[..., None] * background[:, None, None, :]
+    return rgb, out[..., 3], 1.0 - T
+
+
+def _dense_pixels(pix: Tensor, m2: Tensor, con: Tensor, op: Tensor, feat: Tensor) -> Tensor:
+    """Composite all (depth-sorted) Gaussians at pixel centres ``pix (P, 2)`` -> (P, 5)."""
+    dx = m2[:, None, 0] - pix[None, :, 0]  # (N, P)
+    dy = m2[:, None, 1] - pix[None, :, 1]
+    sigma = 0.5 * (con[:, None, 0] * dx * dx + con[:, None, 2] * dy * dy) + con[:, None, 1] * dx * dy
+    raw = op[:, None] * torch.exp(-sigma)
+    alpha = torch.where((sigma <= SIGMA_CUT) & (raw >= ALPHA_MIN), raw.clamp_max(ALPHA_MAX), 0.0)
+    keep = torch.cumprod(1.0 - alpha, dim=0) > T_MIN  # stop before saturating
+    alpha = torch.where(keep, alpha, 0.0)
+    T_incl = torch.cumprod(1.0 - alpha, dim=0)  # (N, P)
+    T_excl = torch.cat([torch.ones_like(T_incl[:1]), T_incl[:-1]])
+    w = alpha * T_excl  # (N, P)
+    T_final = T_incl[-1] if T_incl.shape[0] else torch.ones_like(pix[:, 0])
+    return torch.cat([w.T @ feat, T_final[:, None]], -1)
