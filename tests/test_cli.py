@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fixtures.lerobot_v30 import make_lerobot_v30_fixture
 from typer.testing import CliRunner
 
 from robodream.cli import app
-from fixtures.lerobot_v30 import make_lerobot_v30_fixture
 
 runner = CliRunner()
 

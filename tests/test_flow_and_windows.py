@@ -64,3 +64,14 @@ def test_windows_pad_at_episode_end():
     assert w["future_latents"][1, :, 0, 0, 0, 0].tolist() == [102, 102]
     assert w["task_index"].tolist() == [0, 1]
     assert w["ref_latents"].shape == (2, 2, 1, 1, 1)
+
+
+def test_balanced_anchor_sampling():
+    tab = _table()  # task 0 has 5 frames, task 1 has 3
+    g = torch.Generator().manual_seed(0)
+    idx = tab.sample_anchors(20_000, g)
+    frac_task1 = (tab.task_index[idx] == 1).float().mean()
+    assert abs(float(frac_task1) - 0.5) < 0.02
+    assert set(idx.tolist()) == set(range(8))
+    uni = tab.sample_anchors(20_000, g, balance_tasks=False)
+    assert abs(float((tab.task_index[uni] == 1).float().mean()) - 3 / 8) < 0.02

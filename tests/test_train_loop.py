@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
-
-from robodream.errors import CheckpointError
-from robodream.train.checkpoint import latest_checkpoint, load_model_weights, save_tensors
-from robodream.train.loop import Trainer, TrainConfig, lr_at
 from test_policy import inputs, tiny_cfg
 
+from robodream.errors import CheckpointError
 from robodream.policy.modeling import GigaWorldPolicy
+from robodream.train.checkpoint import latest_checkpoint, load_model_weights, save_tensors
+from robodream.train.loop import TrainConfig, Trainer, lr_at
 
 
 def test_lr_schedule():

@@ -84,7 +84,8 @@ def collect(
     overwrite: Annotated[bool, typer.Option(help="replace an existing dataset at --out")] = False,
 ) -> None:
     """Record scripted-expert episodes of a Meta-World task into a LeRobotDataset v3.0."""
-    from robodream.data.collect import CollectConfig, collect as run_collect
+    from robodream.data.collect import CollectConfig
+    from robodream.data.collect import collect as run_collect
     from robodream.envs.meta_world import DEFAULT_CAMERAS
 
     cfg = CollectConfig(task=task, episodes=episodes, seed=seed, image_size=image_size,

@@ -57,6 +57,25 @@ class EpisodeTable:
     def __len__(self) -> int:
         return len(self.action)
 
+    def sample_anchors(self, n: int, generator: torch.Generator, balance_tasks: bool = True) -> torch.Tensor:
+        """Draw ``n`` window anchor frames (n,) long.
+
+        With ``balance_tasks`` every task is drawn equally often (then a frame uniformly within
+        it), so short-episode tasks are not drowned out in multi-task training; otherwise
+        frames are drawn uniformly.
+        """
+        if not balance_tasks:
+            return torch.randint(0, len(self), (n,), generator=generator)
+        if not hasattr(self, "_by_task"):
+            order = torch.argsort(self.task_index, stable=True)
+            tasks, counts = torch.unique_consecutive(self.task_index[order], return_counts=True)
+            starts = torch.cumsum(counts, 0) - counts
+            self._by_task = (order, counts, starts)
+        order, counts, starts = self._by_task
+        t = torch.randint(0, len(counts), (n,), generator=generator)
+        offset = (torch.rand(n, generator=generator) * counts[t]).long().clamp_max(counts[t] - 1)
+        return order[starts[t] + offset]
+
     @property
     def n_episodes(self) -> int:
         return int(torch.unique(self.episode_start).numel())

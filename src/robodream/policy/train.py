@@ -27,7 +27,7 @@ from robodream.policy.modeling import GigaWorldPolicy
 from robodream.tokenizer.model import ImageTokenizer
 from robodream.tokenizer.train import _check_out, load_tokenizer, split_episodes
 from robodream.train.checkpoint import load_model_weights
-from robodream.train.loop import Trainer, TrainConfig, resolve_device
+from robodream.train.loop import TrainConfig, Trainer, resolve_device
 from robodream.utils.io import atomic_write_json, read_json
 from robodream.utils.progress import progress_bar
 from robodream.utils.run import from_dict, read_run_config, to_jsonable, write_run_meta
@@ -49,6 +49,7 @@ class PolicyRunConfig:
     model: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=default_policy_train)
     heldout_fraction: float = 0.1
+    balance_tasks: bool = True  # draw every task equally often in multi-task training
     # Filled in from the datasets: instruction -> Meta-World task name, and the env seeds
     # (per Meta-World task) of the training episodes, so evaluation can avoid them.
     env_tasks: dict = field(default_factory=dict)
@@ -161,7 +162,7 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
     _copy_tokenizer(Path(cfg.tokenizer), out / "tokenizer")
 
     def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, len(train_table), (batch_size,), generator=gen)
+        idx = train_table.sample_anchors(batch_size, gen, balance_tasks=cfg.balance_tasks)
         return _prepare(model, train_table.windows(idx, m.horizon, m.future_offsets), device)
 
     def loss_fn(mod, batch, gen):

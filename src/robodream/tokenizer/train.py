@@ -18,7 +18,7 @@ from robodream.data.lerobot import LeRobotDataset
 from robodream.errors import CheckpointError, ConfigError, DatasetError
 from robodream.tokenizer.model import ImageTokenizer, TokenizerConfig, psnr
 from robodream.train.checkpoint import load_model_weights
-from robodream.train.loop import Trainer, TrainConfig, resolve_device
+from robodream.train.loop import TrainConfig, Trainer, resolve_device
 from robodream.utils.io import atomic_write_json
 from robodream.utils.run import from_dict, read_run_config, to_jsonable, write_run_meta
 
