@@ -83,6 +83,16 @@ def test_tiled_equals_dense(n, W, H, C, sh, opaque, chunk, monkeypatch):
             torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("tile_size", [8, 32])
+def test_images_do_not_depend_on_tile_size(tile_size):
+    params = random_scene(500, seed=2, sh_degree=1, opaque=True)
+    vm, K = cameras(1, 50, 40)
+    ref, g_ref = render_and_grad(params, vm, K, 50, 40, "dense")
+    out, g_out = render_and_grad(params, vm, K, 50, 40, "tiled", tile_size=tile_size)
+    for a, b in zip(list(ref[:3]) + list(g_ref), list(out[:3]) + list(g_out)):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-9)
+
+
 def test_tiled_float32_close_to_dense_float64():
     params = random_scene(800, seed=7, sh_degree=1)
     vm, K = cameras(1, 64, 64)

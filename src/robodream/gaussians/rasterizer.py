@@ -68,7 +68,7 @@ def gsplat_available() -> bool:
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
               viewmats: Tensor, Ks: Tensor, width: int, height: int, *, background: Tensor | None = None,
               sh_degree: int | None = None, near_plane: float = 0.01, far_plane: float = 1e10,
-              eps2d: float = 0.3, tile_size: int = 16, backend: str = "auto", chunk: int = 32) -> RasterOutput:
+              eps2d: float = 0.3, tile_size: int = 16, backend: str = "auto", chunk: int | None = None) -> RasterOutput:
     """Render N 3D Gaussians into C pinhole cameras, differentiably in all Gaussian parameters.
 
     Args:
@@ -93,7 +93,8 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         tile_size: tile side in pixels (16).
         backend: ``"auto"`` (gsplat on CUDA when installed, else ``"tiled"``), ``"tiled"``,
             ``"dense"`` or ``"gsplat"``.
-        chunk: Gaussians per tile composited per step by the tiled path (speed only).
+        chunk: Gaussians per tile composited per step by the tiled path (speed only;
+            default ``2 * tile_size``, the fastest measured on CPU).
 
     Returns:
         :class:`RasterOutput` ``(rgb (C, H, W, 3), depth (C, H, W), alpha (C, H, W), info)``.
@@ -124,7 +125,8 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     if backend == "dense":
         rgb, depth_acc, alpha = composite_dense(p, bg, width, height)
     else:
-        rgb, depth_acc, alpha = composite_tiled(p, bg, width, height, tile_size=tile_size, chunk=chunk)
+        rgb, depth_acc, alpha = composite_tiled(p, bg, width, height, tile_size=tile_size,
+                                                chunk=chunk or 2 * tile_size)
     depth = depth_acc / alpha.clamp_min(1e-10)
     info = {"means2d": p.means2d, "radii": p.radii, "visible": p.visible, "depths": p.depths, "backend": backend}
     return RasterOutput(rgb, depth, alpha, info)
