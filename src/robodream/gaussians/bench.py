@@ -6,7 +6,7 @@ rotations, log-uniform scales in [0.01, 0.05] m, opacities uniform in [0.2, 1], 
 This is denser than a fitted scene at small N and sparser at large N; it is a
 throughput test, not a quality one.
 
-Paths: ``tiled`` (robodream's PyTorch path), ``dense`` (the reference; skipped above
+Paths: ``tiled`` (robodream's PyTorch path, ``tile_size`` 16 unless asked), ``dense`` (the reference; skipped above
 ``dense_max_pairs`` Gaussian-pixel pairs, where it takes minutes and gigabytes), and on CUDA
 with gsplat installed ``gsplat`` (gsplat through :func:`rasterize`) and ``gsplat_direct``
 (``gsplat.rasterization`` called as its docs show). Times are medians over repeats of wall
@@ -47,7 +47,7 @@ def bench_scene(n: int, width: int, height: int, device: str = "cpu", seed: int 
     return params, torch.eye(4)[None].to(device), Ks.to(device)
 
 
-def _render_fn(path: str, params, viewmats, Ks, W: int, H: int) -> Callable[[], tuple]:
+def _render_fn(path: str, params, viewmats, Ks, W: int, H: int, tile_size: int = 16) -> Callable[[], tuple]:
     if path == "dense":
         chunk = max(64, 4_000_000 // max(params[0].shape[0], 1))  # bounds memory; checkpointed
 
@@ -64,7 +64,7 @@ def _render_fn(path: str, params, viewmats, Ks, W: int, H: int) -> Callable[[], 
             return render[..., :3], render[..., 3], alphas[..., 0]
         return fn
     backend = {"tiled": "tiled", "gsplat": "gsplat"}[path]
-    return lambda: tuple(rasterize(*params, viewmats, Ks, W, H, backend=backend)[:3])
+    return lambda: tuple(rasterize(*params, viewmats, Ks, W, H, backend=backend, tile_size=tile_size)[:3])
 
 
 def _time(fn: Callable[[], Any], repeats: int, warmup: int, cuda: bool) -> tuple[float, float]:
@@ -85,7 +85,7 @@ def _time(fn: Callable[[], Any], repeats: int, warmup: int, cuda: bool) -> tuple
 
 
 def bench_rasterizer(counts=(2048, 8192, 32768), sizes=(64, 128, 256), repeats: int = 5, device: str = "auto",
-                     threads: int = 0, dense_max_pairs: float = 1.4e8, dense_repeats: int = 3,
+                     threads: int = 0, dense_max_pairs: float = 1.4e8, dense_repeats: int = 3, tile_size: int = 16,
                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time every path on every (count, size); returns the JSON-able result with ``rows`` and ``ratios``.
 
@@ -109,13 +109,14 @@ def bench_rasterizer(counts=(2048, 8192, 32768), sizes=(64, 128, 256), repeats: 
         for n in counts:
             for s in sizes:
                 for path in paths:
-                    row = {"path": path, "device": device, "n_gaussians": int(n), "width": int(s), "height": int(s)}
+                    row = {"path": path, "device": device, "n_gaussians": int(n), "width": int(s), "height": int(s),
+                           "tile_size": tile_size if path in ("tiled", "gsplat") else None}
                     if path == "dense" and n * s * s > dense_max_pairs:
                         rows.append({**row, "forward_ms": None, "forward_backward_ms": None,
                                      "skipped": f"{n * s * s:.2g} Gaussian-pixel pairs > dense_max_pairs"})
                         continue
                     params, vm, K = bench_scene(int(n), int(s), int(s), device)
-                    fn = _render_fn(path, params, vm, K, int(s), int(s))
+                    fn = _render_fn(path, params, vm, K, int(s), int(s), tile_size)
                     reps = min(repeats, dense_repeats) if path == "dense" else repeats
 
                     def forward(fn=fn):

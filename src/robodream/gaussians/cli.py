@@ -89,6 +89,7 @@ def bench_rasterizer_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch default)")] = 0,
     dense_max_pairs: Annotated[float, typer.Option(help="skip the dense reference above N*H*W pairs")] = 1.4e8,
+    tile_size: Annotated[int, typer.Option(help="tile side of the tiled path, pixels")] = 16,
 ) -> None:
     """Forward and forward+backward time of the tiled rasteriser vs the dense reference (and gsplat on CUDA)."""
     from robodream.gaussians.bench import bench_rasterizer
@@ -96,11 +97,11 @@ def bench_rasterizer_cmd(
 
     log = lambda m: err_console.print(f"[bold cyan]>>[/] {m}")  # noqa: E731
     r = bench_rasterizer(_ints(counts, "counts"), _ints(sizes, "sizes"), repeats=repeats, device=device,
-                         threads=threads, dense_max_pairs=dense_max_pairs, log=log)
+                         threads=threads, dense_max_pairs=dense_max_pairs, tile_size=tile_size, log=log)
     atomic_write_json(out, r)
     rows = [[x["path"], x["device"], x["n_gaussians"], f"{x['width']}x{x['height']}", x["forward_ms"],
              x["forward_backward_ms"]] for x in r["rows"]]
-    print_table(f"rasteriser, {r['device']}, {r['torch_threads']} thread(s), median of {r['repeats']}",
+    print_table(f"rasteriser, {r['device']}, {r['torch_threads']} thread(s), {tile_size}px tiles, median of {r['repeats']}",
                 ["path", "device", "Gaussians", "image", "forward ms", "fwd+bwd ms"], rows)
     print_table("ratios", ["Gaussians", "image", "dense/tiled fwd", "dense/tiled fwd+bwd", "tiled/gsplat fwd+bwd",
                            "gsplat via rasterize / direct fwd+bwd"],

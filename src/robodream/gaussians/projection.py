@@ -117,8 +117,9 @@ def sanitize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, co
     Gaussians whose parameters were all finite. ``torch.where`` passes exactly zero
     gradient to the replaced entries, so NaNs never reach a gradient.
     """
-    finite = (torch.isfinite(means).all(-1) & torch.isfinite(quats).all(-1) & torch.isfinite(scales).all(-1)
-              & torch.isfinite(opacities) & torch.isfinite(colors.flatten(1)).all(-1))
+    # A row sum is non-finite iff some entry is (or the finite entries overflow: ~1e38, degenerate anyway).
+    total = means.sum(-1) + quats.sum(-1) + scales.sum(-1) + opacities + colors.flatten(1).sum(-1)
+    finite = torch.isfinite(total.detach())
     if bool(finite.all()):
         return means, quats, scales, opacities, colors, finite
     f1 = finite[:, None]
@@ -170,17 +171,16 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: T
     lim_yn = cy / fy + 0.3 * (0.5 * height / fy)
     tx = z_safe * torch.maximum(torch.minimum(x / z_safe, lim_xp), -lim_xn)
     ty = z_safe * torch.maximum(torch.minimum(y / z_safe, lim_yp), -lim_yn)
-    zero = torch.zeros_like(z_safe)
-    J = torch.stack([fx / z_safe, zero, -fx * tx / z_safe**2,
-                     zero, fy / z_safe, -fy * ty / z_safe**2], dim=-1).reshape(C, -1, 2, 3)  # (C, N, 2, 3)
-
-    M = quat_to_rotmat(quats) * scales[:, None, :]  # (N, 3, 3) = R S, Sigma = M M^T
-    V = torch.einsum("cnij,cjk,nkl->cnil", J, Rc, M)  # (C, N, 2, 3) = J W R S
-    cov = V @ V.transpose(-1, -2)  # (C, N, 2, 2), positive semi-definite by construction
-    a = cov[..., 0, 0] + eps2d
-    b = cov[..., 0, 1]
-    c = cov[..., 1, 1] + eps2d
-    det = (a * c - b * b).clamp_min(1e-12)  # >= eps2d^2 up to rounding
+    # EWA: Sigma_2d = J W (R S)(R S)^T W^T J^T with J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]].
+    A = torch.einsum("cik,nkj->cnij", Rc, quat_to_rotmat(quats) * scales[:, None, :])  # (C, N, 3, 3) = W R S
+    j00, j02 = fx / z_safe, -fx * tx / z_safe**2  # (C, N)
+    j11, j12 = fy / z_safe, -fy * ty / z_safe**2
+    v0 = j00[..., None] * A[..., 0, :] + j02[..., None] * A[..., 2, :]  # (C, N, 3) first row of J W R S
+    v1 = j11[..., None] * A[..., 1, :] + j12[..., None] * A[..., 2, :]
+    a = (v0 * v0).sum(-1) + eps2d  # Sigma_2d = [[a, b], [b, c]] + low-pass, px^2
+    b = (v0 * v1).sum(-1)
+    c = (v1 * v1).sum(-1) + eps2d
+    det = (a * c - b * b).clamp_min(1e-12)  # >= eps2d^2 up to rounding (Gram matrix + eps2d I)
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)  # (C, N, 3)
     means2d = torch.stack([fx * x / z_safe + cx, fy * y / z_safe + cy], dim=-1)  # (C, N, 2)
 

@@ -91,36 +91,57 @@ def from_points(points: np.ndarray | Tensor, colors: np.ndarray | Tensor, scale:
                           opacity_logits=torch.full((n,), logit), sh=sh)
 
 
-def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
-    """One point per occupied voxel of side ``voxel`` (metres): mean position and colour."""
-    keys = np.floor(points / voxel).astype(np.int64)
-    _, inv, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inv = inv.reshape(-1)
-    pts = np.zeros((counts.shape[0], 3))
-    col = np.zeros((counts.shape[0], 3))
-    np.add.at(pts, inv, points)
-    np.add.at(col, inv, colors)
-    return pts / counts[:, None], col / counts[:, None]
+def _voxel_ids(points: np.ndarray, voxel: np.ndarray) -> np.ndarray:
+    """One integer per point that is equal exactly for points in the same voxel (same size too)."""
+    idx = np.floor(points / voxel[:, None]).astype(np.int64)  # (N, 3)
+    level = np.round(np.log2(voxel) * 8).astype(np.int64)
+    cols = [idx[:, 0], idx[:, 1], idx[:, 2], level]
+    cols = [c - c.min() for c in cols]
+    spans = [int(c.max()) + 1 for c in cols]
+    if np.prod([float(x) for x in spans]) < 2.0**62:  # exact mixed-radix packing into one int64
+        out = np.zeros(points.shape[0], dtype=np.int64)
+        for c, span in zip(cols, spans):
+            out = out * span + c
+        return out
+    return np.unique(np.stack(cols, 1), axis=0, return_inverse=True)[1].reshape(-1)
 
 
-def downsample_to(points: np.ndarray, colors: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Voxel-downsample to about ``target`` points (bisection on the voxel size, metres).
+def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel: float | np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One point per occupied voxel: mean position and colour, and the voxel size (metres).
 
-    Returns points, colours and the voxel size, which is also the typical spacing of the result.
+    ``voxel`` is a side length, or one per point (N,) taking a few distinct values (a level
+    of detail per point); points are only merged with points of the same voxel size.
     """
-    if points.shape[0] <= target:
-        return points, colors, 1e-3
-    lo, hi = 1e-4, float(np.ptp(points, axis=0).max()) + 1e-3
-    best = None
-    for _ in range(18):
+    v = np.broadcast_to(np.asarray(voxel, dtype=np.float64), points.shape[:1])
+    _, inv, counts = np.unique(_voxel_ids(points, v), return_inverse=True, return_counts=True)
+    data = np.concatenate([points, colors, v[:, None]], axis=1)  # (N, 7)
+    out = np.stack([np.bincount(inv, weights=data[:, j], minlength=counts.shape[0]) for j in range(7)], 1)
+    out /= counts[:, None]
+    return out[:, :3], out[:, 3:6], out[:, 6]
+
+
+def downsample_to(points: np.ndarray, colors: np.ndarray, target: int, footprint: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel-downsample to about ``target`` points, finer where pixels are finer.
+
+    ``footprint`` (N,) is each point's pixel size in metres (depth / focal length in the view
+    it came from); voxel sizes are ``base * 2^k`` with ``k = round(log2(footprint / min))``,
+    so far surfaces (seen coarsely) get coarse voxels and near ones fine voxels; ``base`` is
+    bisected to hit ``target``. Returns points, colours and each point's voxel size (metres),
+    the typical spacing of its neighbours.
+    """
+    fp = np.ones(points.shape[0]) if footprint is None else np.asarray(footprint, dtype=np.float64)
+    level = 2.0 ** np.round(np.log2(fp / fp.min()))  # (N,) relative voxel size, powers of two
+    lo, hi = 1e-4 / level.max(), float(np.ptp(points, axis=0).max()) + 1e-3
+    base = hi
+    for _ in range(24):
         mid = np.sqrt(lo * hi)
-        n = np.unique(np.floor(points / mid).astype(np.int64), axis=0).shape[0]
+        n = np.unique(_voxel_ids(points, mid * level)).shape[0]
         if n > target:
             lo = mid
         else:
-            hi, best = mid, mid
-        if abs(n - target) < 0.05 * target:
+            hi = base = mid
+        if abs(n - target) < 0.03 * target:
             break
-    voxel = best if best is not None else hi
-    p, c = voxel_downsample(points, colors, voxel)
-    return p, c, voxel
+    return voxel_downsample(points, colors, base * level)

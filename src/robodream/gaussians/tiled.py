@@ -1,11 +1,11 @@
 """Tiled front-to-back compositing in pure PyTorch, with a hand-written backward.
 
-The image is cut into 16x16-pixel tiles (3DGS, Kerbl et al. 2023, Sec. 6). Every visible
+The image is cut into 16x16-pixel tiles (3DGS, Kerbl et al. 2023, Sec. 6; gsplat). Every visible
 Gaussian is binned into the tiles its truncation box touches (:func:`bin_tiles`), each
 tile's list keeps the global front-to-back depth order, and the lists are padded into one
 table ``(C * n_tiles, K)``. Compositing then walks the tables in chunks of ``chunk``
 Gaussians; each chunk is a handful of batched tensor operations over
-``(active tiles, chunk, 256 pixels)``. A tile leaves the active set as soon as all of its
+``(active tiles, 256 pixels, chunk)``. A tile leaves the active set as soon as all of its
 pixels are saturated (transmittance would fall to <= 1e-4) or its list is exhausted, so
 opaque scenes stop early and tiles with short lists cost nothing after their end.
 
@@ -17,12 +17,18 @@ Pixel formation is exactly that of :func:`robodream.gaussians.rasterizer.rasteri
     w_i     = keep_i alpha_i prod_{j < i} (1 - alpha_j)
     rgb     = sum_i w_i c_i + T bg,   depth_acc = sum_i w_i z_i,   alpha = 1 - T
 
-The backward pass (a ``torch.autograd.Function``) stores only the transmittance at each
-chunk boundary and recomputes alphas chunk by chunk from back to front, carrying the
-suffix sums ``S_i = sum_{j > i} (g . f_j) w_j + T (g_rgb . bg - g_alpha)`` of 3DGS's
-backward kernel; ``dL/dalpha_i = T_i (g . f_i) - S_i / (1 - alpha_i)``. The reductions over
-a tile's pixels use the separable structure of a tile (16 columns x 16 rows) so that the
-gradients of the 2D means and conics cost two batched matrix products.
+Everything in the hot loop is arithmetic on float tensors laid out ``(tiles, pixels,
+Gaussians)``: masks are 0/1 floats (``clamp(x * 1e30, 0, 1)`` is an exact step function),
+truncation sends the exponent to -inf, and the cumulative products run along the last,
+contiguous axis — on CPU, boolean masks and ``torch.where`` cost about ten arithmetic ops.
+
+The backward pass (a ``torch.autograd.Function``) keeps each chunk's alphas and
+transmittances while their total size is under ``cache_elems`` and recomputes the rest; it
+walks the chunks back to front carrying the suffix sums
+``S_i = sum_{j > i} (g . f_j) w_j + T (g_rgb . bg - g_alpha)`` of 3DGS's backward kernel, so
+``dL/dalpha_i = T_i (g . f_i) - S_i / (1 - alpha_i)``. Gradients of the 2D means and conics
+reduce over a tile's pixels through its separable structure (row sums and column sums).
+The tile size (default 16) changes speed only, never the image.
 """
 
 from __future__ import annotations
@@ -49,7 +55,9 @@ def bin_tiles(p: Projected, width: int, height: int, tile_size: int = 16) -> tup
         table: (C * n_tiles, K) int64 rows into the packed ``(C * N + 1)`` parameter array,
             front to back per tile, padded with ``C * N`` (a zero-opacity row).
         counts: (C * n_tiles,) number of real entries per row.
-    Tiles are numbered row-major per camera: ``c * n_tiles + ty * tiles_x + tx``.
+    Tiles are numbered row-major per camera: ``c * n_tiles + ty * tiles_x + tx``. Like
+    gsplat's ``isect_tiles``: one (tile, Gaussian) pair per touched tile, generated in depth
+    order and grouped by tile with a stable sort.
     """
     C, N = p.depths.shape
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
@@ -57,27 +65,24 @@ def bin_tiles(p: Projected, width: int, height: int, tile_size: int = 16) -> tup
     dev = p.depths.device
     pad = C * N
     key = torch.where(p.visible, p.depths.detach(), torch.full_like(p.depths, float("inf")))
-    order = torch.sort(key, dim=1, stable=True).indices  # (C, N) front to back, culled last
-    n_vis = int(p.visible.sum(1).max()) if N else 0
-    if n_vis == 0:
-        return torch.full((C * n_tiles, 0), pad, dtype=torch.long, device=dev), torch.zeros(
-            C * n_tiles, dtype=torch.long, device=dev)
-    order = order[:, :n_vis]  # (C, Nv)
-    rng = tile_ranges(p.means2d.detach(), p.radii, tile_size, tiles_x, tiles_y)  # (C, N, 4)
-    rng = torch.gather(rng, 1, order[..., None].expand(-1, -1, 4))  # (C, Nv, 4) sorted
-    tx = torch.arange(tiles_x, device=dev)[None, :, None]  # (1, tiles_x, 1)
-    ty = torch.arange(tiles_y, device=dev)[None, :, None]
-    in_x = (tx >= rng[:, None, :, 0]) & (tx <= rng[:, None, :, 1])  # (C, tiles_x, Nv)
-    in_y = (ty >= rng[:, None, :, 2]) & (ty <= rng[:, None, :, 3])  # (C, tiles_y, Nv)
-    mask = (in_y[:, :, None, :] & in_x[:, None, :, :]).reshape(C * n_tiles, n_vis)  # (C*T, Nv)
-    counts = mask.sum(1)  # (C*T,)
-    K = int(counts.max())
-    rows, j = mask.nonzero(as_tuple=True)  # row-major: per tile, front to back
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(rows.numel(), device=dev) - starts[rows]
-    cam = torch.div(rows, n_tiles, rounding_mode="floor")
+    order = torch.sort(key.flatten(), stable=True).indices  # (C*N,) front to back over all cameras
+    order = order[p.visible.flatten()[order]]  # visible only, (Nv,) flat (camera, Gaussian) ids
+    rng = tile_ranges(p.means2d.detach(), p.radii, tile_size, tiles_x, tiles_y).reshape(C * N, 4)[order]  # (Nv, 4)
+    w = (rng[:, 1] - rng[:, 0] + 1).clamp_min(0)
+    h = (rng[:, 3] - rng[:, 2] + 1).clamp_min(0)
+    n_pairs = w * h  # tiles touched by each Gaussian
+    gid = torch.repeat_interleave(torch.arange(order.numel(), device=dev), n_pairs)  # (M,) depth order
+    j = torch.arange(gid.numel(), device=dev) - (torch.cumsum(n_pairs, 0) - n_pairs)[gid]  # index in its box
+    tx = rng[gid, 0] + j % w[gid]
+    ty = rng[gid, 2] + torch.div(j, w[gid], rounding_mode="floor")
+    cam = torch.div(order[gid], N, rounding_mode="floor")
+    tile = cam * n_tiles + ty * tiles_x + tx  # (M,)
+    tile, perm = torch.sort(tile, stable=True)  # group by tile, depth order kept within a tile
+    counts = torch.bincount(tile, minlength=C * n_tiles)  # (C*T,)
+    K = int(counts.max()) if tile.numel() else 0
+    pos = torch.arange(tile.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[tile]
     table = torch.full((C * n_tiles, K), pad, dtype=torch.long, device=dev)
-    table[rows, pos] = cam * N + order[cam, j]
+    table[tile, pos] = order[gid[perm]]
     return table, counts
 
 
@@ -118,12 +123,6 @@ class _Geometry:
         full[:, :height, :width] = img
         x = full.reshape(C, self.tiles_y, ts, self.tiles_x, ts, *rest).transpose(2, 3)
         return x.reshape(C * self.n_tiles, self.P, *rest)
-
-
-def _schedule(K: int, chunk: int):
-    """Column ranges [s, e) of the tile tables composited per step."""
-    for s in range(0, K, chunk):
-        yield s, min(K, s + chunk)
 
 
 def _step(x: Tensor) -> Tensor:
@@ -191,10 +190,14 @@ class TiledComposite(torch.autograd.Function):
         acc = torch.zeros(TT, 4, P, device=dev, dtype=dt)  # rgb + depth, channels first
         steps = []  # (start, active tiles, T0, cached (alpha, Tin) or None)
         cached = 0
-        for s, e in _schedule(table.shape[1], chunk):
+        K, s = table.shape[1], 0
+        while s < K:
             act = ((counts > s) & ~done.all(1)).nonzero().squeeze(1)
             if act.numel() == 0:
                 break
+            # Fewer live tiles -> longer chunks (x sqrt(all / live)), so the few tiles with long,
+            # unsaturated lists take few steps without overshooting far past their saturation.
+            e = min(K, s + max(chunk, int(chunk * math.sqrt(TT / act.numel()))))
             idx = table[act, s:e]  # (a, k)
             rows = rows_all[idx]  # (a, k, 12)
             T0 = T[act].masked_fill(done[act], 0.0)  # (a, P): saturated pixels take nothing more
@@ -206,19 +209,20 @@ class TiledComposite(torch.autograd.Function):
             keep_it = cached + alpha.numel() <= cache_elems
             cached += alpha.numel() if keep_it else 0
             steps.append((s, e, act, T0, (alpha, Tin) if keep_it else None))
+            s = e
         rgb_t = acc[:, :3].transpose(1, 2) + T[..., None] * background.repeat_interleave(geo.n_tiles, 0)[:, None, :]
         rgb = geo.to_image(rgb_t, C, width, height)
         depth = geo.to_image(acc[:, 3], C, width, height)
         alpha_img = geo.to_image(1.0 - T, C, width, height)
         ctx.save_for_backward(rows_all, background, table, T)
-        ctx.steps, ctx.geo, ctx.dims, ctx.chunk = steps, geo, (C, width, height), chunk
+        ctx.steps, ctx.geo, ctx.dims = steps, geo, (C, width, height)
         return rgb, depth, alpha_img
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_rgb, g_depth, g_alpha):
         rows_all, background, table, T = ctx.saved_tensors
-        geo, (C, width, height), chunk = ctx.geo, ctx.dims, ctx.chunk
+        geo, (C, width, height) = ctx.geo, ctx.dims
         dev, dt = rows_all.device, rows_all.dtype
         ts = geo.ts
         zeros = lambda *s: torch.zeros(*s, device=dev, dtype=dt)  # noqa: E731
