@@ -40,6 +40,12 @@ def test_collect_train_outputs(work):
     assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 3
     prov = json.loads((work / "ds" / "meta" / "robodream.json").read_text())
     assert prov["seeds"] == [0, 1, 2] and prov["task"] == "reach-v3"
+    from robodream.data.lerobot import LeRobotDataset
+
+    ds = LeRobotDataset(work / "ds")
+    for i in range(ds.num_episodes):  # recording goes on 16 steps past the first success
+        flags = ds.episode(i).extra["next.success"]
+        assert flags.any() and len(flags) == int(flags.argmax()) + 1 + 16
     for run_dir in ("tok", "pol"):
         for name in ("config.json", "meta.json", "metrics.jsonl", "model.safetensors", "results.json"):
             assert (work / run_dir / name).is_file(), (run_dir, name)
@@ -75,7 +81,7 @@ def test_resume_and_existing_run(work):
 
 def test_bench_policy(tmp_path, work):
     run("bench", "policy", "--out", tmp_path / "b.json", "--repeats", 3, "--train-steps", 1, "--config",
-        work / "pol" / "config.json")
+        work / "pol" / "config.json", "--no-compile")
     r = json.loads((tmp_path / "b.json").read_text())
     for key in ("action_only_p50_ms", "with_video_p50_ms", "joint_p50_ms", "speedup_vs_joint",
                 "train_samples_per_s", "train_peak_rss_mib"):

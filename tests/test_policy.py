@@ -164,3 +164,14 @@ def test_interpolate_endpoints():
     x0, eps = torch.randn(2, 3), torch.randn(2, 3)
     torch.testing.assert_close(interpolate(x0, eps, torch.zeros(2)), x0)
     torch.testing.assert_close(interpolate(x0, eps, torch.ones(2)), eps)
+
+
+def test_compiled_action_only_matches_eager():
+    cfg = tiny_cfg(depth=1)
+    m = random_policy(cfg)
+    state, ref, task, _, _ = inputs(cfg)
+    noise = torch.randn(3, cfg.horizon, cfg.action_dim)
+    eager = m.sample(state, ref, task, noise=noise).actions
+    m.compile_inference()
+    compiled = m.sample(state, ref, task, noise=noise).actions
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

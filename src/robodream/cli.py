@@ -80,6 +80,7 @@ def collect(
     image_size: Annotated[int, typer.Option(help="square image side in pixels")] = 64,
     cameras: Annotated[Optional[str], typer.Option(help="comma-separated camera names")] = None,
     keep_failures: Annotated[bool, typer.Option(help="also keep unsuccessful episodes")] = False,
+    post_success_steps: Annotated[int, typer.Option(help="expert steps recorded after the first success")] = 16,
     video_codec: Annotated[str, typer.Option(help="h264 (near-lossless), h264-rgb (exact) or av1")] = "h264",
     overwrite: Annotated[bool, typer.Option(help="replace an existing dataset at --out")] = False,
 ) -> None:
@@ -90,7 +91,8 @@ def collect(
 
     cfg = CollectConfig(task=task, episodes=episodes, seed=seed, image_size=image_size,
                         cameras=tuple(cameras.split(",")) if cameras else DEFAULT_CAMERAS,
-                        keep_failures=keep_failures, video_codec=video_codec)
+                        keep_failures=keep_failures, post_success_steps=post_success_steps,
+                        video_codec=video_codec)
     res = run_collect(cfg, out, overwrite=overwrite)
     print_table(f"collect {task}", ["kept", "discarded", "mean length", "seeds", "dataset"],
                 [[res.kept, res.discarded, res.mean_length, f"{res.seeds[0]}..{res.seeds[-1]}", str(res.path)]])
@@ -204,13 +206,15 @@ def eval_policy_cmd(
     videos: Annotated[int, typer.Option(help="rollouts saved as MP4")] = 3,
     mode: Annotated[Optional[str], typer.Option(help="action_only, with_video or joint")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch threads for batch-1 inference")] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads during evaluation")] = 2,
+    compile: Annotated[bool, typer.Option(help="torch.compile the action-only denoising step")] = False,
 ) -> None:
     """Closed-loop rollouts on seeds never used for training; writes results.json, MP4s, a PNG."""
     from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 
     r = evaluate_policy(policy, task, episodes, out, seed_start=DEFAULT_EVAL_SEED if seed_start is None else seed_start,
-                        max_steps=max_steps, n_videos=videos, mode=mode, device=device, threads=threads)
+                        max_steps=max_steps, n_videos=videos, mode=mode, device=device, threads=threads,
+                        compile=compile)
     print_table(f"eval {task}", ["success", "95% CI", "episodes", "steps to success", "latency p50 ms",
                                  "latency p90 ms", "out"],
                 [[r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", r["n_episodes"],
@@ -229,6 +233,8 @@ def bench_policy_cmd(
     repeats: Annotated[int, typer.Option(help="timed repeats per mode")] = 50,
     train_steps: Annotated[int, typer.Option(help="timed training steps")] = 10,
     config: Annotated[Optional[Path], typer.Option(help="a policy run's config.json (default: default model)")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads for the latency measurements")] = 2,
+    compile: Annotated[bool, typer.Option(help="also time the torch.compile'd action-only step")] = True,
 ) -> None:
     """Latency per action chunk (action-only vs with-video vs joint) and training throughput."""
     from robodream.bench.policy_bench import bench_policy
@@ -237,12 +243,13 @@ def bench_policy_cmd(
     from robodream.utils.run import from_dict
 
     cfg = from_dict(PolicyConfig, _load_json(config).get("model", {}))
-    r = bench_policy(cfg, repeats=repeats, train_steps=train_steps)
+    r = bench_policy(cfg, repeats=repeats, train_steps=train_steps, threads=threads, compile=compile)
     atomic_write_json(out, r)
     print_table(f"policy inference, batch 1, {r['threads']} thread(s), median of {r['repeats']}",
                 ["mode", "p50 ms/chunk", "p90 ms/chunk", "x slower than action-only"],
                 [[m, r[f"{m}_p50_ms"], r[f"{m}_p90_ms"], r[f"{m}_p50_ms"] / r["action_only_p50_ms"]]
-                 for m in ("action_only", "action_only_nocache", "with_video", "joint")])
+                 for m in ("action_only", "action_only_compiled", "action_only_nocache", "with_video", "joint")
+                 if f"{m}_p50_ms" in r])
     print_table("policy training", ["samples/s", "step s", "batch", "precision", "peak RSS MiB"],
                 [[r["train_samples_per_s"], r["train_step_s_p50"], r["train_batch_size"], r["train_precision"],
                   r["train_peak_rss_mib"]]])

@@ -121,7 +121,7 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         else:
             log(f"evaluating {policy_name} on {task} ({recipe.eval_episodes} episodes) -> {out}")
             r = evaluate_policy(pol, task, recipe.eval_episodes, out, seed_start=DEFAULT_EVAL_SEED,
-                                max_steps=recipe.eval_max_steps, n_videos=recipe.videos_per_task, threads=1)
+                                max_steps=recipe.eval_max_steps, n_videos=recipe.videos_per_task)
         per_task[task] = {k: r[k] for k in ("success_rate", "n_episodes", "ci95", "mean_steps_to_success",
                                             "latency_ms_p50", "latency_ms_p90")}
         per_task[task]["out"] = str(out)

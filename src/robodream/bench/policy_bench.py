@@ -5,7 +5,8 @@ in one process, for
   (a) action-only inference with the prefix key/value cache (GigaWorld-Policy's mode),
   (a') action-only without the cache (reference path; shows what the cache buys),
   (b) with-video inference (actions and future latents denoised together),
-  (c) the ``mask = "full"`` joint model (Motus-style: everything denoised every step).
+  (c) the ``mask = "full"`` joint model (Motus-style: everything denoised every step),
+  (a'') action-only again after ``torch.compile`` of its denoising step.
 Training throughput (samples/s) and peak resident memory are measured in a fresh
 subprocess so the number is the training step's own footprint.
 """
@@ -23,6 +24,7 @@ import torch
 
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
+from robodream.utils.progress import progress_bar
 from robodream.utils.run import code_version, environment_info, now
 
 
@@ -44,8 +46,12 @@ def _inputs(cfg: PolicyConfig, batch: int = 1, seed: int = 0):
     return state, ref, torch.zeros(batch, dtype=torch.long)
 
 
-def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int = 1) -> dict[str, Any]:
-    """Per-chunk latency (ms) of the inference modes at batch 1; see the module docstring."""
+def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int = 2,
+            compile: bool = True) -> dict[str, Any]:
+    """Per-chunk latency (ms) of the inference modes at batch 1; see the module docstring.
+
+    With ``compile`` the action-only step is also timed after ``torch.compile`` (eager numbers
+    come first, from the same weights)."""
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -60,12 +66,21 @@ def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int 
                 lambda: policy.sample(state, ref, task, use_cache=False), repeats, warmup)
             runs["with_video"] = _time_ms(lambda: policy.sample(state, ref, task, mode="with_video"), repeats, warmup)
             runs["joint"] = _time_ms(lambda: joint.sample(state, ref, task, mode="joint"), repeats, warmup)
+            if compile:
+                t0 = time.perf_counter()
+                policy.compile_inference()
+                policy.sample(state, ref, task)
+                compile_s = time.perf_counter() - t0
+                runs["action_only_compiled"] = _time_ms(lambda: policy.sample(state, ref, task), repeats, warmup)
     finally:
         torch.set_num_threads(prev)
     out: dict[str, Any] = {}
     for k, v in runs.items():
         out[f"{k}_p50_ms"] = statistics.median(v)
         out[f"{k}_p90_ms"] = sorted(v)[int(0.9 * (len(v) - 1))]
+    if compile:
+        out["compile_s"] = compile_s
+        out["speedup_vs_joint_compiled"] = out["joint_p50_ms"] / out["action_only_compiled_p50_ms"]
     out["speedup_vs_joint"] = out["joint_p50_ms"] / out["action_only_p50_ms"]
     out["speedup_vs_with_video"] = out["with_video_p50_ms"] / out["action_only_p50_ms"]
     out["cache_speedup"] = out["action_only_nocache_p50_ms"] / out["action_only_p50_ms"]
@@ -113,11 +128,16 @@ def train_throughput(cfg: PolicyConfig, batch: int = 64, steps: int = 10, warmup
     return res
 
 
-def bench_policy(cfg: PolicyConfig | None = None, repeats: int = 50, train_steps: int = 10) -> dict[str, Any]:
+def bench_policy(cfg: PolicyConfig | None = None, repeats: int = 50, train_steps: int = 10, threads: int = 2,
+                 compile: bool = True) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON-able result."""
     cfg = cfg or PolicyConfig()
     res: dict[str, Any] = {"benchmark": "policy", "created": now(), "code": code_version(),
                            "environment": environment_info(), "config": cfg.__dict__ | {"cameras": list(cfg.cameras)}}
-    res.update(latency(cfg, repeats=repeats))
-    res.update(train_throughput(cfg, steps=train_steps))
+    with progress_bar() as progress:
+        bar = progress.add_task("bench policy: latency", total=2)
+        res.update(latency(cfg, repeats=repeats, threads=threads, compile=compile))
+        progress.update(bar, advance=1, description="bench policy: training throughput")
+        res.update(train_throughput(cfg, steps=train_steps))
+        progress.update(bar, advance=1, description="bench policy")
     return res

@@ -45,6 +45,10 @@ class CollectConfig:
     cameras: tuple[str, ...] = DEFAULT_CAMERAS
     max_steps: int = 500  # per episode (Meta-World's limit)
     keep_failures: bool = False  # keep unsuccessful episodes too
+    # Steps recorded after the first success (the expert holds the goal). Without them, action
+    # chunks anchored near the end of an episode are mostly padding, and a policy executing them
+    # has never seen what to do when it arrives at the goal a little off: it overshoots.
+    post_success_steps: int = 16
     max_attempts_factor: float = 2.0  # give up after episodes * factor attempts
     video_codec: str = "h264"  # see robodream.data.lerobot.VIDEO_CODECS
     extra: dict = field(default_factory=dict)
@@ -88,7 +92,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
             if seed - cfg.seed >= max_attempts:
                 raise DatasetError(
                     f"only {len(seeds)} of {cfg.episodes} expert episodes succeeded in {max_attempts} attempts")
-            ep = run_expert_episode(env, seed)
+            ep = run_expert_episode(env, seed, post_success_steps=cfg.post_success_steps)
             if ep["success"] or cfg.keep_failures:
                 writer.add_episode(task=task_instruction(cfg.task), state=ep["state"], action=ep["action"],
                                    images={c: ep["images"][:, i] for i, c in enumerate(cfg.cameras)},
@@ -102,20 +106,22 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
         writer.write_meta_json(PROVENANCE_FILE, {
             "created": now(), "code": code_version(), "source": "metaworld-scripted-expert",
             "env": to_jsonable(env_cfg), "task": cfg.task, "seeds": seeds, "discarded_seeds": discarded,
-            "keep_failures": cfg.keep_failures,
+            "keep_failures": cfg.keep_failures, "post_success_steps": cfg.post_success_steps,
         })
     return CollectResult(Path(out), len(seeds), len(discarded), seeds, discarded, float(np.mean(lengths)))
 
 
-def run_expert_episode(env: MetaWorldEnv, seed: int) -> dict[str, np.ndarray | bool]:
-    """Roll out the scripted expert from ``reset(seed)`` until success or the step limit.
+def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0) -> dict[str, np.ndarray | bool]:
+    """Roll out the scripted expert from ``reset(seed)`` until ``post_success_steps`` steps after
+    the first success, or the step limit.
 
     Returns arrays over the T recorded steps: images (T, n_cam, H, W, 3) uint8, state (T, 4),
     action (T, 4) (clipped to [-1, 1], as applied), reward (T,), success_flags (T,) bool,
-    and ``success``.
+    ``success`` (whether the task was ever solved) and ``success_step`` (steps to first success).
     """
     obs = env.reset(seed)
     images, states, actions, rewards, flags = [], [], [], [], []
+    first_success: int | None = None
     while True:
         a = np.clip(env.expert_action(), -1.0, 1.0).astype(np.float32)
         images.append(obs.images)
@@ -124,11 +130,13 @@ def run_expert_episode(env: MetaWorldEnv, seed: int) -> dict[str, np.ndarray | b
         obs = env.step(a)
         rewards.append(obs.reward)
         flags.append(obs.success)
-        if obs.success or obs.truncated:
+        if obs.success and first_success is None:
+            first_success = len(actions)
+        if obs.truncated or (first_success is not None and len(actions) >= first_success + post_success_steps):
             break
     return {"images": np.stack(images), "state": np.stack(states), "action": np.stack(actions),
             "reward": np.asarray(rewards, np.float32), "success_flags": np.asarray(flags, bool),
-            "success": bool(obs.success)}
+            "success": first_success is not None, "success_step": first_success}
 
 
 def dataset_provenance(ds: LeRobotDataset) -> dict | None:

@@ -32,7 +32,8 @@ DEFAULT_EVAL_SEED = 1_000_000
 
 def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: str | os.PathLike, *,
                     seed_start: int = DEFAULT_EVAL_SEED, max_steps: int = 500, n_videos: int = 3,
-                    mode: str | None = None, device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+                    mode: str | None = None, device: str = "cpu", threads: int | None = None,
+                    compile: bool = False) -> dict[str, Any]:
     """Roll out the policy ``episodes`` times and write the evaluation to ``out``.
 
     Args:
@@ -43,7 +44,9 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
         max_steps: episode step limit (Meta-World's own limit is 500).
         n_videos: number of rollouts saved as MP4.
         mode: inference mode (default: action_only, or joint for mask="full" models).
-        threads: torch intra-op threads during evaluation (batch-1 inference is fastest with 1).
+        threads: torch intra-op threads during evaluation.
+        compile: ``torch.compile`` the action-only denoising step (compiled before the first
+            rollout, so compilation is not counted in the latency).
 
     Raises:
         UnknownTaskError, CheckpointError, ConfigError (task not trained, seed overlap).
@@ -60,6 +63,8 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
                           f"choose another --seed-start")
     runner = PolicyRunner(policy, tokenizer, instruction, mode=mode, seed=seed_start)
     cfg = policy.cfg
+    if compile:
+        policy.compile_inference()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prev_threads = torch.get_num_threads()
@@ -68,6 +73,10 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     per_episode: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     try:
+        if compile:  # compile now, outside the timed chunks
+            runner.predict_chunk(np.zeros((len(cfg.cameras), cfg.image_size, cfg.image_size, 3), np.uint8),
+                                 np.zeros(cfg.state_dim, np.float32))
+            runner.chunk_latency_ms.clear()
         env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps)
         with MetaWorldEnv(env_cfg) as env, progress_bar() as progress:
             bar = progress.add_task(f"eval {task}", total=episodes)
@@ -95,7 +104,8 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
         "mean_steps_to_success": float(np.mean(steps_ok)) if steps_ok else None,
         "latency_ms_p50": percentile(lat, 50), "latency_ms_p90": percentile(lat, 90),
         "latency_includes": "tokenizer encode + chunk sampling, batch 1",
-        "mode": runner.mode, "n_chunks": len(lat), "n_action_steps": cfg.n_action_steps, "horizon": cfg.horizon,
+        "mode": runner.mode, "compiled": compile, "threads": torch.get_num_threads() if not threads else threads,
+        "n_chunks": len(lat), "n_action_steps": cfg.n_action_steps, "horizon": cfg.horizon,
         "seeds": seeds, "max_steps": max_steps, "wall_s": time.perf_counter() - t_start,
         "policy_run": str(run_dir), "episodes": per_episode, "created": now(), "code": code_version(),
         "environment": environment_info(),

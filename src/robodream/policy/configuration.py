@@ -32,8 +32,8 @@ class PolicyConfig:
     video_stride: int = 8  # future frames at t+S, t+2S, ..., t+H; 0 disables video (plain BC)
 
     # --- transformer ------------------------------------------------------------------------
-    dim: int = 256  # token width
-    depth: int = 6  # number of blocks
+    dim: int = 192  # token width
+    depth: int = 4  # number of blocks
     n_heads: int = 4
     mlp_ratio: float = 4.0
     patch_size: int = 2  # latent patch side: a token covers patch_size^2 latent cells

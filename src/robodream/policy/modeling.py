@@ -244,6 +244,28 @@ class GigaWorldPolicy(nn.Module):
         return loss, logs
 
     # ------------------------------------------------------------------ inference
+    def _action_only_step(self, a: torch.Tensor, kv: list[KV], mods: list[torch.Tensor], act_mod: torch.Tensor,
+                          dt: torch.Tensor) -> torch.Tensor:
+        """One Euler step of action-only inference on the cached prefix: (B, H, action_dim) -> same.
+
+        ``mods``: this step's modulation per block (B, 1, 6D); ``dt``: (1, 1, 1) step size (negative).
+        """
+        x, _ = self._blocks(self._embed_actions(a), mods, kv_cache=kv)
+        return a + dt * self.action_out(x, act_mod)
+
+    @property
+    def _step_fn(self):
+        return self.__dict__.get("_compiled_step") or self._action_only_step
+
+    def compile_inference(self) -> None:
+        """Compile the action-only denoising step with ``torch.compile`` (inductor).
+
+        At batch 1 on a CPU, latency is dominated by the overhead of many small ops; fusing
+        them roughly halves it. The first call after this compiles (tens of seconds);
+        results equal the eager path up to float rounding (tested).
+        """
+        self.__dict__["_compiled_step"] = torch.compile(self._action_only_step, dynamic=False)
+
     def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor) -> list[KV]:
         """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd)."""
         cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
@@ -318,7 +340,12 @@ class GigaWorldPolicy(nn.Module):
             mods_clean = [blk.modulate(cond_clean) for blk in self.blocks]  # (B, 1, 6D)
             groups = self.groups[:P + n_noisy]
             mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
+        dts_t = torch.tensor(dts, device=dev).view(-1, 1, 1, 1)
         for step, dt in enumerate(dts):
+            if cached and f is None:  # the GigaWorld-Policy fast path: action tokens only
+                a = self._step_fn(a, kv, [m[:, step:step + 1] for m in mods_noisy], act_mod[:, step:step + 1],
+                                  dts_t[step])
+                continue
             parts = [self._embed_actions(a)]
             if f is not None:
                 parts.append(self.latent_in(f) + self.pos_future)
