@@ -31,8 +31,10 @@ class TokenizerConfig:
     blocks_per_stage: int = 1  # residual blocks per stage
     # Hard-pixel term: mean squared error of the worst ``hard_pixel_fraction`` of pixels,
     # weighted by ``hard_pixel_weight``. Task objects and goal markers cover only 2-5 pixels
-    # of a 64x64 Meta-World frame; a plain mean error ignores them, this term does not.
-    hard_pixel_weight: float = 1.0
+    # of a 64x64 Meta-World frame and a plain mean error neglects them. Off by default: in an
+    # 800-step comparison on the 5 default tasks it cost 1.8 dB of held-out PSNR (27.6 vs
+    # 29.4 dB) and still did not render reach's 2-pixel goal marker.
+    hard_pixel_weight: float = 0.0
     hard_pixel_fraction: float = 0.01
 
     def __post_init__(self) -> None:
