@@ -32,8 +32,8 @@ class TokenizerConfig:
     # Hard-pixel term: mean squared error of the worst ``hard_pixel_fraction`` of pixels,
     # weighted by ``hard_pixel_weight``. Task objects and goal markers cover only 2-5 pixels
     # of a 64x64 Meta-World frame and a plain mean error neglects them. Off by default: in an
-    # 800-step comparison on the 5 default tasks it cost 1.8 dB of held-out PSNR (27.6 vs
-    # 29.4 dB) and still did not render reach's 2-pixel goal marker.
+    # 800-step comparison on the 5 default tasks it cost 1.6 dB of held-out PSNR (27.6 vs
+    # 29.1 dB) and still did not render the 2-pixel goal marker of reach.
     hard_pixel_weight: float = 0.0
     hard_pixel_fraction: float = 0.01
 
