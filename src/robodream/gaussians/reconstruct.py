@@ -4,9 +4,13 @@ Pipeline (Kerbl et al. 2023, with gsplat's simple-trainer defaults scaled to a s
 
 1. Render N training and M held-out RGB-D views of the task's scene (``reset(seed)``) from
    free cameras on orbits around the table (:mod:`robodream.envs.cameras`); held-out views
-   sit between the training azimuths, at an elevation between the training rings.
+   sit between the training azimuths, at an elevation between the training rings. Views
+   are rendered at 2x and box-filtered (anti-aliased), under fixed lighting (MuJoCo's
+   camera-attached headlight keeps only its ambient term; a real scene's lights do not
+   follow the camera).
 2. Initialise Gaussians on the back-projected training depth, voxel-downsampled to about
-   ``init_points`` (isotropic, scale = half the voxel size, colour from the pixels).
+   ``init_points`` with voxels that follow the pixel footprint (isotropic, standard
+   deviation = half the voxel, colour from the pixels).
 3. Optimise with Adam on ``(1 - 0.2) L1 + 0.2 D-SSIM`` against one random training view per
    step (plus a learnable background colour), raising the SH degree on a schedule, with
    adaptive density control (:mod:`robodream.gaussians.densify`).
