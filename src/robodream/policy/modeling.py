@@ -264,7 +264,10 @@ class GigaWorldPolicy(nn.Module):
         them roughly halves it. The first call after this compiles (tens of seconds);
         results equal the eager path up to float rounding (tested).
         """
-        self.__dict__["_compiled_step"] = torch.compile(self._action_only_step, dynamic=False)
+        # freezing: weights become constants, so oneDNN linears get pre-packed weights —
+        # the larger part of the gain for 16-token matmuls on a CPU.
+        self.__dict__["_compiled_step"] = torch.compile(self._action_only_step, dynamic=False,
+                                                        options={"freezing": True})
 
     def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor) -> list[KV]:
         """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd)."""
