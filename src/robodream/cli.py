@@ -343,3 +343,9 @@ def bench_cameras_cmd(
     print_table("best camera pairs", ["cameras", "object & goal seen by both", "object + goal px"],
                 [[" + ".join(p["cameras"]), p["both_visible"], p["pixels"]] for p in r["pairs"][:5]])
     out_console.print(f"recommended: {' + '.join(r['best_pair'])}; written to {out}")
+
+
+# ----------------------------------------------------------------------------- gaussians
+from robodream.gaussians.cli import register as _register_gaussians  # noqa: E402
+
+_register_gaussians(app, bench_app)  # robodream reconstruct, robodream bench rasterizer
