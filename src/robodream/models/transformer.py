@@ -14,6 +14,7 @@ Peebles & Xie 2023). Two things differ from a plain DiT:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -193,3 +194,135 @@ class FinalLayer(nn.Module):
         """x (B, L, D), mod (B, L or 1, 2D) -> (B, L, out)."""
         shift, scale = mod.chunk(2, dim=-1)
         return self.linear(modulated_norm(x, shift, scale))
+
+
+# ============================================================================ video blocks
+# Blocks of the video world model (GigaWorld-0-Video, arXiv 2511.19861, Sec. 3.1): RoPE in
+# attention, a pluggable attention kernel (full or 3D neighbourhood), cross-attention to
+# conditioning tokens and a pluggable MLP (dense or Mixture-of-Experts).
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: (L, head_dim / 2) each
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # q, k, v (B, nh, L, hd) -> out
+
+
+def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Dense softmax attention: q (B, nh, Lq, hd), k/v (B, nh, Lk, hd) -> (B, nh, Lq, hd)."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _rotate(x: torch.Tensor, rope: Rope | None) -> torch.Tensor:
+    if rope is None:
+        return x
+    from robodream.models.rope import apply_rope
+
+    return apply_rope(x, *rope)
+
+
+class RoPESelfAttention(nn.Module):
+    """Self-attention with QK-RMSNorm, rotary positions and a pluggable kernel: (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, dim: int, n_heads: int) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} not divisible by n_heads {n_heads}")
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: Rope | None = None, attn_fn: AttentionFn | None = None) -> torch.Tensor:
+        """x (B, L, D); rope: cos/sin (L, hd/2) for queries and keys; attn_fn default :func:`full_attention`."""
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = _rotate(self.q_norm(q), rope), _rotate(self.k_norm(k), rope)  # (B, nh, L, hd)
+        out = (attn_fn or full_attention)(q, k, v.to(q.dtype))
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class CrossAttention(nn.Module):
+    """Queries from tokens, keys/values from conditioning tokens; QK-RMSNorm, optional RoPE and key mask.
+
+    x (B, L, D), context (B, M, Dc) -> (B, L, D).
+    """
+
+    def __init__(self, dim: int, n_heads: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} not divisible by n_heads {n_heads}")
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, rope_q: Rope | None = None,
+                rope_k: Rope | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """rope_q (L, hd/2) / rope_k (M, hd/2) cos-sin pairs; context_mask (B, M) bool, True = attend."""
+        B, L, D = x.shape
+        M = context.shape[1]
+        q = self.q(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hd)
+        k, v = self.kv(context).view(B, M, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = _rotate(self.q_norm(q), rope_q), _rotate(self.k_norm(k), rope_k)
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, M)
+        out = F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class CrossAttnBlock(nn.Module):
+    """Self-attention, cross-attention and MLP, each pre-normed with AdaLN-Zero modulation.
+
+    ``x = x + g1 * SelfAttn(LN(x) (1 + s1) + b1)``; ``x = x + g2 * CrossAttn(LN(x) (1 + s2) + b2, ctx)``;
+    ``x = x + g3 * MLP(LN(x) (1 + s3) + b3)``. The modulation layer is zero-initialised (the
+    block starts as the identity). Modulation is per *group* of consecutive tokens (e.g. one
+    group per video frame), so a frame's flow time and actions modulate all its tokens.
+
+    Args:
+        mlp: any module (..., D) -> (..., D), e.g. :class:`~robodream.models.moe.MoEMLP`;
+            default a dense :class:`MLP` of hidden size ``mlp_ratio * dim``.
+    """
+
+    def __init__(self, dim: int, n_heads: int, mlp: nn.Module | None = None, mlp_ratio: float = 4.0,
+                 cond_dim: int | None = None, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.attn = RoPESelfAttention(dim, n_heads)
+        self.cross = CrossAttention(dim, n_heads, context_dim)
+        self.mlp = mlp if mlp is not None else MLP(dim, int(dim * mlp_ratio))
+        self.modulation = nn.Linear(cond_dim or dim, 9 * dim)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+        self.register_buffer("scale_offset", _scale_offset(dim, 9, (1, 4, 7)), persistent=False)
+
+    def modulate(self, cond: torch.Tensor) -> torch.Tensor:
+        """Conditioning (..., C) -> modulation (..., 9D): (shift, 1 + scale, gate) x (self, cross, MLP)."""
+        return self.modulation(F.silu(cond)) + self.scale_offset
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, *, rope: Rope | None = None,
+                context_rope: tuple[Rope, Rope] | None = None, context_mask: torch.Tensor | None = None,
+                attn_fn: AttentionFn | None = None) -> torch.Tensor:
+        """Args:
+            x: (B, L, D) tokens.
+            mod: (B, G, 9D) modulation of G groups of L / G consecutive tokens (G = 1: shared).
+            context: (B, M, Dc) conditioning tokens.
+            rope: self-attention cos/sin (L, hd/2); context_rope: (query, key) cos/sin for
+                cross-attention; context_mask: (B, M) bool; attn_fn: self-attention kernel.
+
+        Returns:
+            (B, L, D).
+        """
+        B, L, D = x.shape
+        G = mod.shape[1]
+        if L % G:
+            raise ValueError(f"{L} tokens cannot be split into {G} modulation groups")
+        m = mod.unsqueeze(2)  # (B, G, 1, 9D)
+        sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = m.chunk(9, dim=-1)
+        x4 = x.view(B, G, L // G, D)  # tokens grouped by modulation
+        h = self.attn(modulated_norm(x4, sh1, sc1).flatten(1, 2), rope=rope, attn_fn=attn_fn)
+        x4 = torch.addcmul(x4, g1, h.view_as(x4))
+        rq, rk = context_rope if context_rope is not None else (None, None)
+        h = self.cross(modulated_norm(x4, sh2, sc2).flatten(1, 2), context, rope_q=rq, rope_k=rk,
+                       context_mask=context_mask)
+        x4 = torch.addcmul(x4, g2, h.view_as(x4))
+        x4 = torch.addcmul(x4, g3, self.mlp(modulated_norm(x4, sh3, sc3)))
+        return x4.reshape(B, L, D)
