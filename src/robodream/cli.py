@@ -345,6 +345,12 @@ def bench_cameras_cmd(
     out_console.print(f"recommended: {' + '.join(r['best_pair'])}; written to {out}")
 
 
+# ----------------------------------------------------------------------------- world model
+from robodream.world_model.cli import register as _register_world_model  # noqa: E402
+
+_register_world_model(app, train_app, eval_app, bench_app)
+
+
 # ----------------------------------------------------------------------------- gaussians
 from robodream.gaussians.cli import register as _register_gaussians  # noqa: E402
 

@@ -57,24 +57,76 @@ class EpisodeTable:
     def __len__(self) -> int:
         return len(self.action)
 
-    def sample_anchors(self, n: int, generator: torch.Generator, balance_tasks: bool = True) -> torch.Tensor:
+    def sample_anchors(self, n: int, generator: torch.Generator, balance_tasks: bool = True,
+                       margin: tuple[int, int] | None = None) -> torch.Tensor:
         """Draw ``n`` window anchor frames (n,) long.
 
         With ``balance_tasks`` every task is drawn equally often (then a frame uniformly within
         it), so short-episode tasks are not drowned out in multi-task training; otherwise
-        frames are drawn uniformly.
+        frames are drawn uniformly. ``margin = (before, after)`` restricts anchors to
+        :meth:`anchor_pool` (windows that reach ``before`` frames back and ``after`` frames
+        ahead stay inside their episode).
         """
+        pool = None if margin is None else self.anchor_pool(*margin)
         if not balance_tasks:
-            return torch.randint(0, len(self), (n,), generator=generator)
-        if not hasattr(self, "_by_task"):
-            order = torch.argsort(self.task_index, stable=True)
+            if pool is None:
+                return torch.randint(0, len(self), (n,), generator=generator)
+            return pool[torch.randint(0, len(pool), (n,), generator=generator)]
+        by_task = self.__dict__.setdefault("_by_task", {})
+        if margin not in by_task:
+            frames = torch.arange(len(self)) if pool is None else pool
+            order = frames[torch.argsort(self.task_index[frames], stable=True)]
             tasks, counts = torch.unique_consecutive(self.task_index[order], return_counts=True)
             starts = torch.cumsum(counts, 0) - counts
-            self._by_task = (order, counts, starts)
-        order, counts, starts = self._by_task
+            by_task[margin] = (order, counts, starts)
+        order, counts, starts = by_task[margin]
         t = torch.randint(0, len(counts), (n,), generator=generator)
         offset = (torch.rand(n, generator=generator) * counts[t]).long().clamp_max(counts[t] - 1)
         return order[starts[t] + offset]
+
+    def anchor_pool(self, before: int, after: int) -> torch.Tensor:
+        """Frames ``i`` (M,) long whose span ``[i - before, i + after]`` lies inside their episode.
+
+        Every frame of an episode too short to hold such a span is kept (its windows are
+        clamped at the episode ends, see :meth:`clips`).
+        """
+        i = torch.arange(len(self))
+        start, end = self.episode_start, self.episode_end
+        inside = (i - before >= start) & (i + after <= end - 1)
+        too_short = end - start <= before + after
+        return torch.nonzero(inside | too_short).squeeze(1)
+
+    def clips(self, idx: torch.Tensor, frame_offsets: list[int]) -> dict[str, torch.Tensor]:
+        """Video clips anchored at frames ``idx`` (B,): frames ``idx + o`` for ``o`` in ``frame_offsets``.
+
+        Offsets must be increasing and evenly spaced by a stride ``S`` (negative offsets reach
+        back before the anchor). Positions outside the episode are clamped to its first or
+        last frame (the scene before the start is the first frame, after the end the last).
+
+        Returns:
+            latents: (B, T, N, C, h, w) the clip's frames.
+            actions: (B, T - 1, S, Da) the actions taken between frame k and frame k + 1
+                (env steps ``idx + o_k ... idx + o_k + S - 1``), clamped like the frames.
+            action_is_pad: (B, T - 1, S) bool, True where that step lies outside the episode.
+            task_index: (B,).
+        """
+        offsets = torch.tensor(frame_offsets)
+        gaps = offsets.diff()
+        if len(offsets) < 2 or not bool((gaps == gaps[0]).all()) or int(gaps[0]) < 1:
+            raise ValueError(f"frame_offsets must be >= 2 evenly spaced increasing offsets, got {frame_offsets}")
+        S = int(gaps[0])
+        start, last = self.episode_start[idx, None], self.episode_end[idx, None] - 1  # (B, 1)
+        pos = idx[:, None] + offsets  # (B, T)
+        steps = (pos[:, :-1, None] + torch.arange(S)).flatten(1)  # (B, (T - 1) * S)
+        is_pad = (steps < start) | (steps > last)
+        steps = torch.minimum(torch.maximum(steps, start), last)
+        B, T = pos.shape
+        return {
+            "latents": self.latents[torch.minimum(torch.maximum(pos, start), last)],
+            "actions": self.action[steps].view(B, T - 1, S, -1),
+            "action_is_pad": is_pad.view(B, T - 1, S),
+            "task_index": self.task_index[idx],
+        }
 
     @property
     def n_episodes(self) -> int:

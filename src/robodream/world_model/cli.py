@@ -1,0 +1,137 @@
+"""CLI verbs of the video world model: ``train world-model``, ``dream``, ``eval world-model``.
+
+Plain functions with typer options; :func:`register` adds them to robodream's apps (the main
+``cli.py`` calls it). Logic lives in :mod:`robodream.world_model.train` and
+:mod:`robodream.world_model.evaluate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from robodream.cli import _load_json, out_console, print_table, user_errors
+from robodream.errors import ConfigError
+
+
+def _window(text: str) -> tuple[int, int, int]:
+    try:
+        w = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        w = ()
+    if len(w) != 3:
+        raise ConfigError(f"--window must be three comma-separated integers (t,h,w), got {text!r}")
+    return w  # type: ignore[return-value]
+
+
+@user_errors
+def train_world_model_cmd(
+    data: Annotated[list[Path], typer.Option(help="dataset directory (repeat for several tasks)")],
+    tokenizer: Annotated[Path, typer.Option(help="trained tokenizer run directory")],
+    out: Annotated[Path, typer.Option(help="run directory to create")],
+    steps: Annotated[Optional[int], typer.Option(help="optimiser steps")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    dim: Annotated[Optional[int], typer.Option(help="transformer width")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="transformer blocks")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="attention heads (width / heads must be a multiple of 6)")] = None,
+    mlp: Annotated[Optional[str], typer.Option(help="moe (Mixture-of-Experts) or dense")] = None,
+    attention: Annotated[Optional[str], typer.Option(help="neighborhood (3D sparse) or full")] = None,
+    window: Annotated[Optional[str], typer.Option(help="neighbourhood window t,h,w in tokens (0 = whole axis)")] = None,
+    context_frames: Annotated[Optional[int], typer.Option(help="clean conditioning frames")] = None,
+    future_frames: Annotated[Optional[int], typer.Option(help="predicted frames per chunk")] = None,
+    frame_stride: Annotated[Optional[int], typer.Option(help="env steps between frames")] = None,
+    text_encoder: Annotated[Optional[str], typer.Option(help="sentence encoder of the instruction ('' = none)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
+    config: Annotated[Optional[Path], typer.Option(help="a run's config.json to start from")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+) -> None:
+    """Train the action-conditioned video world model (GigaWorld-0-Video) on one or more datasets."""
+    from robodream.train.loop import TrainConfig
+    from robodream.utils.run import from_dict
+    from robodream.world_model.configuration import WorldModelConfig
+    from robodream.world_model.train import WorldModelRunConfig, default_world_model_train, train_world_model
+
+    base = _load_json(config)
+    model = from_dict(WorldModelConfig, base.get("model", {}))
+    overrides = {"dim": dim, "depth": depth, "n_heads": heads, "mlp": mlp, "attention": attention,
+                 "window": _window(window) if window is not None else None, "n_context_frames": context_frames,
+                 "n_future_frames": future_frames, "frame_stride": frame_stride, "text_encoder": text_encoder}
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(model, k, v)
+    model.__post_init__()
+    cfg = WorldModelRunConfig(
+        data=tuple(str(d) for d in data), tokenizer=str(tokenizer), model=model,
+        train=from_dict(TrainConfig, {**default_world_model_train().__dict__, **base.get("train", {})}),
+    )
+    cfg.train.seed, cfg.train.device = seed, device
+    if steps is not None:
+        cfg.train.steps = steps
+    if batch_size is not None:
+        cfg.train.batch_size = batch_size
+    res = train_world_model(cfg, out, resume=resume)
+    print_table("world model", ["held-out flow loss", "held-out latent MSE", "PSNR vs tokenizer (dB)", "train frames",
+                                "steps", "run"],
+                [[res.get("loss_flow"), res.get("latent_mse"), res.get("psnr_vs_tokenizer"), res["n_train_frames"],
+                  res["steps"], str(out)]])
+
+
+@user_errors
+def dream_cmd(
+    world_model: Annotated[Path, typer.Option(help="trained world-model run directory")],
+    episode: Annotated[str, typer.Option(help="DIR:INDEX, the episode whose frames start the dream")],
+    steps: Annotated[int, typer.Option(help="env steps to dream (autoregressive beyond one chunk)")],
+    out: Annotated[Path, typer.Option(help="MP4 file to write")],
+    actions: Annotated[Optional[Path], typer.Option(help="actions (.npy/.json/.csv, steps x dim); default the episode's")] = None,
+    start: Annotated[int, typer.Option(help="frame of the episode to start from")] = 0,
+    sampling_steps: Annotated[Optional[int], typer.Option(help="Euler steps per chunk")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Imagine how an episode continues under a sequence of actions; MP4 with ground truth above when known."""
+    from robodream.world_model.evaluate import dream
+
+    r = dream(world_model, episode, out, steps=steps, actions_file=actions, start=start, n_steps=sampling_steps,
+              guidance_scale=guidance, seed=seed, device=device)
+    psnr = sum(r["psnr_by_frame"]) / len(r["psnr_by_frame"]) if r["psnr_by_frame"] else None
+    print_table("dream", ["frames", "chunks", "frame stride", "mean PSNR vs truth (dB)", "video"],
+                [[r["frames"], r["chunks"], r["frame_stride"], psnr, r["out"]]])
+
+
+@user_errors
+def eval_world_model_cmd(
+    world_model: Annotated[Path, typer.Option(help="trained world-model run directory")],
+    data: Annotated[list[Path], typer.Option(help="dataset directory (repeat for several); held-out episodes only")],
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("outputs/eval/world_model"),
+    episodes: Annotated[int, typer.Option(help="held-out episodes at most")] = 20,
+    anchors: Annotated[int, typer.Option(help="start frames per episode")] = 4,
+    chunks: Annotated[int, typer.Option(help="chunks rolled out per start (horizon = chunks x chunk steps)")] = 1,
+    sampling_steps: Annotated[Optional[int], typer.Option(help="Euler steps per chunk")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """PSNR/SSIM per horizon vs copy-last-frame, and action controllability, on held-out episodes."""
+    from robodream.world_model.evaluate import evaluate_world_model
+
+    r = evaluate_world_model(world_model, data, out, max_episodes=episodes, anchors_per_episode=anchors,
+                             n_chunks=chunks, n_steps=sampling_steps, guidance_scale=guidance, seed=seed, device=device)
+    print_table(f"world model on {r['n_clips']} clips of {r['n_episodes']} held-out episodes",
+                ["horizon (steps)", "PSNR (dB)", "SSIM", "copy-last PSNR", "foreign-actions PSNR"],
+                [[h, p, s, c, f] for h, p, s, c, f in zip(
+                    r["horizons_steps"], r["psnr_by_horizon"], r["ssim_by_horizon"],
+                    r["copy_last_frame_psnr_by_horizon"], r["foreign_actions_psnr_by_horizon"])])
+    out_console.print(f"controllability gap {r['controllability_gap_db']:.2f} dB; tokenizer ceiling "
+                      f"{r['tokenizer_psnr']:.1f} dB; written to {out}")
+
+
+def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Add ``train world-model``, ``dream`` and ``eval world-model`` (idempotent)."""
+    for target, name, fn in ((train_app, "world-model", train_world_model_cmd), (app, "dream", dream_cmd),
+                             (eval_app, "world-model", eval_world_model_cmd)):
+        if not any(c.name == name for c in target.registered_commands):
+            target.command(name)(fn)

@@ -1,0 +1,284 @@
+"""GigaWorld-0-Video at laptop scale: an action-conditioned latent video diffusion transformer.
+
+The model (arXiv 2511.19861, Sec. 3.1) denoises the tokenizer latents of a short clip of
+``T = n_context_frames + n_future_frames`` frames, ``frame_stride`` env steps apart, all
+cameras side by side. Tokens form a ``(T, H, W)`` grid (``W`` = cameras x patches per row)
+in row-major order; every block is
+
+    self-attention (3D RoPE over (t, h, w); full or 3D neighbourhood attention)
+    cross-attention to the conditioning tokens [task | text | action_0 .. action_{T-1}]
+    MLP (dense, or Mixture-of-Experts with a load-balance loss)
+
+each AdaLN-modulated per frame by ``time_embedding(t_frame) + action_token(frame)``.
+
+Objective: rectified flow shared with the policy (:mod:`robodream.models.flow`): one noise
+level ``t`` per clip, ``x_t = (1 - t) x0 + t eps``, the network predicts ``v = eps - x0`` on
+the future frames. Image-to-video: the context frames stay clean (``t = 0``) and an extra
+mask channel (1 on context frames, 0 elsewhere) tells the network which frames are given.
+Classifier-free guidance: with probability ``cond_drop_prob`` a clip's task, text and
+actions are all replaced by learned null tokens; sampling mixes the two velocities with
+``guidance_scale``.
+
+Tensor conventions (B = batch, T = clip frames, N = cameras, C/h/w = latent grid, S =
+``frame_stride``, Da = action size):
+    latents:        (B, T, N, C, h, w)   context frames first, then future frames
+    frame_actions:  (B, T - 1, S, Da)    normalised actions taken between frame k and k + 1
+    task_index:     (B,) long            row of the task vocabulary; ``len(tasks)`` = unknown task
+    text_emb:       (B, text_dim)        sentence embedding of the instruction (default: the
+                                         stored embedding of ``task_index``)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from robodream.models.flow import euler_step, euler_timesteps, interpolate, sample_time, velocity_target
+from robodream.models.moe import MoEMLP
+from robodream.models.neighborhood import neighborhood_attention
+from robodream.models.rope import RotaryEmbedding, grid_positions
+from robodream.models.transformer import CrossAttnBlock, FinalLayer, TimestepEmbedding, full_attention
+from robodream.world_model.configuration import WorldModelConfig
+
+
+class VideoWorldModel(nn.Module):
+    """Action-conditioned latent video DiT; see the module docstring for shapes."""
+
+    model_type = "video_world_model"
+
+    def __init__(self, cfg: WorldModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, p, C = cfg.dim, cfg.patch_size, cfg.latent_channels
+        self.patch_in = nn.Linear((C + 1) * p * p, D)  # latents + image-to-video mask channel
+        self.time_embedding = TimestepEmbedding(D)
+        self.action_in = nn.Sequential(nn.Linear(cfg.frame_stride * cfg.action_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.action_start = nn.Parameter(torch.zeros(D))  # "no action yet" token of the first frame
+        self.action_null = nn.Parameter(torch.zeros(D))  # CFG: actions dropped
+        self.task_embedding = nn.Embedding(len(cfg.tasks) + 1, D)  # last row: unknown / dropped task
+        if cfg.text_dim:
+            self.text_proj = nn.Linear(cfg.text_dim, D)
+            self.text_null = nn.Parameter(torch.zeros(D))
+            # Sentence embeddings of the task vocabulary travel with the weights, so dreaming on
+            # known tasks never loads the text encoder (see robodream.models.text).
+            self.register_buffer("text_table", torch.zeros(len(cfg.tasks), cfg.text_dim))
+        else:
+            self.text_proj = None
+        for prm in (self.action_start, self.action_null, *([self.text_null] if cfg.text_dim else [])):
+            nn.init.normal_(prm, std=0.02)
+        mlp = lambda: (MoEMLP(D, cfg.mlp_hidden, cfg.n_experts, cfg.top_k, cfg.shared_expert)  # noqa: E731
+                       if cfg.mlp == "moe" else None)
+        self.blocks = nn.ModuleList(CrossAttnBlock(D, cfg.n_heads, mlp=mlp(), mlp_ratio=cfg.mlp_ratio)
+                                    for _ in range(cfg.depth))
+        self.final = FinalLayer(D, cfg.patch_dim)
+        self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
+        self.register_buffer("action_std", torch.ones(cfg.action_dim))
+
+        # Rotary angles of the fixed clip grid: self-attention rotates with (t, h, w); cross-
+        # attention with time only, so a frame's queries align with its own action token.
+        T = cfg.n_frames
+        rope = RotaryEmbedding(D // cfg.n_heads, theta=cfg.rope_theta)
+        pos = grid_positions(cfg.grid)  # (L, 3)
+        n_global = 1 + int(bool(cfg.text_dim))
+        ctx_t = torch.cat([torch.zeros(n_global), torch.arange(T, dtype=torch.float32)])  # (M,)
+        ctx_pos = torch.stack([ctx_t, torch.zeros_like(ctx_t), torch.zeros_like(ctx_t)], 1)  # (M, 3)
+        for name, (c, s) in {"rope_self": rope.angles(pos), "rope_q": rope.angles(pos, axes=(0,)),
+                             "rope_k": rope.angles(ctx_pos, axes=(0,))}.items():
+            self.register_buffer(f"{name}_cos", c, persistent=False)
+            self.register_buffer(f"{name}_sin", s, persistent=False)
+        self.register_buffer("is_context", torch.arange(T) < cfg.n_context_frames, persistent=False)  # (T,)
+
+    # ------------------------------------------------------------------ normalisation
+    def set_normalization(self, stats: dict[str, dict[str, list[float]]]) -> None:
+        """Set mean/std of ``action`` from a stats dict (same layout as the policy's normalization.json)."""
+        self.action_mean.copy_(torch.as_tensor(stats["action"]["mean"], dtype=torch.float32))
+        self.action_std.copy_(torch.as_tensor(stats["action"]["std"], dtype=torch.float32).clamp_min(1e-3))
+
+    def normalize_action(self, a: torch.Tensor) -> torch.Tensor:
+        return (a - self.action_mean) / self.action_std
+
+    def set_text_table(self, emb: torch.Tensor) -> None:
+        """Store the sentence embeddings (len(tasks), text_dim) of the task vocabulary."""
+        if self.text_proj is not None:
+            self.text_table.copy_(emb)
+
+    # ------------------------------------------------------------------ tokens
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, N, c, h, w) -> (B, T * H * W, c * p * p) tokens in row-major (t, h, w) order, cameras along w."""
+        p = self.cfg.patch_size
+        return rearrange(x, "b t n c (y p) (x q) -> b (t y n x) (c p q)", p=p, q=p)
+
+    def unpatchify(self, tokens: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """(B, T * H * W, C * p * p) -> (B, T, N, C, h, w)."""
+        cfg = self.cfg
+        g = cfg.latent_size // cfg.patch_size
+        return rearrange(tokens, "b (t y n x) (c p q) -> b t n c (y p) (x q)", t=n_frames, n=len(cfg.cameras),
+                         y=g, x=g, p=cfg.patch_size, q=cfg.patch_size)
+
+    def action_tokens(self, frame_actions: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """Per-frame action tokens (B, T, D): a start token, then one per transition (null where dropped)."""
+        B = frame_actions.shape[0]
+        a = self.action_in(frame_actions.flatten(2))  # (B, T-1, D)
+        a = torch.where(drop[:, None, None], self.action_null.to(a.dtype), a)
+        return torch.cat([self.action_start.to(a.dtype).expand(B, 1, -1), a], 1)
+
+    def context_tokens(self, task_index: torch.Tensor, text_emb: torch.Tensor | None, actions: torch.Tensor,
+                       drop: torch.Tensor) -> torch.Tensor:
+        """Cross-attention tokens (B, M, D) = [task | text | actions (T)]; task and text null where dropped."""
+        null_task = torch.full_like(task_index, len(self.cfg.tasks))
+        parts = [self.task_embedding(torch.where(drop, null_task, task_index)).unsqueeze(1)]
+        if self.text_proj is not None:
+            if text_emb is None:
+                known = task_index < len(self.cfg.tasks)
+                text_emb = self.text_table[task_index.clamp_max(len(self.cfg.tasks) - 1)]
+                drop = drop | ~known  # unknown task and no text given: null text
+            txt = self.text_proj(text_emb.to(self.text_proj.weight.dtype))
+            parts.append(torch.where(drop[:, None], self.text_null.to(txt.dtype), txt).unsqueeze(1))
+        parts.append(actions.to(parts[0].dtype))
+        return torch.cat(parts, 1)
+
+    @functools.cached_property
+    def attn_fn(self):
+        """Self-attention kernel (q, k, v) -> out for the clip grid: full or 3D neighbourhood."""
+        cfg = self.cfg
+        if cfg.attention == "full":
+            return full_attention
+        return functools.partial(neighborhood_attention, grid=cfg.grid, window=cfg.window,
+                                 backend=cfg.attention_backend)
+
+    # ------------------------------------------------------------------ network
+    def velocity(self, x: torch.Tensor, t_frame: torch.Tensor, frame_actions: torch.Tensor, task_index: torch.Tensor,
+                 text_emb: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted velocity of every frame.
+
+        Args:
+            x: (B, T, N, C, h, w) clip: clean context frames, then future frames at flow time t.
+            t_frame: (B, T) flow time of each frame (0 on context frames).
+            frame_actions, task_index, text_emb: see the module docstring.
+            drop: (B,) bool, conditions replaced by null tokens (classifier-free guidance).
+
+        Returns:
+            (B, T, N, C, h, w); only the future frames are meaningful.
+        """
+        cfg = self.cfg
+        B, T = x.shape[:2]
+        drop = torch.zeros(B, dtype=torch.bool, device=x.device) if drop is None else drop
+        mask = self.is_context.to(x.dtype).view(1, T, 1, 1, 1, 1).expand(B, T, x.shape[2], 1, *x.shape[-2:])
+        h = self.patch_in(self.patchify(torch.cat([x, mask], 3)))  # (B, L, D)
+        act = self.action_tokens(frame_actions, drop)  # (B, T, D)
+        ctx = self.context_tokens(task_index, text_emb, act, drop)  # (B, M, D)
+        cond = self.time_embedding(t_frame) + act.to(torch.float32)  # (B, T, D), one AdaLN vector per frame
+        rope = (self.rope_self_cos, self.rope_self_sin)
+        ctx_rope = ((self.rope_q_cos, self.rope_q_sin), (self.rope_k_cos, self.rope_k_sin))
+        for blk in self.blocks:
+            h = blk(h, blk.modulate(cond), ctx, rope=rope, context_rope=ctx_rope, attn_fn=self.attn_fn)
+        mod = self.final.modulate(cond).repeat_interleave(cfg.tokens_per_frame, dim=1)  # (B, L, 2D)
+        return self.unpatchify(self.final(h, mod), T)
+
+    def moe_layers(self) -> list[MoEMLP]:
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoEMLP)]
+
+    # ------------------------------------------------------------------ training
+    def forward(self, latents: torch.Tensor, frame_actions: torch.Tensor, task_index: torch.Tensor,
+                text_emb: torch.Tensor | None = None, action_is_pad: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Rectified-flow loss on the future frames plus ``moe_aux_weight`` x the load-balance losses.
+
+        ``action_is_pad`` (B, T-1, S) zeroes actions past the episode ends. Returns the scalar
+        loss and its parts (``loss_flow``, ``loss_balance``, ``expert_fraction_min``).
+        """
+        cfg = self.cfg
+        B, T, dev = latents.shape[0], latents.shape[1], latents.device
+        if action_is_pad is not None:
+            frame_actions = frame_actions.masked_fill(action_is_pad.unsqueeze(-1), 0.0)
+        t = sample_time(B, cfg.time_shift, generator=generator, device=dev)  # (B,)
+        eps = torch.randn(latents.shape, generator=generator, device="cpu").to(dev)
+        drop = (torch.rand(B, generator=generator) < cfg.cond_drop_prob).to(dev) if self.training else None
+        ctx = self.is_context.view(1, T, 1, 1, 1, 1)
+        x_t = torch.where(ctx, latents, interpolate(latents, eps, t))
+        t_frame = torch.where(self.is_context, 0.0, t[:, None])  # (B, T)
+        v = self.velocity(x_t, t_frame, frame_actions, task_index, text_emb, drop)
+        n_ctx = cfg.n_context_frames
+        loss_flow = F.mse_loss(v[:, n_ctx:].float(), velocity_target(latents[:, n_ctx:], eps[:, n_ctx:]))
+        loss, logs = loss_flow, {"loss_flow": float(loss_flow.detach())}
+        moe = self.moe_layers()
+        if moe:
+            balance = torch.stack([m.aux_loss for m in moe]).mean()
+            loss = loss + cfg.moe_aux_weight * len(moe) * balance
+            logs["loss_balance"] = float(balance.detach())
+            logs["expert_fraction_min"] = float(torch.stack([m.expert_fraction for m in moe]).min())
+        logs["loss"] = float(loss.detach())
+        return loss, logs
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, context: torch.Tensor, frame_actions: torch.Tensor, task_index: torch.Tensor,
+               text_emb: torch.Tensor | None = None, *, n_steps: int | None = None,
+               guidance_scale: float | None = None, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generate one chunk by ``n_steps`` Euler steps from t = 1 to t = 0.
+
+        Args:
+            context: (B, n_context_frames, N, C, h, w) clean conditioning latents.
+            frame_actions: (B, T - 1, S, Da) normalised actions leading into every later frame.
+            guidance_scale: ``v = v_uncond + g (v_cond - v_uncond)``; 1 = conditional only.
+            noise: (B, n_future_frames, N, C, h, w) initial noise; drawn from ``generator`` if None.
+
+        Returns:
+            (B, T, N, C, h, w): the context frames exactly as given, then the generated frames.
+        """
+        cfg = self.cfg
+        n_ctx, n_fut = cfg.n_context_frames, cfg.n_future_frames
+        if context.shape[1] != n_ctx:
+            raise ValueError(f"expected {n_ctx} context frames, got {context.shape[1]}")
+        B, dev = context.shape[0], context.device
+        g = cfg.guidance_scale if guidance_scale is None else guidance_scale
+        x = noise if noise is not None else torch.randn((B, n_fut, *context.shape[2:]), generator=generator).to(dev)
+        x = x.to(context.dtype)
+        guided = g != 1.0
+        rep = (lambda a: torch.cat([a, a])) if guided else (lambda a: a)  # noqa: E731
+        drop = torch.zeros(B, dtype=torch.bool, device=dev)
+        drop = torch.cat([drop, ~drop]) if guided else drop
+        acts, task = rep(frame_actions), rep(task_index)
+        text = None if text_emb is None else rep(text_emb)
+        times = euler_timesteps(n_steps or cfg.n_sampling_steps, cfg.time_shift).tolist()
+        for t, t_next in zip(times[:-1], times[1:]):
+            clip = torch.cat([context, x], 1)  # context frames are re-inserted clean at every step
+            t_frame = torch.where(self.is_context, 0.0, t).expand(len(drop), -1)
+            v = self.velocity(rep(clip), t_frame, acts, task, text, drop)[:, n_ctx:].float()
+            if guided:
+                v_cond, v_uncond = v.chunk(2)
+                v = v_uncond + g * (v_cond - v_uncond)
+            x = euler_step(x, v.to(x.dtype), t, t_next)
+        return torch.cat([context, x], 1)
+
+    @torch.no_grad()
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor, task_index: torch.Tensor, n_chunks: int,
+                text_emb: torch.Tensor | None = None, **sample_kw) -> torch.Tensor:
+        """Autoregressive dreaming over ``n_chunks`` chunks; each chunk conditions on the last frames so far.
+
+        Args:
+            context: (B, n_context_frames, N, C, h, w) clean start latents, the last one at step 0.
+            actions: (B, (n_context_frames - 1) * S + n_chunks * chunk_steps, Da) normalised
+                actions from the first context frame on (those between context frames first).
+            sample_kw: passed to :meth:`sample` (n_steps, guidance_scale, generator).
+
+        Returns:
+            (B, n_chunks * n_future_frames, N, C, h, w) generated latents at steps S, 2S, ...
+        """
+        cfg = self.cfg
+        S, hist, n_ctx = cfg.frame_stride, (cfg.n_context_frames - 1) * cfg.frame_stride, cfg.n_context_frames
+        need = hist + n_chunks * cfg.chunk_steps
+        if actions.shape[1] < need:
+            raise ValueError(f"{n_chunks} chunks need {need} actions, got {actions.shape[1]}")
+        frames = list(context.unbind(1))
+        for c in range(n_chunks):
+            a = actions[:, c * cfg.chunk_steps: c * cfg.chunk_steps + hist + cfg.chunk_steps]
+            a = a.reshape(a.shape[0], cfg.n_frames - 1, S, -1)
+            clip = self.sample(torch.stack(frames[-n_ctx:], 1), a, task_index, text_emb, **sample_kw)
+            frames += clip[:, n_ctx:].unbind(1)
+        return torch.stack(frames[n_ctx:], 1)
