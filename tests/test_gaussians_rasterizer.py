@@ -196,6 +196,53 @@ def test_degenerate_inputs_defined_and_finite():
     torch.testing.assert_close(rasterize(*p2, vm, K, 32, 32).rgb, out.rgb)
 
 
+def _extreme_scene(dtype):
+    """Random Gaussians plus extreme but finite ones (see the test below)."""
+    p = [t.detach().clone() for t in random_scene(40, seed=9, dtype=dtype)]
+    p[2][0], p[3][0] = 1e20, 0.9  # huge scale (clamped to MAX_SCALE = 1e6 m), nearly opaque
+    p[2][1] = torch.tensor([1e5, 1e-4, 0.0])  # 100 km needle: a rank-1 covariance
+    p[2][2, 0] = -0.05  # negative scale: same as +0.05
+    p[0][3] = torch.tensor([1e19, 1e19, 0.0])  # in front, but ~1e20 px off-image
+    p[0][4] = torch.tensor([0.5, -0.2, -3.0 + 0.011])  # just past the near plane, far outside the field of view
+    p[3][5], p[3][6] = 5.0, -1.0  # opacities outside [0, 1]: clamped
+    p[1][7] = 1e-30  # quaternion of length 1e-30
+    return [t.requires_grad_() for t in p]
+
+
+def test_extreme_values_finite_and_tiled_equals_dense():
+    """Huge (finite) scales, a needle-shaped Gaussian, centres that project ~1e20 px away, a centre
+    just past the near plane, opacities outside [0, 1]: finite images and gradients in float32, and
+    the tiled path still equals the dense reference (float64)."""
+    for dtype in (torch.float32, F64):
+        vm, K = cameras(2, 24, 20, dtype)
+        for backend in ("tiled", "dense"):
+            p = _extreme_scene(dtype)
+            out = rasterize(*p, vm, K, 24, 20, backend=backend)
+            assert all(torch.isfinite(t).all() for t in out[:3]), (dtype, backend)
+            (out.rgb.sum() + out.depth.sum() + out.alpha.sum()).backward()
+            assert all(torch.isfinite(t.grad).all() for t in p), (dtype, backend)
+            assert (p[0].grad[3] == 0).all() and (p[0].grad[4] == 0).all()  # culled: exactly zero
+            assert out.alpha.min() > 0.89  # the huge Gaussian covers the whole image
+    p = _extreme_scene(F64)
+    vm, K = cameras(2, 24, 20)
+    ref, g_ref = render_and_grad(p, vm, K, 24, 20, "dense")
+    out, g_out = render_and_grad(p, vm, K, 24, 20, "tiled")
+    for a, b in zip(list(ref[:3]) + list(g_ref), list(out[:3]) + list(g_out)):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-9)
+
+
+def test_sh_degree_argument_uses_the_lower_bands_only():
+    params = random_scene(100, seed=4, sh_degree=3)
+    vm, K = cameras(1, 24, 24)
+    sh = params[4].detach()
+    for d in range(4):
+        low = sh[:, : (d + 1) ** 2]
+        torch.testing.assert_close(rasterize(*params[:4], sh, vm, K, 24, 24, sh_degree=d).rgb,
+                                   rasterize(*params[:4], low, vm, K, 24, 24).rgb)
+    with pytest.raises(ConfigError, match="SH degree"):
+        rasterize(*params[:4], sh[:, :4], vm, K, 24, 24, sh_degree=2)
+
+
 @pytest.mark.parametrize("backend", ["tiled", "dense"])
 def test_empty_scene_is_background(backend):
     vm, K = cameras(2, 20, 18)
@@ -225,3 +272,14 @@ def test_bad_arguments_raise_config_error():
         rasterize(*params, vm, K, 16, 16, backend="gsplat")
     with pytest.raises(ConfigError, match="finite"):
         rasterize(*params, vm * float("nan"), K, 16, 16)
+    with pytest.raises(ConfigError, match="share dtype and device"):
+        rasterize(params[0], params[1].float(), *params[2:], vm, K, 16, 16)
+    with pytest.raises(ConfigError, match="tile_size >= 1"):
+        rasterize(*params, vm, K, 16, 16, tile_size=0)
+    with pytest.raises(ConfigError, match="near_plane"):
+        rasterize(*params, vm, K, 16, 16, near_plane=2.0, far_plane=1.0)
+    with pytest.raises(ConfigError, match="image size"):
+        rasterize(*params, vm, K, 0, 16)
+    # cameras in another dtype are converted to the Gaussians' dtype
+    torch.testing.assert_close(rasterize(*params, vm.float(), K.float(), 16, 16).rgb,
+                               rasterize(*params, vm, K, 16, 16).rgb)

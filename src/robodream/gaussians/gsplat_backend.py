@@ -4,7 +4,8 @@ gsplat (nerfstudio-project/gsplat, pinned to 1.5.3 by the ``gpu`` extra) has no 
 rasteriser; on CUDA it is the fastest path. This module maps robodream's call onto
 ``gsplat.rasterization`` (``render_mode="RGB+ED"``, ``packed=False``, ``rasterize_mode=
 "classic"``) after the same input sanitising as the PyTorch paths (non-finite Gaussians
-dropped with zero gradient, zero quaternions -> identity, opacities clamped to [0, 1]).
+dropped with zero gradient, zero quaternions -> identity, scales clamped to 1e6 m,
+opacities clamped to [0, 1]).
 
 Known, small differences from the PyTorch paths: gsplat bounds each Gaussian by an
 opacity-aware box of up to 3.33 sigma and composites it over every pixel of the tiles that
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from robodream.errors import ConfigError
-from robodream.gaussians.projection import sanitize
+from robodream.gaussians.projection import MAX_SCALE, sanitize
 from robodream.gaussians.sh import sh_degree_from_bases
 
 
@@ -45,6 +46,7 @@ def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     means, quats, scales, opacities, colors, finite = sanitize(means, quats, scales, opacities, colors)
     ident = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=quats.dtype, device=quats.device)
     quats = torch.where(quats.norm(dim=-1, keepdim=True) > 1e-12, quats, ident)
+    scales = scales.clamp(-MAX_SCALE, MAX_SCALE)
     # Culled Gaussians get zero opacity; gsplat then skips them (opacity < 1/255).
     opacities = torch.where(finite, opacities.clamp(0.0, 1.0), torch.zeros_like(opacities))
     if means.shape[0] == 0:

@@ -21,9 +21,11 @@ pixel only if the pixel centre lies inside its 3-sigma ellipse (``sigma <= 4.5``
 Degenerate input has defined behaviour, never an exception or a NaN gradient:
 non-finite parameters (NaN or inf in any of a Gaussian's mean, quaternion, scale, opacity
 or colour) make that Gaussian invisible with zero gradients; a zero quaternion is the
-identity rotation; zero scales give a 0.3 px^2 splat; opacities are clamped to [0, 1];
-Gaussians whose depth is outside ``(near_plane, far_plane)`` (behind the camera included)
-are culled.
+identity rotation; zero scales give a 0.3 px^2 splat; the sign of a scale is ignored and
+its magnitude clamped to :data:`MAX_SCALE` (1e6 m; no gradient beyond); opacities are clamped
+to [0, 1]; Gaussians whose depth is outside ``(near_plane, far_plane)`` (behind the camera
+included) or whose projection is not finite (centres ~1e38 px off-image) are culled.
+Culled Gaussians take no part in compositing, so their gradients are exactly zero.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ ALPHA_MAX = 0.99
 T_MIN = 1e-4
 #: Truncation in sigma units: 0.5 * 3^2 (the 3-sigma ellipse).
 SIGMA_CUT = 4.5
+#: Standard deviations are clamped to this many metres (keeps float32 covariances finite).
+MAX_SCALE = 1e6
 
 
 @dataclass
@@ -106,6 +110,10 @@ def check_inputs(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor
         raise ConfigError(f"image size must be positive, got {width}x{height}")
     if not means.is_floating_point():
         raise ConfigError(f"Gaussian parameters must be floating point, got {means.dtype}")
+    for name, t in (("quats", quats), ("scales", scales), ("opacities", opacities), ("colors", colors)):
+        if t.dtype != means.dtype or t.device != means.device:
+            raise ConfigError(f"{name} is {t.dtype} on {t.device} but means is {means.dtype} on {means.device}; "
+                              "all Gaussian parameters must share dtype and device")
     if not (bool(torch.isfinite(viewmats).all()) and bool(torch.isfinite(Ks).all())):
         raise ConfigError("viewmats and Ks must be finite")
 
@@ -172,16 +180,23 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: T
     tx = z_safe * torch.maximum(torch.minimum(x / z_safe, lim_xp), -lim_xn)
     ty = z_safe * torch.maximum(torch.minimum(y / z_safe, lim_yp), -lim_yn)
     # EWA: Sigma_2d = J W (R S)(R S)^T W^T J^T with J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]].
+    scales = scales.clamp(-MAX_SCALE, MAX_SCALE)  # the sign of a scale does not matter (S S^T)
     A = torch.einsum("cik,nkj->cnij", Rc, quat_to_rotmat(quats) * scales[:, None, :])  # (C, N, 3, 3) = W R S
     j00, j02 = fx / z_safe, -fx * tx / z_safe**2  # (C, N)
     j11, j12 = fy / z_safe, -fy * ty / z_safe**2
     v0 = j00[..., None] * A[..., 0, :] + j02[..., None] * A[..., 2, :]  # (C, N, 3) first row of J W R S
     v1 = j11[..., None] * A[..., 1, :] + j12[..., None] * A[..., 2, :]
-    a = (v0 * v0).sum(-1) + eps2d  # Sigma_2d = [[a, b], [b, c]] + low-pass, px^2
-    b = (v0 * v1).sum(-1)
-    c = (v1 * v1).sum(-1) + eps2d
-    det = (a * c - b * b).clamp_min(1e-12)  # >= eps2d^2 up to rounding (Gram matrix + eps2d I)
-    conics = torch.stack([c / det, -b / det, a / det], dim=-1)  # (C, N, 3)
+    # Sigma_2d = V V^T + eps2d I with V = [v0; v1] (px). Computed on V / k (k >= 1, the largest
+    # entry of V) so that huge Gaussians do not overflow, and with det(V V^T) = |v0 x v1|^2
+    # (Lagrange's identity), a sum of non-negative terms: no cancellation for thin splats.
+    k = v0.detach().abs().amax(-1).maximum(v1.detach().abs().amax(-1)).clamp_min(1.0)  # (C, N)
+    u0, u1, e = v0 / k[..., None], v1 / k[..., None], eps2d / (k * k)
+    a_n, b_n, c_n = (u0 * u0).sum(-1), (u0 * u1).sum(-1), (u1 * u1).sum(-1)  # (C, N), Sigma_2d / k^2 - e I
+    det_n = (torch.linalg.cross(u0, u1) ** 2).sum(-1) + e * (a_n + c_n + e)  # det(Sigma_2d) / k^4
+    det_n = det_n.clamp_min(torch.finfo(dtype).tiny)  # only binds for a rank-1 V with k > ~1e9 px (float32)
+    a, c = (a_n + e) * k * k, (c_n + e) * k * k  # diagonal of Sigma_2d, px^2
+    kk = det_n * k * k  # det(Sigma_2d) / k^2
+    conics = torch.stack([(c_n + e) / kk, -b_n / kk, (a_n + e) / kk], dim=-1)  # (C, N, 3) = Sigma_2d^-1
     means2d = torch.stack([fx * x / z_safe + cx, fy * y / z_safe + cy], dim=-1)  # (C, N, 2)
 
     op = opacities.clamp(0.0, 1.0)

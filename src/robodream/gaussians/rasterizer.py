@@ -100,16 +100,26 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         :class:`RasterOutput` ``(rgb (C, H, W, 3), depth (C, H, W), alpha (C, H, W), info)``.
 
     Bad input: see :mod:`robodream.gaussians.projection` — NaN/inf Gaussians are dropped with
-    zero gradient, zero scales and zero quaternions are valid, points behind the camera are
-    culled, N = 0 renders the background. Never NaN outputs or gradients.
+    zero gradient, zero scales and zero or unnormalised quaternions are valid, scales are
+    clamped to 1e6 m, points behind the camera are culled, N = 0 renders the background.
+    Never NaN outputs or gradients (the ``"gsplat"`` path inherits gsplat's own handling of
+    extreme values beyond the same sanitising).
+
+    Sources: 3D Gaussian Splatting (Kerbl et al., SIGGRAPH 2023), EWA splatting (Zwicker et
+    al. 2001), gsplat's ``rasterization`` (Ye et al. 2024) for argument conventions.
 
     Raises:
-        ConfigError: wrong shapes, non-finite cameras, unknown backend, or ``"gsplat"``
-            requested where it cannot run (not installed or tensors not on CUDA).
+        ConfigError: wrong shapes, Gaussian parameters of mixed dtype/device, non-finite
+            cameras, a bad tile size, chunk, eps2d or depth range, unknown backend, or
+            ``"gsplat"`` requested where it cannot run (not installed or tensors not on CUDA).
     """
     check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown rasteriser backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if tile_size < 1 or (chunk is not None and chunk < 1) or not eps2d >= 0.0 or not 0.0 <= near_plane < far_plane:
+        raise ConfigError(f"need tile_size >= 1, chunk >= 1, eps2d >= 0 and 0 <= near_plane < far_plane; got "
+                          f"tile_size={tile_size}, chunk={chunk}, eps2d={eps2d}, near/far={near_plane}/{far_plane}")
+    viewmats, Ks = viewmats.to(means), Ks.to(means)  # the Gaussians' dtype and device
     if backend == "auto":
         backend = "gsplat" if means.is_cuda and gsplat_available() else "tiled"
     C = viewmats.shape[0]
@@ -151,7 +161,7 @@ def _background(background: Tensor | None, C: int, like: Tensor) -> Tensor:
 
 def composite_dense(p: Projected, background: Tensor, width: int, height: int,
                     pixel_chunk: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Reference compositing: every Gaussian against every pixel, in global depth order.
+    """Reference compositing: every visible Gaussian against every pixel, in global depth order.
 
     Same formation rule as the tiled path (module docstring of
     :mod:`robodream.gaussians.tiled`), written as plainly as possible with autograd.
@@ -167,8 +177,8 @@ def composite_dense(p: Projected, background: Tensor, width: int, height: int,
     pix = torch.stack([u, v], -1).reshape(-1, 2) + 0.5  # (P, 2) pixel centres
     outs = []
     for c in range(C):
-        key = torch.where(p.visible[c], p.depths[c].detach(), torch.full_like(p.depths[c], float("inf")))
-        order = torch.sort(key, stable=True).indices  # front to back
+        vis = p.visible[c].nonzero().squeeze(1)  # culled Gaussians take no part (zero gradient, never NaN)
+        order = vis[torch.sort(p.depths[c, vis].detach(), stable=True).indices]  # (Nv,) front to back
         m2, con, op = p.means2d[c, order], p.conics[c, order], p.opacities[c, order]  # (N, 2), (N, 3), (N,)
         feat = torch.cat([p.colors[c, order], p.depths[c, order, None]], -1)  # (N, 4)
         fn = lambda px, m2=m2, con=con, op=op, feat=feat: _dense_pixels(px, m2, con, op, feat)  # noqa: E731
