@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,14 +14,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from robodream.cli import app, bench_app
+from robodream.cli import app
 from robodream.errors import CheckpointError
-from robodream.gaussians.cli import register
 from robodream.gaussians.densify import DensifyConfig, DensityControl
 from robodream.gaussians.reconstruct import load_scene
 from robodream.utils.io import atomic_write_json
 
-register(app, bench_app)  # idempotent; the main CLI registers these verbs too
 runner = CliRunner()
 
 TINY = ["--views", "4", "--heldout", "2", "--image-size", "32", "--steps", "30", "--init-points", "400",
@@ -38,6 +38,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def test_verbs_are_registered_in_the_main_cli():
+    """``robodream reconstruct`` and ``robodream bench rasterizer`` exist without any extra setup,
+    and the Gaussian CLI module imports on its own (no circular import with ``robodream.cli``)."""
+    assert "reconstruct" in run("--help").output
+    assert "rasterizer" in run("bench", "--help").output
+    assert "--views" in run("reconstruct", "--help").output
+    code = ("import sys, robodream.gaussians.cli as g; assert 'torch' not in sys.modules; "
+            "import robodream.cli as c; assert any(x.name == 'reconstruct' for x in c.app.registered_commands)")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.fixture(scope="module")

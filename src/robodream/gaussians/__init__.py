@@ -11,11 +11,37 @@ Public API::
 
 Conventions: OpenCV camera frame (x right, y down, z forward), metres, pixel centres at
 +0.5, quaternions (w, x, y, z) — see :mod:`robodream.gaussians.rasterizer`.
+
+The names above are imported on first use, so that ``robodream``'s command line (which
+registers :mod:`robodream.gaussians.cli`) starts without importing torch.
 """
 
-from robodream.gaussians.ply import PlyFormatError, load_ply, save_ply
-from robodream.gaussians.rasterizer import RasterOutput, gsplat_available, rasterize, rasterize_dense
-from robodream.gaussians.scene import GaussianParams
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_LAZY = {
+    "GaussianParams": "robodream.gaussians.scene",
+    "PlyFormatError": "robodream.gaussians.ply",
+    "load_ply": "robodream.gaussians.ply",
+    "save_ply": "robodream.gaussians.ply",
+    "RasterOutput": "robodream.gaussians.rasterizer",
+    "gsplat_available": "robodream.gaussians.rasterizer",
+    "rasterize": "robodream.gaussians.rasterizer",
+    "rasterize_dense": "robodream.gaussians.rasterizer",
+}
 
 __all__ = ["GaussianParams", "PlyFormatError", "RasterOutput", "gsplat_available", "load_ply", "rasterize",
            "rasterize_dense", "save_ply"]
+
+if TYPE_CHECKING:
+    from robodream.gaussians.ply import PlyFormatError, load_ply, save_ply
+    from robodream.gaussians.rasterizer import RasterOutput, gsplat_available, rasterize, rasterize_dense
+    from robodream.gaussians.scene import GaussianParams
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

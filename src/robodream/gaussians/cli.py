@@ -1,8 +1,10 @@
 """CLI verbs of the Gaussian splatting module: ``robodream reconstruct`` and ``robodream bench rasterizer``.
 
 Plain functions with typer options; :func:`register` adds them to robodream's app (the
-main ``cli.py`` calls it). Logic lives in :mod:`robodream.gaussians.reconstruct` and
-:mod:`robodream.gaussians.bench`.
+main ``cli.py`` calls it at the end of its module). This module does not import
+``robodream.cli`` at import time (that would be circular: ``robodream.cli`` imports this
+one); its helpers are looked up when a command is registered or runs. Logic lives in
+:mod:`robodream.gaussians.reconstruct` and :mod:`robodream.gaussians.bench`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from robodream.cli import err_console, out_console, print_table, user_errors
 from robodream.errors import ConfigError
 
 
@@ -27,7 +28,6 @@ def _read_config(path: Optional[Path]) -> dict:
     return cfg.get("reconstruct", cfg)
 
 
-@user_errors
 def reconstruct_cmd(
     task: Annotated[str, typer.Option(help="Meta-World task whose scene is reconstructed, e.g. push-v3")],
     out: Annotated[Path, typer.Option(help="run directory to create")],
@@ -44,6 +44,7 @@ def reconstruct_cmd(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run at --out")] = False,
 ) -> None:
     """3D Gaussian Splatting of a static Meta-World scene; reports held-out PSNR/SSIM, writes a .ply."""
+    from robodream.cli import err_console, print_table
     from robodream.gaussians.reconstruct import ReconstructConfig, reconstruct
     from robodream.utils.run import from_dict
 
@@ -80,7 +81,6 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return vals
 
 
-@user_errors
 def bench_rasterizer_cmd(
     out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/rasterizer.json"),
     counts: Annotated[str, typer.Option(help="comma-separated Gaussian counts")] = "2048,8192,32768",
@@ -92,6 +92,7 @@ def bench_rasterizer_cmd(
     tile_size: Annotated[int, typer.Option(help="tile side of the tiled path, pixels")] = 16,
 ) -> None:
     """Forward and forward+backward time of the tiled rasteriser vs the dense reference (and gsplat on CUDA)."""
+    from robodream.cli import err_console, out_console, print_table
     from robodream.gaussians.bench import bench_rasterizer
     from robodream.utils.io import atomic_write_json
 
@@ -112,8 +113,14 @@ def bench_rasterizer_cmd(
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``reconstruct`` to ``app`` and ``rasterizer`` to ``bench_app`` (idempotent)."""
+    """Add ``reconstruct`` to ``app`` and ``rasterizer`` to ``bench_app`` (idempotent).
+
+    Errors a user can cause (:class:`robodream.errors.RobodreamError`) print as one line and
+    exit with status 2, like every robodream verb.
+    """
+    from robodream.cli import user_errors
+
     if not any(c.name == "reconstruct" for c in app.registered_commands):
-        app.command("reconstruct")(reconstruct_cmd)
+        app.command("reconstruct")(user_errors(reconstruct_cmd))
     if not any(c.name == "rasterizer" for c in bench_app.registered_commands):
-        bench_app.command("rasterizer")(bench_rasterizer_cmd)
+        bench_app.command("rasterizer")(user_errors(bench_rasterizer_cmd))
