@@ -19,7 +19,7 @@ from robodream.envs.cameras import (
     project,
     render_rgbd,
 )
-from robodream.envs.meta_world import EnvConfig, MetaWorldEnv
+from robodream.envs.meta_world import CAMERAS, EnvConfig, MetaWorldEnv
 from robodream.errors import ConfigError
 from robodream.gaussians.rasterizer import rasterize
 
@@ -90,6 +90,40 @@ def test_free_camera_projects_known_points_to_their_pixels(env):
     finally:
         seg_r.close()
     assert checked >= 4
+
+
+def test_fixed_cameras_project_known_points_to_their_pixels(env):
+    """Every Meta-World camera (upside-down corner cameras and the hand-mounted ones
+    included): the puck centre projected with :func:`camera_matrices` lands on the puck in
+    the upright image, and the rendered depth there is the puck's near surface."""
+    import mujoco
+
+    m, d = env.mujoco_model, env.mujoco_data
+    seg_r = mujoco.Renderer(m, SIZE, SIZE)
+    seg_r.enable_segmentation_rendering()
+    checked, flipped = [], 0
+    try:
+        obj = env.privileged_positions["object"]
+        for cam in CAMERAS:
+            cam_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, cam)
+            upside_down = d.cam_xmat[cam_id].reshape(3, 3)[2, 1] < -1e-6  # as MetaWorldEnv.render rotates
+            K, T = camera_matrices(m, d, cam, SIZE, SIZE)
+            np.testing.assert_allclose(K, env.camera_matrices(cam)[0])
+            (u, v), z = (x[0] for x in project(obj[None], K, T))
+            assert z > 0 and 0 <= u < SIZE and 0 <= v < SIZE, f"{cam}: puck projects outside ({u:.1f}, {v:.1f})"
+            _, depth = render_rgbd(env._renderer, d, cam)
+            if depth[int(v), int(u)] < z - 0.05:  # the arm is in front of the puck
+                continue
+            seg_r.update_scene(d, camera=cam_id)
+            seg = seg_r.render()[..., 0]
+            seg = seg[::-1, ::-1] if upside_down else seg
+            assert m.geom_bodyid[seg[int(v), int(u)]] == m.body("obj").id, f"{cam}: ({u:.1f}, {v:.1f}) is not the puck"
+            assert z - 0.04 < depth[int(v), int(u)] < z, cam
+            checked.append(cam)
+            flipped += int(upside_down)
+    finally:
+        seg_r.close()
+    assert len(checked) >= 5 and flipped >= 2, checked
 
 
 @pytest.mark.parametrize("view_b", ["free", "corner2"])
