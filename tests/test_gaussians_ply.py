@@ -66,7 +66,18 @@ def _write_vertex(path, names, n=3, value=0.5):
     PlyData([PlyElement.describe(arr, "vertex")]).write(str(path))
 
 
-def test_malformed_files_give_clear_errors(tmp_path):
+def test_malformed_files_give_clear_errors(tmp_path, monkeypatch):
+    from robodream.gaussians import ply
+
+    messages = []
+    real_init = ply.PlyFormatError.__init__
+
+    def record(self, msg):  # every message: one line naming the file
+        messages.append(msg)
+        real_init(self, msg)
+
+    monkeypatch.setattr(ply.PlyFormatError, "__init__", record)
+
     with pytest.raises(PlyFormatError, match="does not exist"):
         load_ply(tmp_path / "missing.ply")
     (tmp_path / "junk.ply").write_bytes(b"this is not a ply file\x00\x01")
@@ -92,4 +103,19 @@ def test_malformed_files_give_clear_errors(tmp_path):
     PlyData([PlyElement.describe(arr, "face")]).write(str(tmp_path / "noverts.ply"))
     with pytest.raises(PlyFormatError, match="no 'vertex' element"):
         load_ply(tmp_path / "noverts.ply")
+    (tmp_path / "header.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 2\n"
+                                          b"property float x\nproperty float y\nend_header\n\x00\x00")
+    with pytest.raises(PlyFormatError, match="header.ply"):
+        load_ply(tmp_path / "header.ply")
+    assert len(messages) == 8
+    for m in messages:
+        assert "\n" not in m and ".ply" in m, m
     assert issubclass(PlyFormatError, CheckpointError) and issubclass(PlyFormatError, RobodreamError)
+
+
+def test_empty_ply_round_trip(tmp_path):
+    """A scene with no Gaussians is a valid file (and renders the background)."""
+    g = random_params(0, 1)
+    save_ply(tmp_path / "empty.ply", g)
+    back = load_ply(tmp_path / "empty.ply")
+    assert back.n == 0 and back.sh.shape == (0, 4, 3)

@@ -34,7 +34,15 @@ class PlyFormatError(CheckpointError):
 
 
 def save_ply(path: str | os.PathLike, g: GaussianParams) -> None:
-    """Write Gaussians as a standard 3DGS binary ``.ply`` (atomically)."""
+    """Write Gaussians as a standard 3DGS binary ``.ply`` (atomically).
+
+    ``g`` holds raw parameters (log-scales in metres, opacity logits, SH (N, K, 3)); they are
+    written as float32 exactly as stored, so :func:`load_ply` returns them bit for bit.
+    Non-finite values are written as they are (and :func:`load_ply` rejects such a file).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     n, k = g.n, g.sh.shape[1]
     sh = g.sh.detach().float().cpu().numpy()  # (N, K, 3)
     columns = {"x": g.means[:, 0], "y": g.means[:, 1], "z": g.means[:, 2]}
@@ -64,6 +72,9 @@ def save_ply(path: str | os.PathLike, g: GaussianParams) -> None:
 
 def load_ply(path: str | os.PathLike) -> GaussianParams:
     """Read a 3DGS ``.ply`` (binary or ASCII, any byte order, float or double properties).
+
+    Returns :class:`GaussianParams` in float32 on the CPU; SH degree from the ``f_rest`` count.
+    Every error message is one line that names the file.
 
     Raises:
         PlyFormatError: missing file, not a PLY, no ``vertex`` element, missing Gaussian
@@ -95,7 +106,7 @@ def load_ply(path: str | os.PathLike) -> GaussianParams:
         try:
             return np.stack([np.asarray(v[name], dtype=np.float32) for name in names], -1).reshape(n, len(names))
         except Exception as e:  # noqa: BLE001 - truncated data shows up here for some layouts
-            raise PlyFormatError(f"{path}: cannot read vertex data: {e}") from e
+            raise PlyFormatError(f"{path}: cannot read vertex data: {e}".replace("\n", " ")) from e
 
     k = 1 + len(rest_names) // 3
     sh = np.zeros((n, k, 3), np.float32)
