@@ -135,6 +135,9 @@ def render_views(cfg: ReconstructConfig) -> tuple[Views, Views]:
     (anti-aliasing: MuJoCo's fast offscreen mode has no multisampling). With
     ``fixed_lighting`` the camera-attached headlight keeps only its ambient term, so the
     scene is lit by its fixed lights the same way from every view (as a real capture is).
+
+    Raises:
+        RobodreamError: MuJoCo returned an all-black frame (broken GL context).
     """
     train_angles = orbit_angles(cfg.views, cfg.train_elevations)
     step = 360.0 / cfg.views
@@ -177,6 +180,9 @@ def initial_gaussians(views: Views, cfg: ReconstructConfig) -> tuple[GaussianPar
 
     Voxel sizes follow each pixel's footprint (depth / focal length), so the table is sampled
     finely and the far floor coarsely; each Gaussian's standard deviation is half its voxel.
+
+    Raises:
+        RobodreamError: no training pixel sees a surface closer than ``cfg.max_depth``.
     """
     if sum(p.shape[0] for p in views.points) == 0:
         raise RobodreamError("no scene surface within max_depth in the training views")

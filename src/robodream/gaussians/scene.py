@@ -51,19 +51,24 @@ class GaussianParams:
 
     @property
     def n(self) -> int:
+        """Number of Gaussians N."""
         return self.means.shape[0]
 
     @property
     def sh_degree(self) -> int:
+        """SH degree d (0..3) of ``sh`` (K = (d + 1)^2)."""
         return sh_degree_from_bases(self.sh.shape[1])
 
     def tensors(self) -> dict[str, Tensor]:
+        """The five fields by name (the tensors themselves, not copies)."""
         return {f: getattr(self, f) for f in self.FIELDS}
 
     def detach(self) -> GaussianParams:
+        """A copy cut from the autograd graph."""
         return GaussianParams(**{k: v.detach().clone() for k, v in self.tensors().items()})
 
     def to(self, device) -> GaussianParams:
+        """The same Gaussians on ``device``."""
         return GaussianParams(**{k: v.to(device) for k, v in self.tensors().items()})
 
     def render(self, viewmats: Tensor, Ks: Tensor, width: int, height: int, **kw) -> RasterOutput:
