@@ -129,3 +129,20 @@ def test_action_dimension_mismatch():
     ds = SimpleNamespace(root="ds", cameras=["front"], action_dim=6, image_size=(32, 32))
     with pytest.raises(DatasetError, match="6-dim actions but the world model expects 4"):
         check_dataset(model=model, ds=ds)
+
+
+def test_bench_world_model(work, tmp_path):
+    cfg = work / "wm" / "config.json"
+    res = run("bench", "world-model", "--out", tmp_path / "b.json", "--config", cfg, "--train-steps", 1,
+              "--batch-size", 2, "--repeats", 1, "--data", work / "ds", "--tokenizer", work / "tok",
+              "--quality-steps", 2, "--work", tmp_path / "runs", "--device", "cpu")
+    r = json.loads((tmp_path / "b.json").read_text())
+    for key in ("sparse_over_full_train_step_speedup", "sparse_over_full_sample_speedup", "expert_token_fraction_min",
+                "sparse_over_full_attention_speedup"):
+        assert r[key] > 0, key
+    assert abs(r["active_parameter_ratio"] - 1) < 0.02  # matched active parameters (up to router and biases)
+    assert r["sparse_moe"]["n_parameters"] > r["full_dense"]["n_parameters"]
+    assert r["sparse_moe"]["config"]["window"] == [0, 3, 3] and r["full_dense"]["config"]["attention"] == "full"
+    for name in ("sparse_moe", "full_dense"):
+        assert len(r[name]["psnr_by_horizon"]) == 2 and r[name]["train_saved_activations_mib"] > 0
+    assert "sparse/full speedup" in res.output

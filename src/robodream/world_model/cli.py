@@ -1,4 +1,4 @@
-"""CLI verbs of the video world model: ``train world-model``, ``dream``, ``eval world-model``.
+"""CLI verbs of the video world model: ``train world-model``, ``dream``, ``eval world-model``, ``bench world-model``.
 
 Plain functions with typer options; :func:`register` adds them to robodream's apps (the main
 ``cli.py`` calls it). Logic lives in :mod:`robodream.world_model.train` and
@@ -129,9 +129,51 @@ def eval_world_model_cmd(
                       f"{r['tokenizer_psnr']:.1f} dB; written to {out}")
 
 
+@user_errors
+def bench_world_model_cmd(
+    out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/world_model.json"),
+    config: Annotated[Optional[Path], typer.Option(help="a world-model run's config.json (default: default model)")] = None,
+    train_steps: Annotated[int, typer.Option(help="timed training steps per variant")] = 10,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    repeats: Annotated[int, typer.Option(help="timed sampling calls per variant")] = 3,
+    threads: Annotated[int, typer.Option(help="torch threads (0 = torch default)")] = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast), bf16 or fp32")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
+    data: Annotated[Optional[list[Path]], typer.Option(help="datasets for the held-out PSNR comparison")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="tokenizer run for the PSNR comparison")] = None,
+    quality_steps: Annotated[int, typer.Option(help="training steps per variant before comparing PSNR (0 = skip)")] = 0,
+    work: Annotated[Path, typer.Option(help="run directories of the PSNR comparison")] = Path("outputs/bench_world_model"),
+) -> None:
+    """MoE + 3D neighbourhood attention vs dense MLP + full attention at matched active parameters."""
+    from robodream.utils.io import atomic_write_json
+    from robodream.utils.run import from_dict
+    from robodream.world_model.bench import bench_world_model
+    from robodream.world_model.configuration import WorldModelConfig
+
+    cfg = from_dict(WorldModelConfig, _load_json(config).get("model", {}))
+    if quality_steps and not (data and tokenizer):
+        raise ConfigError("--quality-steps needs --data and --tokenizer")
+    r = bench_world_model(cfg, train_steps=train_steps, batch_size=batch_size, sample_repeats=repeats, threads=threads,
+                          precision=precision, device=device, data=[str(d) for d in data or []],
+                          tokenizer=str(tokenizer) if tokenizer else None, quality_steps=quality_steps, work=work,
+                          log=lambda m: out_console.print(f"[bold cyan]>>[/] {m}"))
+    atomic_write_json(out, r)
+    rows = [[name, r[name]["train_step_s"], r[name]["sample_s_per_frame"], r[name]["train_saved_activations_mib"],
+             r[name]["n_active_parameters"], r[name]["n_parameters"], r[name].get("next_chunk_psnr")]
+            for name in ("sparse_moe", "full_dense")]
+    print_table(f"world model on {r['device']}, {r['threads']} thread(s), grid {tuple(r['grid'])}",
+                ["variant", "train step s", "sample s/frame", "saved activations MiB", "active params", "params",
+                 "held-out PSNR"], rows)
+    out_console.print(f"sparse/full speedup: train step {r['sparse_over_full_train_step_speedup']:.2f}x, sampling "
+                      f"{r['sparse_over_full_sample_speedup']:.2f}x, attention kernel "
+                      f"{r['sparse_over_full_attention_speedup']:.2f}x; least-used expert "
+                      f"{r.get('expert_token_fraction_min')} of tokens; written to {out}")
+
+
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``train world-model``, ``dream`` and ``eval world-model`` (idempotent)."""
+    """Add ``train world-model``, ``dream``, ``eval world-model`` and ``bench world-model`` (idempotent)."""
     for target, name, fn in ((train_app, "world-model", train_world_model_cmd), (app, "dream", dream_cmd),
-                             (eval_app, "world-model", eval_world_model_cmd)):
+                             (eval_app, "world-model", eval_world_model_cmd),
+                             (bench_app, "world-model", bench_world_model_cmd)):
         if not any(c.name == name for c in target.registered_commands):
             target.command(name)(fn)
