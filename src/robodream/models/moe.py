@@ -95,8 +95,8 @@ class MoEMLP(nn.Module):
         counts_l = torch.bincount(flat_expert, minlength=self.n_experts).tolist()
         start = 0
         for e, n in enumerate(counts_l):
-            if n == 0:
-                continue
+            # An expert with no tokens still runs on an empty batch, so every parameter takes
+            # part in the graph (zero gradients) — DistributedDataParallel requires that.
             tok = tokens[start:start + n]
             y = self.experts[e](xf.index_select(0, tok))  # (n, D)
             out = out.index_add(0, tok, (y * gates[start:start + n, None]).to(xf.dtype))
