@@ -53,6 +53,32 @@ def _load_json(path: Optional[Path]) -> dict:
         raise ConfigError(f"cannot read config {path}: {e}") from e
 
 
+def _train_config(base: dict, default, *, seed: int, device: str, steps: Optional[int], batch_size: Optional[int]):
+    """A run's TrainConfig: ``default`` < ``--config`` file's "train" < command-line options."""
+    from robodream.train.loop import TrainConfig
+    from robodream.utils.run import from_dict
+
+    train = from_dict(TrainConfig, {**default.__dict__, **base.get("train", {})})
+    train.seed, train.device = seed, device
+    if steps is not None:
+        train.steps = steps
+    if batch_size is not None:
+        train.batch_size = batch_size
+    return train
+
+
+def _model_config(base: dict, cls, overrides: dict):
+    """A model config: ``--config`` file's "model" with the command-line options that were given."""
+    from robodream.utils.run import from_dict
+
+    model = from_dict(cls, base.get("model", {}))
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(model, k, v)
+    model.__post_init__()
+    return model
+
+
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     """Print a rich table to stdout."""
     table = Table(title=title)
@@ -124,22 +150,14 @@ def train_tokenizer_cmd(
     """Train the image tokenizer (conv autoencoder) on the datasets' frames; report held-out PSNR."""
     from robodream.tokenizer.model import TokenizerConfig
     from robodream.tokenizer.train import TokenizerRunConfig, default_tokenizer_train, train_tokenizer
-    from robodream.train.loop import TrainConfig
-    from robodream.utils.run import from_dict
 
     base = _load_json(config)
     cfg = TokenizerRunConfig(
         data=tuple(str(d) for d in data),
-        model=from_dict(TokenizerConfig, base.get("model", {})),
-        train=from_dict(TrainConfig, {**default_tokenizer_train().__dict__, **base.get("train", {})}),
+        model=_model_config(base, TokenizerConfig, {"latent_channels": latent_channels}),
+        train=_train_config(base, default_tokenizer_train(), seed=seed, device=device, steps=steps,
+                            batch_size=batch_size),
     )
-    cfg.train.seed, cfg.train.device = seed, device
-    if steps is not None:
-        cfg.train.steps = steps
-    if batch_size is not None:
-        cfg.train.batch_size = batch_size
-    if latent_channels is not None:
-        cfg.model.latent_channels = latent_channels
     res = train_tokenizer(cfg, out, resume=resume)
     print_table("tokenizer", ["held-out PSNR (dB)", "train PSNR (dB)", "held-out frames", "steps", "run"],
                 [[res["psnr_heldout"], res["psnr_train"], res["n_heldout_frames"], res["steps"], str(out)]])
@@ -168,26 +186,16 @@ def train_policy_cmd(
     """Train GigaWorld-Policy (world-action transformer) on one or more datasets."""
     from robodream.policy.configuration import PolicyConfig
     from robodream.policy.train import PolicyRunConfig, default_policy_train, train_policy
-    from robodream.train.loop import TrainConfig
-    from robodream.utils.run import from_dict
 
     base = _load_json(config)
-    model = from_dict(PolicyConfig, base.get("model", {}))
-    overrides = {"video_stride": video_stride, "mask": mask, "horizon": horizon, "n_action_steps": action_steps,
-                 "dim": dim, "depth": depth, "action_loss_weight": action_loss_weight}
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(model, k, v)
-    model.__post_init__()
+    model = _model_config(base, PolicyConfig, {
+        "video_stride": video_stride, "mask": mask, "horizon": horizon, "n_action_steps": action_steps,
+        "dim": dim, "depth": depth, "action_loss_weight": action_loss_weight})
     cfg = PolicyRunConfig(
         data=tuple(str(d) for d in data), tokenizer=str(tokenizer), model=model,
-        train=from_dict(TrainConfig, {**default_policy_train().__dict__, **base.get("train", {})}),
+        train=_train_config(base, default_policy_train(), seed=seed, device=device, steps=steps,
+                            batch_size=batch_size),
     )
-    cfg.train.seed, cfg.train.device = seed, device
-    if steps is not None:
-        cfg.train.steps = steps
-    if batch_size is not None:
-        cfg.train.batch_size = batch_size
     res = train_policy(cfg, out, resume=resume)
     print_table("policy", ["held-out action MSE", "held-out loss", "train frames", "steps", "run"],
                 [[res.get("action_mse"), res.get("loss"), res["n_train_frames"], res["steps"], str(out)]])

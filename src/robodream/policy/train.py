@@ -98,6 +98,30 @@ def _check_datasets(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer) -
     return list(cams.pop()), sd, ad
 
 
+def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, cameras: list[str],
+                    heldout_fraction: float) -> tuple[list[str], list[dict], list[dict]]:
+    """Task vocabulary and tokenizer-encoded episodes of a training run, split per dataset.
+
+    Returns ``(tasks, train_episodes, heldout_episodes)``: the instruction strings in
+    first-seen order (index = task-embedding row) and :func:`encode_dataset` episodes; the
+    last ``heldout_fraction`` of each dataset's episodes is held out (never trained on).
+    Shared by the policy and the video world model.
+    """
+    tasks: list[str] = []
+    for ds in datasets:
+        tasks += [t for t in ds.tasks if t not in tasks]
+    vocab = {t: i for i, t in enumerate(tasks)}
+    train_eps, held_eps = [], []
+    with progress_bar() as progress:
+        bar = progress.add_task("encode frames", total=sum(ds.num_episodes for ds in datasets))
+        adv = lambda: progress.update(bar, advance=1)  # noqa: E731
+        for ds in datasets:
+            tr, he = split_episodes(ds.num_episodes, heldout_fraction)
+            train_eps += encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab)
+            held_eps += encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab)
+    return tasks, train_eps, held_eps
+
+
 def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
     """Train a policy and write the run directory ``out``; returns held-out validation results.
 
@@ -114,11 +138,7 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
     datasets = [LeRobotDataset(p) for p in cfg.data]
     cameras, state_dim, action_dim = _check_datasets(datasets, tokenizer)
 
-    # Task vocabulary (instruction strings) across datasets, in first-seen order.
-    tasks: list[str] = []
-    for ds in datasets:
-        tasks += [t for t in ds.tasks if t not in tasks]
-    vocab = {t: i for i, t in enumerate(tasks)}
+    tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction)
     m = cfg.model
     m.state_dim, m.action_dim, m.cameras, m.tasks = state_dim, action_dim, tuple(cameras), tuple(tasks)
     m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
@@ -133,15 +153,6 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
             cfg.train_seeds[prov["task"]] = sorted(set(cfg.train_seeds[prov["task"]]) | set(prov["seeds"]))
             cfg.env = {k: prov["env"][k] for k in ("cameras", "image_size", "max_steps") if k in prov["env"]}
 
-    train_eps, held_eps = [], []
-    n_total = sum(ds.num_episodes for ds in datasets)
-    with progress_bar() as progress:
-        bar = progress.add_task("encode frames", total=n_total)
-        for ds in datasets:
-            tr, he = split_episodes(ds.num_episodes, cfg.heldout_fraction)
-            adv = lambda: progress.update(bar, advance=1)  # noqa: E731
-            train_eps += encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab)
-            held_eps += encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab)
     train_table = EpisodeTable.from_episodes(train_eps)
     held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
 

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from robodream.cli import _load_json, out_console, print_table, user_errors
+from robodream.cli import _load_json, _model_config, _train_config, out_console, print_table, user_errors
 from robodream.errors import ConfigError
 
 
@@ -49,29 +49,19 @@ def train_world_model_cmd(
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
 ) -> None:
     """Train the action-conditioned video world model (GigaWorld-0-Video) on one or more datasets."""
-    from robodream.train.loop import TrainConfig
-    from robodream.utils.run import from_dict
     from robodream.world_model.configuration import WorldModelConfig
     from robodream.world_model.train import WorldModelRunConfig, default_world_model_train, train_world_model
 
     base = _load_json(config)
-    model = from_dict(WorldModelConfig, base.get("model", {}))
-    overrides = {"dim": dim, "depth": depth, "n_heads": heads, "mlp": mlp, "attention": attention,
-                 "window": _window(window) if window is not None else None, "n_context_frames": context_frames,
-                 "n_future_frames": future_frames, "frame_stride": frame_stride, "text_encoder": text_encoder}
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(model, k, v)
-    model.__post_init__()
+    model = _model_config(base, WorldModelConfig, {
+        "dim": dim, "depth": depth, "n_heads": heads, "mlp": mlp, "attention": attention,
+        "window": _window(window) if window is not None else None, "n_context_frames": context_frames,
+        "n_future_frames": future_frames, "frame_stride": frame_stride, "text_encoder": text_encoder})
     cfg = WorldModelRunConfig(
         data=tuple(str(d) for d in data), tokenizer=str(tokenizer), model=model,
-        train=from_dict(TrainConfig, {**default_world_model_train().__dict__, **base.get("train", {})}),
+        train=_train_config(base, default_world_model_train(), seed=seed, device=device, steps=steps,
+                            batch_size=batch_size),
     )
-    cfg.train.seed, cfg.train.device = seed, device
-    if steps is not None:
-        cfg.train.steps = steps
-    if batch_size is not None:
-        cfg.train.batch_size = batch_size
     res = train_world_model(cfg, out, resume=resume)
     print_table("world model", ["held-out flow loss", "held-out latent MSE", "PSNR vs tokenizer (dB)", "train frames",
                                 "steps", "run"],

@@ -20,13 +20,12 @@ from robodream.data.lerobot import LeRobotDataset
 from robodream.data.windows import EpisodeTable
 from robodream.errors import CheckpointError, ConfigError
 from robodream.models.text import encode_texts
-from robodream.policy.train import _check_datasets, _copy_tokenizer, encode_dataset
+from robodream.policy.train import _check_datasets, _copy_tokenizer, encode_run_data
 from robodream.tokenizer.model import ImageTokenizer, psnr
-from robodream.tokenizer.train import _check_out, load_tokenizer, split_episodes
+from robodream.tokenizer.train import _check_out, load_tokenizer
 from robodream.train.checkpoint import load_model_weights
 from robodream.train.loop import TrainConfig, Trainer, resolve_device
 from robodream.utils.io import atomic_write_json, read_json
-from robodream.utils.progress import progress_bar
 from robodream.utils.run import from_dict, read_run_config, to_jsonable, write_run_meta
 from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.modeling import VideoWorldModel
@@ -81,24 +80,13 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
     datasets = [LeRobotDataset(p) for p in cfg.data]
     cameras, _, action_dim = _check_datasets(datasets, tokenizer)
 
-    tasks: list[str] = []
-    for ds in datasets:
-        tasks += [t for t in ds.tasks if t not in tasks]
-    vocab = {t: i for i, t in enumerate(tasks)}
+    tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction)
     m = cfg.model
     m.action_dim, m.cameras, m.tasks = action_dim, tuple(cameras), tuple(tasks)
     m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
     m.image_size, m.fps = tokenizer.cfg.image_size, datasets[0].fps
     m.__post_init__()
 
-    train_eps, held_eps = [], []
-    with progress_bar() as progress:
-        bar = progress.add_task("encode frames", total=sum(ds.num_episodes for ds in datasets))
-        adv = lambda: progress.update(bar, advance=1)  # noqa: E731
-        for ds in datasets:
-            tr, he = split_episodes(ds.num_episodes, cfg.heldout_fraction)
-            train_eps += encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab)
-            held_eps += encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab)
     train_table = EpisodeTable.from_episodes(train_eps)
     held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
 
