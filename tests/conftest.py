@@ -16,6 +16,16 @@ def _deterministic_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module on one torch thread (small tensors: faster, and immune to a busy
+    machine's oversubscription); restores the previous count afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip GPU-only tests cleanly on machines without CUDA."""
     if torch.cuda.is_available():

@@ -32,12 +32,7 @@ def run(*args, code: int = 0):
     return res
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_verbs_are_registered_in_the_main_cli():

@@ -17,13 +17,7 @@ from robodream.gaussians.sh import eval_sh, rgb_to_sh
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_scene(n: int, seed: int, *, sh_degree: int | None = None, dtype=F64, opaque: bool = False):
