@@ -48,6 +48,20 @@ def test_mask_matches_definition():
     assert mask.sum(1).eq(1 * 3 * 3).all()  # every query sees exactly k_t k_h k_w keys (shifted at borders)
 
 
+def _assert_matches_masked_dense(qkv, grid, window, tol: float, **kw) -> None:
+    """neighborhood_attention(**kw) equals masked dense attention in values and in q/k/v gradients."""
+    q, k, v = qkv
+    q2, k2, v2 = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+    out = neighborhood_attention(q, k, v, grid, window, **kw)
+    ref = _masked_dense(q2, k2, v2, grid, window)
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        torch.testing.assert_close(a.grad, b.grad, atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("grid,window,tile", [
     ((5, 4, 8), (0, 3, 3), None),
     ((5, 4, 8), (3, 3, 5), None),
@@ -56,16 +70,8 @@ def test_mask_matches_definition():
     ((2, 4, 4), (1, 3, 3), (1, 1, 1)),
 ])
 def test_blocked_equals_masked_dense_values_and_grads(grid, window, tile):
-    q, k, v = _qkv(grid, requires_grad=True)
-    q2, k2, v2 = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
-    out = neighborhood_attention(q, k, v, grid, window, backend="blocked", tile=tile)
-    ref = _masked_dense(q2, k2, v2, grid, window)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    w = torch.randn_like(out)
-    (out * w).sum().backward()
-    (ref * w).sum().backward()
-    for a, b in ((q, q2), (k, k2), (v, v2)):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
+    _assert_matches_masked_dense(_qkv(grid, requires_grad=True), grid, window, tol=1e-5,
+                                 backend="blocked", tile=tile)
 
 
 def test_reference_backend_equals_masked_dense():
@@ -116,16 +122,8 @@ def test_flex_eager_equals_reference():
 @pytest.mark.gpu
 def test_flex_cuda_equals_reference_values_and_grads():
     grid, window = (5, 8, 16), (3, 3, 5)
-    q, k, v = _qkv(grid, hd=32, device="cuda", requires_grad=True)
-    q2, k2, v2 = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
-    out = neighborhood_attention(q, k, v, grid, window, backend="flex")
-    ref = _masked_dense(q2, k2, v2, grid, window)
-    torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
-    w = torch.randn_like(out)
-    (out * w).sum().backward()
-    (ref * w).sum().backward()
-    for a, b in ((q, q2), (k, k2), (v, v2)):
-        torch.testing.assert_close(a.grad, b.grad, atol=2e-3, rtol=2e-3)
+    _assert_matches_masked_dense(_qkv(grid, hd=32, device="cuda", requires_grad=True), grid, window, tol=2e-3,
+                                 backend="flex")
 
 
 # ----------------------------------------------------------------------------- Mixture-of-Experts
