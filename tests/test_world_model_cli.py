@@ -135,7 +135,7 @@ def test_bench_world_model(work, tmp_path):
     cfg = work / "wm" / "config.json"
     res = run("bench", "world-model", "--out", tmp_path / "b.json", "--config", cfg, "--train-steps", 1,
               "--batch-size", 2, "--repeats", 1, "--data", work / "ds", "--tokenizer", work / "tok",
-              "--quality-steps", 2, "--work", tmp_path / "runs", "--device", "cpu")
+              "--quality-steps", 2, "--work", tmp_path / "runs")  # default --device auto
     r = json.loads((tmp_path / "b.json").read_text())
     for key in ("sparse_over_full_train_step_speedup", "sparse_over_full_sample_speedup", "expert_token_fraction_min",
                 "sparse_over_full_attention_speedup"):

@@ -170,7 +170,7 @@ def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_si
     res["expert_fraction_source"] = "random latents"
     if data and tokenizer and quality_steps > 0:
         q = _quality(cfgs, data, tokenizer, quality_steps, batch_size, Path(work or "outputs/bench_world_model"),
-                     device, log)
+                     str(dev), log)
         for name in cfgs:
             res[name].update(q.pop(name))
         res.update(q)
