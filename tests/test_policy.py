@@ -48,8 +48,13 @@ def test_block_causal_mask_structure():
     assert block_causal_mask(g, g, "full").all()
 
 
-def test_training_path_actions_ignore_future_tokens():
-    cfg = tiny_cfg()
+# 0: action tokens share the main weights; 16: a narrow action expert (Mixture-of-Transformers).
+EXPERT_DIMS = pytest.mark.parametrize("expert", [0, 16])
+
+
+@EXPERT_DIMS
+def test_training_path_actions_ignore_future_tokens(expert):
+    cfg = tiny_cfg(action_expert_dim=expert)
     m = random_policy(cfg)
     state, ref, task, actions, fut = inputs(cfg)
     t = torch.tensor([0.3, 0.7, 0.9])
@@ -60,13 +65,14 @@ def test_training_path_actions_ignore_future_tokens():
     torch.testing.assert_close(va1, va2, rtol=0, atol=1e-6)
     assert (vf1 - vf2).abs().max() > 1e-3  # the future tokens themselves do change
     # the joint (mask=full) ablation does let the future influence the actions
-    mj = random_policy(tiny_cfg(mask="full"))
+    mj = random_policy(tiny_cfg(mask="full", action_expert_dim=expert))
     assert (mj.velocity(state, ref, actions, task, t, f_a)[0] - mj.velocity(state, ref, actions, task, t, f_b)[0]
             ).abs().max() > 1e-4
 
 
-def test_inference_actions_ignore_future_noise_and_match_action_only():
-    cfg = tiny_cfg()
+@EXPERT_DIMS
+def test_inference_actions_ignore_future_noise_and_match_action_only(expert):
+    cfg = tiny_cfg(action_expert_dim=expert)
     m = random_policy(cfg)
     state, ref, task, _, _ = inputs(cfg)
     noise = torch.randn(3, cfg.horizon, cfg.action_dim)
@@ -78,9 +84,10 @@ def test_inference_actions_ignore_future_noise_and_match_action_only():
         assert out.future_latents.shape == (3, cfg.n_future, 2, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
 
 
+@EXPERT_DIMS
 @pytest.mark.parametrize("mode", ["action_only", "with_video"])
-def test_kv_cache_equals_uncached(mode):
-    cfg = tiny_cfg()
+def test_kv_cache_equals_uncached(mode, expert):
+    cfg = tiny_cfg(action_expert_dim=expert)
     m = random_policy(cfg)
     state, ref, task, _, _ = inputs(cfg)
     noise = torch.randn(3, cfg.horizon, cfg.action_dim)
@@ -92,9 +99,10 @@ def test_kv_cache_equals_uncached(mode):
         torch.testing.assert_close(a.future_latents, b.future_latents, rtol=1e-5, atol=1e-5)
 
 
-def test_cached_inference_matches_training_path_velocity():
+@EXPERT_DIMS
+def test_cached_inference_matches_training_path_velocity(expert):
     """One Euler step of the cached sampler equals a step computed with the training-path velocity."""
-    cfg = tiny_cfg(n_inference_steps=1, time_shift=1.0)
+    cfg = tiny_cfg(n_inference_steps=1, time_shift=1.0, action_expert_dim=expert)
     m = random_policy(cfg)
     state, ref, task, _, _ = inputs(cfg)
     noise = torch.randn(3, cfg.horizon, cfg.action_dim)
@@ -166,8 +174,9 @@ def test_interpolate_endpoints():
     torch.testing.assert_close(interpolate(x0, eps, torch.ones(2)), eps)
 
 
-def test_compiled_action_only_matches_eager():
-    cfg = tiny_cfg(depth=1)
+@EXPERT_DIMS
+def test_compiled_action_only_matches_eager(expert):
+    cfg = tiny_cfg(depth=1, action_expert_dim=expert)
     m = random_policy(cfg)
     state, ref, task, _, _ = inputs(cfg)
     noise = torch.randn(3, cfg.horizon, cfg.action_dim)
@@ -175,3 +184,19 @@ def test_compiled_action_only_matches_eager():
     m.compile_inference()
     compiled = m.sample(state, ref, task, noise=noise).actions
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_action_expert_steps_run_only_the_narrow_weights():
+    """With an action expert, the denoising steps never touch the wide blocks' weights (the
+    prefix is encoded once by them), and the expert's parameters are narrow."""
+    cfg = tiny_cfg(action_expert_dim=16)
+    m = random_policy(cfg)
+    state, ref, task, _, _ = inputs(cfg)
+    calls = {"main": 0, "expert": 0}
+    for name, blocks in (("main", m.blocks), ("expert", m.action_blocks)):
+        for b in blocks:
+            b.mlp.register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+    m.sample(state, ref, task)
+    assert calls == {"main": cfg.depth, "expert": cfg.depth * cfg.n_inference_steps}
+    assert m.action_blocks[0].mlp.fc1.weight.shape == (64, 16)
+    assert m.action_blocks[0].attn.qkv.weight.shape == (3 * cfg.dim, 16)  # projects into the shared heads

@@ -178,6 +178,8 @@ def train_policy_cmd(
     dim: Annotated[Optional[int], typer.Option(help="transformer width")] = None,
     depth: Annotated[Optional[int], typer.Option(help="transformer blocks")] = None,
     action_loss_weight: Annotated[Optional[float], typer.Option(help="lambda in L_video + lambda L_action")] = None,
+    action_expert_dim: Annotated[Optional[int], typer.Option(
+        help="width of a separate narrow action expert (Mixture-of-Transformers); 0 = shared weights")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
     config: Annotated[Optional[Path], typer.Option(help="a run's config.json to start from")] = None,
@@ -190,7 +192,8 @@ def train_policy_cmd(
     base = _load_json(config)
     model = _model_config(base, PolicyConfig, {
         "video_stride": video_stride, "mask": mask, "horizon": horizon, "n_action_steps": action_steps,
-        "dim": dim, "depth": depth, "action_loss_weight": action_loss_weight})
+        "dim": dim, "depth": depth, "action_loss_weight": action_loss_weight,
+        "action_expert_dim": action_expert_dim})
     cfg = PolicyRunConfig(
         data=tuple(str(d) for d in data), tokenizer=str(tokenizer), model=model,
         train=_train_config(base, default_policy_train(), seed=seed, device=device, steps=steps,

@@ -53,18 +53,35 @@ class TimestepEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with QK-RMSNorm, a boolean mask and an optional cached prefix."""
+    """Multi-head self-attention with QK-RMSNorm, a boolean mask and an optional cached prefix.
 
-    def __init__(self, dim: int, n_heads: int) -> None:
+    ``inner_dim`` (default ``dim``) is the attention width ``n_heads * head_dim``; a narrower
+    token stream can share another stream's attention by projecting into the same heads
+    (Mixture-of-Transformers, see :func:`multi_stream_block`).
+    """
+
+    def __init__(self, dim: int, n_heads: int, inner_dim: int | None = None) -> None:
         super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"dim {dim} not divisible by n_heads {n_heads}")
+        inner_dim = inner_dim or dim
+        if inner_dim % n_heads:
+            raise ValueError(f"attention width {inner_dim} not divisible by n_heads {n_heads}")
         self.n_heads = n_heads
-        self.head_dim = dim // n_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.head_dim = inner_dim // n_heads
+        self.qkv = nn.Linear(dim, 3 * inner_dim)
         self.q_norm = RMSNorm(self.head_dim)
         self.k_norm = RMSNorm(self.head_dim)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(inner_dim, dim)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, dim) -> q, k, v (B, n_heads, L, head_dim), q and k RMS-normed."""
+        B, L, _ = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        """Attention output (B, n_heads, L, head_dim) -> (B, L, dim)."""
+        B, _, L, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, L, -1))
 
     def forward(
         self,
@@ -83,17 +100,13 @@ class Attention(nn.Module):
         Returns:
             (B, L, D) output and this call's own keys/values (B, n_heads, L, head_dim).
         """
-        B, L, D = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, nh, L, hd)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.project_qkv(x)
         own = (k, v)
         if kv_prefix is not None:
             k = torch.cat([kv_prefix[0], k], dim=2)  # (B, nh, P + L, hd)
             v = torch.cat([kv_prefix[1], v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, L, hd)
-        out = out.transpose(1, 2).reshape(B, L, D)
-        return self.proj(out), own
+        return self.project_out(out), own
 
 
 class MLP(nn.Module):
@@ -134,14 +147,16 @@ class AdaLNBlock(nn.Module):
     ``x = x + gate2 * MLP(LN(x) * (1 + scale2) + shift2)``; the modulation layer is zero
     initialised so every block starts as the identity. The modulation is computed by
     :meth:`modulate` from conditioning vectors and passed to :meth:`forward`, so callers can
-    compute it once for many tokens or many sampling steps.
+    compute it once for many tokens or many sampling steps. ``attn_dim`` (default ``dim``) is
+    the attention width, so a narrow block can share a wide block's attention heads
+    (:func:`multi_stream_block`).
     """
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
-                 mlp: nn.Module | None = None) -> None:
+                 mlp: nn.Module | None = None, attn_dim: int | None = None) -> None:
         super().__init__()
         cond_dim = cond_dim or dim
-        self.attn = Attention(dim, n_heads)
+        self.attn = Attention(dim, n_heads, attn_dim)
         self.mlp = mlp if mlp is not None else MLP(dim, int(dim * mlp_ratio))
         self.modulation = nn.Linear(cond_dim, 6 * dim)
         nn.init.zeros_(self.modulation.weight)
@@ -172,6 +187,53 @@ class AdaLNBlock(nn.Module):
         x = torch.addcmul(x, gate1, h)
         x = torch.addcmul(x, gate2, self.mlp(modulated_norm(x, shift2, scale2)))
         return x, kv
+
+
+def multi_stream_block(
+    blocks: list[AdaLNBlock],
+    xs: list[torch.Tensor],
+    mods: list[torch.Tensor],
+    mask: torch.Tensor | None = None,
+    kv_prefix: KV | None = None,
+) -> tuple[list[torch.Tensor], KV]:
+    """One Mixture-of-Transformers layer: segment i of the sequence runs through ``blocks[i]``'s
+    weights (norms, QKV, output projection, MLP, modulation) and all segments share one
+    self-attention over their concatenation.
+
+    GigaWorld-Policy v0.5 (arXiv 2603.17240) splits a narrow action expert off the video
+    transformer this way (Mixture-of-Transformers, Liang et al., arXiv 2411.04996): action
+    tokens keep their own, narrower weights and still attend to the video tokens. All blocks
+    must share ``n_heads`` and ``head_dim`` (their ``attn_dim``); widths may differ. When every
+    segment uses the same block this equals running that block on the concatenated sequence.
+
+    Args:
+        blocks: one block per segment (the same object for segments that share weights).
+        xs: segments (B, L_i, D_i), in sequence order.
+        mods: per-segment modulation (B, L_i or 1, 6 D_i) from ``blocks[i].modulate``.
+        mask: (sum L_i, P + sum L_i) bool over the concatenated sequence; None = all.
+        kv_prefix: cached keys/values (B, n_heads, P, head_dim) attended by every query.
+
+    Returns:
+        the updated segments and the keys/values of this call's tokens (B, n_heads, sum L_i, head_dim).
+    """
+    if len(blocks) == 1 or all(b is blocks[0] for b in blocks):
+        x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
+        mod = mods[0] if len(mods) == 1 else torch.cat(
+            [m.expand(-1, x_.shape[1], -1) for m, x_ in zip(mods, xs)], dim=1)
+        out, kv = blocks[0](x, mod, mask=mask, kv_prefix=kv_prefix)
+        return (list(out.split([x_.shape[1] for x_ in xs], dim=1)) if len(xs) > 1 else [out]), kv
+    parts = [m.chunk(6, dim=-1) for m in mods]  # shift1, scale1, gate1, shift2, scale2, gate2
+    qkvs = [b.attn.project_qkv(modulated_norm(x, p[0], p[1])) for b, x, p in zip(blocks, xs, parts)]
+    q, k, v = (torch.cat([t[i] for t in qkvs], dim=2) for i in range(3))  # (B, nh, L, hd)
+    own = (k, v)
+    if kv_prefix is not None:
+        k, v = torch.cat([kv_prefix[0], k], dim=2), torch.cat([kv_prefix[1], v], dim=2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).split([x.shape[1] for x in xs], dim=2)
+    new = []
+    for b, x, p, o in zip(blocks, xs, parts, out):
+        x = torch.addcmul(x, p[2], b.attn.project_out(o))
+        new.append(torch.addcmul(x, p[5], b.mlp(modulated_norm(x, p[3], p[4]))))
+    return new, own
 
 
 class FinalLayer(nn.Module):

@@ -38,6 +38,10 @@ class PolicyConfig:
     mlp_ratio: float = 4.0
     patch_size: int = 2  # latent patch side: a token covers patch_size^2 latent cells
     mask: str = "block_causal"  # "block_causal" (GigaWorld-Policy) or "full" (joint, Motus-style)
+    # Width of a separate action expert (Mixture-of-Transformers, GigaWorld-Policy v0.5): action
+    # tokens get their own narrower weights and share attention with the state/video tokens.
+    # 0 = action tokens use the same weights as every other token.
+    action_expert_dim: int = 0
 
     # --- rectified flow -----------------------------------------------------------------------
     time_shift: float = 5.0  # s in t' = s t / (1 + (s - 1) t)
@@ -61,8 +65,15 @@ class PolicyConfig:
             raise ConfigError(f"latent_size {self.latent_size} not divisible by patch_size {self.patch_size}")
         if self.dim % self.n_heads:
             raise ConfigError(f"dim {self.dim} not divisible by n_heads {self.n_heads}")
+        if self.action_expert_dim < 0:
+            raise ConfigError(f"action_expert_dim must be >= 0 (0 = no separate expert), got {self.action_expert_dim}")
         if self.mask == "full" and self.video_stride == 0:
             raise ConfigError("mask='full' (joint model) needs video tokens: set video_stride > 0")
+
+    @property
+    def action_width(self) -> int:
+        """Token width of the action stream (``action_expert_dim`` or ``dim``)."""
+        return self.action_expert_dim or self.dim
 
     @property
     def n_future(self) -> int:

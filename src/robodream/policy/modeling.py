@@ -12,6 +12,9 @@ cached, and only the action tokens are denoised for ``n_inference_steps`` Euler 
 ``mask = "full"`` gives the joint (Motus-style) ablation where actions see the future
 video, so inference must denoise video and actions together and nothing can be cached.
 ``video_stride = 0`` removes the future tokens (plain flow-matching behaviour cloning).
+``action_expert_dim > 0`` gives the action tokens their own narrower weights that share
+attention with the other tokens (Mixture-of-Transformers, GigaWorld-Policy v0.5), so the
+action-only denoising steps run only the narrow expert.
 
 Tensor conventions (B = batch, N = cameras, C/h/w = tokenizer latent grid):
     state:          (B, state_dim)            normalised
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
-from robodream.models.transformer import KV, AdaLNBlock, FinalLayer, TimestepEmbedding
+from robodream.models.transformer import KV, AdaLNBlock, FinalLayer, TimestepEmbedding, multi_stream_block
 from robodream.policy.configuration import PolicyConfig
 
 # Token groups of the block-causal mask, in sequence order.
@@ -70,21 +73,25 @@ class GigaWorldPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        D = cfg.dim
+        D, Da = cfg.dim, cfg.action_width
         n_cam = len(cfg.cameras)
         self.state_in = nn.Linear(cfg.state_dim, D)
         self.latent_in = nn.Linear(cfg.patch_dim, D)
-        self.action_in = nn.Linear(cfg.action_dim, D)
+        self.action_in = nn.Linear(cfg.action_dim, Da)
         self.pos_state = nn.Parameter(torch.zeros(1, D))
         self.pos_ref = nn.Parameter(torch.zeros(n_cam * cfg.tokens_per_frame, D))
-        self.pos_action = nn.Parameter(torch.zeros(cfg.horizon, D))
+        self.pos_action = nn.Parameter(torch.zeros(cfg.horizon, Da))
         # Future-frame parameters exist only with video supervision (video_stride > 0), so a
         # plain-BC model has no unused parameters (DDP requires every parameter to get a gradient).
         self.pos_future = nn.Parameter(torch.zeros(cfg.n_future_tokens, D)) if cfg.n_future else None
         self.task_embedding = nn.Embedding(len(cfg.tasks), D)
         self.time_embedding = TimestepEmbedding(D)
         self.blocks = nn.ModuleList(AdaLNBlock(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.action_out = FinalLayer(D, cfg.action_dim)
+        # The action expert: narrow blocks whose attention uses the main blocks' heads.
+        self.action_blocks = nn.ModuleList(
+            AdaLNBlock(Da, cfg.n_heads, cfg.mlp_ratio, cond_dim=D, attn_dim=D) for _ in range(cfg.depth)
+        ) if cfg.action_expert_dim else None
+        self.action_out = FinalLayer(Da, cfg.action_dim, cond_dim=D)
         self.latent_out = FinalLayer(D, cfg.patch_dim) if cfg.n_future else None
         for p in (self.pos_state, self.pos_ref, self.pos_action, self.pos_future):
             if p is not None:
@@ -98,8 +105,6 @@ class GigaWorldPolicy(nn.Module):
         ]).long()
         self.register_buffer("groups", groups, persistent=False)
         self.register_buffer("train_mask", block_causal_mask(groups, groups, cfg.mask), persistent=False)
-        # AdaLN conditioning group: 0 = clean (t = 0) prefix, 1 = noisy (t) actions/future.
-        self.register_buffer("cond_groups", (groups != PREFIX).long(), persistent=False)
         # Normalisation statistics travel with the weights (also written to normalization.json).
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
@@ -145,7 +150,7 @@ class GigaWorldPolicy(nn.Module):
         return torch.cat([s, r], dim=1)
 
     def _embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return self.action_in(actions) + self.pos_action  # (B, H, D)
+        return self.action_in(actions) + self.pos_action  # (B, H, action_width)
 
     def _embed_future(self, future_latents: torch.Tensor) -> torch.Tensor:
         return self.latent_in(self._patchify(future_latents)) + self.pos_future  # (B, F*N*T, D)
@@ -154,14 +159,29 @@ class GigaWorldPolicy(nn.Module):
         """AdaLN conditioning: flow-time embedding plus task embedding. t (B, G) -> (B, G, D)."""
         return self.time_embedding(t) + self.task_embedding(task_index).unsqueeze(1)
 
-    def _blocks(self, x, mods, mask=None, kv_cache: list[KV] | None = None, collect_kv=False):
-        """Run all blocks; ``mods[i]`` is block i's modulation (B, L or 1, 6D)."""
+    def _layer_blocks(self, segments: tuple[int, ...]) -> list[list[AdaLNBlock]]:
+        """Per layer, the block of each segment (token group PREFIX / ACTION / FUTURE)."""
+        act = self.action_blocks if self.action_blocks is not None else self.blocks
+        return [[act[i] if g == ACTION else main for g in segments] for i, main in enumerate(self.blocks)]
+
+    def _modulations(self, segments: tuple[int, ...], conds: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per layer, per segment modulation from the segment's conditioning (B, G, D) -> (B, G, 6 D_seg)."""
+        return [[b.modulate(c) for b, c in zip(blks, conds)] for blks in self._layer_blocks(segments)]
+
+    def _blocks(self, xs: list[torch.Tensor], segments: tuple[int, ...], mods: list[list[torch.Tensor]],
+                mask: torch.Tensor | None = None, kv_cache: list[KV] | None = None,
+                collect_kv: bool = False) -> tuple[list[torch.Tensor], list[KV]]:
+        """Run every layer on the token segments ``xs`` (groups ``segments``, in sequence order).
+
+        ``mods[i][j]`` is layer i's modulation of segment j (B, L_j or 1, 6 D_j).
+        """
         kvs: list[KV] = []
-        for i, blk in enumerate(self.blocks):
-            x, kv = blk(x, mods[i], mask=mask, kv_prefix=None if kv_cache is None else kv_cache[i])
+        for i, blks in enumerate(self._layer_blocks(segments)):
+            xs, kv = multi_stream_block(blks, xs, mods[i], mask=mask,
+                                        kv_prefix=None if kv_cache is None else kv_cache[i])
             if collect_kv:
                 kvs.append(kv)
-        return x, kvs
+        return xs, kvs
 
     # ------------------------------------------------------------------ training
     def velocity(
@@ -182,20 +202,18 @@ class GigaWorldPolicy(nn.Module):
         Returns:
             action velocity (B, H, action_dim) and future-token velocity (B, F*N*T, C*p*p) or None.
         """
-        cfg = self.cfg
-        parts = [self._embed_prefix(state, ref_latents), self._embed_actions(noisy_actions)]
+        xs = [self._embed_prefix(state, ref_latents), self._embed_actions(noisy_actions)]
+        segments: tuple[int, ...] = (PREFIX, ACTION)
         if noisy_future is not None:
-            parts.append(self.latent_in(noisy_future) + self.pos_future)
-        x = torch.cat(parts, dim=1)
-        L = x.shape[1]
-        # Per-group conditioning [clean t = 0, noisy t] gathered per token.
+            xs.append(self.latent_in(noisy_future) + self.pos_future)
+            segments += (FUTURE,)
+        L = sum(x.shape[1] for x in xs)
+        # Clean (t = 0) conditioning for the prefix, flow time t for actions and future.
         cond = self._cond(torch.stack([torch.zeros_like(t), t], dim=1), task_index)  # (B, 2, D)
-        g = self.cond_groups[:L]
-        mods = [blk.modulate(cond).index_select(1, g) for blk in self.blocks]  # (B, L, 6D) each
-        x, _ = self._blocks(x, mods, mask=self.train_mask[:L, :L])
-        P, H = cfg.n_prefix_tokens, cfg.horizon
-        v_a = self.action_out(x[:, P:P + H], self.action_out.modulate(cond[:, 1:]))
-        v_f = None if noisy_future is None else self.latent_out(x[:, P + H:], self.latent_out.modulate(cond[:, 1:]))
+        conds = [cond[:, :1] if g == PREFIX else cond[:, 1:] for g in segments]
+        xs, _ = self._blocks(xs, segments, self._modulations(segments, conds), mask=self.train_mask[:L, :L])
+        v_a = self.action_out(xs[1], self.action_out.modulate(cond[:, 1:]))
+        v_f = None if noisy_future is None else self.latent_out(xs[2], self.latent_out.modulate(cond[:, 1:]))
         return v_a, v_f
 
     def forward(
@@ -248,9 +266,10 @@ class GigaWorldPolicy(nn.Module):
                           dt: torch.Tensor) -> torch.Tensor:
         """One Euler step of action-only inference on the cached prefix: (B, H, action_dim) -> same.
 
-        ``mods``: this step's modulation per block (B, 1, 6D); ``dt``: (1, 1, 1) step size (negative).
+        ``mods``: this step's modulation per layer (B, 1, 6 action_width); ``dt``: (1, 1, 1) step
+        size (negative).
         """
-        x, _ = self._blocks(self._embed_actions(a), mods, kv_cache=kv)
+        (x,), _ = self._blocks([self._embed_actions(a)], (ACTION,), [[m] for m in mods], kv_cache=kv)
         return a + dt * self.action_out(x, act_mod)
 
     @property
@@ -273,8 +292,8 @@ class GigaWorldPolicy(nn.Module):
     def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor) -> list[KV]:
         """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd)."""
         cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
-        mods = [blk.modulate(cond) for blk in self.blocks]
-        _, kvs = self._blocks(self._embed_prefix(state, ref_latents), mods, collect_kv=True)
+        _, kvs = self._blocks([self._embed_prefix(state, ref_latents)], (PREFIX,),
+                              self._modulations((PREFIX,), [cond]), collect_kv=True)
         return kvs
 
     @torch.no_grad()
@@ -327,42 +346,42 @@ class GigaWorldPolicy(nn.Module):
         cached = use_cache and mode != "joint"
 
         # Conditioning of every step at once: clean (B, 1, D) and noisy (B, n_steps, D); each
-        # block's modulation is computed once here, not once per step.
+        # layer's modulation is computed once here, not once per step.
         task = self.task_embedding(task_index).unsqueeze(1)
         cond_clean = self.time_embedding(torch.zeros(1, 1, device=dev)) + task
         cond_noisy = self.time_embedding(times[:-1].to(dev).view(1, -1)) + task
-        mods_noisy = [blk.modulate(cond_noisy) for blk in self.blocks]  # (B, n_steps, 6D)
+        noisy: tuple[int, ...] = (ACTION,) if f is None else (ACTION, FUTURE)
+        mods_noisy = self._modulations(noisy, [cond_noisy] * len(noisy))  # (B, n_steps, 6 D_seg)
         act_mod = self.action_out.modulate(cond_noisy)
         lat_mod = self.latent_out.modulate(cond_noisy) if f is not None else None
 
         if cached:
             kv = self.encode_prefix(state, ref_latents, task_index)
+            segments = noisy
             groups_q = self.groups[P:P + n_noisy]
             mask = None if f is None else block_causal_mask(groups_q, self.groups[:P + n_noisy], cfg.mask).to(dev)
         else:
+            kv = None
             prefix = self._embed_prefix(state, ref_latents)
-            mods_clean = [blk.modulate(cond_clean) for blk in self.blocks]  # (B, 1, 6D)
+            mods_clean = self._modulations((PREFIX,), [cond_clean])  # (B, 1, 6D)
+            segments = (PREFIX,) + noisy
             groups = self.groups[:P + n_noisy]
             mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
         dts_t = torch.tensor(dts, device=dev).view(-1, 1, 1, 1)
         for step, dt in enumerate(dts):
+            mods = [[m[:, step:step + 1] for m in layer] for layer in mods_noisy]
             if cached and f is None:  # the GigaWorld-Policy fast path: action tokens only
-                a = self._step_fn(a, kv, [m[:, step:step + 1] for m in mods_noisy], act_mod[:, step:step + 1],
-                                  dts_t[step])
+                a = self._step_fn(a, kv, [layer[0] for layer in mods], act_mod[:, step:step + 1], dts_t[step])
                 continue
-            parts = [self._embed_actions(a)]
+            xs = [self._embed_actions(a)]
             if f is not None:
-                parts.append(self.latent_in(f) + self.pos_future)
-            x = torch.cat(parts, dim=1)
-            if cached:
-                mods = [m[:, step:step + 1] for m in mods_noisy]
-                x, _ = self._blocks(x, mods, mask=mask, kv_cache=kv)
-            else:
-                mods = [torch.cat([mc.expand(B, P, -1), mn[:, step:step + 1].expand(B, n_noisy, -1)], dim=1)
-                        for mc, mn in zip(mods_clean, mods_noisy)]
-                x, _ = self._blocks(torch.cat([prefix, x], dim=1), mods, mask=mask)
-                x = x[:, P:]
-            a = a + dt * self.action_out(x[:, :H], act_mod[:, step:step + 1])
+                xs.append(self.latent_in(f) + self.pos_future)
+            if not cached:
+                xs = [prefix] + xs
+                mods = [mc + m for mc, m in zip(mods_clean, mods)]
+            xs, _ = self._blocks(xs, segments, mods, mask=mask, kv_cache=kv)
+            xs = xs[len(segments) - len(noisy):]  # drop the prefix segment
+            a = a + dt * self.action_out(xs[0], act_mod[:, step:step + 1])
             if f is not None:
-                f = f + dt * self.latent_out(x[:, H:], lat_mod[:, step:step + 1])
+                f = f + dt * self.latent_out(xs[1], lat_mod[:, step:step + 1])
         return PolicyOutput(actions=a, future_latents=None if f is None else self._unpatchify(f))
