@@ -53,6 +53,19 @@ def _load_json(path: Optional[Path]) -> dict:
         raise ConfigError(f"cannot read config {path}: {e}") from e
 
 
+# Options shared by the training verbs (policy, tokenizer, world model); the default value
+# stays at each parameter.
+TrainDataOpt = Annotated[list[Path], typer.Option(help="dataset directory (repeat for several tasks)")]
+TokenizerRunOpt = Annotated[Path, typer.Option(help="trained tokenizer run directory")]
+RunOutOpt = Annotated[Path, typer.Option(help="run directory to create")]
+StepsOpt = Annotated[Optional[int], typer.Option(help="optimiser steps")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option()]
+SeedOpt = Annotated[int, typer.Option()]
+TrainDeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(help="a run's config.json to start from")]
+ResumeOpt = Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")]
+
+
 def _train_config(base: dict, default, *, seed: int, device: str, steps: Optional[int], batch_size: Optional[int]):
     """A run's TrainConfig: ``default`` < ``--config`` file's "train" < command-line options."""
     from robodream.train.loop import TrainConfig
@@ -138,14 +151,14 @@ def tasks() -> None:
 @user_errors
 def train_tokenizer_cmd(
     data: Annotated[list[Path], typer.Option(help="dataset directory (repeat for several)")],
-    out: Annotated[Path, typer.Option(help="run directory to create")],
-    steps: Annotated[Optional[int], typer.Option(help="optimiser steps")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    out: RunOutOpt,
+    steps: StepsOpt = None,
+    batch_size: BatchSizeOpt = None,
     latent_channels: Annotated[Optional[int], typer.Option()] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
-    config: Annotated[Optional[Path], typer.Option(help="a run's config.json to start from")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    seed: SeedOpt = 0,
+    device: TrainDeviceOpt = "auto",
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the image tokenizer (conv autoencoder) on the datasets' frames; report held-out PSNR."""
     from robodream.tokenizer.model import TokenizerConfig
@@ -166,11 +179,11 @@ def train_tokenizer_cmd(
 @train_app.command("policy")
 @user_errors
 def train_policy_cmd(
-    data: Annotated[list[Path], typer.Option(help="dataset directory (repeat for several tasks)")],
-    tokenizer: Annotated[Path, typer.Option(help="trained tokenizer run directory")],
-    out: Annotated[Path, typer.Option(help="run directory to create")],
-    steps: Annotated[Optional[int], typer.Option(help="optimiser steps")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    data: TrainDataOpt,
+    tokenizer: TokenizerRunOpt,
+    out: RunOutOpt,
+    steps: StepsOpt = None,
+    batch_size: BatchSizeOpt = None,
     video_stride: Annotated[Optional[int], typer.Option(help="future-frame stride S; 0 = no video (plain BC)")] = None,
     mask: Annotated[Optional[str], typer.Option(help="block_causal (GigaWorld-Policy) or full (joint)")] = None,
     horizon: Annotated[Optional[int], typer.Option(help="action chunk length H")] = None,
@@ -180,10 +193,10 @@ def train_policy_cmd(
     action_loss_weight: Annotated[Optional[float], typer.Option(help="lambda in L_video + lambda L_action")] = None,
     action_expert_dim: Annotated[Optional[int], typer.Option(
         help="width of a separate narrow action expert (Mixture-of-Transformers); 0 = shared weights")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
-    config: Annotated[Optional[Path], typer.Option(help="a run's config.json to start from")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    seed: SeedOpt = 0,
+    device: TrainDeviceOpt = "auto",
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train GigaWorld-Policy (world-action transformer) on one or more datasets."""
     from robodream.policy.configuration import PolicyConfig

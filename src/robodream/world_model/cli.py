@@ -12,8 +12,30 @@ from typing import Annotated, Optional
 
 import typer
 
-from robodream.cli import _load_json, _model_config, _train_config, out_console, print_table, user_errors
+from robodream.cli import (
+    BatchSizeOpt,
+    ConfigOpt,
+    ResumeOpt,
+    RunOutOpt,
+    SeedOpt,
+    StepsOpt,
+    TokenizerRunOpt,
+    TrainDataOpt,
+    TrainDeviceOpt,
+    _load_json,
+    _model_config,
+    _train_config,
+    out_console,
+    print_table,
+    user_errors,
+)
 from robodream.errors import ConfigError
+
+# Options shared by ``dream`` and ``eval world-model``.
+WorldModelRunOpt = Annotated[Path, typer.Option(help="trained world-model run directory")]
+SamplingStepsOpt = Annotated[Optional[int], typer.Option(help="Euler steps per chunk")]
+GuidanceOpt = Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")]
+EvalDeviceOpt = Annotated[str, typer.Option()]
 
 
 def _window(text: str) -> tuple[int, int, int]:
@@ -28,11 +50,11 @@ def _window(text: str) -> tuple[int, int, int]:
 
 @user_errors
 def train_world_model_cmd(
-    data: Annotated[list[Path], typer.Option(help="dataset directory (repeat for several tasks)")],
-    tokenizer: Annotated[Path, typer.Option(help="trained tokenizer run directory")],
-    out: Annotated[Path, typer.Option(help="run directory to create")],
-    steps: Annotated[Optional[int], typer.Option(help="optimiser steps")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    data: TrainDataOpt,
+    tokenizer: TokenizerRunOpt,
+    out: RunOutOpt,
+    steps: StepsOpt = None,
+    batch_size: BatchSizeOpt = None,
     dim: Annotated[Optional[int], typer.Option(help="transformer width")] = None,
     depth: Annotated[Optional[int], typer.Option(help="transformer blocks")] = None,
     heads: Annotated[Optional[int], typer.Option(help="attention heads (width / heads must be a multiple of 6)")] = None,
@@ -43,10 +65,10 @@ def train_world_model_cmd(
     future_frames: Annotated[Optional[int], typer.Option(help="predicted frames per chunk")] = None,
     frame_stride: Annotated[Optional[int], typer.Option(help="env steps between frames")] = None,
     text_encoder: Annotated[Optional[str], typer.Option(help="sentence encoder of the instruction ('' = none)")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
-    config: Annotated[Optional[Path], typer.Option(help="a run's config.json to start from")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    seed: SeedOpt = 0,
+    device: TrainDeviceOpt = "auto",
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the action-conditioned video world model (GigaWorld-0-Video) on one or more datasets."""
     from robodream.world_model.configuration import WorldModelConfig
@@ -71,16 +93,16 @@ def train_world_model_cmd(
 
 @user_errors
 def dream_cmd(
-    world_model: Annotated[Path, typer.Option(help="trained world-model run directory")],
+    world_model: WorldModelRunOpt,
     episode: Annotated[str, typer.Option(help="DIR:INDEX, the episode whose frames start the dream")],
     steps: Annotated[int, typer.Option(help="env steps to dream (autoregressive beyond one chunk)")],
     out: Annotated[Path, typer.Option(help="MP4 file to write")],
     actions: Annotated[Optional[Path], typer.Option(help="actions (.npy/.json/.csv, steps x dim); default the episode's")] = None,
     start: Annotated[int, typer.Option(help="frame of the episode to start from")] = 0,
-    sampling_steps: Annotated[Optional[int], typer.Option(help="Euler steps per chunk")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option()] = "cpu",
+    sampling_steps: SamplingStepsOpt = None,
+    guidance: GuidanceOpt = None,
+    seed: SeedOpt = 0,
+    device: EvalDeviceOpt = "cpu",
 ) -> None:
     """Imagine how an episode continues under a sequence of actions; MP4 with ground truth above when known."""
     from robodream.world_model.evaluate import dream
@@ -94,16 +116,16 @@ def dream_cmd(
 
 @user_errors
 def eval_world_model_cmd(
-    world_model: Annotated[Path, typer.Option(help="trained world-model run directory")],
+    world_model: WorldModelRunOpt,
     data: Annotated[list[Path], typer.Option(help="dataset directory (repeat for several); held-out episodes only")],
     out: Annotated[Path, typer.Option(help="output directory")] = Path("outputs/eval/world_model"),
     episodes: Annotated[int, typer.Option(help="held-out episodes at most")] = 20,
     anchors: Annotated[int, typer.Option(help="start frames per episode")] = 4,
     chunks: Annotated[int, typer.Option(help="chunks rolled out per start (horizon = chunks x chunk steps)")] = 1,
-    sampling_steps: Annotated[Optional[int], typer.Option(help="Euler steps per chunk")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option()] = "cpu",
+    sampling_steps: SamplingStepsOpt = None,
+    guidance: GuidanceOpt = None,
+    seed: SeedOpt = 0,
+    device: EvalDeviceOpt = "cpu",
 ) -> None:
     """PSNR/SSIM per horizon vs copy-last-frame, and action controllability, on held-out episodes."""
     from robodream.world_model.evaluate import evaluate_world_model
