@@ -223,16 +223,25 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
         os.replace(tmp, dst / name)
 
 
-def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Load a trained policy run: ``(policy, tokenizer, run config dict)``, both models in eval mode.
+def load_latent_model_run(run_dir: str | os.PathLike, model_cls, config_cls, device: str | torch.device = "cpu"):
+    """Load a trained run of a model over tokenizer latents (policy or video world model).
+
+    Reads ``RUN/config.json`` (checking ``model_type == model_cls.model_type``), builds
+    ``model_cls(config_cls(...))``, loads ``model.safetensors`` and ``normalization.json``
+    and the run's copy of the tokenizer. Returns ``(model, tokenizer, run config dict)``,
+    both models in eval mode without gradients, on ``device``.
 
     Raises:
-        CheckpointError: not a policy run (e.g. a tokenizer run), unfinished, or weights that
-            do not fit the configuration.
+        CheckpointError: a run of another model type, an invalid model config, unfinished
+            training, weights that do not fit the configuration, or a tokenizer whose latent
+            shape differs from the model's.
     """
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir, MODEL_TYPE)
-    model = GigaWorldPolicy(from_dict(PolicyConfig, cfg["model"]))
+    cfg = read_run_config(run_dir, model_cls.model_type)
+    try:
+        model = model_cls(from_dict(config_cls, cfg["model"]))
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{run_dir}/config.json is not a valid {model_cls.model_type} config: {e}") from e
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no model.safetensors (training not finished? use --resume)")
@@ -241,6 +250,17 @@ def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     if norm_path.is_file():
         model.set_normalization(read_json(norm_path))
     tokenizer = load_tokenizer(run_dir / "tokenizer", device=device)
-    if tokenizer.cfg.latent_shape != (model.cfg.latent_channels, model.cfg.latent_size, model.cfg.latent_size):
-        raise CheckpointError(f"{run_dir}: tokenizer latent shape {tokenizer.cfg.latent_shape} does not match the policy")
+    m = model.cfg
+    if tokenizer.cfg.latent_shape != (m.latent_channels, m.latent_size, m.latent_size):
+        raise CheckpointError(f"{run_dir}: tokenizer latent shape {tokenizer.cfg.latent_shape} does not match the model")
     return model.to(device).eval().requires_grad_(False), tokenizer, cfg
+
+
+def load_policy(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a trained policy run: ``(policy, tokenizer, run config dict)``, both models in eval mode.
+
+    Raises:
+        CheckpointError: not a policy run (e.g. a tokenizer run), unfinished, or weights that
+            do not fit the configuration.
+    """
+    return load_latent_model_run(run_dir, GigaWorldPolicy, PolicyConfig, device)

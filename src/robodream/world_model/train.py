@@ -18,15 +18,14 @@ import torch
 
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.windows import EpisodeTable
-from robodream.errors import CheckpointError, ConfigError
+from robodream.errors import ConfigError
 from robodream.models.text import encode_texts
-from robodream.policy.train import _check_datasets, _copy_tokenizer, encode_run_data
+from robodream.policy.train import _check_datasets, _copy_tokenizer, encode_run_data, load_latent_model_run
 from robodream.tokenizer.model import ImageTokenizer, psnr
 from robodream.tokenizer.train import _check_out, load_tokenizer
-from robodream.train.checkpoint import load_model_weights
 from robodream.train.loop import TrainConfig, Trainer, resolve_device
-from robodream.utils.io import atomic_write_json, read_json
-from robodream.utils.run import from_dict, read_run_config, to_jsonable, write_run_meta
+from robodream.utils.io import atomic_write_json
+from robodream.utils.run import to_jsonable, write_run_meta
 from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.modeling import VideoWorldModel
 
@@ -156,21 +155,4 @@ def load_world_model(run_dir: str | os.PathLike, device: str | torch.device = "c
         CheckpointError: not a world-model run (e.g. a policy run), unfinished, or weights that
             do not fit the configuration.
     """
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir, MODEL_TYPE)
-    try:
-        model = VideoWorldModel(from_dict(WorldModelConfig, cfg["model"]))
-    except (KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"{run_dir}/config.json is not a valid world-model config: {e}") from e
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{run_dir} has no model.safetensors (training not finished? use --resume)")
-    load_model_weights(model, weights)
-    norm_path = run_dir / "normalization.json"
-    if norm_path.is_file():
-        model.set_normalization(read_json(norm_path))
-    tokenizer = load_tokenizer(run_dir / "tokenizer", device=device)
-    m = model.cfg
-    if tokenizer.cfg.latent_shape != (m.latent_channels, m.latent_size, m.latent_size):
-        raise CheckpointError(f"{run_dir}: tokenizer latent shape {tokenizer.cfg.latent_shape} does not match the model")
-    return model.to(device).eval().requires_grad_(False), tokenizer, cfg
+    return load_latent_model_run(run_dir, VideoWorldModel, WorldModelConfig, device)
