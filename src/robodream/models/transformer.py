@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robodream.models.rope import apply_rope
+
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, n_heads, P, head_dim) each
 
 
@@ -273,33 +275,22 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 
 def _rotate(x: torch.Tensor, rope: Rope | None) -> torch.Tensor:
-    if rope is None:
-        return x
-    from robodream.models.rope import apply_rope
-
-    return apply_rope(x, *rope)
+    return x if rope is None else apply_rope(x, *rope)
 
 
-class RoPESelfAttention(nn.Module):
-    """Self-attention with QK-RMSNorm, rotary positions and a pluggable kernel: (B, L, D) -> (B, L, D)."""
+class RoPESelfAttention(Attention):
+    """Self-attention with QK-RMSNorm, rotary positions and a pluggable kernel: (B, L, D) -> (B, L, D).
 
-    def __init__(self, dim: int, n_heads: int) -> None:
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"dim {dim} not divisible by n_heads {n_heads}")
-        self.n_heads, self.head_dim = n_heads, dim // n_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = RMSNorm(self.head_dim)
-        self.k_norm = RMSNorm(self.head_dim)
-        self.proj = nn.Linear(dim, dim)
+    The weights and projections of :class:`Attention`; queries and keys are rotated before a
+    kernel such as :func:`full_attention` or 3D neighbourhood attention.
+    """
 
-    def forward(self, x: torch.Tensor, rope: Rope | None = None, attn_fn: AttentionFn | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope | None = None,  # type: ignore[override]
+                attn_fn: AttentionFn | None = None) -> torch.Tensor:
         """x (B, L, D); rope: cos/sin (L, hd/2) for queries and keys; attn_fn default :func:`full_attention`."""
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = _rotate(self.q_norm(q), rope), _rotate(self.k_norm(k), rope)  # (B, nh, L, hd)
-        out = (attn_fn or full_attention)(q, k, v.to(q.dtype))
-        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+        q, k, v = self.project_qkv(x)
+        q, k = _rotate(q, rope), _rotate(k, rope)  # (B, nh, L, hd)
+        return self.project_out((attn_fn or full_attention)(q, k, v.to(q.dtype)))
 
 
 class CrossAttention(nn.Module):
