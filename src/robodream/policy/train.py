@@ -24,7 +24,7 @@ from robodream.data.windows import EpisodeTable
 from robodream.errors import CheckpointError, ConfigError, DatasetError
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
-from robodream.tokenizer.model import ImageTokenizer
+from robodream.tokenizer.model import ImageTokenizer, encode_frames
 from robodream.tokenizer.train import _check_out, load_tokenizer, split_episodes
 from robodream.train.checkpoint import load_model_weights
 from robodream.train.loop import TrainConfig, Trainer, resolve_device
@@ -65,17 +65,11 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
     Returns one dict per episode: latents (T, n_cam, C, h, w), state (T, Ds), action (T, Da),
     task_index (int, in the run's vocabulary ``task_offset``), task (str).
     """
-    device = tokenizer.latent_mean.device
     frames = {c: ds.all_frames(c) for c in cameras}
     out = []
     for i in episodes:
         ep = ds.episode(i)
-        lats = []
-        for c in cameras:
-            f = torch.from_numpy(frames[c][i])
-            with torch.no_grad():
-                lats.append(torch.cat([tokenizer.encode(f[j:j + batch].to(device)).cpu()
-                                       for j in range(0, len(f), batch)]))
+        lats = [encode_frames(tokenizer, frames[c][i], batch).cpu() for c in cameras]
         out.append({"latents": torch.stack(lats, 1), "state": ep.state, "action": ep.action,
                     "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task})
         if progress is not None:

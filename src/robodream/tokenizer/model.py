@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -190,7 +191,28 @@ class ImageTokenizer(nn.Module):
         self.latent_std.copy_(std.float())
 
 
+def psnr_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images in [0, 1]: (B, ...) -> (B,)."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10.0 * torch.log10(1.0 / mse)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB of images in [0, 1]; mean over the batch of per-image PSNR."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return (10.0 * torch.log10(1.0 / mse)).mean()
+    return psnr_per_image(a, b).mean()
+
+
+@torch.no_grad()
+def encode_frames(tokenizer: ImageTokenizer, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Frames (..., H, W, 3) uint8 -> latents (..., C, h, w) on the tokenizer's device, ``batch`` frames at a time."""
+    f = torch.from_numpy(frames).reshape(-1, *frames.shape[-3:]).to(tokenizer.latent_mean.device)
+    z = torch.cat([tokenizer.encode(f[j:j + batch]) for j in range(0, len(f), batch)])
+    return z.reshape(*frames.shape[:-3], *z.shape[-3:])
+
+
+@torch.no_grad()
+def decode_latents(tokenizer: ImageTokenizer, z: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Latents (..., C, h, w) -> frames (..., H, W, 3) float in [0, 1] on the CPU, ``batch`` at a time."""
+    zf = z.reshape(-1, *z.shape[-3:]).float()
+    x = torch.cat([tokenizer.decode(zf[j:j + batch]).cpu() for j in range(0, len(zf), batch)])
+    return x.permute(0, 2, 3, 1).reshape(*z.shape[:-3], *x.shape[-2:], 3)

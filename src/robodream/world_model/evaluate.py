@@ -24,7 +24,7 @@ from robodream.data.lerobot import LeRobotDataset
 from robodream.errors import ConfigError, DatasetError
 from robodream.eval.video import write_mp4
 from robodream.gaussians.losses import ssim
-from robodream.tokenizer.model import ImageTokenizer
+from robodream.tokenizer.model import decode_latents, encode_frames, psnr_per_image
 from robodream.tokenizer.train import split_episodes
 from robodream.utils.io import atomic_write_json
 from robodream.utils.run import code_version, environment_info, now
@@ -52,22 +52,6 @@ def episode_frames(ds: LeRobotDataset, i: int, cameras: tuple[str, ...]) -> np.n
     return np.stack([ds.frames(i, c) for c in cameras], axis=1)
 
 
-@torch.no_grad()
-def encode_frames(tokenizer: ImageTokenizer, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> latents (..., C, h, w) on the tokenizer's device."""
-    f = torch.from_numpy(frames).reshape(-1, *frames.shape[-3:]).to(tokenizer.latent_mean.device)
-    z = torch.cat([tokenizer.encode(f[j:j + batch]) for j in range(0, len(f), batch)])
-    return z.reshape(*frames.shape[:-3], *z.shape[-3:])
-
-
-@torch.no_grad()
-def decode_latents(tokenizer: ImageTokenizer, z: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Latents (..., C, h, w) -> frames (..., H, W, 3) float in [0, 1] on the CPU."""
-    zf = z.reshape(-1, *z.shape[-3:]).float()
-    x = torch.cat([tokenizer.decode(zf[j:j + batch]).cpu() for j in range(0, len(zf), batch)])
-    return x.permute(0, 2, 3, 1).reshape(*z.shape[:-3], *x.shape[-2:], 3)
-
-
 def side_by_side(x: torch.Tensor) -> torch.Tensor:
     """(..., N, H, W, 3) -> (..., H, N * W, 3): cameras left to right."""
     return torch.cat(x.unbind(-4), dim=-2)
@@ -93,12 +77,6 @@ def task_condition(model: VideoWorldModel, task: str, device) -> tuple[torch.Ten
 def clamped(x: np.ndarray, start: int, stop: int) -> np.ndarray:
     """``x[start:stop]`` with indices clamped into ``[0, len(x) - 1]`` (edge rows repeat)."""
     return x[np.clip(np.arange(start, stop), 0, len(x) - 1)]
-
-
-def psnr_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB) of images in [0, 1]: (B, ...) -> (B,)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10.0 * torch.log10(1.0 / mse)
 
 
 def read_actions(path: Path, action_dim: int) -> np.ndarray:
