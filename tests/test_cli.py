@@ -15,7 +15,7 @@ from robodream.cli import app
 runner = CliRunner()
 
 TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--action-steps", "4", "--video-stride", "4",
-               "--batch-size", "8"]
+               "--action-expert-dim", "16", "--batch-size", "8"]
 
 
 def run(*args: str, code: int = 0):
@@ -79,6 +79,29 @@ def test_resume_and_existing_run(work):
         *TINY_POLICY, "--resume")  # already complete: nothing to do, still fine
 
 
+def test_run_written_before_the_action_expert_loads_as_trained(tmp_path, work):
+    """A config.json without ``action_expert_dim`` (runs older than the field, whose default is
+    now 64) means shared weights, and such a run still loads and acts."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from robodream.policy.configuration import PolicyConfig
+    from robodream.policy.modeling import GigaWorldPolicy
+    from robodream.policy.train import load_policy
+    from robodream.utils.run import from_dict
+
+    old = tmp_path / "old"
+    shutil.copytree(work / "pol", old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["model"]["action_expert_dim"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    shared = GigaWorldPolicy(from_dict(PolicyConfig, {**cfg["model"], "action_expert_dim": 0}))
+    save_file(shared.state_dict(), old / "model.safetensors")
+    policy, _, _ = load_policy(old)
+    assert policy.cfg.action_expert_dim == 0 and policy.action_blocks is None
+
+
 def test_bench_policy(tmp_path, work):
     run("bench", "policy", "--out", tmp_path / "b.json", "--repeats", 3, "--train-steps", 1, "--config",
         work / "pol" / "config.json", "--no-compile")
@@ -92,7 +115,8 @@ def _tiny_recipe(path: Path) -> Path:
     path.write_text(json.dumps({
         "tasks": ["reach-v3"], "demos_per_task": 2, "eval_episodes": 1, "eval_max_steps": 8, "image_size": 32,
         "videos_per_task": 1, "tokenizer_train": {"steps": 4, "batch_size": 8},
-        "policy": {"dim": 32, "depth": 1, "horizon": 8, "n_action_steps": 4, "video_stride": 4},
+        "policy": {"dim": 32, "depth": 1, "horizon": 8, "n_action_steps": 4, "video_stride": 4,
+                   "action_expert_dim": 16},
         "policy_train": {"steps": 4, "batch_size": 8}}))
     return path
 

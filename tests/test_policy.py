@@ -13,7 +13,7 @@ from robodream.policy.modeling import ACTION, FUTURE, PREFIX, GigaWorldPolicy, b
 
 def tiny_cfg(**kw) -> PolicyConfig:
     base = dict(dim=32, depth=2, n_heads=2, horizon=8, n_action_steps=4, video_stride=4, latent_channels=4,
-                latent_size=4, patch_size=2, tasks=("a", "b"), n_inference_steps=4)
+                latent_size=4, patch_size=2, tasks=("a", "b"), n_inference_steps=4, action_expert_dim=16)
     base.update(kw)
     return PolicyConfig(**base)
 
@@ -186,6 +186,20 @@ def test_compiled_action_only_matches_eager(expert):
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 
+def test_compiled_joint_and_with_video_match_eager():
+    """The video denoising step compiles too (the benchmark compares compiled with compiled)."""
+    fn = torch.randn(3, tiny_cfg().n_future_tokens, tiny_cfg().patch_dim)
+    for cfg, mode in ((tiny_cfg(depth=1, mask="full"), "joint"), (tiny_cfg(depth=1, action_expert_dim=16), "with_video")):
+        m = random_policy(cfg)
+        state, ref, task, _, _ = inputs(cfg)
+        noise = torch.randn(3, cfg.horizon, cfg.action_dim)
+        eager = m.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn)
+        m.compile_inference()
+        compiled = m.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn)
+        torch.testing.assert_close(compiled.actions, eager.actions, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(compiled.future_latents, eager.future_latents, rtol=1e-4, atol=1e-4)
+
+
 def test_action_expert_steps_run_only_the_narrow_weights():
     """With an action expert, the denoising steps never touch the wide blocks' weights (the
     prefix is encoded once by them), and the expert's parameters are narrow."""
@@ -200,3 +214,4 @@ def test_action_expert_steps_run_only_the_narrow_weights():
     assert calls == {"main": cfg.depth, "expert": cfg.depth * cfg.n_inference_steps}
     assert m.action_blocks[0].mlp.fc1.weight.shape == (64, 16)
     assert m.action_blocks[0].attn.qkv.weight.shape == (3 * cfg.dim, 16)  # projects into the shared heads
+

@@ -258,7 +258,7 @@ def bench_policy_cmd(
     train_steps: Annotated[int, typer.Option(help="timed training steps")] = 10,
     config: Annotated[Optional[Path], typer.Option(help="a policy run's config.json (default: default model)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads for the latency measurements")] = 2,
-    compile: Annotated[bool, typer.Option(help="also time the torch.compile'd action-only step")] = True,
+    compile: Annotated[bool, typer.Option(help="also time the torch.compile'd action-only and joint models")] = True,
 ) -> None:
     """Latency per action chunk (action-only vs with-video vs joint) and training throughput."""
     from robodream.bench.policy_bench import bench_policy
@@ -272,12 +272,15 @@ def bench_policy_cmd(
     print_table(f"policy inference, batch 1, {r['threads']} thread(s), median of {r['repeats']}",
                 ["mode", "p50 ms/chunk", "p90 ms/chunk", "x slower than action-only"],
                 [[m, r[f"{m}_p50_ms"], r[f"{m}_p90_ms"], r[f"{m}_p50_ms"] / r["action_only_p50_ms"]]
-                 for m in ("action_only", "action_only_compiled", "action_only_nocache", "with_video", "joint")
+                 for m in ("action_only", "action_only_compiled", "action_only_nocache", "with_video", "joint",
+                           "joint_compiled")
                  if f"{m}_p50_ms" in r])
     print_table("policy training", ["samples/s", "step s", "batch", "precision", "peak RSS MiB"],
                 [[r["train_samples_per_s"], r["train_step_s_p50"], r["train_batch_size"], r["train_precision"],
                   r["train_peak_rss_mib"]]])
-    out_console.print(f"speedup vs joint: {r['speedup_vs_joint']:.1f}x; written to {out}")
+    compiled = (f", compiled vs compiled {r['speedup_vs_joint_compiled']:.1f}x"
+                if "speedup_vs_joint_compiled" in r else "")
+    out_console.print(f"speedup vs joint: {r['speedup_vs_joint']:.1f}x eager{compiled}; written to {out}")
 
 
 def _summary_table(title: str, summary: dict) -> None:
@@ -310,7 +313,7 @@ def bench_success_cmd(
               "per_task": {t: r["success_rate"] for t, r in main["per_task"].items()},
               "mean_success_rate": main["mean_success_rate"], "min_success_rate": main["min_success_rate"],
               "training_s": main["training_s"], "details": main}
-    _summary_table("GigaWorld-Policy (video_stride=8)", main)
+    _summary_table(f"GigaWorld-Policy (video_stride={rec.policy.video_stride})", main)
     if ablation:
         abl = run_recipe(rec, work, log=log, policy_name="policy_no_video",
                          policy_overrides={"video_stride": 0})

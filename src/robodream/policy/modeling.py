@@ -272,22 +272,39 @@ class GigaWorldPolicy(nn.Module):
         (x,), _ = self._blocks([self._embed_actions(a)], (ACTION,), [[m] for m in mods], kv_cache=kv)
         return a + dt * self.action_out(x, act_mod)
 
-    @property
-    def _step_fn(self):
-        return self.__dict__.get("_compiled_step") or self._action_only_step
+    def _video_step(self, a: torch.Tensor, f: torch.Tensor, prefix: torch.Tensor | None, kv: list[KV] | None,
+                    mods: list[list[torch.Tensor]], mask: torch.Tensor, act_mod: torch.Tensor,
+                    lat_mod: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Euler step that denoises actions (B, H, action_dim) and future tokens (B, F*N*T, C*p*p).
+
+        Either ``kv`` (cached clean prefix; with-video mode) or ``prefix`` (embedded prefix
+        tokens recomputed every step: the joint model, or the uncached reference path) is given;
+        ``mods[i]`` holds layer i's modulation per segment (prefix first when ``prefix`` is given).
+        """
+        xs = [self._embed_actions(a), self.latent_in(f) + self.pos_future]
+        segments: tuple[int, ...] = (ACTION, FUTURE)
+        if prefix is not None:
+            xs, segments = [prefix] + xs, (PREFIX,) + segments
+        xs, _ = self._blocks(xs, segments, mods, mask=mask, kv_cache=kv)
+        return a + dt * self.action_out(xs[-2], act_mod), f + dt * self.latent_out(xs[-1], lat_mod)
+
+    def _step(self, name: str):
+        return self.__dict__.get(f"_compiled{name}") or getattr(self, name)
 
     def compile_inference(self) -> None:
-        """Compile the action-only denoising step with ``torch.compile`` (inductor).
+        """Compile the denoising steps (action-only, and with-video/joint) with ``torch.compile``.
 
         At batch 1 on a CPU the 16-token matmuls and many small ops run far below peak;
-        fusing them and pre-packing the weights cut the default model's chunk latency from
-        23.6 to 19.8 ms on 2 CPU cores (``robodream bench policy``). The first call after this
-        compiles (about 7 s there); results equal the eager path up to float rounding (tested).
+        fusing them and pre-packing the weights cut the action-only chunk latency by about a
+        fifth on 2 CPU cores (``robodream bench policy``, which compiles the joint model the same
+        way for a like-for-like ratio). The first call of each mode after this compiles (seconds);
+        results equal the eager path up to float rounding (tested).
         """
         # freezing: weights become constants, so oneDNN linears get pre-packed weights —
         # the larger part of the gain for 16-token matmuls on a CPU.
-        self.__dict__["_compiled_step"] = torch.compile(self._action_only_step, dynamic=False,
-                                                        options={"freezing": True})
+        for name in ("_action_only_step", "_video_step"):
+            self.__dict__[f"_compiled{name}"] = torch.compile(getattr(self, name), dynamic=False,
+                                                              options={"freezing": True})
 
     def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor) -> list[KV]:
         """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd)."""
@@ -368,20 +385,18 @@ class GigaWorldPolicy(nn.Module):
             groups = self.groups[:P + n_noisy]
             mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
         dts_t = torch.tensor(dts, device=dev).view(-1, 1, 1, 1)
-        for step, dt in enumerate(dts):
+        for step in range(len(dts)):
             mods = [[m[:, step:step + 1] for m in layer] for layer in mods_noisy]
-            if cached and f is None:  # the GigaWorld-Policy fast path: action tokens only
-                a = self._step_fn(a, kv, [layer[0] for layer in mods], act_mod[:, step:step + 1], dts_t[step])
+            if f is None and cached:  # the GigaWorld-Policy fast path: action tokens only
+                a = self._step("_action_only_step")(a, kv, [layer[0] for layer in mods],
+                                                    act_mod[:, step:step + 1], dts_t[step])
                 continue
-            xs = [self._embed_actions(a)]
-            if f is not None:
-                xs.append(self.latent_in(f) + self.pos_future)
             if not cached:
-                xs = [prefix] + xs
                 mods = [mc + m for mc, m in zip(mods_clean, mods)]
-            xs, _ = self._blocks(xs, segments, mods, mask=mask, kv_cache=kv)
-            xs = xs[len(segments) - len(noisy):]  # drop the prefix segment
-            a = a + dt * self.action_out(xs[0], act_mod[:, step:step + 1])
-            if f is not None:
-                f = f + dt * self.latent_out(xs[1], lat_mod[:, step:step + 1])
+            if f is None:  # uncached action-only reference path
+                (_, x), _ = self._blocks([prefix, self._embed_actions(a)], segments, mods, mask=mask)
+                a = a + dts_t[step] * self.action_out(x, act_mod[:, step:step + 1])
+                continue
+            a, f = self._step("_video_step")(a, f, None if cached else prefix, kv, mods, mask,
+                                             act_mod[:, step:step + 1], lat_mod[:, step:step + 1], dts_t[step])
         return PolicyOutput(actions=a, future_latents=None if f is None else self._unpatchify(f))

@@ -221,7 +221,8 @@ def load_latent_model_run(run_dir: str | os.PathLike, model_cls, config_cls, dev
     """Load a trained run of a model over tokenizer latents (policy or video world model).
 
     Reads ``RUN/config.json`` (checking ``model_type == model_cls.model_type``), builds
-    ``model_cls(config_cls(...))``, loads ``model.safetensors`` and ``normalization.json``
+    ``model_cls(config_cls(...))`` (fields the file lacks take ``config_cls.LEGACY_DEFAULTS``,
+    then the defaults), loads ``model.safetensors`` and ``normalization.json``
     and the run's copy of the tokenizer. Returns ``(model, tokenizer, run config dict)``,
     both models in eval mode without gradients, on ``device``.
 
@@ -233,7 +234,7 @@ def load_latent_model_run(run_dir: str | os.PathLike, model_cls, config_cls, dev
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir, model_cls.model_type)
     try:
-        model = model_cls(from_dict(config_cls, cfg["model"]))
+        model = model_cls(from_dict(config_cls, {**getattr(config_cls, "LEGACY_DEFAULTS", {}), **cfg["model"]}))
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{run_dir}/config.json is not a valid {model_cls.model_type} config: {e}") from e
     weights = run_dir / "model.safetensors"
