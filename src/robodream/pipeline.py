@@ -60,8 +60,9 @@ DEMO = Recipe(
                          checkpoint_every=250),
 )
 
-#: 3000 policy steps at batch 64: tokenizer + policy trained in 78 min on 2 CPU cores and the
-#: ``video_stride = 0`` ablation in 23 more, inside the 2-hour budget (benchmarks/RESULTS.md).
+#: 3000 policy steps at batch 64: tokenizer + policy trained in 71 min on 2 CPU cores with the
+#: default model (benchmarks/RESULTS.md); the ``video_stride = 0`` ablation trains faster (no
+#: video tokens: 23 min for the previous default), inside the 2-hour budget.
 SUCCESS_BENCH = Recipe(name="success", policy_train=replace(default_policy_train(), steps=3000))
 
 
