@@ -47,8 +47,8 @@ class Recipe:
     videos_per_task: int = 2
 
 
-#: Sized to finish in under 20 minutes on 2 CPU cores (measured 12.7 min: collection 1.0,
-#: tokenizer 3.8, policy 6.5, evaluation 1.4); the three easiest bench tasks.
+#: Sized to finish in under 20 minutes on 2 CPU cores (measured 14.7 min with the default model,
+#: policy training 8.9 of them); the three easiest bench tasks.
 DEMO = Recipe(
     name="demo",
     tasks=("reach-v3", "button-press-topdown-v3", "drawer-open-v3"),
