@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -86,12 +88,13 @@ def test_inference_actions_ignore_future_noise_and_match_action_only(expert):
 
 @EXPERT_DIMS
 @pytest.mark.parametrize("mode", ["action_only", "with_video"])
-def test_kv_cache_equals_uncached(mode, expert):
+@pytest.mark.parametrize("B", [1, 3])  # batch 1 takes the pre-split modulations
+def test_kv_cache_equals_uncached(mode, expert, B):
     cfg = tiny_cfg(action_expert_dim=expert)
     m = random_policy(cfg)
-    state, ref, task, _, _ = inputs(cfg)
-    noise = torch.randn(3, cfg.horizon, cfg.action_dim)
-    fn = torch.randn(3, cfg.n_future_tokens, cfg.patch_dim)
+    state, ref, task, _, _ = inputs(cfg, B=B)
+    noise = torch.randn(B, cfg.horizon, cfg.action_dim)
+    fn = torch.randn(B, cfg.n_future_tokens, cfg.patch_dim)
     a = m.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn, use_cache=True)
     b = m.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn, use_cache=False)
     torch.testing.assert_close(a.actions, b.actions, rtol=1e-5, atol=1e-5)
@@ -178,18 +181,54 @@ def test_interpolate_endpoints():
 def test_compiled_action_only_matches_eager(expert):
     cfg = tiny_cfg(depth=1, action_expert_dim=expert)
     m = random_policy(cfg)
-    state, ref, task, _, _ = inputs(cfg)
-    noise = torch.randn(3, cfg.horizon, cfg.action_dim)
-    eager = m.sample(state, ref, task, noise=noise).actions
-    m.compile_inference()
-    compiled = m.sample(state, ref, task, noise=noise).actions
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    for B in (1, 3):
+        state, ref, task, _, _ = inputs(cfg, B=B)
+        noise = torch.randn(B, cfg.horizon, cfg.action_dim)
+        eager = m.sample(state, ref, task, noise=noise).actions
+        m.compile_inference()
+        compiled = m.sample(state, ref, task, noise=noise).actions
+        m.__dict__.pop("_compiled_action_only_chunk")  # back to eager for the next batch size
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_step_modulation_cache_follows_the_weights():
+    """sample() caches the per-step modulations of a task across calls; new weights (load, an
+    in-place optimiser/EMA update, a copy) are never served stale ones."""
+    cfg = tiny_cfg()
+    m, other = random_policy(cfg, seed=0), random_policy(cfg, seed=5)
+    state, ref, task, _, _ = inputs(cfg, B=1)
+    noise = torch.randn(1, cfg.horizon, cfg.action_dim)
+
+    def act(model):
+        return model.sample(state, ref, task, noise=noise).actions
+
+    def reference(model):  # the uncached path recomputes every modulation
+        return model.sample(state, ref, task, noise=noise, use_cache=False).actions
+
+    torch.testing.assert_close(act(m), act(m))
+    m.load_state_dict(other.state_dict())
+    torch.testing.assert_close(act(m), reference(other), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for p in m.time_embedding.parameters():
+            p.mul_(1.5)
+        m.action_blocks[0].modulation.bias.add_(0.3)
+    torch.testing.assert_close(act(m), reference(m), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(act(m), reference(other), atol=1e-3)
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        twin.task_embedding.weight.mul_(-1.0)
+    torch.testing.assert_close(act(twin), reference(twin), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():  # weights without version counters are never cached
+        fresh = GigaWorldPolicy(cfg)
+        fresh.load_state_dict(m.state_dict())
+        torch.testing.assert_close(act(fresh), reference(m), rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_joint_and_with_video_match_eager():
     """The video denoising step compiles too (the benchmark compares compiled with compiled)."""
-    fn = torch.randn(3, tiny_cfg().n_future_tokens, tiny_cfg().patch_dim)
-    for cfg, mode in ((tiny_cfg(depth=1, mask="full"), "joint"), (tiny_cfg(depth=1, action_expert_dim=16), "with_video")):
+    base = tiny_cfg(depth=1)
+    fn = torch.randn(3, base.n_future_tokens, base.patch_dim)
+    for cfg, mode in ((tiny_cfg(depth=1, mask="full"), "joint"), (base, "with_video")):
         m = random_policy(cfg)
         state, ref, task, _, _ = inputs(cfg)
         noise = torch.randn(3, cfg.horizon, cfg.action_dim)
@@ -202,16 +241,18 @@ def test_compiled_joint_and_with_video_match_eager():
 
 def test_action_expert_steps_run_only_the_narrow_weights():
     """With an action expert, the denoising steps never touch the wide blocks' weights (the
-    prefix is encoded once by them), and the expert's parameters are narrow."""
+    prefix is encoded once by them; the last wide block only projects keys/values), and the
+    expert's parameters are narrow."""
     cfg = tiny_cfg(action_expert_dim=16)
     m = random_policy(cfg)
     state, ref, task, _, _ = inputs(cfg)
-    calls = {"main": 0, "expert": 0}
+    calls = {"main.qkv": 0, "main.mlp": 0, "expert.qkv": 0, "expert.mlp": 0}
     for name, blocks in (("main", m.blocks), ("expert", m.action_blocks)):
         for b in blocks:
-            b.mlp.register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+            for part, mod in (("qkv", b.attn.qkv), ("mlp", b.mlp)):
+                mod.register_forward_hook(lambda *_, n=f"{name}.{part}": calls.__setitem__(n, calls[n] + 1))
     m.sample(state, ref, task)
-    assert calls == {"main": cfg.depth, "expert": cfg.depth * cfg.n_inference_steps}
+    steps = cfg.depth * cfg.n_inference_steps
+    assert calls == {"main.qkv": cfg.depth, "main.mlp": cfg.depth - 1, "expert.qkv": steps, "expert.mlp": steps}
     assert m.action_blocks[0].mlp.fc1.weight.shape == (64, 16)
     assert m.action_blocks[0].attn.qkv.weight.shape == (3 * cfg.dim, 16)  # projects into the shared heads
-

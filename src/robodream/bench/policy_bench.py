@@ -62,8 +62,14 @@ def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int 
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
+        # Models are built outside inference mode, as a loaded run is (see sample's caches).
         policy = GigaWorldPolicy(cfg).eval()
         joint = GigaWorldPolicy(replace(cfg, mask="full")).eval()
+        if compile:  # second copies with the same weights, so the eager numbers stay eager
+            compiled = GigaWorldPolicy(cfg).eval()
+            compiled.load_state_dict(policy.state_dict())
+            joint_c = GigaWorldPolicy(joint.cfg).eval()
+            joint_c.load_state_dict(joint.state_dict())
         state, ref, task = _inputs(cfg)
         compile_s = None
         with torch.inference_mode():
@@ -74,11 +80,6 @@ def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int 
                 "joint": lambda: joint.sample(state, ref, task, mode="joint"),
             }
             if compile:
-                # Second copies with the same weights, so the eager numbers stay eager.
-                compiled = GigaWorldPolicy(cfg).eval()
-                compiled.load_state_dict(policy.state_dict())
-                joint_c = GigaWorldPolicy(joint.cfg).eval()
-                joint_c.load_state_dict(joint.state_dict())
                 t0 = time.perf_counter()
                 compiled.compile_inference()
                 compiled.sample(state, ref, task)

@@ -75,10 +75,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner_dim, dim)
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, L, dim) -> q, k, v (B, n_heads, L, head_dim), q and k RMS-normed."""
+        """(B, L, dim) -> q, k, v (B, n_heads, L, head_dim), q and k RMS-normed.
+
+        q and k share one normalisation pass (then each its own gain): ``F.rms_norm`` on a
+        strided view costs about as much as the whole projection at 16 tokens on a CPU.
+        """
         B, L, _ = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.q_norm(q), self.k_norm(k), v
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim)
+        qk, wq, wk = qkv[:, :, :2], self.q_norm.weight, self.k_norm.weight  # qk (B, L, 2, nh, hd)
+        if qk.dtype != torch.float32:  # low precision: the mean square in float32 (as F.rms_norm)
+            qk = qk.float()
+            qk = (qk * torch.rsqrt(qk.square().mean(-1, keepdim=True) + self.q_norm.eps)).to(qkv.dtype)
+            wq, wk = wq.to(qkv.dtype), wk.to(qkv.dtype)
+        else:
+            qk = qk * torch.rsqrt(qk.square().mean(-1, keepdim=True) + self.q_norm.eps)
+        return (qk[:, :, 0] * wq).transpose(1, 2), (qk[:, :, 1] * wk).transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def project_out(self, out: torch.Tensor) -> torch.Tensor:
         """Attention output (B, n_heads, L, head_dim) -> (B, L, dim)."""
@@ -126,13 +137,22 @@ class MLP(nn.Module):
 def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``LayerNorm(x) * scale + shift`` (no learned affine); ``scale`` already holds ``1 + s``.
 
-    x: (B, L, D); shift, scale: (B, L or 1, D). When one sample's tokens all share the
-    modulation (batch-1 inference) it is a single fused ``layer_norm`` call.
+    x: (B, L, D); shift, scale: (B, L or 1, D), or (D,) when every token shares them (batch-1
+    inference) — then it is a single fused ``layer_norm`` call.
     """
     D = x.shape[-1]
+    if shift.dim() == 1:
+        return F.layer_norm(x, (D,), scale, shift, eps)
     if x.shape[0] == 1 and shift.shape[1] == 1:
         return F.layer_norm(x, (D,), scale.reshape(D), shift.reshape(D), eps)
     return torch.addcmul(shift, F.layer_norm(x, (D,), eps=eps), scale)
+
+
+def _split(mod: torch.Tensor | tuple, n_chunks: int) -> tuple[torch.Tensor, ...]:
+    """A modulation's parts: (B, L, n D) chunked, a stacked (n, B, 1, D) unbound, a tuple as is."""
+    if isinstance(mod, tuple):
+        return mod
+    return mod.unbind(0) if mod.dim() == 4 else mod.chunk(n_chunks, dim=-1)
 
 
 def _scale_offset(dim: int, n_chunks: int, scale_chunks: tuple[int, ...]) -> torch.Tensor:
@@ -178,13 +198,15 @@ class AdaLNBlock(nn.Module):
     ) -> tuple[torch.Tensor, KV]:
         """Args:
             x: (B, L, D) tokens.
-            mod: (B, L, 6D) per-token modulation, or (B, 1, 6D) shared by all tokens.
+            mod: (B, L, 6D) per-token modulation, (B, 1, 6D) shared by all tokens, or its six
+                parts already split: a tuple ((B, 1, D) or, at batch 1, (D,) each) or a stacked
+                (6, B, 1, D) tensor.
             mask, kv_prefix: see :meth:`Attention.forward`.
 
         Returns:
             (B, L, D) and this block's keys/values for ``x`` (for caching).
         """
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = _split(mod, 6)
         h, kv = self.attn(modulated_norm(x, shift1, scale1), mask=mask, kv_prefix=kv_prefix)
         x = torch.addcmul(x, gate1, h)
         x = torch.addcmul(x, gate2, self.mlp(modulated_norm(x, shift2, scale2)))
@@ -255,8 +277,8 @@ class FinalLayer(nn.Module):
         return self.modulation(F.silu(cond)) + self.scale_offset
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), mod (B, L or 1, 2D) -> (B, L, out)."""
-        shift, scale = mod.chunk(2, dim=-1)
+        """x (B, L, D), mod (B, L or 1, 2D) or its two parts (see :meth:`AdaLNBlock.forward`) -> (B, L, out)."""
+        shift, scale = _split(mod, 2)
         return self.linear(modulated_norm(x, shift, scale))
 
 

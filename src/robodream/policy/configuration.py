@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from robodream.errors import ConfigError
 
@@ -53,7 +54,7 @@ class PolicyConfig:
 
     #: Values for fields a run's config.json lacks because it was written before the field
     #: existed (their defaults have changed since): such runs load as they were trained.
-    LEGACY_DEFAULTS = {"action_expert_dim": 0}
+    LEGACY_DEFAULTS: ClassVar[dict[str, object]] = {"action_expert_dim": 0}
 
     def __post_init__(self) -> None:
         self.cameras = tuple(self.cameras)

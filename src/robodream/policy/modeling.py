@@ -34,7 +34,14 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
-from robodream.models.transformer import KV, AdaLNBlock, FinalLayer, TimestepEmbedding, multi_stream_block
+from robodream.models.transformer import (
+    KV,
+    AdaLNBlock,
+    FinalLayer,
+    TimestepEmbedding,
+    modulated_norm,
+    multi_stream_block,
+)
 from robodream.policy.configuration import PolicyConfig
 
 # Token groups of the block-causal mask, in sequence order.
@@ -169,19 +176,15 @@ class GigaWorldPolicy(nn.Module):
         return [[b.modulate(c) for b, c in zip(blks, conds)] for blks in self._layer_blocks(segments)]
 
     def _blocks(self, xs: list[torch.Tensor], segments: tuple[int, ...], mods: list[list[torch.Tensor]],
-                mask: torch.Tensor | None = None, kv_cache: list[KV] | None = None,
-                collect_kv: bool = False) -> tuple[list[torch.Tensor], list[KV]]:
+                mask: torch.Tensor | None = None, kv_cache: list[KV] | None = None) -> list[torch.Tensor]:
         """Run every layer on the token segments ``xs`` (groups ``segments``, in sequence order).
 
         ``mods[i][j]`` is layer i's modulation of segment j (B, L_j or 1, 6 D_j).
         """
-        kvs: list[KV] = []
         for i, blks in enumerate(self._layer_blocks(segments)):
-            xs, kv = multi_stream_block(blks, xs, mods[i], mask=mask,
-                                        kv_prefix=None if kv_cache is None else kv_cache[i])
-            if collect_kv:
-                kvs.append(kv)
-        return xs, kvs
+            xs, _ = multi_stream_block(blks, xs, mods[i], mask=mask,
+                                       kv_prefix=None if kv_cache is None else kv_cache[i])
+        return xs
 
     # ------------------------------------------------------------------ training
     def velocity(
@@ -211,7 +214,7 @@ class GigaWorldPolicy(nn.Module):
         # Clean (t = 0) conditioning for the prefix, flow time t for actions and future.
         cond = self._cond(torch.stack([torch.zeros_like(t), t], dim=1), task_index)  # (B, 2, D)
         conds = [cond[:, :1] if g == PREFIX else cond[:, 1:] for g in segments]
-        xs, _ = self._blocks(xs, segments, self._modulations(segments, conds), mask=self.train_mask[:L, :L])
+        xs = self._blocks(xs, segments, self._modulations(segments, conds), mask=self.train_mask[:L, :L])
         v_a = self.action_out(xs[1], self.action_out.modulate(cond[:, 1:]))
         v_f = None if noisy_future is None else self.latent_out(xs[2], self.latent_out.modulate(cond[:, 1:]))
         return v_a, v_f
@@ -262,15 +265,40 @@ class GigaWorldPolicy(nn.Module):
         return loss, logs
 
     # ------------------------------------------------------------------ inference
-    def _action_only_step(self, a: torch.Tensor, kv: list[KV], mods: list[torch.Tensor], act_mod: torch.Tensor,
-                          dt: torch.Tensor) -> torch.Tensor:
+    def _action_only_step(self, a: torch.Tensor, kv: list[KV], mods: list, act_mod, dt: torch.Tensor) -> torch.Tensor:
         """One Euler step of action-only inference on the cached prefix: (B, H, action_dim) -> same.
 
-        ``mods``: this step's modulation per layer (B, 1, 6 action_width); ``dt``: (1, 1, 1) step
-        size (negative).
+        Only the action tokens run, through the action blocks (the action expert, or the shared
+        blocks), attending to the cached prefix keys/values. ``mods``: this step's modulation per
+        layer, its six parts stacked (6, B, 1, action_width) or as a tuple; ``act_mod``: the
+        read-out's, likewise (two parts); ``dt``: (1, 1, 1) step size (negative).
         """
-        (x,), _ = self._blocks([self._embed_actions(a)], (ACTION,), [[m] for m in mods], kv_cache=kv)
-        return a + dt * self.action_out(x, act_mod)
+        x = self._embed_actions(a)
+        for blk, mod, kv_i in zip(self.action_blocks or self.blocks, mods, kv):
+            x, _ = blk(x, mod, kv_prefix=kv_i)
+        return torch.addcmul(a, dt, self.action_out(x, act_mod))
+
+    def _action_only_chunk(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
+                           a: torch.Tensor, step_mods: list, step_act: list, dts: torch.Tensor) -> torch.Tensor:
+        """Action-only inference of one chunk: encode the clean prefix once, then ``len(step_mods)``
+        Euler steps of the action tokens on its cached keys/values. a: (B, H, action_dim) noise
+        -> the denoised chunk; ``step_mods``/``step_act`` from :meth:`_action_step_modulations`
+        (indexed ``step_mods[k][layer]``, ``step_act[k]``);
+        dts: (n, 1, 1, 1). One function so that :meth:`compile_inference` compiles it whole."""
+        kv = self.encode_prefix(state, ref_latents, task_index)
+        for k in range(len(step_mods)):
+            a = self._action_only_step(a, kv, step_mods[k], step_act[k], dts[k])
+        return a
+
+    def _video_chunk(self, a: torch.Tensor, f: torch.Tensor, prefix: torch.Tensor | None, kv: list[KV] | None,
+                     step_mods: list, mask: torch.Tensor, act_mods: list, lat_mods: list,
+                     dts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All Euler steps of with-video or joint inference (see :meth:`_video_step`): per step k,
+        ``step_mods[k]``, ``act_mods[k]``, ``lat_mods[k]`` and ``dts[k]``. One function so that
+        :meth:`compile_inference` compiles it whole."""
+        for k in range(len(step_mods)):
+            a, f = self._video_step(a, f, prefix, kv, step_mods[k], mask, act_mods[k], lat_mods[k], dts[k])
+        return a, f
 
     def _video_step(self, a: torch.Tensor, f: torch.Tensor, prefix: torch.Tensor | None, kv: list[KV] | None,
                     mods: list[list[torch.Tensor]], mask: torch.Tensor, act_mod: torch.Tensor,
@@ -285,33 +313,89 @@ class GigaWorldPolicy(nn.Module):
         segments: tuple[int, ...] = (ACTION, FUTURE)
         if prefix is not None:
             xs, segments = [prefix] + xs, (PREFIX,) + segments
-        xs, _ = self._blocks(xs, segments, mods, mask=mask, kv_cache=kv)
+        xs = self._blocks(xs, segments, mods, mask=mask, kv_cache=kv)
         return a + dt * self.action_out(xs[-2], act_mod), f + dt * self.latent_out(xs[-1], lat_mod)
 
     def _step(self, name: str):
         return self.__dict__.get(f"_compiled{name}") or getattr(self, name)
 
     def compile_inference(self) -> None:
-        """Compile the denoising steps (action-only, and with-video/joint) with ``torch.compile``.
+        """Compile inference with ``torch.compile``: the whole action-only chunk (prefix encoding
+        and every Euler step as one graph), the with-video/joint chunk and the prefix encoding.
 
-        At batch 1 on a CPU the 16-token matmuls and many small ops run far below peak;
-        fusing them and pre-packing the weights cut the action-only chunk latency by about a
-        fifth on 2 CPU cores (``robodream bench policy``, which compiles the joint model the same
-        way for a like-for-like ratio). The first call of each mode after this compiles (seconds);
-        results equal the eager path up to float rounding (tested).
+        At batch 1 on a CPU the 16-token matmuls and the many small ops between them cost more
+        in dispatch than in arithmetic; one graph per chunk fuses the small ops and drops the
+        per-step call overhead (``robodream bench policy`` compiles the joint model the same way
+        for a like-for-like ratio). The first call of each mode after this compiles (seconds to
+        a minute); results equal the eager path up to float rounding (tested). The weights are
+        frozen into the graphs: after loading other weights, call this again.
         """
-        # freezing: weights become constants, so oneDNN linears get pre-packed weights —
-        # the larger part of the gain for 16-token matmuls on a CPU.
-        for name in ("_action_only_step", "_video_step"):
+        for name in ("encode_prefix", "_action_only_chunk", "_video_chunk"):
             self.__dict__[f"_compiled{name}"] = torch.compile(getattr(self, name), dynamic=False,
                                                               options={"freezing": True})
 
     def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor) -> list[KV]:
-        """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd)."""
+        """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd).
+
+        The last block's prefix outputs are never read (only its keys/values), so that block
+        stops after its key/value projection.
+        """
         cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
-        _, kvs = self._blocks([self._embed_prefix(state, ref_latents)], (PREFIX,),
-                              self._modulations((PREFIX,), [cond]), collect_kv=True)
+        x = self._embed_prefix(state, ref_latents)
+        kvs: list[KV] = []
+        for i, blk in enumerate(self.blocks):
+            mod = blk.modulate(cond)
+            if i < len(self.blocks) - 1:
+                x, kv = blk(x, mod)
+            else:
+                shift, scale = mod.chunk(6, dim=-1)[:2]
+                kv = blk.attn.project_qkv(modulated_norm(x, shift, scale))[1:]
+            kvs.append(kv)
         return kvs
+
+    def _action_step_modulations(self, task_index: torch.Tensor, times: torch.Tensor, split: bool) -> tuple:
+        """Per Euler step, the action blocks' and read-out's modulations for ``task_index`` (B,).
+
+        They depend only on the task, the step times and the weights, not on the observation,
+        so they are cached across calls (closed-loop control asks for the same task every
+        chunk). The cache key holds the storage and version counter of every parameter they
+        are computed from, so an optimiser or EMA step, ``load_state_dict``, a copy of the
+        model or a move to another device recomputes them (weights created under
+        ``torch.inference_mode`` have no version counter and are never cached).
+
+        Returns:
+            ``(mods, act)``: stacked, mods (n, depth, 6, B, 1, Da) and act (n, 2, B, 1, Da) — few
+            inputs for a compiled chunk; or with ``split``, nested lists ``mods[k][i]`` /
+            ``act[k]`` of tuples of the parts, (Da,) vectors at batch 1 (eager calls skip the
+            per-block chunking).
+        """
+        blocks = self.action_blocks or self.blocks
+        params = [*self.time_embedding.parameters(), *self.task_embedding.parameters(),
+                  *self.action_out.modulation.parameters(), *(p for b in blocks for p in b.modulation.parameters())]
+        cache = self.__dict__.setdefault("_action_mod_cache", {})
+        # Inference tensors (weights created under torch.inference_mode) have no version
+        # counter: nothing is cached for them.
+        key = None if any(p.is_inference() for p in params) else (
+            tuple(task_index.tolist()), tuple(times.tolist()), split,
+            tuple((p.data_ptr(), p._version) for p in params))
+        if key is not None and key in cache:
+            return cache[key]
+        B, n = len(task_index), len(times) - 1
+        cond = self._cond(times[:-1].to(task_index.device).expand(B, n), task_index)  # (B, n, D)
+        Da = self.cfg.action_width
+        mods = torch.stack([blk.modulate(cond) for blk in blocks])  # (depth, B, n, 6 Da)
+        mods = mods.view(len(blocks), B, n, 6, 1, Da).permute(2, 0, 3, 1, 4, 5)  # (n, depth, 6, B, 1, Da)
+        act = self.action_out.modulate(cond).view(B, n, 2, 1, Da).permute(1, 2, 0, 3, 4)  # (n, 2, B, 1, Da)
+        if split:
+            shape = (-1, Da) if B == 1 else (-1, B, 1, Da)
+            mods = [[tuple(m.reshape(shape).unbind(0)) for m in step] for step in mods.unbind(0)]
+            act = [tuple(a.reshape(shape).unbind(0)) for a in act.unbind(0)]
+        else:
+            mods, act = mods.contiguous(), act.contiguous()
+        if key is not None:
+            cache.clear()  # one entry: the current task and weights
+            cache[key] = (mods, act)
+        return mods, act
 
     @torch.no_grad()
     def sample(
@@ -357,46 +441,46 @@ class GigaWorldPolicy(nn.Module):
             f = future_noise if future_noise is not None else torch.randn(
                 B, cfg.n_future_tokens, cfg.patch_dim, device=dev)
         times = euler_timesteps(n_steps or cfg.n_inference_steps, cfg.time_shift)
-        dts = (times[1:] - times[:-1]).tolist()
-        P, H = cfg.n_prefix_tokens, cfg.horizon
-        n_noisy = H + (0 if f is None else cfg.n_future_tokens)
+        n = len(times) - 1
+        dts = (times[1:] - times[:-1]).to(dev).view(-1, 1, 1, 1)  # (n, 1, 1, 1), negative
         cached = use_cache and mode != "joint"
 
-        # Conditioning of every step at once: clean (B, 1, D) and noisy (B, n_steps, D); each
-        # layer's modulation is computed once here, not once per step.
+        if f is None and cached:  # the GigaWorld-Policy fast path: action tokens only
+            # A compiled chunk takes the stacked modulations (few inputs to guard), eager calls
+            # the pre-split ones.
+            compiled = "_compiled_action_only_chunk" in self.__dict__
+            step_mods, step_act = self._action_step_modulations(task_index, times, split=not compiled)
+            return PolicyOutput(actions=self._step("_action_only_chunk")(
+                state, ref_latents, task_index, a, step_mods, step_act, dts))
+
+        # Conditioning of every step at once, noisy (B, n, D): each layer's modulation is
+        # computed once here, not once per step.
         task = self.task_embedding(task_index).unsqueeze(1)
-        cond_clean = self.time_embedding(torch.zeros(1, 1, device=dev)) + task
         cond_noisy = self.time_embedding(times[:-1].to(dev).view(1, -1)) + task
         noisy: tuple[int, ...] = (ACTION,) if f is None else (ACTION, FUTURE)
-        mods_noisy = self._modulations(noisy, [cond_noisy] * len(noisy))  # (B, n_steps, 6 D_seg)
+        mods_noisy = self._modulations(noisy, [cond_noisy] * len(noisy))  # (B, n, 6 D_seg)
         act_mod = self.action_out.modulate(cond_noisy)
+        P, n_noisy = cfg.n_prefix_tokens, cfg.horizon + (0 if f is None else cfg.n_future_tokens)
         lat_mod = self.latent_out.modulate(cond_noisy) if f is not None else None
-
-        if cached:
-            kv = self.encode_prefix(state, ref_latents, task_index)
-            segments = noisy
-            groups_q = self.groups[P:P + n_noisy]
-            mask = None if f is None else block_causal_mask(groups_q, self.groups[:P + n_noisy], cfg.mask).to(dev)
-        else:
-            kv = None
-            prefix = self._embed_prefix(state, ref_latents)
+        if cached:  # with-video: actions and future tokens denoised on the cached prefix
+            kv, prefix, mods_clean = self._step("encode_prefix")(state, ref_latents, task_index), None, None
+            mask = block_causal_mask(self.groups[P:P + n_noisy], self.groups[:P + n_noisy], cfg.mask).to(dev)
+        else:  # joint model, or the uncached reference path: the prefix is recomputed every step
+            kv, prefix = None, self._embed_prefix(state, ref_latents)
+            cond_clean = self.time_embedding(torch.zeros(1, 1, device=dev)) + task
             mods_clean = self._modulations((PREFIX,), [cond_clean])  # (B, 1, 6D)
-            segments = (PREFIX,) + noisy
             groups = self.groups[:P + n_noisy]
             mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
-        dts_t = torch.tensor(dts, device=dev).view(-1, 1, 1, 1)
-        for step in range(len(dts)):
-            mods = [[m[:, step:step + 1] for m in layer] for layer in mods_noisy]
-            if f is None and cached:  # the GigaWorld-Policy fast path: action tokens only
-                a = self._step("_action_only_step")(a, kv, [layer[0] for layer in mods],
-                                                    act_mod[:, step:step + 1], dts_t[step])
-                continue
-            if not cached:
-                mods = [mc + m for mc, m in zip(mods_clean, mods)]
-            if f is None:  # uncached action-only reference path
-                (_, x), _ = self._blocks([prefix, self._embed_actions(a)], segments, mods, mask=mask)
-                a = a + dts_t[step] * self.action_out(x, act_mod[:, step:step + 1])
-                continue
-            a, f = self._step("_video_step")(a, f, None if cached else prefix, kv, mods, mask,
-                                             act_mod[:, step:step + 1], lat_mod[:, step:step + 1], dts_t[step])
-        return PolicyOutput(actions=a, future_latents=None if f is None else self._unpatchify(f))
+        step_mods = []
+        for k in range(n):
+            mods = [[m[:, k:k + 1] for m in layer] for layer in mods_noisy]
+            step_mods.append(mods if mods_clean is None else [mc + m for mc, m in zip(mods_clean, mods)])
+        act_mods = [act_mod[:, k:k + 1] for k in range(n)]
+        if f is None:  # uncached action-only reference path
+            for k in range(n):
+                _, x = self._blocks([prefix, self._embed_actions(a)], (PREFIX, ACTION), step_mods[k], mask=mask)
+                a = torch.addcmul(a, dts[k], self.action_out(x, act_mods[k]))
+            return PolicyOutput(actions=a)
+        a, f = self._step("_video_chunk")(a, f, prefix, kv, step_mods, mask, act_mods,
+                                          [lat_mod[:, k:k + 1] for k in range(n)], dts)
+        return PolicyOutput(actions=a, future_latents=self._unpatchify(f))
