@@ -69,6 +69,15 @@ def test_eval_policy(work):
     run("eval", "policy", "--policy", work / "pol", "--task", "reach-v3", "--episodes", 1, "--out", work / "ev2",
         "--max-steps", 12, "--videos", 1, "--mode", "with_video")
     assert len(list((work / "ev2" / "rollouts").glob("*_predicted_future.png"))) == 1
+    # a shorter receding horizon replans more often: 12 steps at K = 2 are 6 chunks
+    run("eval", "policy", "--policy", work / "pol", "--task", "reach-v3", "--episodes", 1, "--out", work / "ev3",
+        "--max-steps", 12, "--videos", 0, "--n-action-steps", 2)
+    r = json.loads((work / "ev3" / "results.json").read_text())
+    assert r["n_action_steps"] == 2 and r["n_chunks"] == 6
+    res = run("eval", "policy", "--policy", work / "pol", "--task", "reach-v3", "--out", work / "ev4",
+              "--n-action-steps", 99, code=2)
+    _one_line_error(res, "--n-action-steps", "horizon")
+    assert not (work / "ev4").exists()
 
 
 def test_resume_and_existing_run(work):

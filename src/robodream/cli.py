@@ -231,14 +231,16 @@ def eval_policy_cmd(
     mode: Annotated[Optional[str], typer.Option(help="action_only, with_video or joint")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads during evaluation")] = 2,
-    compile: Annotated[bool, typer.Option(help="torch.compile the action-only denoising step")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the chunk sampling")] = False,
+    n_action_steps: Annotated[Optional[int], typer.Option(
+        help="actions executed per predicted chunk (receding horizon K; default: the run's)")] = None,
 ) -> None:
     """Closed-loop rollouts on seeds never used for training; writes results.json, MP4s, a PNG."""
     from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 
     r = evaluate_policy(policy, task, episodes, out, seed_start=DEFAULT_EVAL_SEED if seed_start is None else seed_start,
                         max_steps=max_steps, n_videos=videos, mode=mode, device=device, threads=threads,
-                        compile=compile)
+                        compile=compile, n_action_steps=n_action_steps)
     print_table(f"eval {task}", ["success", "95% CI", "episodes", "steps to success", "latency p50 ms",
                                  "latency p90 ms", "out"],
                 [[r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", r["n_episodes"],

@@ -33,7 +33,7 @@ DEFAULT_EVAL_SEED = 1_000_000
 def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: str | os.PathLike, *,
                     seed_start: int = DEFAULT_EVAL_SEED, max_steps: int = 500, n_videos: int = 3,
                     mode: str | None = None, device: str = "cpu", threads: int | None = None,
-                    compile: bool = False) -> dict[str, Any]:
+                    compile: bool = False, n_action_steps: int | None = None) -> dict[str, Any]:
     """Roll out the policy ``episodes`` times and write the evaluation to ``out``.
 
     Args:
@@ -45,8 +45,10 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
         n_videos: number of rollouts saved as MP4.
         mode: inference mode (default: action_only, or joint for mask="full" models).
         threads: torch intra-op threads during evaluation.
-        compile: ``torch.compile`` the action-only denoising step (compiled before the first
-            rollout, so compilation is not counted in the latency).
+        compile: ``torch.compile`` the chunk sampling (compiled before the first rollout, so
+            compilation is not counted in the latency).
+        n_action_steps: receding horizon K, actions executed per predicted chunk (default: the
+            run's ``n_action_steps``); must be in [1, horizon].
 
     Raises:
         UnknownTaskError, CheckpointError, ConfigError (task not trained, seed overlap).
@@ -55,6 +57,10 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     policy, tokenizer, run_cfg = load_policy(run_dir, device=device)
+    if n_action_steps is not None:
+        if not 1 <= n_action_steps <= policy.cfg.horizon:
+            raise ConfigError(f"--n-action-steps must be in [1, horizon={policy.cfg.horizon}], got {n_action_steps}")
+        policy.cfg.n_action_steps = n_action_steps
     instruction = next((k for k, v in run_cfg.get("env_tasks", {}).items() if v == task), task_instruction(task))
     seeds = list(range(seed_start, seed_start + episodes))
     overlap = sorted(set(seeds) & set(run_cfg.get("train_seeds", {}).get(task, [])))
