@@ -31,7 +31,8 @@ import math
 import warnings
 
 import torch
-import torch.nn.functional as F
+
+from robodream.models.attention import scaled_dot_product_attention
 
 Grid = tuple[int, int, int]
 
@@ -147,7 +148,7 @@ def _blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Grid, wind
     flat = idx.reshape(-1)
     kt = k.reshape(B * nh, L, hd).index_select(1, flat).view(B * nh, n_tiles, R, hd)
     vt = v.reshape(B * nh, L, hd).index_select(1, flat).view(B * nh, n_tiles, R, hd)
-    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=None if mask is None else mask.to(q.device))
+    out = scaled_dot_product_attention(qt, kt, vt, attn_mask=None if mask is None else mask.to(q.device))
     out = out.view(B * nh, T // bt, H // bh, W // bw, bt, bh, bw, hd).permute(0, 1, 4, 2, 5, 3, 6, 7)
     return out.reshape(B, nh, L, hd)
 
@@ -227,11 +228,11 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gr
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if win == grid:  # the window covers everything: exactly full attention
-        return F.scaled_dot_product_attention(q, k, v)
+        return scaled_dot_product_attention(q, k, v)
     if backend == "auto":
         backend = "flex" if q.device.type == "cuda" and flex_available() else "blocked"
     if backend == "reference":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=neighborhood_mask(grid, win, q.device))
+        return scaled_dot_product_attention(q, k, v, attn_mask=neighborhood_mask(grid, win, q.device))
     if backend == "flex":
         return _flex(q, k, v, grid, win)
     if tile is not None and any(n % b for n, b in zip(grid, tile)):

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robodream.models.attention import scaled_dot_product_attention
 from robodream.models.rope import apply_rope
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, n_heads, P, head_dim) each
@@ -293,7 +294,7 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Dense softmax attention: q (B, nh, Lq, hd), k/v (B, nh, Lk, hd) -> (B, nh, Lq, hd)."""
-    return F.scaled_dot_product_attention(q, k, v)
+    return scaled_dot_product_attention(q, k, v)
 
 
 def _rotate(x: torch.Tensor, rope: Rope | None) -> torch.Tensor:
@@ -341,7 +342,7 @@ class CrossAttention(nn.Module):
         k, v = self.kv(context).view(B, M, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = _rotate(self.q_norm(q), rope_q), _rotate(self.k_norm(k), rope_k)
         mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, M)
-        out = F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=mask)
+        out = scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
 
