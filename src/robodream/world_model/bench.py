@@ -3,13 +3,15 @@
 Both variants have the same width, depth and *active* parameters per token (each routed
 expert is ``hidden / top_k`` wide, see :class:`~robodream.models.moe.MoEMLP`); they differ
 only in the MLP (MoE vs dense) and the self-attention kernel (3D neighbourhood vs full).
-Measured in one process on the same machine:
+Measured in one process on the same machine, the variants timed round-robin (one call of
+each per round, medians) so that a slow spell of a shared machine hits both alike:
 
 * training step time (forward + backward + AdamW) on random latents of the default clip;
 * sampling time per generated frame (batch 1, the configured Euler steps);
 * memory: peak CUDA memory on a GPU; on a CPU, the bytes autograd saves for backward during
   one training forward (activations, the part that differs between the variants);
-* the self-attention kernel alone (neighbourhood vs full) at the clip's token grid;
+* the self-attention kernel alone (neighbourhood vs full) at the clip's token grid, forward +
+  backward in the training precision;
 * optionally (``data`` and ``tokenizer`` given) held-out PSNR after the same number of
   training steps for each variant, and the routing balance measured on real data.
 """
@@ -51,16 +53,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_time(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up (allocations, kernel selection, flex compilation)
-    times = []
+def _median_times(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each callable, timed round-robin (one call of each per round)
+    so that a slow spell of a shared machine hits every variant alike."""
+    for fn in fns.values():
+        fn()  # warm-up (allocations, kernel selection, flex compilation)
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _random_batch(cfg: WorldModelConfig, batch: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -85,58 +91,76 @@ def _saved_activation_bytes(model: VideoWorldModel, batch: dict, precision: str,
     return total
 
 
-def time_variant(cfg: WorldModelConfig, *, train_steps: int, batch_size: int, sample_repeats: int,
-                 precision: str, device: torch.device) -> dict:
-    """Training-step and sampling timings, parameters and memory of one configuration."""
-    torch.manual_seed(0)
-    model = VideoWorldModel(cfg).to(device)
+def _step_fns(model: VideoWorldModel, cfg: WorldModelConfig, batch: dict, precision: str, device: torch.device):
+    """A training step (forward + backward + AdamW) and a batch-1 sampling call of ``model``."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = _random_batch(cfg, batch_size, device)
     gen = torch.Generator().manual_seed(0)
+    one = {k: v[:1] for k, v in batch.items()}
 
     def train_step():
+        model.train()
         with autocast_context(device, precision):
             loss, _ = model(**batch, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    model.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    step_s = _median_time(train_step, train_steps, device)
-    out = {"train_step_s": step_s, "train_samples_per_s": batch_size / step_s,
-           "n_parameters": sum(p.numel() for p in model.parameters()), "n_active_parameters": active_parameters(model),
-           "train_saved_activations_mib": _saved_activation_bytes(model, batch, precision, device) / 2**20}
-    if device.type == "cuda":
-        out["train_peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    moe = model.moe_layers()
-    if moe:  # routing after the timed steps (random latents)
-        out["expert_assignment_fraction_min"] = float(torch.stack([m.expert_fraction for m in moe]).min())
-    model.eval()
-    one = {k: v[:1] for k, v in batch.items()}
-    n_ctx = cfg.n_context_frames
-
     def sample():
+        model.eval()
         with autocast_context(device, precision):
-            model.sample(one["latents"][:, :n_ctx], one["frame_actions"], one["task_index"],
+            model.sample(one["latents"][:, :cfg.n_context_frames], one["frame_actions"], one["task_index"],
                          generator=torch.Generator().manual_seed(1))
 
-    out["sample_s_per_frame"] = _median_time(sample, sample_repeats, device) / cfg.n_future_frames
+    return train_step, sample
+
+
+def time_variants(cfgs: dict[str, WorldModelConfig], *, train_steps: int, batch_size: int, sample_repeats: int,
+                  precision: str, device: torch.device) -> dict[str, dict]:
+    """Training-step and sampling timings (the variants interleaved), parameters and memory of each configuration."""
+    out: dict[str, dict] = {}
+    models, train_fns, sample_fns = {}, {}, {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(0)
+        models[name] = model = VideoWorldModel(cfg).to(device)
+        batch = _random_batch(cfg, batch_size, device)
+        train_fns[name], sample_fns[name] = _step_fns(model, cfg, batch, precision, device)
+        out[name] = {"n_parameters": sum(p.numel() for p in model.parameters()),
+                     "n_active_parameters": active_parameters(model),
+                     "train_saved_activations_mib": _saved_activation_bytes(model, batch, precision, device) / 2**20}
+    for name, step_s in _median_times(train_fns, train_steps, device).items():
+        out[name].update(train_step_s=step_s, train_samples_per_s=batch_size / step_s)
+    for name, model in models.items():
+        if device.type == "cuda":  # one more step alone, for this variant's own peak
+            torch.cuda.reset_peak_memory_stats(device)
+            train_fns[name]()
+            out[name]["train_peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        moe = model.moe_layers()
+        if moe:  # routing after the timed steps (random latents)
+            out[name]["expert_assignment_fraction_min"] = float(torch.stack([m.expert_fraction for m in moe]).min())
+    for name, s in _median_times(sample_fns, sample_repeats, device).items():
+        out[name]["sample_s_per_frame"] = s / cfgs[name].n_future_frames
     return out
 
 
-def time_attention(cfg: WorldModelConfig, batch_size: int, repeats: int, device: torch.device) -> dict:
-    """The self-attention kernel alone at the clip grid: forward + backward, neighbourhood vs full."""
+def time_attention(cfg: WorldModelConfig, batch_size: int, repeats: int, device: torch.device,
+                   precision: str = "auto") -> dict:
+    """The self-attention kernel alone at the clip grid, forward + backward in the training
+    precision (bf16 autocast unless ``precision="fp32"``): neighbourhood vs full, interleaved."""
     hd, L = cfg.dim // cfg.n_heads, cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
     g = torch.Generator().manual_seed(0)
     qkv = [torch.randn(batch_size, cfg.n_heads, L, hd, generator=g).to(device).requires_grad_(True) for _ in range(3)]
     kernels = {"neighborhood": lambda q, k, v: neighborhood_attention(q, k, v, cfg.grid, cfg.window,
                                                                       backend=cfg.attention_backend),
                "full": full_attention}
-    res = {}
-    for name, fn in kernels.items():
-        res[f"attention_{name}_s"] = _median_time(lambda fn=fn: fn(*qkv).sum().backward(), repeats, device)
+
+    def fwd_bwd(fn):
+        with autocast_context(device, precision):
+            out = fn(*qkv)
+        out.float().sum().backward()
+
+    times = _median_times({name: (lambda fn=fn: fwd_bwd(fn)) for name, fn in kernels.items()}, repeats, device)
+    res = {f"attention_{name}_s": t for name, t in times.items()}
+    res["attention_precision"] = "fp32" if precision == "fp32" else "bf16 autocast"
     res["sparse_over_full_attention_speedup"] = res["attention_full_s"] / res["attention_neighborhood_s"]
     return res
 
@@ -154,12 +178,12 @@ def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_si
                  "grid": list(base.grid), "window": list(base.window), "code": code_version(),
                  "environment": environment_info()}
     cfgs = {name: dataclasses.replace(base, **kw) for name, kw in VARIANTS.items()}
+    log(f"timing {', '.join(cfgs)} (interleaved)")
+    timed = time_variants(cfgs, train_steps=train_steps, batch_size=batch_size, sample_repeats=sample_repeats,
+                          precision=precision, device=dev)
     for name, cfg in cfgs.items():
-        log(f"timing {name}")
-        res[name] = {**time_variant(cfg, train_steps=train_steps, batch_size=batch_size,
-                                    sample_repeats=sample_repeats, precision=precision, device=dev),
-                     "config": dataclasses.asdict(cfg)}
-    res.update(time_attention(cfgs["sparse_moe"], batch_size, max(train_steps, 3), dev))
+        res[name] = {**timed[name], "config": dataclasses.asdict(cfg)}
+    res.update(time_attention(cfgs["sparse_moe"], batch_size, max(train_steps, 3), dev, precision))
     s, f = res["sparse_moe"], res["full_dense"]
     res["sparse_over_full_train_step_speedup"] = f["train_step_s"] / s["train_step_s"]
     res["sparse_over_full_sample_speedup"] = f["sample_s_per_frame"] / s["sample_s_per_frame"]
