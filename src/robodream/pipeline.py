@@ -47,8 +47,8 @@ class Recipe:
     videos_per_task: int = 2
 
 
-#: Sized to finish in under 20 minutes on 2 CPU cores (measured 14.7 min with the default model,
-#: policy training 8.9 of them); the three easiest bench tasks.
+#: Sized to finish in under 20 minutes on 2 CPU cores (measured 13.8 min with the default model,
+#: policy training 8.1 of them); the three easiest bench tasks.
 DEMO = Recipe(
     name="demo",
     tasks=("reach-v3", "button-press-topdown-v3", "drawer-open-v3"),
@@ -61,8 +61,8 @@ DEMO = Recipe(
 )
 
 #: 3000 policy steps at batch 64: tokenizer + policy trained in 71 min on 2 CPU cores with the
-#: default model (benchmarks/RESULTS.md); the ``video_stride = 0`` ablation trains faster (no
-#: video tokens: 23 min for the previous default), inside the 2-hour budget.
+#: default model and the ``video_stride = 0`` ablation (no video tokens) in 18.5 more: 90 min,
+#: inside the 2-hour budget (benchmarks/RESULTS.md).
 SUCCESS_BENCH = Recipe(name="success", policy_train=replace(default_policy_train(), steps=3000))
 
 

@@ -6,8 +6,8 @@ in one process, for
   (a') action-only without the cache (reference path; shows what the cache buys),
   (b) with-video inference (actions and future latents denoised together),
   (c) the ``mask = "full"`` joint model (Motus-style: everything denoised every step),
-  (a'') action-only and (c') the joint model again after ``torch.compile`` of their denoising
-        steps (``speedup_vs_joint_compiled`` compares compiled with compiled).
+  (a'') action-only and (c') the joint model again after ``torch.compile`` of a whole chunk
+        each (``speedup_vs_joint_compiled`` compares compiled with compiled).
 Training throughput (samples/s) and peak resident memory are measured in a fresh
 subprocess so the number is the training step's own footprint.
 """

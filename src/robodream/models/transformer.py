@@ -84,12 +84,12 @@ class Attention(nn.Module):
         B, L, _ = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim)
         qk, wq, wk = qkv[:, :, :2], self.q_norm.weight, self.k_norm.weight  # qk (B, L, 2, nh, hd)
-        if qk.dtype != torch.float32:  # low precision: the mean square in float32 (as F.rms_norm)
+        low = qk.dtype != torch.float32  # low precision: the mean square in float32 (as F.rms_norm)
+        if low:
             qk = qk.float()
-            qk = (qk * torch.rsqrt(qk.square().mean(-1, keepdim=True) + self.q_norm.eps)).to(qkv.dtype)
-            wq, wk = wq.to(qkv.dtype), wk.to(qkv.dtype)
-        else:
-            qk = qk * torch.rsqrt(qk.square().mean(-1, keepdim=True) + self.q_norm.eps)
+        qk = qk * torch.rsqrt(qk.square().mean(-1, keepdim=True) + self.q_norm.eps)
+        if low:
+            qk, wq, wk = qk.to(qkv.dtype), wq.to(qkv.dtype), wk.to(qkv.dtype)
         return (qk[:, :, 0] * wq).transpose(1, 2), (qk[:, :, 1] * wk).transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def project_out(self, out: torch.Tensor) -> torch.Tensor:

@@ -455,8 +455,7 @@ class GigaWorldPolicy(nn.Module):
 
         # Conditioning of every step at once, noisy (B, n, D): each layer's modulation is
         # computed once here, not once per step.
-        task = self.task_embedding(task_index).unsqueeze(1)
-        cond_noisy = self.time_embedding(times[:-1].to(dev).view(1, -1)) + task
+        cond_noisy = self._cond(times[:-1].to(dev).expand(B, n), task_index)
         noisy: tuple[int, ...] = (ACTION,) if f is None else (ACTION, FUTURE)
         mods_noisy = self._modulations(noisy, [cond_noisy] * len(noisy))  # (B, n, 6 D_seg)
         act_mod = self.action_out.modulate(cond_noisy)
@@ -467,7 +466,7 @@ class GigaWorldPolicy(nn.Module):
             mask = block_causal_mask(self.groups[P:P + n_noisy], self.groups[:P + n_noisy], cfg.mask).to(dev)
         else:  # joint model, or the uncached reference path: the prefix is recomputed every step
             kv, prefix = None, self._embed_prefix(state, ref_latents)
-            cond_clean = self.time_embedding(torch.zeros(1, 1, device=dev)) + task
+            cond_clean = self._cond(torch.zeros(B, 1, device=dev), task_index)
             mods_clean = self._modulations((PREFIX,), [cond_clean])  # (B, 1, 6D)
             groups = self.groups[:P + n_noisy]
             mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
