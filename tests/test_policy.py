@@ -192,8 +192,8 @@ def test_compiled_action_only_matches_eager(expert):
 
 
 def test_step_modulation_cache_follows_the_weights():
-    """sample() caches the per-step modulations of a task across calls; new weights (load, an
-    in-place optimiser/EMA update, a copy) are never served stale ones."""
+    """sample() caches the modulations of a task across calls; new weights (load, an in-place
+    optimiser/EMA update, a copy) are never served stale ones."""
     cfg = tiny_cfg()
     m, other = random_policy(cfg, seed=0), random_policy(cfg, seed=5)
     state, ref, task, _, _ = inputs(cfg, B=1)
@@ -214,6 +214,9 @@ def test_step_modulation_cache_follows_the_weights():
         m.action_blocks[0].modulation.bias.add_(0.3)
     torch.testing.assert_close(act(m), reference(m), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(act(m), reference(other), atol=1e-3)
+    with torch.no_grad():  # a wide block: the clean prefix's modulation (cached too) changes
+        m.blocks[0].modulation.bias.add_(0.3)
+    torch.testing.assert_close(act(m), reference(m), rtol=1e-5, atol=1e-5)
     twin = copy.deepcopy(m)
     with torch.no_grad():
         twin.task_embedding.weight.mul_(-1.0)
@@ -222,6 +225,30 @@ def test_step_modulation_cache_follows_the_weights():
         fresh = GigaWorldPolicy(cfg)
         fresh.load_state_dict(m.state_dict())
         torch.testing.assert_close(act(fresh), reference(m), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask,mode", [("block_causal", "with_video"), ("full", "joint")])
+def test_video_mode_modulation_cache_follows_the_weights(mask, mode):
+    """With-video and joint sampling take their modulations from the same cache: after an
+    in-place weight update a model samples what a fresh copy of it (nothing cached) does."""
+    cfg = tiny_cfg(depth=1, mask=mask)
+    m = random_policy(cfg)
+    state, ref, task, _, _ = inputs(cfg)
+    noise = torch.randn(3, cfg.horizon, cfg.action_dim)
+    fn = torch.randn(3, cfg.n_future_tokens, cfg.patch_dim)
+
+    def run(model):
+        out = model.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn)
+        return torch.cat([out.actions.flatten(), out.future_latents.flatten()])
+
+    before = run(m)
+    torch.testing.assert_close(run(m), before)
+    with torch.no_grad():
+        m.blocks[0].modulation.bias.add_(0.3)
+        m.latent_out.modulation.weight.mul_(2.0)
+    after = run(m)
+    torch.testing.assert_close(after, run(copy.deepcopy(m)), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after, before, atol=1e-3)
 
 
 def test_compiled_joint_and_with_video_match_eager():

@@ -149,7 +149,7 @@ def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, ep
     return torch.addcmul(shift, F.layer_norm(x, (D,), eps=eps), scale)
 
 
-def _split(mod: torch.Tensor | tuple, n_chunks: int) -> tuple[torch.Tensor, ...]:
+def split_modulation(mod: torch.Tensor | tuple, n_chunks: int) -> tuple[torch.Tensor, ...]:
     """A modulation's parts: (B, L, n D) chunked, a stacked (n, B, 1, D) unbound, a tuple as is."""
     if isinstance(mod, tuple):
         return mod
@@ -207,7 +207,7 @@ class AdaLNBlock(nn.Module):
         Returns:
             (B, L, D) and this block's keys/values for ``x`` (for caching).
         """
-        shift1, scale1, gate1, shift2, scale2, gate2 = _split(mod, 6)
+        shift1, scale1, gate1, shift2, scale2, gate2 = split_modulation(mod, 6)
         h, kv = self.attn(modulated_norm(x, shift1, scale1), mask=mask, kv_prefix=kv_prefix)
         x = torch.addcmul(x, gate1, h)
         x = torch.addcmul(x, gate2, self.mlp(modulated_norm(x, shift2, scale2)))
@@ -279,7 +279,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), mod (B, L or 1, 2D) or its two parts (see :meth:`AdaLNBlock.forward`) -> (B, L, out)."""
-        shift, scale = _split(mod, 2)
+        shift, scale = split_modulation(mod, 2)
         return self.linear(modulated_norm(x, shift, scale))
 
 

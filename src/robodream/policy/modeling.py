@@ -41,6 +41,7 @@ from robodream.models.transformer import (
     TimestepEmbedding,
     modulated_norm,
     multi_stream_block,
+    split_modulation,
 )
 from robodream.policy.configuration import PolicyConfig
 
@@ -279,13 +280,15 @@ class GigaWorldPolicy(nn.Module):
         return torch.addcmul(a, dt, self.action_out(x, act_mod))
 
     def _action_only_chunk(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
-                           a: torch.Tensor, step_mods: list, step_act: list, dts: torch.Tensor) -> torch.Tensor:
+                           a: torch.Tensor, prefix_mods: list | torch.Tensor, step_mods: list, step_act: list,
+                           dts: torch.Tensor) -> torch.Tensor:
         """Action-only inference of one chunk: encode the clean prefix once, then ``len(step_mods)``
         Euler steps of the action tokens on its cached keys/values. a: (B, H, action_dim) noise
-        -> the denoised chunk; ``step_mods``/``step_act`` from :meth:`_action_step_modulations`
-        (indexed ``step_mods[k][layer]``, ``step_act[k]``);
-        dts: (n, 1, 1, 1). One function so that :meth:`compile_inference` compiles it whole."""
-        kv = self.encode_prefix(state, ref_latents, task_index)
+        -> the denoised chunk; ``prefix_mods``, ``step_mods``, ``step_act`` from
+        :meth:`_inference_modulations` (indexed ``prefix_mods[layer]``, ``step_mods[k][layer]``,
+        ``step_act[k]``); dts: (n, 1, 1, 1). One function so that :meth:`compile_inference`
+        compiles it whole."""
+        kv = self.encode_prefix(state, ref_latents, task_index, prefix_mods)
         for k in range(len(step_mods)):
             a = self._action_only_step(a, kv, step_mods[k], step_act[k], dts[k])
         return a
@@ -334,68 +337,107 @@ class GigaWorldPolicy(nn.Module):
             self.__dict__[f"_compiled{name}"] = torch.compile(getattr(self, name), dynamic=False,
                                                               options={"freezing": True})
 
-    def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor) -> list[KV]:
+    def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
+                      mods: list | torch.Tensor | None = None) -> list[KV]:
         """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd).
 
+        ``mods``: the blocks' clean (t = 0) modulations, one per block as in
+        :meth:`AdaLNBlock.forward` (a stacked (depth, 6, B, 1, D) tensor also works); computed
+        here when None (:meth:`sample` passes cached ones, see :meth:`_inference_modulations`).
         The last block's prefix outputs are never read (only its keys/values), so that block
         stops after its key/value projection.
         """
-        cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
+        if mods is None:
+            cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
+            mods = [blk.modulate(cond) for blk in self.blocks]
         x = self._embed_prefix(state, ref_latents)
         kvs: list[KV] = []
         for i, blk in enumerate(self.blocks):
-            mod = blk.modulate(cond)
             if i < len(self.blocks) - 1:
-                x, kv = blk(x, mod)
+                x, kv = blk(x, mods[i])
             else:
-                shift, scale = mod.chunk(6, dim=-1)[:2]
+                shift, scale = split_modulation(mods[i], 6)[:2]
                 kv = blk.attn.project_qkv(modulated_norm(x, shift, scale))[1:]
             kvs.append(kv)
         return kvs
 
-    def _action_step_modulations(self, task_index: torch.Tensor, times: torch.Tensor, split: bool) -> tuple:
-        """Per Euler step, the action blocks' and read-out's modulations for ``task_index`` (B,).
+    def _conditioning_parameters(self) -> list[nn.Parameter]:
+        """Every parameter the AdaLN modulations are computed from (embeddings, modulation layers)."""
+        modules = [self.time_embedding, self.task_embedding, self.action_out.modulation,
+                   *(b.modulation for b in self.blocks), *(b.modulation for b in self.action_blocks or ())]
+        if self.latent_out is not None:
+            modules.append(self.latent_out.modulation)
+        return [p for m in modules for p in m.parameters()]
+
+    def _inference_modulations(self, task_index: torch.Tensor, times: torch.Tensor, kind: str) -> tuple:
+        """Every AdaLN modulation one :meth:`sample` call needs, for ``task_index`` (B,) and the
+        Euler schedule ``times`` (n + 1,).
 
         They depend only on the task, the step times and the weights, not on the observation,
         so they are cached across calls (closed-loop control asks for the same task every
-        chunk). The cache key holds the storage and version counter of every parameter they
-        are computed from, so an optimiser or EMA step, ``load_state_dict``, a copy of the
-        model or a move to another device recomputes them (weights created under
-        ``torch.inference_mode`` have no version counter and are never cached).
+        chunk; the joint model and with-video mode are cached alike, so the benchmark's ratios
+        compare like with like). The cache key holds the storage and version counter of every
+        parameter they are computed from, so an optimiser or EMA step, ``load_state_dict``, a
+        copy of the model or a move to another device recomputes them (weights created under
+        ``torch.inference_mode`` have no version counter and are never cached). One entry per
+        ``kind``.
 
-        Returns:
-            ``(mods, act)``: stacked, mods (n, depth, 6, B, 1, Da) and act (n, 2, B, 1, Da) — few
-            inputs for a compiled chunk; or with ``split``, nested lists ``mods[k][i]`` /
-            ``act[k]`` of tuples of the parts, (Da,) vectors at batch 1 (eager calls skip the
-            per-block chunking).
+        Kinds and returns:
+            ``"action_split"`` / ``"action_stacked"`` (action-only; eager / compiled chunk):
+            ``(prefix, mods, act)``. Stacked: prefix (depth, 6, B, 1, D), mods
+            (n, depth, 6, B, 1, Da), act (n, 2, B, 1, Da) — few inputs for a compiled chunk.
+            Split: nested lists ``prefix[i]``, ``mods[k][i]``, ``act[k]`` of tuples of the
+            parts, (D,) vectors at batch 1 (eager calls skip the per-block chunking).
+            ``"with_video"`` / ``"joint"``: ``(prefix, step_mods, act_mods, lat_mods)`` with
+            ``step_mods[k][i][j]`` layer i's modulation of segment j at step k, (B, 1, 6 D_j)
+            (``[PREFIX, ACTION, FUTURE]`` for joint, whose prefix runs every step at t = 0,
+            ``[ACTION, FUTURE]`` for with-video, whose cached prefix takes ``prefix``:
+            per block (B, 1, 6D)), and per step (B, 1, 2D) read-out modulations.
         """
-        blocks = self.action_blocks or self.blocks
-        params = [*self.time_embedding.parameters(), *self.task_embedding.parameters(),
-                  *self.action_out.modulation.parameters(), *(p for b in blocks for p in b.modulation.parameters())]
-        cache = self.__dict__.setdefault("_action_mod_cache", {})
+        params = self._conditioning_parameters()
+        cache = self.__dict__.setdefault("_modulation_cache", {})
         # Inference tensors (weights created under torch.inference_mode) have no version
         # counter: nothing is cached for them.
         key = None if any(p.is_inference() for p in params) else (
-            tuple(task_index.tolist()), tuple(times.tolist()), split,
-            tuple((p.data_ptr(), p._version) for p in params))
-        if key is not None and key in cache:
-            return cache[key]
-        B, n = len(task_index), len(times) - 1
-        cond = self._cond(times[:-1].to(task_index.device).expand(B, n), task_index)  # (B, n, D)
-        Da = self.cfg.action_width
+            tuple(task_index.tolist()), tuple(times.tolist()), tuple((p.data_ptr(), p._version) for p in params))
+        if key is not None and kind in cache and cache[kind][0] == key:
+            return cache[kind][1]
+        out = self._compute_modulations(task_index, times, kind)
+        if key is not None:
+            cache[kind] = (key, out)
+        return out
+
+    def _compute_modulations(self, task_index: torch.Tensor, times: torch.Tensor, kind: str) -> tuple:
+        """Uncached body of :meth:`_inference_modulations` (same arguments and returns)."""
+        B, n, dev = len(task_index), len(times) - 1, task_index.device
+        D, Da = self.cfg.dim, self.cfg.action_width
+        cond_clean = self._cond(torch.zeros(B, 1, device=dev), task_index)  # (B, 1, D)
+        cond = self._cond(times[:-1].to(dev).expand(B, n), task_index)  # (B, n, D)
+        prefix = [blk.modulate(cond_clean) for blk in self.blocks]  # (B, 1, 6D) each
+        if kind == "joint" or kind == "with_video":
+            noisy = (ACTION, FUTURE)
+            mods_noisy = self._modulations(noisy, [cond] * len(noisy))  # (B, n, 6 D_seg)
+            act, lat = self.action_out.modulate(cond), self.latent_out.modulate(cond)
+            step_mods = []
+            for k in range(n):
+                mods = [[m[:, k:k + 1] for m in layer] for layer in mods_noisy]
+                if kind == "joint":  # the prefix segment first, at t = 0
+                    mods = [[mc] + m for mc, m in zip(prefix, mods)]
+                step_mods.append(mods)
+            return (prefix, step_mods, [act[:, k:k + 1] for k in range(n)], [lat[:, k:k + 1] for k in range(n)])
+        if kind not in ("action_split", "action_stacked"):
+            raise ValueError(f"unknown modulation kind {kind!r}")
+        blocks = self.action_blocks or self.blocks
+        prefix = torch.stack(prefix).view(len(self.blocks), B, 6, 1, D).transpose(1, 2)  # (depth, 6, B, 1, D)
         mods = torch.stack([blk.modulate(cond) for blk in blocks])  # (depth, B, n, 6 Da)
         mods = mods.view(len(blocks), B, n, 6, 1, Da).permute(2, 0, 3, 1, 4, 5)  # (n, depth, 6, B, 1, Da)
         act = self.action_out.modulate(cond).view(B, n, 2, 1, Da).permute(1, 2, 0, 3, 4)  # (n, 2, B, 1, Da)
-        if split:
-            shape = (-1, Da) if B == 1 else (-1, B, 1, Da)
-            mods = [[tuple(m.reshape(shape).unbind(0)) for m in step] for step in mods.unbind(0)]
-            act = [tuple(a.reshape(shape).unbind(0)) for a in act.unbind(0)]
-        else:
-            mods, act = mods.contiguous(), act.contiguous()
-        if key is not None:
-            cache.clear()  # one entry: the current task and weights
-            cache[key] = (mods, act)
-        return mods, act
+        if kind == "action_split":
+            def parts(m: torch.Tensor, width: int) -> tuple:
+                return tuple(m.reshape((-1, width) if B == 1 else (-1, B, 1, width)).unbind(0))
+            return ([parts(m, D) for m in prefix], [[parts(m, Da) for m in step] for step in mods],
+                    [parts(a, Da) for a in act])
+        return prefix.contiguous(), mods.contiguous(), act.contiguous()
 
     @torch.no_grad()
     def sample(
@@ -448,38 +490,36 @@ class GigaWorldPolicy(nn.Module):
         if f is None and cached:  # the GigaWorld-Policy fast path: action tokens only
             # A compiled chunk takes the stacked modulations (few inputs to guard), eager calls
             # the pre-split ones.
-            compiled = "_compiled_action_only_chunk" in self.__dict__
-            step_mods, step_act = self._action_step_modulations(task_index, times, split=not compiled)
+            kind = "action_stacked" if "_compiled_action_only_chunk" in self.__dict__ else "action_split"
+            prefix_mods, step_mods, step_act = self._inference_modulations(task_index, times, kind)
             return PolicyOutput(actions=self._step("_action_only_chunk")(
-                state, ref_latents, task_index, a, step_mods, step_act, dts))
+                state, ref_latents, task_index, a, prefix_mods, step_mods, step_act, dts))
 
-        # Conditioning of every step at once, noisy (B, n, D): each layer's modulation is
-        # computed once here, not once per step.
-        cond_noisy = self._cond(times[:-1].to(dev).expand(B, n), task_index)
-        noisy: tuple[int, ...] = (ACTION,) if f is None else (ACTION, FUTURE)
-        mods_noisy = self._modulations(noisy, [cond_noisy] * len(noisy))  # (B, n, 6 D_seg)
-        act_mod = self.action_out.modulate(cond_noisy)
-        P, n_noisy = cfg.n_prefix_tokens, cfg.horizon + (0 if f is None else cfg.n_future_tokens)
-        lat_mod = self.latent_out.modulate(cond_noisy) if f is not None else None
+        P = cfg.n_prefix_tokens
+        if f is None:  # uncached action-only reference path: every modulation recomputed
+            prefix = self._embed_prefix(state, ref_latents)
+            cond = self._cond(torch.cat([torch.zeros(1), times[:-1]]).to(dev).expand(B, n + 1), task_index)
+            mods = self._modulations((PREFIX, ACTION), [cond[:, :1], cond[:, 1:]])  # (B, 1 | n, 6 D_seg)
+            act_mod = self.action_out.modulate(cond[:, 1:])
+            groups = self.groups[:P + cfg.horizon]
+            mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
+            for k in range(n):
+                step = [[mp, ma[:, k:k + 1]] for mp, ma in mods]
+                _, x = self._blocks([prefix, self._embed_actions(a)], (PREFIX, ACTION), step, mask=mask)
+                a = torch.addcmul(a, dts[k], self.action_out(x, act_mod[:, k:k + 1]))
+            return PolicyOutput(actions=a)
+
+        # With-video and joint: every step's modulations from the cache ("joint" holds the
+        # prefix segment's too, for paths that recompute the prefix every step).
+        kind = "with_video" if cached else "joint"
+        prefix_mods, step_mods, act_mods, lat_mods = self._inference_modulations(task_index, times, kind)
+        n_noisy = cfg.horizon + cfg.n_future_tokens
         if cached:  # with-video: actions and future tokens denoised on the cached prefix
-            kv, prefix, mods_clean = self._step("encode_prefix")(state, ref_latents, task_index), None, None
+            kv, prefix = self._step("encode_prefix")(state, ref_latents, task_index, prefix_mods), None
             mask = block_causal_mask(self.groups[P:P + n_noisy], self.groups[:P + n_noisy], cfg.mask).to(dev)
-        else:  # joint model, or the uncached reference path: the prefix is recomputed every step
+        else:  # joint model: the prefix is recomputed every step
             kv, prefix = None, self._embed_prefix(state, ref_latents)
-            cond_clean = self._cond(torch.zeros(B, 1, device=dev), task_index)
-            mods_clean = self._modulations((PREFIX,), [cond_clean])  # (B, 1, 6D)
             groups = self.groups[:P + n_noisy]
             mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
-        step_mods = []
-        for k in range(n):
-            mods = [[m[:, k:k + 1] for m in layer] for layer in mods_noisy]
-            step_mods.append(mods if mods_clean is None else [mc + m for mc, m in zip(mods_clean, mods)])
-        act_mods = [act_mod[:, k:k + 1] for k in range(n)]
-        if f is None:  # uncached action-only reference path
-            for k in range(n):
-                _, x = self._blocks([prefix, self._embed_actions(a)], (PREFIX, ACTION), step_mods[k], mask=mask)
-                a = torch.addcmul(a, dts[k], self.action_out(x, act_mods[k]))
-            return PolicyOutput(actions=a)
-        a, f = self._step("_video_chunk")(a, f, prefix, kv, step_mods, mask, act_mods,
-                                          [lat_mod[:, k:k + 1] for k in range(n)], dts)
+        a, f = self._step("_video_chunk")(a, f, prefix, kv, step_mods, mask, act_mods, lat_mods, dts)
         return PolicyOutput(actions=a, future_latents=self._unpatchify(f))
