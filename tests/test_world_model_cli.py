@@ -146,3 +146,6 @@ def test_bench_world_model(work, tmp_path):
     for name in ("sparse_moe", "full_dense"):
         assert len(r[name]["psnr_by_horizon"]) == 2 and r[name]["train_saved_activations_mib"] > 0
     assert "sparse/full speedup" in res.output
+    clips = r["attention_by_clip"]
+    assert [c["n_frames"] for c in clips] == [3, 5, 9]  # 1 context + 2, 4, 8 predicted frames
+    assert all(c["sparse_over_full_attention_speedup"] > 0 for c in clips)

@@ -11,7 +11,8 @@ each per round, medians) so that a slow spell of a shared machine hits both alik
 * memory: peak CUDA memory on a GPU; on a CPU, the bytes autograd saves for backward during
   one training forward (activations, the part that differs between the variants);
 * the self-attention kernel alone (neighbourhood vs full) at the clip's token grid, forward +
-  backward in the training precision;
+  backward in the training precision, and again for clips of 2x and 4x the predicted frames
+  (same window), which shows from what clip length the sparse kernel pays off;
 * optionally (``data`` and ``tokenizer`` given) held-out PSNR after the same number of
   training steps for each variant, and the routing balance measured on real data.
 """
@@ -165,6 +166,21 @@ def time_attention(cfg: WorldModelConfig, batch_size: int, repeats: int, device:
     return res
 
 
+def attention_by_clip(cfg: WorldModelConfig, batch_size: int, repeats: int, device: torch.device,
+                      precision: str = "auto", factors: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
+    """:func:`time_attention` for clips of ``factor x`` the configured predicted frames (same
+    spatial grid and window): one row per factor with the grid, token count, both kernel
+    times (s) and ``sparse_over_full_attention_speedup``."""
+    rows = []
+    for f in factors:
+        c = dataclasses.replace(cfg, n_future_frames=cfg.n_future_frames * f)
+        r = time_attention(c, batch_size, repeats, device, precision)
+        rows.append({"n_frames": c.n_frames, "grid": list(c.grid), "tokens": c.grid[0] * c.grid[1] * c.grid[2],
+                     **{k: r[k] for k in ("attention_neighborhood_s", "attention_full_s",
+                                          "sparse_over_full_attention_speedup")}})
+    return rows
+
+
 def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_size: int = 16, sample_repeats: int = 3,
                       threads: int = 0, precision: str = "auto", device: str = "auto",
                       data: list[str] | None = None, tokenizer: str | None = None, quality_steps: int = 0,
@@ -184,6 +200,7 @@ def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_si
     for name, cfg in cfgs.items():
         res[name] = {**timed[name], "config": dataclasses.asdict(cfg)}
     res.update(time_attention(cfgs["sparse_moe"], batch_size, max(train_steps, 3), dev, precision))
+    res["attention_by_clip"] = attention_by_clip(cfgs["sparse_moe"], batch_size, max(train_steps, 3), dev, precision)
     s, f = res["sparse_moe"], res["full_dense"]
     res["sparse_over_full_train_step_speedup"] = f["train_step_s"] / s["train_step_s"]
     res["sparse_over_full_sample_speedup"] = f["sample_s_per_frame"] / s["sample_s_per_frame"]

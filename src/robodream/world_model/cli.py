@@ -176,6 +176,10 @@ def bench_world_model_cmd(
     print_table(f"world model on {r['device']}, {r['threads']} thread(s), grid {tuple(r['grid'])}",
                 ["variant", "train step s", "sample s/frame", "saved activations MiB", "active params", "params",
                  "held-out PSNR"], rows)
+    print_table("self-attention kernel, forward + backward, by clip length",
+                ["frames", "grid", "tokens", "neighbourhood s", "full s", "sparse/full speedup"],
+                [[c["n_frames"], "x".join(map(str, c["grid"])), c["tokens"], c["attention_neighborhood_s"],
+                  c["attention_full_s"], c["sparse_over_full_attention_speedup"]] for c in r["attention_by_clip"]])
     out_console.print(f"sparse/full speedup: train step {r['sparse_over_full_train_step_speedup']:.2f}x, sampling "
                       f"{r['sparse_over_full_sample_speedup']:.2f}x, attention kernel "
                       f"{r['sparse_over_full_attention_speedup']:.2f}x; least-used expert "
