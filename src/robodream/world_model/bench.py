@@ -146,10 +146,14 @@ def time_variants(cfgs: dict[str, WorldModelConfig], *, train_steps: int, batch_
 def time_attention(cfg: WorldModelConfig, batch_size: int, repeats: int, device: torch.device,
                    precision: str = "auto") -> dict:
     """The self-attention kernel alone at the clip grid, forward + backward in the training
-    precision (bf16 autocast unless ``precision="fp32"``): neighbourhood vs full, interleaved."""
+    precision (bf16 autocast unless ``precision="fp32"``): neighbourhood vs full, interleaved.
+    Queries, keys and values come in the dtype the model gives the kernel (bf16 under
+    autocast: they leave a bf16 projection and RoPE keeps their dtype)."""
     hd, L = cfg.dim // cfg.n_heads, cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
     g = torch.Generator().manual_seed(0)
-    qkv = [torch.randn(batch_size, cfg.n_heads, L, hd, generator=g).to(device).requires_grad_(True) for _ in range(3)]
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    qkv = [torch.randn(batch_size, cfg.n_heads, L, hd, generator=g).to(device, dtype).requires_grad_(True)
+           for _ in range(3)]
     kernels = {"neighborhood": lambda q, k, v: neighborhood_attention(q, k, v, cfg.grid, cfg.window,
                                                                       backend=cfg.attention_backend),
                "full": full_attention}
