@@ -180,10 +180,11 @@ def bench_world_model_cmd(
                 ["frames", "grid", "tokens", "neighbourhood s", "full s", "sparse/full speedup"],
                 [[c["n_frames"], "x".join(map(str, c["grid"])), c["tokens"], c["attention_neighborhood_s"],
                   c["attention_full_s"], c["sparse_over_full_attention_speedup"]] for c in r["attention_by_clip"]])
+    least = "n/a" if r.get("expert_token_fraction_min") is None else f"{r['expert_token_fraction_min']:.2f}"
     out_console.print(f"sparse/full speedup: train step {r['sparse_over_full_train_step_speedup']:.2f}x, sampling "
                       f"{r['sparse_over_full_sample_speedup']:.2f}x, attention kernel "
-                      f"{r['sparse_over_full_attention_speedup']:.2f}x; least-used expert "
-                      f"{r.get('expert_token_fraction_min')} of tokens; written to {out}")
+                      f"{r['sparse_over_full_attention_speedup']:.2f}x; least-used expert {least} of tokens "
+                      f"(balanced: {cfg.top_k / cfg.n_experts:.2f}); written to {out}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
