@@ -217,6 +217,11 @@ def test_step_modulation_cache_follows_the_weights():
     with torch.no_grad():  # a wide block: the clean prefix's modulation (cached too) changes
         m.blocks[0].modulation.bias.add_(0.3)
     torch.testing.assert_close(act(m), reference(m), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        m.blocks[1].modulation.bias.add_(0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # modulations rounded to bf16 here ...
+        act(m)
+    torch.testing.assert_close(act(m), reference(m), rtol=1e-5, atol=1e-5)  # ... never served to fp32 calls
     twin = copy.deepcopy(m)
     with torch.no_grad():
         twin.task_embedding.weight.mul_(-1.0)

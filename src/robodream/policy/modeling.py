@@ -379,8 +379,8 @@ class GigaWorldPolicy(nn.Module):
         compare like with like). The cache key holds the storage and version counter of every
         parameter they are computed from, so an optimiser or EMA step, ``load_state_dict``, a
         copy of the model or a move to another device recomputes them (weights created under
-        ``torch.inference_mode`` have no version counter and are never cached). One entry per
-        ``kind``.
+        ``torch.inference_mode`` have no version counter and are never cached); the device and
+        the autocast dtype are part of the key too. One entry per ``kind``.
 
         Kinds and returns:
             ``"action_split"`` / ``"action_stacked"`` (action-only; eager / compiled chunk):
@@ -396,10 +396,13 @@ class GigaWorldPolicy(nn.Module):
         """
         params = self._conditioning_parameters()
         cache = self.__dict__.setdefault("_modulation_cache", {})
+        dev = task_index.device.type
         # Inference tensors (weights created under torch.inference_mode) have no version
-        # counter: nothing is cached for them.
+        # counter: nothing is cached for them. An autocast region computes in another dtype.
         key = None if any(p.is_inference() for p in params) else (
-            tuple(task_index.tolist()), tuple(times.tolist()), tuple((p.data_ptr(), p._version) for p in params))
+            tuple(task_index.tolist()), tuple(times.tolist()), str(task_index.device),
+            torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev),
+            tuple((p.data_ptr(), p._version) for p in params))
         if key is not None and kind in cache and cache[kind][0] == key:
             return cache[kind][1]
         out = self._compute_modulations(task_index, times, kind)
