@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from robodream.models.moe import MoEMLP, load_balance_loss
+from robodream.models.moe import MoEMLP, bucket, load_balance_loss
 from robodream.models.neighborhood import (
     choose_tiles,
     flex_available,
@@ -162,6 +164,40 @@ def test_moe_routing_on_known_inputs():
     torch.testing.assert_close(moe.aux_loss, expected_aux)
     moe.aux_loss.backward()  # the balance loss reaches the router
     assert moe.router.weight.grad is not None and moe.router.weight.grad.abs().sum() > 0
+
+
+def test_moe_padded_dispatch_equals_per_token_reference():
+    """Outputs and gradients (input, experts, router) of the bucketed, padded dispatch equal a
+    per-token loop; an expert that receives no token still gets (zero) gradients."""
+    torch.manual_seed(0)
+    D, E, N = 8, 4, 37
+    moe = MoEMLP(D, hidden=16, n_experts=E, top_k=2)
+    with torch.no_grad():  # no token picks expert 3: its router logit is always lowest
+        moe.router.weight[3] = -5 * moe.router.weight[:3].abs().sum(0) - 1
+    x = torch.rand(N, D, requires_grad=True)  # positive inputs keep expert 3's logit lowest
+    ref_moe = copy.deepcopy(moe)
+    xr = x.detach().clone().requires_grad_(True)
+    _, index, weight = ref_moe.route(xr)
+    assert 3 not in index.tolist()
+    ref = torch.stack([sum(weight[i, j] * ref_moe.experts[int(index[i, j])](xr[i]) for j in range(2))
+                       for i in range(N)])
+    out = moe(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn(N, D)
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    for p, q in zip(moe.parameters(), ref_moe.parameters()):
+        torch.testing.assert_close(p.grad if p.grad is not None else torch.zeros_like(p),
+                                   q.grad if q.grad is not None else torch.zeros_like(q))
+    assert all(p.grad is not None and not p.grad.any() for p in moe.experts[3].parameters())
+
+
+def test_moe_bucket_sizes():
+    for n in range(1, 5000):
+        b = bucket(n)
+        assert n <= b <= max(n + 7, n * 9 // 8)
+    assert len({bucket(n) for n in range(1025, 2049)}) == 8  # 8 sizes per octave
 
 
 def test_moe_shared_expert_and_active_parameters():

@@ -15,11 +15,19 @@ layer to its loss.
 
 Experts are sized so the *active* parameters per token match a dense MLP of hidden size
 ``hidden``: each routed expert has ``hidden / top_k`` (or ``hidden / (top_k + 1)`` with a
-shared expert, which gets the same size). The dispatch loops over experts and gathers
-each expert's tokens, so compute is proportional to active, not total, parameters.
+shared expert, which gets the same size). The dispatch gathers each expert's tokens into a
+contiguous slice of one batch, so compute is proportional to active, not total, parameters.
+Each slice's length is rounded up to a bucket (:func:`bucket`): with exact lengths every
+routing outcome gave the CPU matmul library (oneDNN) new shapes, whose kernels it builds
+and caches anew. On 2 CPU cores that made a bf16 training step of the default world model
+slower (0.51-0.58 s vs 0.34-0.46 s bucketed, batch 16, alternating processes) and, by
+evicting their cached kernels, slowed other models in the same process by ~40% (see
+benchmarks/RESULTS.md, 2026-11-22).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -37,6 +45,88 @@ def load_balance_loss(probs: torch.Tensor, expert_index: torch.Tensor, n_experts
     """
     f = torch.bincount(expert_index.reshape(-1), minlength=n_experts).to(probs.dtype) / expert_index.numel()  # (E,)
     return n_experts * (f * probs.mean(0)).sum()
+
+
+def _input_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the autocast dtype when autocast is on (the experts' linears would cast it
+    anyway, once per expert): halves the bytes the dispatch gathers."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
+def bucket(n: int) -> int:
+    """``n`` rounded up to a multiple of max(8, 2^floor(log2 n) / 8): at most 12.5% padding
+    and at most 8 distinct sizes per octave."""
+    step = max(8, (1 << max(n, 1).bit_length()) >> 4)
+    return -(-n // step) * step
+
+
+class DispatchPlan(NamedTuple):
+    """Where each routing assignment goes in the padded expert batch.
+
+    sizes: padded rows per expert (E,), summing to P.
+    token: (P,) token index of each padded row; N (a zero row) for padding.
+    pos: (N*k,) padded row of each (token, slot) assignment.
+    src: (P,) assignment of each padded row; N*k (a zero row) for padding.
+    """
+
+    sizes: list[int]
+    token: torch.Tensor
+    pos: torch.Tensor
+    src: torch.Tensor
+
+
+def _dispatch_plan(index: torch.Tensor, n_experts: int, counts: list[int]) -> DispatchPlan:
+    """The padded, expert-grouped layout of N tokens' top-k choices ``index`` (N, k)."""
+    N, k = index.shape
+    dev, A = index.device, index.numel()
+    flat = index.reshape(-1)
+    order = torch.argsort(flat, stable=True)  # assignments grouped by expert
+    sizes = [bucket(n) if n else 0 for n in counts]
+    start = torch.tensor([0] + counts[:-1], device=dev).cumsum(0)
+    off = torch.tensor([0] + sizes[:-1], device=dev).cumsum(0)
+    e = flat[order]
+    pos_sorted = torch.arange(A, device=dev) - start[e] + off[e]  # padded row of each sorted assignment
+    pos = torch.empty_like(order)
+    pos[order] = pos_sorted
+    src = torch.full((sum(sizes),), A, dtype=torch.long, device=dev)
+    src[pos_sorted] = order
+    token = torch.where(src < A, torch.div(src, k, rounding_mode="floor"), N)
+    return DispatchPlan(sizes, token, pos, src)
+
+
+def _with_zero_row(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros(1, x.shape[-1])])
+
+
+class _Dispatch(torch.autograd.Function):
+    """Tokens x (N, D) -> padded expert batch (P, D); backward: gather each token's k rows and sum."""
+
+    @staticmethod
+    def forward(ctx, x, plan: DispatchPlan, k: int):
+        ctx.save_for_backward(plan.pos)
+        ctx.k = k
+        return _with_zero_row(x).index_select(0, plan.token)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (pos,) = ctx.saved_tensors
+        return grad.index_select(0, pos).view(-1, ctx.k, grad.shape[-1]).sum(1), None, None
+
+
+class _Combine(torch.autograd.Function):
+    """Padded expert outputs (P, D) -> (N*k, D) in (token, slot) order; backward: the inverse gather."""
+
+    @staticmethod
+    def forward(ctx, y, plan: DispatchPlan):
+        ctx.save_for_backward(plan.src)
+        return y.index_select(0, plan.pos)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (src,) = ctx.saved_tensors
+        return _with_zero_row(grad).index_select(0, src), None
 
 
 class MoEMLP(nn.Module):
@@ -85,20 +175,19 @@ class MoEMLP(nn.Module):
         with torch.no_grad():
             counts = torch.bincount(index.reshape(-1), minlength=self.n_experts).float()
             self.expert_fraction = counts / counts.sum()
-        out = torch.zeros_like(xf)
+        # Dispatch: the N*k (token, slot) assignments grouped by expert into one padded
+        # (P, D) matrix, expert e's rows a contiguous slice whose length is rounded up to a
+        # bucket (pad rows read a zero token and are dropped). Bucketed lengths keep the
+        # matmul shapes few, so the CPU matmul library reuses its kernels instead of building
+        # new ones for every routing outcome. Outputs go back to (token, slot) order and are
+        # summed over the k slots. Gathers both ways (see _Dispatch/_Combine): no scatter-add.
+        plan = _dispatch_plan(index, self.n_experts, counts.long().tolist())
+        xs = _Dispatch.apply(_input_dtype(xf), plan, self.top_k)  # (P, D)
+        # An expert with no tokens still runs on an empty batch, so every parameter takes part
+        # in the graph (zero gradients) — DistributedDataParallel requires that.
+        ys = torch.cat([expert(part) for expert, part in zip(self.experts, xs.split(plan.sizes))])  # (P, D)
+        y = _Combine.apply(ys, plan).view(-1, self.top_k, shape[-1])  # (N, k, D) in slot order
+        out = (y * weight.unsqueeze(-1)).sum(1).to(xf.dtype)  # gate-weighted sum over the k slots, fp32
         if self.shared is not None:
             out = out + self.shared(xf).to(xf.dtype)
-        flat_expert = index.reshape(-1)  # (N*k,) expert of each (token, slot)
-        order = torch.argsort(flat_expert, stable=True)
-        tokens = order // self.top_k  # token of each sorted assignment
-        gates = weight.reshape(-1)[order]
-        counts_l = torch.bincount(flat_expert, minlength=self.n_experts).tolist()
-        start = 0
-        for e, n in enumerate(counts_l):
-            # An expert with no tokens still runs on an empty batch, so every parameter takes
-            # part in the graph (zero gradients) — DistributedDataParallel requires that.
-            tok = tokens[start:start + n]
-            y = self.experts[e](xf.index_select(0, tok))  # (n, D)
-            out = out.index_add(0, tok, (y * gates[start:start + n, None]).to(xf.dtype))
-            start += n
         return out.reshape(shape)
