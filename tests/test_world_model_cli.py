@@ -138,8 +138,13 @@ def test_bench_world_model(work, tmp_path):
               "--quality-steps", 2, "--work", tmp_path / "runs")  # default --device auto
     r = json.loads((tmp_path / "b.json").read_text())
     for key in ("sparse_over_full_train_step_speedup", "sparse_over_full_sample_speedup", "expert_token_fraction_min",
-                "sparse_over_full_attention_speedup"):
+                "sparse_over_full_attention_speedup", "sparse_attention_train_step_speedup",
+                "sparse_attention_sample_speedup"):
         assert r[key] > 0, key
+    # the attention ablation: neighbourhood attention with the dense MLP, timed but not trained
+    assert r["sparse_dense"]["config"]["attention"] == "neighborhood" and r["sparse_dense"]["config"]["mlp"] == "dense"
+    assert r["sparse_dense"]["n_active_parameters"] == r["full_dense"]["n_active_parameters"]
+    assert "psnr_by_horizon" not in r["sparse_dense"]
     assert abs(r["active_parameter_ratio"] - 1) < 0.02  # matched active parameters (up to router and biases)
     assert r["sparse_moe"]["n_parameters"] > r["full_dense"]["n_parameters"]
     assert r["sparse_moe"]["config"]["window"] == [0, 3, 3] and r["full_dense"]["config"]["attention"] == "full"

@@ -2,9 +2,11 @@
 
 Both variants have the same width, depth and *active* parameters per token (each routed
 expert is ``hidden / top_k`` wide, see :class:`~robodream.models.moe.MoEMLP`); they differ
-only in the MLP (MoE vs dense) and the self-attention kernel (3D neighbourhood vs full).
-Measured in one process on the same machine, the variants timed round-robin (one call of
-each per round, medians) so that a slow spell of a shared machine hits both alike:
+only in the MLP (MoE vs dense) and the self-attention kernel (3D neighbourhood vs full). A
+third variant, ``sparse_dense`` (neighbourhood attention, dense MLP), isolates what the sparse
+attention alone does to the model's step times. Measured in one process on the same machine,
+the variants timed round-robin (one call of each per round, medians) so that a slow spell of
+a shared machine hits all alike:
 
 * training step time (forward + backward + AdamW) on random latents of the default clip;
 * sampling time per generated frame (batch 1, the configured Euler steps);
@@ -36,7 +38,10 @@ from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.modeling import VideoWorldModel
 
 VARIANTS = {"sparse_moe": {"mlp": "moe", "attention": "neighborhood"},
-            "full_dense": {"mlp": "dense", "attention": "full"}}
+            "full_dense": {"mlp": "dense", "attention": "full"},
+            # the attention ablation: sparse attention alone, dense MLP (timed, not trained)
+            "sparse_dense": {"mlp": "dense", "attention": "neighborhood"}}
+QUALITY_VARIANTS = ("sparse_moe", "full_dense")
 
 
 def active_parameters(model: VideoWorldModel) -> int:
@@ -208,15 +213,18 @@ def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_si
     s, f = res["sparse_moe"], res["full_dense"]
     res["sparse_over_full_train_step_speedup"] = f["train_step_s"] / s["train_step_s"]
     res["sparse_over_full_sample_speedup"] = f["sample_s_per_frame"] / s["sample_s_per_frame"]
+    a = res["sparse_dense"]  # sparse attention alone (dense MLP) vs full attention
+    res["sparse_attention_train_step_speedup"] = f["train_step_s"] / a["train_step_s"]
+    res["sparse_attention_sample_speedup"] = f["sample_s_per_frame"] / a["sample_s_per_frame"]
     res["active_parameter_ratio"] = s["n_active_parameters"] / f["n_active_parameters"]
     # Fraction of *tokens* reaching the least-used expert: each token visits top_k experts, so
     # a balanced router gives top_k / E (0.5 for top-2 of 4); the assignment fraction gives 1 / E.
     res["expert_assignment_fraction_min"] = s.get("expert_assignment_fraction_min")
     res["expert_fraction_source"] = "random latents"
     if data and tokenizer and quality_steps > 0:
-        q = _quality(cfgs, data, tokenizer, quality_steps, batch_size, Path(work or "outputs/bench_world_model"),
+        q = _quality({n: cfgs[n] for n in QUALITY_VARIANTS}, data, tokenizer, quality_steps, batch_size, Path(work or "outputs/bench_world_model"),
                      str(dev), log)
-        for name in cfgs:
+        for name in QUALITY_VARIANTS:
             res[name].update(q.pop(name))
         res.update(q)
     if res["expert_assignment_fraction_min"] is not None:

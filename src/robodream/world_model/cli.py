@@ -156,7 +156,8 @@ def bench_world_model_cmd(
     quality_steps: Annotated[int, typer.Option(help="training steps per variant before comparing PSNR (0 = skip)")] = 0,
     work: Annotated[Path, typer.Option(help="run directories of the PSNR comparison")] = Path("outputs/bench_world_model"),
 ) -> None:
-    """MoE + 3D neighbourhood attention vs dense MLP + full attention at matched active parameters."""
+    """MoE + 3D neighbourhood attention vs dense MLP + full attention at matched active parameters
+    (and neighbourhood attention with a dense MLP, the attention ablation)."""
     from robodream.utils.io import atomic_write_json
     from robodream.utils.run import from_dict
     from robodream.world_model.bench import bench_world_model
@@ -172,7 +173,7 @@ def bench_world_model_cmd(
     atomic_write_json(out, r)
     rows = [[name, r[name]["train_step_s"], r[name]["sample_s_per_frame"], r[name]["train_saved_activations_mib"],
              r[name]["n_active_parameters"], r[name]["n_parameters"], r[name].get("next_chunk_psnr")]
-            for name in ("sparse_moe", "full_dense")]
+            for name in ("sparse_moe", "full_dense", "sparse_dense")]
     print_table(f"world model on {r['device']}, {r['threads']} thread(s), grid {tuple(r['grid'])}",
                 ["variant", "train step s", "sample s/frame", "saved activations MiB", "active params", "params",
                  "held-out PSNR"], rows)
@@ -183,7 +184,9 @@ def bench_world_model_cmd(
     least = "n/a" if r.get("expert_token_fraction_min") is None else f"{r['expert_token_fraction_min']:.2f}"
     out_console.print(f"sparse/full speedup: train step {r['sparse_over_full_train_step_speedup']:.2f}x, sampling "
                       f"{r['sparse_over_full_sample_speedup']:.2f}x, attention kernel "
-                      f"{r['sparse_over_full_attention_speedup']:.2f}x; least-used expert {least} of tokens "
+                      f"{r['sparse_over_full_attention_speedup']:.2f}x; sparse attention alone (dense MLP): "
+                      f"train step {r['sparse_attention_train_step_speedup']:.2f}x, sampling "
+                      f"{r['sparse_attention_sample_speedup']:.2f}x; least-used expert {least} of tokens "
                       f"(balanced: {cfg.top_k / cfg.n_experts:.2f}); written to {out}")
 
 
