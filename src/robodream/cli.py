@@ -92,11 +92,11 @@ def _model_config(base: dict, cls, overrides: dict):
     return model
 
 
-def print_table(title: str, columns: list[str], rows: list[list]) -> None:
-    """Print a rich table to stdout."""
+def print_table(title: str, columns: list[str], rows: list[list], label_column: bool = False) -> None:
+    """Print a rich table to stdout; ``label_column``: never wrap or shorten the first column."""
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
+    for i, c in enumerate(columns):
+        table.add_column(c, no_wrap=label_column and i == 0)
     for r in rows:
         table.add_row(*[_fmt(x) for x in r])
     out_console.print(table)

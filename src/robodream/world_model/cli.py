@@ -171,12 +171,14 @@ def bench_world_model_cmd(
                           tokenizer=str(tokenizer) if tokenizer else None, quality_steps=quality_steps, work=work,
                           log=lambda m: out_console.print(f"[bold cyan]>>[/] {m}"))
     atomic_write_json(out, r)
-    rows = [[name, r[name]["train_step_s"], r[name]["sample_s_per_frame"], r[name]["train_saved_activations_mib"],
-             r[name]["n_active_parameters"], r[name]["n_parameters"], r[name].get("next_chunk_psnr")]
+    labels = {"sparse_moe": "sparse+MoE", "full_dense": "full+dense", "sparse_dense": "sparse+dense"}
+    rows = [[labels[name], r[name]["train_step_s"], r[name]["sample_s_per_frame"], r[name]["train_saved_activations_mib"],
+             r[name]["n_active_parameters"] / 1e6, r[name]["n_parameters"] / 1e6, r[name].get("next_chunk_psnr")]
             for name in ("sparse_moe", "full_dense", "sparse_dense")]
-    print_table(f"world model on {r['device']}, {r['threads']} thread(s), grid {tuple(r['grid'])}",
-                ["variant", "train step s", "sample s/frame", "saved activations MiB", "active params", "params",
-                 "held-out PSNR"], rows)
+    psnr_note = f"; PSNR held-out after {r['quality_steps']} steps" if r.get("quality_steps") else ""
+    print_table(f"world model on {r['device']}, {r['threads']} thread(s), grid {tuple(r['grid'])}{psnr_note}",
+                ["variant", "train step s", "sample s/frame", "saved acts MiB", "active M params", "M params",
+                 "PSNR dB"], rows, label_column=True)
     print_table("self-attention kernel, forward + backward, by clip length",
                 ["frames", "grid", "tokens", "neighbourhood s", "full s", "sparse/full speedup"],
                 [[c["n_frames"], "x".join(map(str, c["grid"])), c["tokens"], c["attention_neighborhood_s"],
