@@ -123,8 +123,8 @@ def choose_tiles(grid: Grid, window: Grid, overhead: int = 64) -> Grid:
     ``overhead`` weighs a gathered key row against a query-key pair. Measured on 2 CPU cores
     (bf16 forward + backward, window (whole, 3, 3) unless noted, all tilings of each grid
     timed round-robin), 64 picks the fastest tiling tried at every grid: (5, 4, 2) at the
-    default (5, 4, 8) (16 picked (5, 4, 1), 20% slower), (5, 8, 2) at (5, 8, 16), (9, 4, 2)
-    at (9, 4, 8) and (3, 4, 8) at (9, 4, 8) with window (3, 3, 3).
+    5-frame grid (5, 4, 8) (16 picked (5, 4, 1), 20% slower), (5, 8, 2) at (5, 8, 16), (9, 4, 2)
+    at the default (9, 4, 8) and (3, 4, 8) at (9, 4, 8) with window (3, 3, 3).
     """
     best, best_cost = grid, math.inf
     for tile in itertools.product(*(_divisors(n) for n in grid)):

@@ -190,7 +190,7 @@ def attention_by_clip(cfg: WorldModelConfig, batch_size: int, repeats: int, devi
     return rows
 
 
-def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_size: int = 16, sample_repeats: int = 3,
+def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_size: int = 8, sample_repeats: int = 3,
                       threads: int = 0, precision: str = "auto", device: str = "auto",
                       data: list[str] | None = None, tokenizer: str | None = None, quality_steps: int = 0,
                       work: str | os.PathLike | None = None, log=print) -> dict:

@@ -146,7 +146,7 @@ def bench_world_model_cmd(
     out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/world_model.json"),
     config: Annotated[Optional[Path], typer.Option(help="a world-model run's config.json (default: default model)")] = None,
     train_steps: Annotated[int, typer.Option(help="timed training steps per variant")] = 10,
-    batch_size: Annotated[int, typer.Option()] = 16,
+    batch_size: Annotated[int, typer.Option(help="training batch (default: the world model's training default)")] = 8,
     repeats: Annotated[int, typer.Option(help="timed sampling calls per variant")] = 3,
     threads: Annotated[int, typer.Option(help="torch threads (0 = torch default)")] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast), bf16 or fp32")] = "auto",

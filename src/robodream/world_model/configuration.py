@@ -31,8 +31,11 @@ class WorldModelConfig:
 
     # --- clip ---------------------------------------------------------------------------------
     n_context_frames: int = 1  # clean conditioning frames (image-to-video), the last one at the anchor step
-    n_future_frames: int = 4  # predicted frames per chunk
-    frame_stride: int = 4  # env steps between frames; a chunk covers n_future_frames * frame_stride steps
+    # Default clip: 1 + 8 frames 2 env steps apart (a 16-step chunk), a 9 x 4 x 8 token grid.
+    # From 288 tokens on the 3D neighbourhood kernel beats full attention on a CPU (at 5
+    # frames / 160 tokens it does not); measured in benchmarks/RESULTS.md.
+    n_future_frames: int = 8  # predicted frames per chunk
+    frame_stride: int = 2  # env steps between frames; a chunk covers n_future_frames * frame_stride steps
 
     # --- transformer --------------------------------------------------------------------------
     dim: int = 192  # token width
@@ -94,7 +97,7 @@ class WorldModelConfig:
 
     @property
     def frame_offsets(self) -> list[int]:
-        """Env-step offsets of the clip's frames from the anchor (last context) frame, e.g. [0, 4, 8, 12, 16]."""
+        """Env-step offsets of the clip's frames from the anchor (last context) frame, e.g. [0, 2, 4, ..., 16]."""
         return [self.frame_stride * (k - self.n_context_frames + 1) for k in range(self.n_frames)]
 
     @property

@@ -33,7 +33,7 @@ MODEL_TYPE = VideoWorldModel.model_type
 
 
 def default_world_model_train() -> TrainConfig:
-    return TrainConfig(steps=2000, batch_size=16, lr=5e-4, weight_decay=0.01, warmup_steps=100,
+    return TrainConfig(steps=2000, batch_size=8, lr=5e-4, weight_decay=0.01, warmup_steps=100,
                        ema_decay=0.995, val_every=500, checkpoint_every=250)
 
 
