@@ -77,8 +77,9 @@ class DispatchPlan(NamedTuple):
     src: torch.Tensor
 
 
-def _dispatch_plan(index: torch.Tensor, n_experts: int, counts: list[int]) -> DispatchPlan:
-    """The padded, expert-grouped layout of N tokens' top-k choices ``index`` (N, k)."""
+def _dispatch_plan(index: torch.Tensor, counts: list[int]) -> DispatchPlan:
+    """The padded, expert-grouped layout of N tokens' top-k choices ``index`` (N, k); ``counts``
+    (E,) assignments per expert."""
     N, k = index.shape
     dev, A = index.device, index.numel()
     flat = index.reshape(-1)
@@ -181,7 +182,7 @@ class MoEMLP(nn.Module):
         # matmul shapes few, so the CPU matmul library reuses its kernels instead of building
         # new ones for every routing outcome. Outputs go back to (token, slot) order and are
         # summed over the k slots. Gathers both ways (see _Dispatch/_Combine): no scatter-add.
-        plan = _dispatch_plan(index, self.n_experts, counts.long().tolist())
+        plan = _dispatch_plan(index, counts.long().tolist())
         xs = _Dispatch.apply(_input_dtype(xf), plan, self.top_k)  # (P, D)
         # An expert with no tokens still runs on an empty batch, so every parameter takes part
         # in the graph (zero gradients) — DistributedDataParallel requires that.
