@@ -19,9 +19,9 @@ shared expert, which gets the same size). The dispatch gathers each expert's tok
 contiguous slice of one batch, so compute is proportional to active, not total, parameters.
 Each slice's length is rounded up to a bucket (:func:`bucket`): with exact lengths every
 routing outcome gave the CPU matmul library (oneDNN) new shapes, whose kernels it builds
-and caches anew. On 2 CPU cores that made a bf16 training step of the default world model
+and caches anew. On 2 CPU cores that made a bf16 training step of the 5-frame world model
 slower (0.51-0.58 s vs 0.34-0.46 s bucketed, batch 16, alternating processes) and, by
-evicting their cached kernels, slowed other models in the same process by ~40% (see
+evicting their cached kernels, slowed a dense model in the same process by 20-60% (see
 benchmarks/RESULTS.md, 2026-11-22).
 """
 
@@ -56,8 +56,9 @@ def _input_dtype(x: torch.Tensor) -> torch.Tensor:
 
 
 def bucket(n: int) -> int:
-    """``n`` rounded up to a multiple of max(8, 2^floor(log2 n) / 8): at most 12.5% padding
-    and at most 8 distinct sizes per octave."""
+    """Padded row count of an expert batch of ``n`` >= 0 tokens: ``n`` rounded up to a multiple
+    of max(8, 2^floor(log2 n) / 8), so at most 12.5% (or 7 rows) of padding and at most 8
+    distinct sizes per octave. Our choice (no paper); see the module docstring for why."""
     step = max(8, (1 << max(n, 1).bit_length()) >> 4)
     return -(-n // step) * step
 
@@ -174,15 +175,15 @@ class MoEMLP(nn.Module):
         probs, index, weight = self.route(xf)
         self.aux_loss = load_balance_loss(probs, index, self.n_experts)
         with torch.no_grad():
-            counts = torch.bincount(index.reshape(-1), minlength=self.n_experts).float()
-            self.expert_fraction = counts / counts.sum()
+            counts = torch.bincount(index.reshape(-1), minlength=self.n_experts)  # (E,) assignments
+            self.expert_fraction = counts.float() / counts.sum()
         # Dispatch: the N*k (token, slot) assignments grouped by expert into one padded
         # (P, D) matrix, expert e's rows a contiguous slice whose length is rounded up to a
         # bucket (pad rows read a zero token and are dropped). Bucketed lengths keep the
         # matmul shapes few, so the CPU matmul library reuses its kernels instead of building
         # new ones for every routing outcome. Outputs go back to (token, slot) order and are
         # summed over the k slots. Gathers both ways (see _Dispatch/_Combine): no scatter-add.
-        plan = _dispatch_plan(index, counts.long().tolist())
+        plan = _dispatch_plan(index, counts.tolist())
         xs = _Dispatch.apply(_input_dtype(xf), plan, self.top_k)  # (P, D)
         # An expert with no tokens still runs on an empty batch, so every parameter takes part
         # in the graph (zero gradients) — DistributedDataParallel requires that.

@@ -41,6 +41,7 @@ VARIANTS = {"sparse_moe": {"mlp": "moe", "attention": "neighborhood"},
             "full_dense": {"mlp": "dense", "attention": "full"},
             # the attention ablation: sparse attention alone, dense MLP (timed, not trained)
             "sparse_dense": {"mlp": "dense", "attention": "neighborhood"}}
+LABELS = {"sparse_moe": "sparse+MoE", "full_dense": "full+dense", "sparse_dense": "sparse+dense"}  # printed names
 QUALITY_VARIANTS = ("sparse_moe", "full_dense")
 
 
@@ -190,11 +191,16 @@ def attention_by_clip(cfg: WorldModelConfig, batch_size: int, repeats: int, devi
     return rows
 
 
-def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_size: int = 8, sample_repeats: int = 3,
+def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_size: int | None = None,
+                      sample_repeats: int = 3,
                       threads: int = 0, precision: str = "auto", device: str = "auto",
                       data: list[str] | None = None, tokenizer: str | None = None, quality_steps: int = 0,
                       work: str | os.PathLike | None = None, log=print) -> dict:
-    """Run both variants (see the module docstring); returns the JSON-able result with the ratios."""
+    """Run the variants (see the module docstring); returns the JSON-able result with the ratios.
+    ``batch_size`` None = the world model's training batch (:func:`default_world_model_train`)."""
+    from robodream.world_model.train import default_world_model_train
+
+    batch_size = batch_size or default_world_model_train().batch_size
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -222,8 +228,8 @@ def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_si
     res["expert_assignment_fraction_min"] = s.get("expert_assignment_fraction_min")
     res["expert_fraction_source"] = "random latents"
     if data and tokenizer and quality_steps > 0:
-        q = _quality({n: cfgs[n] for n in QUALITY_VARIANTS}, data, tokenizer, quality_steps, batch_size, Path(work or "outputs/bench_world_model"),
-                     str(dev), log)
+        q = _quality({n: cfgs[n] for n in QUALITY_VARIANTS}, data, tokenizer, quality_steps, batch_size,
+                     Path(work or "outputs/bench_world_model"), str(dev), log)
         for name in QUALITY_VARIANTS:
             res[name].update(q.pop(name))
         res.update(q)

@@ -146,7 +146,7 @@ def bench_world_model_cmd(
     out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/world_model.json"),
     config: Annotated[Optional[Path], typer.Option(help="a world-model run's config.json (default: default model)")] = None,
     train_steps: Annotated[int, typer.Option(help="timed training steps per variant")] = 10,
-    batch_size: Annotated[int, typer.Option(help="training batch (default: the world model's training default)")] = 8,
+    batch_size: Annotated[Optional[int], typer.Option(help="training batch (default: the world model's training batch)")] = None,
     repeats: Annotated[int, typer.Option(help="timed sampling calls per variant")] = 3,
     threads: Annotated[int, typer.Option(help="torch threads (0 = torch default)")] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast), bf16 or fp32")] = "auto",
@@ -160,7 +160,7 @@ def bench_world_model_cmd(
     (and neighbourhood attention with a dense MLP, the attention ablation)."""
     from robodream.utils.io import atomic_write_json
     from robodream.utils.run import from_dict
-    from robodream.world_model.bench import bench_world_model
+    from robodream.world_model.bench import LABELS, VARIANTS, bench_world_model
     from robodream.world_model.configuration import WorldModelConfig
 
     cfg = from_dict(WorldModelConfig, _load_json(config).get("model", {}))
@@ -171,10 +171,9 @@ def bench_world_model_cmd(
                           tokenizer=str(tokenizer) if tokenizer else None, quality_steps=quality_steps, work=work,
                           log=lambda m: out_console.print(f"[bold cyan]>>[/] {m}"))
     atomic_write_json(out, r)
-    labels = {"sparse_moe": "sparse+MoE", "full_dense": "full+dense", "sparse_dense": "sparse+dense"}
-    rows = [[labels[name], r[name]["train_step_s"], r[name]["sample_s_per_frame"], r[name]["train_saved_activations_mib"],
+    rows = [[LABELS[name], r[name]["train_step_s"], r[name]["sample_s_per_frame"], r[name]["train_saved_activations_mib"],
              r[name]["n_active_parameters"] / 1e6, r[name]["n_parameters"] / 1e6, r[name].get("next_chunk_psnr")]
-            for name in ("sparse_moe", "full_dense", "sparse_dense")]
+            for name in VARIANTS]
     psnr_note = f"; PSNR held-out after {r['quality_steps']} steps" if r.get("quality_steps") else ""
     print_table(f"world model on {r['device']}, {r['threads']} thread(s), grid {tuple(r['grid'])}{psnr_note}",
                 ["variant", "train step s", "sample s/frame", "saved acts MiB", "active M params", "M params",
