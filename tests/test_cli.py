@@ -14,7 +14,7 @@ from robodream.cli import app
 
 runner = CliRunner()
 
-TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--action-steps", "4", "--video-stride", "4",
+TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--n-action-steps", "4", "--video-stride", "4",
                "--action-expert-dim", "16", "--batch-size", "8"]
 
 
@@ -95,10 +95,10 @@ def test_run_written_before_the_action_expert_loads_as_trained(tmp_path, work):
 
     from safetensors.torch import save_file
 
+    from robodream.config import from_dict
     from robodream.policy.configuration import PolicyConfig
     from robodream.policy.modeling import GigaWorldPolicy
     from robodream.policy.train import load_policy
-    from robodream.utils.run import from_dict
 
     old = tmp_path / "old"
     shutil.copytree(work / "pol", old)

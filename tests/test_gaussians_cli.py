@@ -65,6 +65,7 @@ def test_reconstruct_smoke_outputs(recon):
     for key in ("psnr_heldout", "ssim_heldout", "n_gaussians", "wall_s"):
         assert isinstance(r[key], (int, float)) and math.isfinite(r[key]), key
     assert r["psnr_heldout"] > 12 and 0 < r["ssim_heldout"] <= 1
+    assert r["rasterizer_backend"] == "tiled" and "rasteriser: tiled path" in res.output  # which path ran
     g = load_scene(out)
     assert g.n == r["n_gaussians"] and g.sh_degree == 1
     assert Image.open(out / "heldout.png").size == (2 * 32, 2 * 32)  # held-out views over their renders
@@ -93,7 +94,7 @@ def test_reconstruct_bad_input(recon, tmp_path):
     res = run("reconstruct", "--task", "reach-v3", "--out", tmp_path / "z", "--config", tmp_path / "bad.json", code=2)
     assert "cannot read config" in res.output
     atomic_write_json(tmp_path / "other" / "config.json", {"model_type": "policy"})
-    with pytest.raises(CheckpointError, match="holds a policy checkpoint"):
+    with pytest.raises(CheckpointError, match="holds a policy run"):
         load_scene(tmp_path / "other")
 
 

@@ -277,3 +277,20 @@ def test_bad_arguments_raise_config_error():
     # cameras in another dtype are converted to the Gaussians' dtype
     torch.testing.assert_close(rasterize(*params, vm.float(), K.float(), 16, 16).rgb,
                                rasterize(*params, vm, K, 16, 16).rgb)
+
+
+def test_broken_gsplat_is_an_error_not_a_silent_fallback(tmp_path, monkeypatch):
+    """Only a missing gsplat means "unavailable"; an installed one that fails to import (another
+    CUDA, a bad build) must not silently send CUDA renders down the slow path."""
+    import sys
+
+    from robodream.gaussians.rasterizer import gsplat_available
+
+    monkeypatch.setitem(sys.modules, "gsplat", None)  # None in sys.modules: "not installed"
+    assert gsplat_available() is False
+    monkeypatch.delitem(sys.modules, "gsplat")
+    (tmp_path / "gsplat").mkdir()
+    (tmp_path / "gsplat" / "__init__.py").write_text("raise OSError('libcudart.so.12: cannot open shared object')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(OSError, match="libcudart"):
+        gsplat_available()

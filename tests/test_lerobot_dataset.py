@@ -442,3 +442,174 @@ def test_codec_table():
     assert set(VIDEO_CODECS) == {"h264", "h264-rgb", "av1"}
     assert VIDEO_CODECS["h264"].encoder == "libx264" and VIDEO_CODECS["h264"].pix_fmt == "yuv444p"
     assert VIDEO_CODECS["av1"].options == {"crf": "30", "g": "2"}
+
+
+# ----------------------------------------------------------------------------- datasets written by lerobot itself
+REAL = Path(__file__).parent / "fixtures" / "real_lerobot"  # made by fixtures/make_real_lerobot_fixtures.py
+
+
+@pytest.fixture(scope="module")
+def real_expected():
+    with np.load(REAL / "expected.npz") as z:
+        arrays = dict(z)
+    return arrays, json.loads((REAL / "expected.json").read_text())
+
+
+def test_reads_real_lerobot_image_dataset(real_expected):
+    """lerobot 0.4.4, use_videos=False: the camera is a column of PNG structs; decoded bit-exact."""
+    arrays, meta = real_expected
+    ds = LeRobotDataset(REAL / "images")
+    assert meta["lerobot_version"] == "0.4.4" and ds.info["features"]["observation.images.top"]["dtype"] == "image"
+    assert ds.cameras == ["top"] and ds.image_size == (16, 16) and (ds.state_dim, ds.action_dim) == (3, 2)
+    assert ds.episode_lengths == meta["datasets"]["images"]["lengths"] and ds.fps == 10
+    all_frames = ds.all_frames("top")
+    for i, task in enumerate(meta["datasets"]["images"]["tasks"]):
+        ep = ds.episode(i)
+        assert ep.task == task and ep.extra == {}  # the image column is not an extra
+        assert ep.state.flags.writeable and ep.action.flags.writeable  # copies, not arrow's read-only views
+        assert np.array_equal(ep.state, arrays[f"images/{i}/observation.state"])
+        assert np.array_equal(ep.action, arrays[f"images/{i}/action"])
+        frames = ds.frames(i, "observation.images.top")
+        assert frames.dtype == np.uint8 and np.array_equal(frames, arrays[f"images/{i}/frames"])
+        assert np.array_equal(all_frames[i], frames)
+
+
+def test_reads_real_lerobot_video_dataset_without_state(real_expected):
+    """lerobot 0.4.4, default AV1 video, observation.environment_state but no observation.state."""
+    arrays, meta = real_expected
+    ds = LeRobotDataset(REAL / "video_no_state")
+    assert ds.cameras == ["front"] and ds.image_size == (32, 32)
+    assert ds.state_dim == 0 and ds.action_dim == 2
+    all_frames = ds.all_frames("front")
+    for i, T in enumerate(meta["datasets"]["video_no_state"]["lengths"]):
+        ep = ds.episode(i)
+        assert ep.state.shape == (T, 0) and ep.state.dtype == np.float32
+        assert np.array_equal(ep.action, arrays[f"video_no_state/{i}/action"])
+        assert np.array_equal(ep.extra["observation.environment_state"],
+                              arrays[f"video_no_state/{i}/observation.environment_state"])
+        err = np.abs(ds.frames(i, "front").astype(int) - arrays[f"video_no_state/{i}/frames"])
+        assert err.mean() < 3 and err.max() <= 16  # lossy AV1 (measured: mean 1.6, max 10)
+        assert np.array_equal(all_frames[i], ds.frames(i, "front"))
+
+
+def test_dataset_without_action_or_state_loads(tmp_path):
+    """LeRobot requires only its index columns: drop action too and nothing raises a KeyError."""
+    root = _copy(REAL / "video_no_state", tmp_path / "ds")
+    info = json.loads((root / "meta/info.json").read_text())
+    del info["features"]["action"]
+    (root / "meta/info.json").write_text(json.dumps(info))
+    path = root / "data/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["action"]), path)
+    ds = LeRobotDataset(root)
+    assert (ds.state_dim, ds.action_dim) == (0, 0)
+    ep = ds.episode(1)
+    assert ep.state.shape == ep.action.shape == (4, 0)
+    assert ds.frames(1, "front").shape == (4, 32, 32, 3)
+
+
+def test_declared_feature_missing_from_data_file(tmp_path):
+    root = _copy(REAL / "images", tmp_path / "ds")
+    path = root / "data/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["observation.images.top", "action"]), path)
+    with pytest.raises(DatasetError, match=r"lacks columns \['action', 'observation.images.top'\]"):
+        LeRobotDataset(root)
+
+
+def test_corrupt_image_cell(tmp_path):
+    root = _copy(REAL / "images", tmp_path / "ds")
+    path = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    col = table["observation.images.top"].combine_chunks()
+    blobs = col.field("bytes").to_pylist()
+    blobs[7] = b"\x89PNG not really"
+    cells = pa.StructArray.from_arrays([pa.array(blobs, pa.binary()), col.field("path")], names=["bytes", "path"])
+    pq.write_table(table.set_column(table.column_names.index("observation.images.top"), "observation.images.top",
+                                    cells), path)  # fmt: skip
+    ds = LeRobotDataset(root)
+    assert ds.frames(0, "top").shape == (6, 16, 16, 3)
+    with pytest.raises(DatasetError, match=r"image observation.images.top of episode 1, frame 1 .* cannot be decoded"):
+        ds.frames(1, "top")
+
+
+def test_real_lerobot_datasets_train_downstream(tmp_path):
+    """Image cameras feed the tokenizer and policy unchanged; a stateless dataset stops the policy in one line."""
+    from typer.testing import CliRunner
+
+    from robodream.cli import app
+
+    def run(*args, code=0):
+        res = CliRunner().invoke(app, [str(a) for a in args])
+        assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
+        return res.output
+
+    try:  # the CLI smoke tests' tiny policy settings
+        from test_cli import TINY_POLICY
+    except ImportError:  # pragma: no cover - when tests/ is a package
+        from tests.test_cli import TINY_POLICY
+    tiny = [*TINY_POLICY, "--steps", "2"]
+    run("train", "tokenizer", "--data", REAL / "images", "--out", tmp_path / "tok16", "--steps", 2, "--batch-size", 4)
+    run("train", "policy", "--data", REAL / "images", "--tokenizer", tmp_path / "tok16", "--out", tmp_path / "pol",
+        *tiny)
+    cfg = json.loads((tmp_path / "pol/config.json").read_text())
+    assert cfg["model"]["cameras"] == ["top"] and (cfg["model"]["state_dim"], cfg["model"]["action_dim"]) == (3, 2)
+    stateless = REAL / "video_no_state"
+    run("train", "tokenizer", "--data", stateless, "--out", tmp_path / "tok32", "--steps", 2, "--batch-size", 4)
+    out = run("train", "policy", "--data", stateless, "--tokenizer", tmp_path / "tok32", "--out", tmp_path / "p2",
+              *tiny, code=2)  # fmt: skip
+    err = out.strip()
+    assert err.startswith(f"error: {stateless} has no observation.state") and "proprioception" in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------- error messages
+@pytest.mark.parametrize("fps", [30, 5, 11])
+def test_wrong_fps_in_info_json_is_named(tmp_path, small_dataset, fps):
+    """The videos are intact (10 fps); the error blames info.json's fps, not the video."""
+    root = _copy(small_dataset, tmp_path / "ds")
+    info = json.loads((root / "meta/info.json").read_text())
+    info["fps"] = fps
+    (root / "meta/info.json").write_text(json.dumps(info))
+    ds = LeRobotDataset(root)
+    msg = (rf"meta/info.json says fps={fps} but the video of episode {{i}} "
+           r"\(videos/observation.images.corner/.*\) has frames at 10 fps")
+    with pytest.raises(DatasetError, match=msg.format(i=1)):
+        ds.frames(1, "corner")
+    with pytest.raises(DatasetError, match=msg.format(i=0)):
+        ds.all_frames("corner")
+
+
+def test_writer_removes_temporaries_of_killed_runs_only(tmp_path, episodes):
+    """Leftovers of dead writers go; a live writer's directory and fresh unattributable ones stay."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is now free: stands for a killed collect
+    host = socket.gethostname()
+    names = {
+        "dead": f".ds.pid{child.pid}@{host}.abcd1234.tmp",
+        "live": f".ds.pid{os.getpid()}@{host}.efgh5678.tmp",  # e.g. another writer of this process
+        "other_host_fresh": f".ds.pid{child.pid}@elsewhere.example.ijkl9012.tmp",
+        "legacy_old": ".ds.mnop3456.tmp",
+        "legacy_fresh": ".ds.qrst7890.tmp",
+        "other_target": f".ds2.pid{child.pid}@{host}.uvwx1234.tmp",
+        "old_copy": f".ds.old-{child.pid}",  # may hold the only copy of a dataset: never touched
+    }
+    for name in names.values():
+        (tmp_path / name / "data").mkdir(parents=True)
+        (tmp_path / name / "data/x.parquet").write_bytes(b"x")
+    week_ago = time.time() - 7 * 24 * 3600
+    for p in [tmp_path / names["legacy_old"], *(tmp_path / names["legacy_old"]).rglob("*")]:
+        os.utime(p, (week_ago, week_ago))
+    write(tmp_path / "ds", episodes[2:], video_codec="h264-rgb")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"ds"} | {names[k] for k in ("live", "other_host_fresh", "legacy_fresh", "other_target", "old_copy")}
+
+
+def test_existing_directory_error_names_the_cli_flag_too(tmp_path, episodes):
+    root = write(tmp_path / "ds", episodes[2:], video_codec="h264-rgb")
+    with pytest.raises(DatasetError, match=r"already exists; pass --overwrite \(overwrite=True\) to replace it"):
+        write(root, episodes[2:])

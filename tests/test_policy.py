@@ -288,3 +288,42 @@ def test_action_expert_steps_run_only_the_narrow_weights():
     assert calls == {"main.qkv": cfg.depth, "main.mlp": cfg.depth - 1, "expert.qkv": steps, "expert.mlp": steps}
     assert m.action_blocks[0].mlp.fc1.weight.shape == (64, 16)
     assert m.action_blocks[0].attn.qkv.weight.shape == (3 * cfg.dim, 16)  # projects into the shared heads
+
+
+@pytest.mark.parametrize("expert,stride,mask", [(16, 0, "block_causal"), (16, 4, "block_causal"),
+                                                (0, 0, "block_causal"), (0, 4, "block_causal"), (0, 4, "full")])
+def test_every_parameter_gets_a_gradient(expert, stride, mask):
+    """DDP (find_unused_parameters=False) needs every parameter in the graph of the loss: the
+    model computes only what is used, and has no parameter it would not use. With the action
+    expert and no video (the bench success ablation) the last wide block only feeds the
+    actions' keys/values, so it has no output projection or MLP."""
+    cfg = tiny_cfg(action_expert_dim=expert, video_stride=stride, mask=mask)
+    m = random_policy(cfg).train()
+    state, ref, task, actions, fut = inputs(cfg)
+    loss, _ = m(state, ref, actions, task, future_latents=fut if stride else None,
+                generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+def test_kv_only_last_block_loads_weights_written_before_it():
+    """Runs trained before the last wide block of a no-video action-expert model lost its unused
+    output projection and MLP still load (the stale tensors are dropped)."""
+    from robodream.train.checkpoint import load_model_weights, save_tensors
+
+    cfg = tiny_cfg(action_expert_dim=16, video_stride=0)
+    m = random_policy(cfg)
+    sd = dict(m.state_dict())
+    last = cfg.depth - 1
+    sd[f"blocks.{last}.attn.proj.weight"] = torch.zeros(cfg.dim, cfg.dim)
+    sd[f"blocks.{last}.mlp.fc1.weight"] = torch.zeros(4 * cfg.dim, cfg.dim)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        save_tensors(Path(d) / "w.safetensors", sd)
+        fresh = GigaWorldPolicy(cfg)
+        load_model_weights(fresh, Path(d) / "w.safetensors")
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v)

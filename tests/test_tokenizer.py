@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from robodream.errors import ConfigError
-from robodream.tokenizer.model import ImageTokenizer, TokenizerConfig, psnr
+from robodream.eval.metrics import psnr
+from robodream.tokenizer.model import ImageTokenizer, TokenizerConfig
 
 
 def test_shapes_and_normalisation():

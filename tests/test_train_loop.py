@@ -37,7 +37,7 @@ def _make_trainer(run_dir, steps, seed=0, batch_size=3):
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup_steps=2, checkpoint_every=3, log_every=1,
                      val_every=0, precision="fp32", ema_decay=0.9)
     return Trainer(model, tc, run_dir, sample_batch, lambda m, b, g: m(**b, generator=g),
-                   validate=lambda m: {"dummy": 0.0})
+                   validate=lambda m, shard: {"dummy": 0.0})
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
@@ -70,7 +70,8 @@ def test_checkpoint_errors(tmp_path):
     t = _make_trainer(tmp_path / "r", steps=3)
     t.fit()
     ckpt = latest_checkpoint(tmp_path / "r")
-    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    for f in (ckpt / "state").glob("*.safetensors"):
+        f.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="corrupt"):
         _make_trainer(tmp_path / "r", steps=5).resume()
     (tmp_path / "r" / "checkpoints" / "latest.json").write_text(json.dumps({"step": 9, "dir": "step_0000009"}))

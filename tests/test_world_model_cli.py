@@ -16,7 +16,7 @@ from robodream.errors import DatasetError
 
 runner = CliRunner()
 
-TINY = ["--dim", "24", "--heads", "2", "--depth", "1", "--future-frames", "2", "--frame-stride", "2",
+TINY = ["--dim", "24", "--n-heads", "2", "--depth", "1", "--n-future-frames", "2", "--frame-stride", "2",
         "--window", "0,3,3", "--batch-size", "4"]
 
 
@@ -115,7 +115,7 @@ def test_bad_inputs(work, tmp_path):
               tmp_path / "x.mp4", code=2)
     _one_line_error(res, "image_tokenizer", "expected video_world_model")
     res = run("train", "world-model", "--data", ds, "--tokenizer", work / "tok", "--out", tmp_path / "w",
-              "--window", "0,1,2", "--dim", "24", "--heads", "2", code=2)
+              "--window", "0,1,2", "--dim", "24", "--n-heads", "2", code=2)
     _one_line_error(res, "window")
 
 

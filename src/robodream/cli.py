@@ -2,138 +2,49 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from robodream.errors import RobodreamError
+from robodream.utils.cli import Apps, config_verb, log, out_console, print_table, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="robodream: robot world models — data, world-action policies, evaluation, benchmarks.")
-train_app = typer.Typer(no_args_is_help=True, help="Train a model (tokenizer, policy).")
+train_app = typer.Typer(no_args_is_help=True, help="Train a model (tokenizer, policy, world model).")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained model.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table and write JSON.")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 
-out_console = Console()
-err_console = Console(stderr=True)
-
-
-def user_errors(fn):
-    """Print a robodream error as one line on stderr and exit with status 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RobodreamError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def _load_json(path: Optional[Path]) -> dict:
-    if path is None:
-        return {}
-    from robodream.errors import ConfigError
-
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from e
-
-
-# Options shared by the training verbs (policy, tokenizer, world model); the default value
-# stays at each parameter.
-TrainDataOpt = Annotated[list[Path], typer.Option(help="dataset directory (repeat for several tasks)")]
-TokenizerRunOpt = Annotated[Path, typer.Option(help="trained tokenizer run directory")]
-RunOutOpt = Annotated[Path, typer.Option(help="run directory to create")]
-StepsOpt = Annotated[Optional[int], typer.Option(help="optimiser steps")]
-BatchSizeOpt = Annotated[Optional[int], typer.Option()]
-SeedOpt = Annotated[int, typer.Option()]
-TrainDeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda")]
-ConfigOpt = Annotated[Optional[Path], typer.Option(help="a run's config.json to start from")]
-ResumeOpt = Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")]
-
-
-def _train_config(base: dict, default, *, seed: int, device: str, steps: Optional[int], batch_size: Optional[int]):
-    """A run's TrainConfig: ``default`` < ``--config`` file's "train" < command-line options."""
-    from robodream.train.loop import TrainConfig
-    from robodream.utils.run import from_dict
-
-    train = from_dict(TrainConfig, {**default.__dict__, **base.get("train", {})})
-    train.seed, train.device = seed, device
-    if steps is not None:
-        train.steps = steps
-    if batch_size is not None:
-        train.batch_size = batch_size
-    return train
-
-
-def _model_config(base: dict, cls, overrides: dict):
-    """A model config: ``--config`` file's "model" with the command-line options that were given."""
-    from robodream.utils.run import from_dict
-
-    model = from_dict(cls, base.get("model", {}))
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(model, k, v)
-    model.__post_init__()
-    return model
-
-
-def print_table(title: str, columns: list[str], rows: list[list], label_column: bool = False) -> None:
-    """Print a rich table to stdout; ``label_column``: never wrap or shorten the first column."""
-    table = Table(title=title)
-    for i, c in enumerate(columns):
-        table.add_column(c, no_wrap=label_column and i == 0)
-    for r in rows:
-        table.add_row(*[_fmt(x) for x in r])
-    out_console.print(table)
-
-
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
-    return "-" if x is None else str(x)
-
-
 # ----------------------------------------------------------------------------- collect
-@app.command()
-@user_errors
 def collect(
-    task: Annotated[str, typer.Option(help="Meta-World task, e.g. push-v3")],
-    episodes: Annotated[int, typer.Option(help="successful episodes to record")],
+    overrides: dict,
     out: Annotated[Path, typer.Option(help="output LeRobotDataset v3.0 directory")],
-    seed: Annotated[int, typer.Option(help="first env seed (attempts use seed, seed+1, ...)")] = 0,
-    image_size: Annotated[int, typer.Option(help="square image side in pixels")] = 64,
-    cameras: Annotated[Optional[str], typer.Option(help="comma-separated camera names")] = None,
-    keep_failures: Annotated[bool, typer.Option(help="also keep unsuccessful episodes")] = False,
-    post_success_steps: Annotated[int, typer.Option(help="expert steps recorded after the first success")] = 16,
-    video_codec: Annotated[str, typer.Option(help="h264 (near-lossless), h264-rgb (exact) or av1")] = "h264",
     overwrite: Annotated[bool, typer.Option(help="replace an existing dataset at --out")] = False,
+    workers: Annotated[int, typer.Option(help="rollout processes, each with its own env (same dataset for any N)")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option(help="run the workers on the Ray cluster at host:port")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="a JSON CollectConfig (or a dataset's meta/robodream.json "
+                                                        "\"collect\" entry) to start from")] = None,
 ) -> None:
     """Record scripted-expert episodes of a Meta-World task into a LeRobotDataset v3.0."""
+    from robodream.config import deep_merge, from_dict, load_config_file, to_dict
     from robodream.data.collect import CollectConfig
     from robodream.data.collect import collect as run_collect
-    from robodream.envs.meta_world import DEFAULT_CAMERAS
+    from robodream.errors import ConfigError
 
-    cfg = CollectConfig(task=task, episodes=episodes, seed=seed, image_size=image_size,
-                        cameras=tuple(cameras.split(",")) if cameras else DEFAULT_CAMERAS,
-                        keep_failures=keep_failures, post_success_steps=post_success_steps,
-                        video_codec=video_codec)
-    res = run_collect(cfg, out, overwrite=overwrite)
-    print_table(f"collect {task}", ["kept", "discarded", "mean length", "seeds", "dataset"],
+    if "task" not in overrides and config is None:
+        raise ConfigError("--task is required (e.g. --task push-v3; robodream tasks lists them)")
+    base = to_dict(CollectConfig())
+    if config is not None:
+        file = load_config_file(config)
+        base = deep_merge(base, file.get("collect", file))
+    cfg = from_dict(CollectConfig, deep_merge(base, overrides))
+    res = run_collect(cfg, out, overwrite=overwrite, workers=workers, ray_address=ray_address)
+    print_table(f"collect {cfg.task}", ["kept", "discarded", "mean length", "seeds", "dataset"],
                 [[res.kept, res.discarded, res.mean_length, f"{res.seeds[0]}..{res.seeds[-1]}", str(res.path)]])
 
 
@@ -144,77 +55,6 @@ def tasks() -> None:
 
     for t in task_names():
         out_console.print(t)
-
-
-# ----------------------------------------------------------------------------- train
-@train_app.command("tokenizer")
-@user_errors
-def train_tokenizer_cmd(
-    data: Annotated[list[Path], typer.Option(help="dataset directory (repeat for several)")],
-    out: RunOutOpt,
-    steps: StepsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    latent_channels: Annotated[Optional[int], typer.Option()] = None,
-    seed: SeedOpt = 0,
-    device: TrainDeviceOpt = "auto",
-    config: ConfigOpt = None,
-    resume: ResumeOpt = False,
-) -> None:
-    """Train the image tokenizer (conv autoencoder) on the datasets' frames; report held-out PSNR."""
-    from robodream.tokenizer.model import TokenizerConfig
-    from robodream.tokenizer.train import TokenizerRunConfig, default_tokenizer_train, train_tokenizer
-
-    base = _load_json(config)
-    cfg = TokenizerRunConfig(
-        data=tuple(str(d) for d in data),
-        model=_model_config(base, TokenizerConfig, {"latent_channels": latent_channels}),
-        train=_train_config(base, default_tokenizer_train(), seed=seed, device=device, steps=steps,
-                            batch_size=batch_size),
-    )
-    res = train_tokenizer(cfg, out, resume=resume)
-    print_table("tokenizer", ["held-out PSNR (dB)", "train PSNR (dB)", "held-out frames", "steps", "run"],
-                [[res["psnr_heldout"], res["psnr_train"], res["n_heldout_frames"], res["steps"], str(out)]])
-
-
-@train_app.command("policy")
-@user_errors
-def train_policy_cmd(
-    data: TrainDataOpt,
-    tokenizer: TokenizerRunOpt,
-    out: RunOutOpt,
-    steps: StepsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    video_stride: Annotated[Optional[int], typer.Option(help="future-frame stride S; 0 = no video (plain BC)")] = None,
-    mask: Annotated[Optional[str], typer.Option(help="block_causal (GigaWorld-Policy) or full (joint)")] = None,
-    horizon: Annotated[Optional[int], typer.Option(help="action chunk length H")] = None,
-    action_steps: Annotated[Optional[int], typer.Option(help="actions executed per chunk K")] = None,
-    dim: Annotated[Optional[int], typer.Option(help="transformer width")] = None,
-    depth: Annotated[Optional[int], typer.Option(help="transformer blocks")] = None,
-    action_loss_weight: Annotated[Optional[float], typer.Option(help="lambda in L_video + lambda L_action")] = None,
-    action_expert_dim: Annotated[Optional[int], typer.Option(
-        help="width of a separate narrow action expert (Mixture-of-Transformers); 0 = shared weights")] = None,
-    seed: SeedOpt = 0,
-    device: TrainDeviceOpt = "auto",
-    config: ConfigOpt = None,
-    resume: ResumeOpt = False,
-) -> None:
-    """Train GigaWorld-Policy (world-action transformer) on one or more datasets."""
-    from robodream.policy.configuration import PolicyConfig
-    from robodream.policy.train import PolicyRunConfig, default_policy_train, train_policy
-
-    base = _load_json(config)
-    model = _model_config(base, PolicyConfig, {
-        "video_stride": video_stride, "mask": mask, "horizon": horizon, "n_action_steps": action_steps,
-        "dim": dim, "depth": depth, "action_loss_weight": action_loss_weight,
-        "action_expert_dim": action_expert_dim})
-    cfg = PolicyRunConfig(
-        data=tuple(str(d) for d in data), tokenizer=str(tokenizer), model=model,
-        train=_train_config(base, default_policy_train(), seed=seed, device=device, steps=steps,
-                            batch_size=batch_size),
-    )
-    res = train_policy(cfg, out, resume=resume)
-    print_table("policy", ["held-out action MSE", "held-out loss", "train frames", "steps", "run"],
-                [[res.get("action_mse"), res.get("loss"), res["n_train_frames"], res["steps"], str(out)]])
 
 
 # ----------------------------------------------------------------------------- eval
@@ -230,17 +70,24 @@ def eval_policy_cmd(
     videos: Annotated[int, typer.Option(help="rollouts saved as MP4")] = 3,
     mode: Annotated[Optional[str], typer.Option(help="action_only, with_video or joint")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch threads during evaluation")] = 2,
+    threads: Annotated[Optional[int], typer.Option(
+        help="torch threads of each rollout process (default: 2 with one worker, 1 with several)")] = None,
     compile: Annotated[bool, typer.Option(help="torch.compile the chunk sampling")] = False,
     n_action_steps: Annotated[Optional[int], typer.Option(
         help="actions executed per predicted chunk (receding horizon K; default: the run's)")] = None,
+    workers: Annotated[int, typer.Option(help="rollout processes, each with its own env and policy")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option(help="run the workers on the Ray cluster at host:port")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing evaluation at --out")] = False,
 ) -> None:
     """Closed-loop rollouts on seeds never used for training; writes results.json, MP4s, a PNG."""
     from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 
+    if threads is None and workers == 1 and ray_address is None:
+        threads = 2
     r = evaluate_policy(policy, task, episodes, out, seed_start=DEFAULT_EVAL_SEED if seed_start is None else seed_start,
                         max_steps=max_steps, n_videos=videos, mode=mode, device=device, threads=threads,
-                        compile=compile, n_action_steps=n_action_steps)
+                        compile=compile, n_action_steps=n_action_steps, workers=workers, ray_address=ray_address,
+                        overwrite=overwrite)
     print_table(f"eval {task}", ["success", "95% CI", "episodes", "steps to success", "latency p50 ms",
                                  "latency p90 ms", "out"],
                 [[r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", r["n_episodes"],
@@ -264,11 +111,11 @@ def bench_policy_cmd(
 ) -> None:
     """Latency per action chunk (action-only vs with-video vs joint) and training throughput."""
     from robodream.bench.policy_bench import bench_policy
+    from robodream.config import from_dict, load_config_file
     from robodream.policy.configuration import PolicyConfig
     from robodream.utils.io import atomic_write_json
-    from robodream.utils.run import from_dict
 
-    cfg = from_dict(PolicyConfig, _load_json(config).get("model", {}))
+    cfg = from_dict(PolicyConfig, load_config_file(config).get("model", {}) if config else {}, where="model")
     r = bench_policy(cfg, repeats=repeats, train_steps=train_steps, threads=threads, compile=compile)
     atomic_write_json(out, r)
     print_table(f"policy inference, batch 1, {r['threads']} thread(s), median of {r['repeats']}",
@@ -304,12 +151,12 @@ def bench_success_cmd(
 
     Resumable: run the same command again to continue after an interruption.
     """
+    from robodream.config import load_config_file
     from robodream.pipeline import SUCCESS_BENCH, recipe_from_json, run_recipe
     from robodream.utils.io import atomic_write_json
     from robodream.utils.run import code_version, environment_info, now
 
-    log = lambda m: err_console.print(f"[bold cyan]>>[/] {m}")  # noqa: E731
-    rec = recipe_from_json(_load_json(recipe), SUCCESS_BENCH)
+    rec = recipe_from_json(load_config_file(recipe) if recipe else {}, SUCCESS_BENCH)
     main = run_recipe(rec, work, log=log)
     result = {"benchmark": "success", "created": now(), "code": code_version(), "environment": environment_info(),
               "per_task": {t: r["success_rate"] for t, r in main["per_task"].items()},
@@ -336,11 +183,11 @@ def demo(
     """The main job on the embedded default: collect -> tokenizer -> policy -> closed-loop evaluation."""
     import time as _time
 
+    from robodream.config import load_config_file
     from robodream.pipeline import DEMO, recipe_from_json, run_recipe
 
     t0 = _time.perf_counter()
-    log = lambda m: err_console.print(f"[bold cyan]>>[/] {m}")  # noqa: E731
-    rec = recipe_from_json(_load_json(recipe), DEMO)
+    rec = recipe_from_json(load_config_file(recipe) if recipe else {}, DEMO)
     summary = run_recipe(rec, out, log=log)
     _summary_table(f"robodream demo: GigaWorld-Policy on {len(rec.tasks)} Meta-World tasks", summary)
     out_console.print(f"total {(_time.perf_counter() - t0) / 60:.1f} min; datasets {out / 'data'}, "
@@ -374,13 +221,21 @@ def bench_cameras_cmd(
     out_console.print(f"recommended: {' + '.join(r['best_pair'])}; written to {out}")
 
 
-# ----------------------------------------------------------------------------- world model
-from robodream.world_model.cli import register as _register_world_model  # noqa: E402
+# ----------------------------------------------------------------------------- systems
+#: Modules whose ``register(apps)`` adds a system's verbs (see :mod:`robodream.utils.cli`).
+SYSTEM_CLIS = ("robodream.tokenizer.cli", "robodream.policy.cli", "robodream.world_model.cli",
+               "robodream.gaussians.cli", "robodream.viz.cli")
 
-_register_world_model(app, train_app, eval_app, bench_app)
+
+def _register_systems() -> None:
+    import importlib
+
+    from robodream.data.collect import CollectConfig
+
+    app.command("collect")(user_errors(config_verb(CollectConfig)(collect)))
+    apps = Apps(root=app, train=train_app, eval=eval_app, bench=bench_app)
+    for name in SYSTEM_CLIS:
+        importlib.import_module(name).register(apps)
 
 
-# ----------------------------------------------------------------------------- gaussians
-from robodream.gaussians.cli import register as _register_gaussians  # noqa: E402
-
-_register_gaussians(app, bench_app)  # robodream reconstruct, robodream bench rasterizer
+_register_systems()

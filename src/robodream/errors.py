@@ -26,3 +26,7 @@ class CheckpointError(RobodreamError):
 
 class ConfigError(RobodreamError, ValueError):
     """An inconsistent configuration (e.g. image size or action dimension mismatch)."""
+
+
+class TrainingError(RobodreamError):
+    """Training cannot go on (e.g. a non-finite loss); the run's last checkpoint is intact."""

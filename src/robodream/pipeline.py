@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from robodream.config import replace as config_replace
+from robodream.config import to_dict
 from robodream.data.collect import CollectConfig, collect
 from robodream.data.lerobot import LeRobotDataset
 from robodream.errors import DatasetError
@@ -24,7 +26,6 @@ from robodream.tokenizer.model import TokenizerConfig
 from robodream.tokenizer.train import TokenizerRunConfig, default_tokenizer_train, train_tokenizer
 from robodream.train.loop import TrainConfig
 from robodream.utils.io import atomic_write_json, read_json
-from robodream.utils.run import to_jsonable
 
 #: The five tasks of the success target (easy reach to harder push/door).
 BENCH_TASKS = ("reach-v3", "button-press-topdown-v3", "drawer-open-v3", "push-v3", "door-open-v3")
@@ -47,8 +48,8 @@ class Recipe:
     videos_per_task: int = 2
 
 
-#: Sized to finish in under 20 minutes on 2 CPU cores (measured 13.8 min with the default model,
-#: policy training 8.1 of them); the three easiest bench tasks.
+#: Sized to finish in under 20 minutes on 2 CPU cores (times in benchmarks/RESULTS.md); the
+#: three easiest bench tasks.
 DEMO = Recipe(
     name="demo",
     tasks=("reach-v3", "button-press-topdown-v3", "drawer-open-v3"),
@@ -60,9 +61,8 @@ DEMO = Recipe(
                          checkpoint_every=250),
 )
 
-#: 3000 policy steps at batch 64: tokenizer + policy trained in 71 min on 2 CPU cores with the
-#: default model and the ``video_stride = 0`` ablation (no video tokens) in 18.5 more: 90 min,
-#: inside the 2-hour budget (benchmarks/RESULTS.md).
+#: 3000 policy steps at batch 64: the model and its ``video_stride = 0`` ablation train inside
+#: the 2-hour budget on 2 CPU cores (times in benchmarks/RESULTS.md).
 SUCCESS_BENCH = Recipe(name="success", policy_train=replace(default_policy_train(), steps=3000))
 
 
@@ -127,7 +127,8 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         else:
             log(f"evaluating {policy_name} on {task} ({recipe.eval_episodes} episodes) -> {out}")
             r = evaluate_policy(pol, task, recipe.eval_episodes, out, seed_start=DEFAULT_EVAL_SEED,
-                                max_steps=recipe.eval_max_steps, n_videos=recipe.videos_per_task)
+                                max_steps=recipe.eval_max_steps, n_videos=recipe.videos_per_task,
+                                overwrite=out.exists())  # an incomplete evaluation is redone
         per_task[task] = {k: r[k] for k in ("success_rate", "n_episodes", "ci95", "mean_steps_to_success",
                                             "latency_ms_p50", "latency_ms_p90")}
         per_task[task]["out"] = str(out)
@@ -135,7 +136,7 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
     pol_meta = read_json(pol / "results.json")
     rates = [v["success_rate"] for v in per_task.values()]
     summary = {
-        "recipe": to_jsonable(recipe), "policy": str(pol), "policy_overrides": policy_overrides or {},
+        "recipe": to_dict(recipe), "policy": str(pol), "policy_overrides": policy_overrides or {},
         "per_task": per_task, "mean_success_rate": sum(rates) / len(rates), "min_success_rate": min(rates),
         "policy_results": pol_meta, "timings_s": timings,
         "training_s": _training_seconds(tok) + _training_seconds(pol),
@@ -161,20 +162,11 @@ def _training_seconds(run: Path) -> float:
 
 
 def recipe_from_json(d: dict[str, Any], base: Recipe) -> Recipe:
-    """Override fields of ``base`` from a JSON dict (nested configs merged field by field).
+    """Override fields of ``base`` from a JSON dict, strictly (nested configs merged field by field).
 
     Example: ``{"tasks": ["reach-v3"], "demos_per_task": 5, "policy_train": {"steps": 100}}``.
-    """
-    from robodream.utils.run import from_dict
 
-    kw: dict[str, Any] = {}
-    nested = {"tokenizer": TokenizerConfig, "tokenizer_train": TrainConfig, "policy": PolicyConfig,
-              "policy_train": TrainConfig}
-    for k, v in d.items():
-        if k in nested:
-            kw[k] = from_dict(nested[k], {**to_jsonable(getattr(base, k)), **v})
-        elif k == "tasks":
-            kw[k] = tuple(v)
-        else:
-            kw[k] = v
-    return replace(base, **kw)
+    Raises:
+        ConfigError: an unknown key (named) or a bad value.
+    """
+    return config_replace(base, d)

@@ -5,16 +5,20 @@
 kept (recording stops at the step the task reports success) and the number discarded is
 reported. Provenance (env settings, the seed of every kept and discarded episode) goes to
 ``DIR/meta/robodream.json`` so that evaluation can pick seeds never used for training.
+``--workers N`` rolls out on N processes (``--ray-address``: on a Ray cluster) and writes
+the same dataset as one worker.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from robodream.config import to_dict
 from robodream.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
 from robodream.envs.meta_world import (
     ACTION_NAMES,
@@ -26,10 +30,11 @@ from robodream.envs.meta_world import (
     check_task,
     task_instruction,
 )
+from robodream.envs.parallel import RolloutPool, check_parallelism
 from robodream.errors import ConfigError, DatasetError
 from robodream.utils.io import read_json
 from robodream.utils.progress import progress_bar
-from robodream.utils.run import code_version, now, to_jsonable
+from robodream.utils.run import code_version, now
 
 PROVENANCE_FILE = "robodream.json"
 
@@ -38,11 +43,11 @@ PROVENANCE_FILE = "robodream.json"
 class CollectConfig:
     """What ``robodream collect`` records."""
 
-    task: str = "reach-v3"
+    task: str = "reach-v3"  # Meta-World task, e.g. push-v3 (robodream tasks lists them)
     episodes: int = 50  # episodes to keep
     seed: int = 0  # first env seed; attempts use seed, seed + 1, ...
-    image_size: int = 64
-    cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    image_size: int = 64  # square image side, pixels
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS  # camera names (comma-separated)
     max_steps: int = 500  # per episode (Meta-World's limit)
     keep_failures: bool = False  # keep unsuccessful episodes too
     # Steps recorded after the first success (the expert holds the goal). Without them, action
@@ -50,8 +55,8 @@ class CollectConfig:
     # has never seen what to do when it arrives at the goal a little off: it overshoots.
     post_success_steps: int = 16
     max_attempts_factor: float = 2.0  # give up after episodes * factor attempts
-    video_codec: str = "h264"  # see robodream.data.lerobot.VIDEO_CODECS
-    extra: dict = field(default_factory=dict)
+    video_codec: str = "h264"  # h264 (near-lossless), h264-rgb (exact) or av1
+    extra: dict = field(default_factory=dict)  # free-form notes carried into meta/robodream.json
 
 
 @dataclass
@@ -64,16 +69,28 @@ class CollectResult:
     mean_length: float
 
 
-def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = False) -> CollectResult:
+def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = False, workers: int = 1,
+            ray_address: str | None = None) -> CollectResult:
     """Run the expert and write the dataset atomically to ``out``.
+
+    Attempt ``i`` uses env seed ``cfg.seed + i``; the first ``cfg.episodes`` successful
+    attempts (in seed order) are kept, the failed ones before them are recorded as discarded.
+
+    Args:
+        workers: rollout processes, each with its own env (see :class:`RolloutPool`). The
+            dataset is the same for any number of workers: episodes are written in seed
+            order, and attempts run ahead of the last one needed are dropped.
+        ray_address: run the workers as actors on the Ray cluster at this address.
 
     Raises:
         UnknownTaskError: unknown task.
+        ConfigError: ``episodes < 1`` or ``workers < 1``; Ray missing or unreachable.
         DatasetError: ``out`` exists (and not ``overwrite``), or too few successful episodes.
     """
     check_task(cfg.task)
     if cfg.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {cfg.episodes}")
+    check_parallelism(workers, ray_address)
     env_cfg = EnvConfig(task=cfg.task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps)
     writer = LeRobotDatasetWriter(
         out, fps=FPS, robot_type="sawyer", state_names=list(STATE_NAMES), action_names=list(ACTION_NAMES),
@@ -85,14 +102,14 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
     discarded: list[int] = []
     lengths: list[int] = []
     max_attempts = max(cfg.episodes, int(np.ceil(cfg.episodes * cfg.max_attempts_factor)))
-    with writer, MetaWorldEnv(env_cfg) as env, progress_bar() as progress:
+    attempts = range(cfg.seed, cfg.seed + max_attempts)
+    episode = partial(run_expert_episode, post_success_steps=cfg.post_success_steps)  # (env, seed) -> episode
+    with (writer,
+          RolloutPool(partial(MetaWorldEnv, env_cfg), episode, workers=min(workers, max_attempts),
+                      ray_address=ray_address) as pool,
+          progress_bar() as progress):
         bar = progress.add_task(f"collect {cfg.task}", total=cfg.episodes)
-        seed = cfg.seed
-        while len(seeds) < cfg.episodes:
-            if seed - cfg.seed >= max_attempts:
-                raise DatasetError(
-                    f"only {len(seeds)} of {cfg.episodes} expert episodes succeeded in {max_attempts} attempts")
-            ep = run_expert_episode(env, seed, post_success_steps=cfg.post_success_steps)
+        for seed, ep in zip(attempts, pool.imap(attempts)):
             if ep["success"] or cfg.keep_failures:
                 writer.add_episode(task=task_instruction(cfg.task), state=ep["state"], action=ep["action"],
                                    images={c: ep["images"][:, i] for i, c in enumerate(cfg.cameras)},
@@ -102,11 +119,16 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
                 progress.update(bar, advance=1)
             else:
                 discarded.append(seed)
-            seed += 1
+            if len(seeds) == cfg.episodes:
+                break
+        else:
+            raise DatasetError(
+                f"only {len(seeds)} of {cfg.episodes} expert episodes succeeded in {max_attempts} attempts")
         writer.write_meta_json(PROVENANCE_FILE, {
             "created": now(), "code": code_version(), "source": "metaworld-scripted-expert",
-            "env": to_jsonable(env_cfg), "task": cfg.task, "seeds": seeds, "discarded_seeds": discarded,
+            "env": to_dict(env_cfg), "task": cfg.task, "seeds": seeds, "discarded_seeds": discarded,
             "keep_failures": cfg.keep_failures, "post_success_steps": cfg.post_success_steps,
+            "collect": to_dict(cfg),  # the resolved config: robodream collect --config reproduces it
         })
     return CollectResult(Path(out), len(seeds), len(discarded), seeds, discarded, float(np.mean(lengths)))
 

@@ -12,11 +12,19 @@ Layout (as written by LeRobot's ``LeRobotDatasetMetadata`` / ``DatasetWriter``):
 
 Data and video files grow until the next episode would pass ``data_files_size_in_mb`` /
 ``video_files_size_in_mb``; then a new file starts, and a new chunk after ``chunks_size``
-files. Camera ``cam`` is the video feature ``observation.images.{cam}``.
+files. Camera ``cam`` is the feature ``observation.images.{cam}``: ``"dtype": "video"`` (frames
+in the MP4 files) or ``"dtype": "image"`` (LeRobot's ``use_videos=False``: a data-file column of
+Hugging Face ``datasets.Image`` structs ``{bytes: PNG/JPEG file bytes, path: str}``, one per frame).
+
+Only LeRobot's own columns (``timestamp``, ``frame_index``, ``episode_index``, ``index``,
+``task_index``) are required; ``observation.state`` and ``action`` may be absent (e.g. a
+dataset with only ``observation.environment_state``, or video only): the reader then reports
+``state_dim`` / ``action_dim`` 0 and empty ``(T, 0)`` arrays, and a model that needs them says so.
 """
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
 
 from robodream.data.lerobot_format import (
     CODEBASE_VERSION,
@@ -31,11 +40,12 @@ from robodream.data.lerobot_format import (
     DEFAULT_VIDEO_PATH,
     IMAGE_PREFIX,
     REQUIRED_FEATURES,
+    STATE_ACTION_FEATURES,
     EpisodeIndexError,
     _to_numpy,
 )
 from robodream.data.lerobot_writer import LeRobotDatasetWriter
-from robodream.data.video import VIDEO_CODECS, decode_window, decode_windows
+from robodream.data.video import VIDEO_CODECS, FrameRateError, decode_window, decode_windows
 from robodream.errors import DatasetError
 from robodream.utils.io import read_json
 
@@ -52,11 +62,11 @@ class Episode:
         task: the task string of the episode's first frame; ``task_index`` its index in
             :attr:`LeRobotDataset.tasks`.
         length: number of frames ``T``.
-        state: ``(T, Ds) float32`` ``observation.state``.
-        action: ``(T, Da) float32``.
+        state: ``(T, Ds) float32`` ``observation.state``; ``(T, 0)`` if the dataset has none.
+        action: ``(T, Da) float32``; ``(T, 0)`` if the dataset has none.
         timestamp: ``(T,) float32`` seconds from the episode start (``frame_index / fps``).
         frame_index: ``(T,) int64`` ``0..T-1``.
-        extra: every other column of the data file except image features, ``name -> (T,)``
+        extra: every other column of the data file except camera features, ``name -> (T,)``
             for shape-``[1]`` features or ``(T, D)`` for vector features, in the stored dtype
             (e.g. ``next.done`` bool, ``next.reward`` float32).
     """
@@ -85,10 +95,11 @@ class LeRobotDataset:
     Attributes:
         root: the dataset directory. ``info``: parsed ``meta/info.json``; ``stats``: parsed
         ``meta/stats.json`` (``{}`` if absent). ``fps``: frames per second. ``robot_type``:
-        ``str`` or ``None``. ``cameras``: camera names in ``info.json`` order (video features,
-        without the ``observation.images.`` prefix). ``image_size``: ``(H, W)`` of the first
-        camera (``None`` without cameras). ``num_episodes``, ``num_frames``, ``episode_lengths``.
-        ``tasks``: task strings, position = ``task_index``. ``state_dim``, ``action_dim``.
+        ``str`` or ``None``. ``cameras``: camera names in ``info.json`` order (video and image
+        features, without the ``observation.images.`` prefix). ``image_size``: ``(H, W)`` of the
+        first camera (``None`` without cameras). ``num_episodes``, ``num_frames``,
+        ``episode_lengths``. ``tasks``: task strings, position = ``task_index``. ``state_dim``,
+        ``action_dim``: sizes of ``observation.state`` / ``action``, 0 when the feature is absent.
 
     Raises:
         DatasetError: missing directory or ``meta/info.json``, unparsable metadata, a
@@ -121,15 +132,18 @@ class LeRobotDataset:
             self.fps = int(self.info["fps"])
             if self.fps <= 0 or self.fps != float(self.info["fps"]):
                 raise ValueError(self.info["fps"])
-            self.state_dim = int(feats["observation.state"]["shape"][0])
-            self.action_dim = int(feats["action"]["shape"][0])
+            self.state_dim, self.action_dim = (int(feats[k]["shape"][0]) if k in feats else 0
+                                               for k in STATE_ACTION_FEATURES)  # fmt: skip
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise DatasetError(f"{info_path}: invalid fps or state/action shape ({e!r})") from e
         self.robot_type = self.info.get("robot_type")
         self.features = feats
-        self._video_keys = [k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"]
-        self.cameras = [k.removeprefix(IMAGE_PREFIX) for k in self._video_keys]
-        self.image_size = self._hw(self._video_keys[0]) if self._video_keys else None
+        dtypes = {k: f.get("dtype") if isinstance(f, dict) else None for k, f in feats.items()}
+        self._camera_keys = [k for k, d in dtypes.items() if d in ("video", "image")]
+        self._video_keys = [k for k in self._camera_keys if dtypes[k] == "video"]
+        self._image_keys = [k for k in self._camera_keys if dtypes[k] == "image"]
+        self.cameras = [k.removeprefix(IMAGE_PREFIX) for k in self._camera_keys]
+        self.image_size = self._hw(self._camera_keys[0]) if self._camera_keys else None
         self.stats = self._load_stats()
         self.tasks = self._load_tasks()
         self._load_episodes()
@@ -139,7 +153,7 @@ class LeRobotDataset:
         f = self.features[key]
         shape, names = list(f.get("shape", [])), list(f.get("names") or [])
         if len(shape) != 3:
-            raise DatasetError(f"{self.root}: video feature {key} has shape {shape}, expected [H, W, C]")
+            raise DatasetError(f"{self.root}: camera feature {key} has shape {shape}, expected [H, W, C]")
         if names and names[0] in ("channel", "channels"):
             return int(shape[1]), int(shape[2])
         return int(shape[0]), int(shape[1])
@@ -217,7 +231,8 @@ class LeRobotDataset:
                 names = pq.read_schema(path).names
             except (pa.ArrowException, OSError) as e:
                 raise DatasetError(f"corrupt or foreign parquet file {path}: {e}") from e
-            absent = [c for c in REQUIRED_FEATURES if c not in names]
+            declared = [k for k in STATE_ACTION_FEATURES if k in self.features]
+            absent = [c for c in (*REQUIRED_FEATURES, *declared, *self._image_keys) if c not in names]
             if absent:
                 raise DatasetError(f"data file {path} lacks columns {absent}")
         video_tpl = self.info.get("video_path") or DEFAULT_VIDEO_PATH
@@ -237,9 +252,9 @@ class LeRobotDataset:
             raise EpisodeIndexError(f"episode {i!r} out of range: {self.root} has {self.num_episodes} episodes")
         return int(i)
 
-    def _video_key(self, cam: str) -> str:
+    def _camera_key(self, cam: str) -> str:
         for key in (IMAGE_PREFIX + cam, cam):
-            if key in self._video_keys:
+            if key in self._camera_keys:
                 return key
         raise DatasetError(f"unknown camera {cam!r}: {self.root} has cameras {self.cameras}")
 
@@ -252,14 +267,8 @@ class LeRobotDataset:
         self._tables.move_to_end(path)
         return self._tables[path]
 
-    def episode(self, i: int) -> Episode:
-        """The tabular data of episode ``i`` (see :class:`Episode` for shapes and dtypes).
-
-        Raises:
-            EpisodeIndexError: ``i`` out of range (a DatasetError and an IndexError).
-            DatasetError: a corrupt data file, or a row count that differs from ``length``.
-        """
-        i = self._check_index(i)
+    def _episode_rows(self, i: int) -> tuple[Path, pa.Table]:
+        """The data-file rows of episode ``i`` (a valid index), in ``frame_index`` order."""
         path = self._data_files[i]
         table, ep_col = self._data_table(path)
         rows = np.nonzero(ep_col == i)[0]
@@ -268,22 +277,35 @@ class LeRobotDataset:
             raise DatasetError(f"data file {path} has {len(rows)} rows for episode {i}, expected {length}")
         part = table.slice(rows[0], length) if rows[-1] - rows[0] + 1 == length else table.take(rows)
         try:
-            skip = {k for k, f in self.features.items() if isinstance(f, dict) and f.get("dtype") in ("video", "image")}
-            cols = {name: _to_numpy(part[name]) for name in part.column_names if name not in skip}
+            order = np.argsort(_to_numpy(part["frame_index"]), kind="stable")
+        except (pa.ArrowException, ValueError) as e:
+            raise DatasetError(f"cannot read episode {i} from {path}: {e}") from e
+        return path, part if np.array_equal(order, np.arange(length)) else part.take(order)
+
+    def episode(self, i: int) -> Episode:
+        """The tabular data of episode ``i`` (see :class:`Episode` for shapes and dtypes).
+
+        Raises:
+            EpisodeIndexError: ``i`` out of range (a DatasetError and an IndexError).
+            DatasetError: a corrupt data file, or a row count that differs from ``length``.
+        """
+        i = self._check_index(i)
+        path, part = self._episode_rows(i)
+        length = self.episode_lengths[i]
+        try:
+            # copies: arrow's zero-copy arrays are read-only, and callers may write into episodes
+            cols = {name: np.array(_to_numpy(part[name])) for name in part.column_names if name not in self._camera_keys}
         except (pa.ArrowException, ValueError) as e:
             raise DatasetError(f"cannot read episode {i} from {path}: {e}") from e
         frame_index = cols.pop("frame_index").astype(np.int64)
-        order = np.argsort(frame_index, kind="stable")
-        cols = {k: v[order] for k, v in cols.items()}
-        frame_index = frame_index[order]
         timestamp = cols.pop("timestamp").astype(np.float32)
         task_index = int(cols.pop("task_index")[0])
         for k in ("episode_index", "index"):
             cols.pop(k)
         if not 0 <= task_index < len(self.tasks):
             raise DatasetError(f"data file {path}: task_index {task_index} of episode {i} is not in meta/tasks.parquet")
-        state = np.asarray(cols.pop("observation.state"), dtype=np.float32).reshape(length, -1)
-        action = np.asarray(cols.pop("action"), dtype=np.float32).reshape(length, -1)
+        state, action = (np.asarray(cols.pop(k, np.zeros((length, 0))), dtype=np.float32).reshape(length, -1)
+                         for k in STATE_ACTION_FEATURES)
         return Episode(index=i, task=self.tasks[task_index], task_index=task_index, length=length, state=state,
                        action=action, timestamp=timestamp, frame_index=frame_index, extra=cols)  # fmt: skip
 
@@ -294,14 +316,23 @@ class LeRobotDataset:
     def frames(self, i: int, cam: str) -> np.ndarray:
         """Decoded frames ``(T, H, W, 3) uint8`` RGB of camera ``cam`` in episode ``i``.
 
-        Frames are selected by presentation time inside the episode's
-        ``[from_timestamp, to_timestamp)`` window of its video file (half a frame of slack).
+        Video cameras: frames are selected by presentation time inside the episode's
+        ``[from_timestamp, to_timestamp)`` window of its video file (half a frame of slack), and
+        must be ``1/fps`` apart. Image cameras: the episode's PNG/JPEG cells, decoded with Pillow
+        (greyscale, palette and RGBA images converted to RGB), in ``frame_index`` order.
 
         Raises:
-            DatasetError: bad ``i`` or ``cam``, an undecodable file, or a frame count != length.
+            DatasetError: bad ``i`` or ``cam``, an undecodable file or image, a frame count !=
+                length, frames spaced at a rate other than ``fps``, or an image of another size.
         """
-        i, key = self._check_index(i), self._video_key(cam)
-        return decode_window(self._video_files[key][i], *self._window(i, key)[:2], self.fps, self.episode_lengths[i])
+        i, key = self._check_index(i), self._camera_key(cam)
+        if key in self._image_keys:
+            return self._image_frames(i, key)
+        try:
+            from_ts, to_ts, length = self._window(i, key)
+            return decode_window(self._video_files[key][i], from_ts, to_ts, self.fps, length)
+        except FrameRateError as e:
+            raise self._fps_error(e, i) from e
 
     def all_frames(self, cam: str) -> list[np.ndarray]:
         """``[frames(i, cam) for i in range(num_episodes)]``, decoding each video file once, in order.
@@ -309,14 +340,54 @@ class LeRobotDataset:
         Raises:
             DatasetError: as :meth:`frames`.
         """
-        key = self._video_key(cam)
+        key = self._camera_key(cam)
+        if key in self._image_keys:
+            return [self._image_frames(i, key) for i in range(self.num_episodes)]
         by_file: dict[Path, list[int]] = {}
         for i, path in enumerate(self._video_files[key]):
             by_file.setdefault(path, []).append(i)
         out: list[np.ndarray | None] = [None] * self.num_episodes
         for path, eps in by_file.items():
-            for i, frames in zip(eps, decode_windows(path, [self._window(i, key) for i in eps], self.fps), strict=True):
+            try:
+                decoded = decode_windows(path, [self._window(i, key) for i in eps], self.fps)
+            except FrameRateError as e:
+                raise self._fps_error(e, eps[e.window]) from e
+            for i, frames in zip(eps, decoded, strict=True):
                 out[i] = frames
+        return out
+
+    def _fps_error(self, e: FrameRateError, i: int) -> DatasetError:
+        return DatasetError(f"{self.root}: meta/info.json says fps={self.fps} but the video of episode {i} "
+                            f"({e.path.relative_to(self.root) if e.path.is_relative_to(self.root) else e.path}) "
+                            f"has frames at {e.measured_fps:.4g} fps; "
+                            f"one of them is wrong (usually \"fps\" in meta/info.json)")  # fmt: skip
+
+    def _image_frames(self, i: int, key: str) -> np.ndarray:
+        """Decode the ``datasets.Image`` cells of image feature ``key`` in episode ``i``: ``(T, H, W, 3) uint8``."""
+        path, part = self._episode_rows(i)
+        col = part[key].combine_chunks()
+        if pa.types.is_struct(col.type) and col.type.get_field_index("bytes") >= 0:
+            blobs = col.field("bytes").to_pylist()
+            files = col.field("path").to_pylist() if col.type.get_field_index("path") >= 0 else [None] * len(col)
+        elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            blobs, files = col.to_pylist(), [None] * len(col)
+        else:
+            raise DatasetError(f"data file {path}: image column {key} is {col.type}, expected struct<bytes, path>")
+        h, w = self._hw(key)
+        out = np.empty((len(blobs), h, w, 3), np.uint8)
+        for t, (blob, file) in enumerate(zip(blobs, files, strict=True)):
+            where = f"{self.root}: image {key} of episode {i}, frame {t} ({path.name})"
+            if blob is None and file is None:
+                raise DatasetError(f"{where} is missing")
+            src = io.BytesIO(blob) if blob is not None else Path(file) if Path(file).is_absolute() else self.root / file
+            try:
+                with Image.open(src) as img:
+                    rgb = np.asarray(img.convert("RGB"))
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                raise DatasetError(f"{where} cannot be decoded: {e}") from e
+            if rgb.shape != (h, w, 3):
+                raise DatasetError(f"{where} is {rgb.shape[1]}x{rgb.shape[0]}, but info.json declares {w}x{h}")
+            out[t] = rgb
         return out
 
     def __repr__(self) -> str:

@@ -27,7 +27,8 @@ DEFAULT_FEATURES = {
     "index": {"dtype": "int64", "shape": [1], "names": None},
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
-REQUIRED_FEATURES = ("observation.state", "action", *DEFAULT_FEATURES)
+REQUIRED_FEATURES = tuple(DEFAULT_FEATURES)  # all LeRobot itself requires (lerobot/datasets/utils.py)
+STATE_ACTION_FEATURES = ("observation.state", "action")  # optional; 0-dimensional when absent
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _ARROW = {
     "float32": pa.float32(), "float64": pa.float64(), "float16": pa.float16(), "bool": pa.bool_(),

@@ -30,15 +30,19 @@ from robodream.data.lerobot_format import (
 )
 from robodream.data.video import VIDEO_CODECS, VideoFileEncoder, probe_video
 from robodream.errors import DatasetError
-from robodream.utils.io import atomic_directory, atomic_write_bytes, atomic_write_json
+from robodream.utils.io import atomic_directory, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 
 
 class LeRobotDatasetWriter:
     """Write a LeRobotDataset v3.0 episode by episode; the dataset appears at ``root`` atomically.
 
-    Everything is built in a temporary sibling directory (``.{name}.*.tmp``) that is moved to
-    ``root`` by :meth:`finalize`; :meth:`abort` (or an exception in a ``with`` block) deletes
-    it and leaves ``root`` untouched. Use as a context manager::
+    Everything is built in a temporary sibling directory (``.{name}.pid{pid}@{host}.*.tmp``) that
+    is moved to ``root`` by :meth:`finalize`; :meth:`abort` (or an exception in a ``with`` block)
+    deletes it and leaves ``root`` untouched. A killed process cannot clean up, so a new writer
+    for the same ``root`` first deletes the temporary siblings of earlier runs whose process is
+    gone (same host), or, for those it cannot attribute, that nothing has modified for 24 hours
+    (:func:`robodream.utils.io.remove_stale_temporaries`); a concurrent live writer's directory is
+    never touched. Use as a context manager::
 
         with LeRobotDatasetWriter(root, fps=10, robot_type="sawyer", state_names=[...],
                                   action_names=[...], cameras=["corner"], image_size=(64, 64)) as w:
@@ -72,6 +76,7 @@ class LeRobotDatasetWriter:
         self._check_args(fps, state_names, action_names, cameras, image_size, video_codec,
                          data_files_size_in_mb, video_files_size_in_mb, chunks_size)  # fmt: skip
         self._check_root(overwrite)
+        remove_stale_temporaries(self.root)
         self.fps, self.robot_type = int(fps), robot_type
         self.cameras, self.image_size = list(cameras), (int(image_size[0]), int(image_size[1]))
         self.codec_name, self._codec = video_codec, VIDEO_CODECS[video_codec]
@@ -129,7 +134,7 @@ class LeRobotDatasetWriter:
         if not self.root.exists() and not self.root.is_symlink():
             return
         if not overwrite:
-            raise DatasetError(f"dataset directory {self.root} already exists (pass overwrite=True to replace it)")
+            raise DatasetError(f"dataset directory {self.root} already exists; pass --overwrite (overwrite=True) to replace it")
         if not self.root.is_dir() or (any(self.root.iterdir()) and not (self.root / "meta/info.json").is_file()):
             raise DatasetError(f"refusing to overwrite {self.root}: it is not a LeRobot dataset or an empty directory")
 

@@ -208,6 +208,32 @@ def probe_video(path: Path) -> dict:
         raise DatasetError(f"cannot read video {path}: {e}") from e
 
 
+class FrameRateError(DatasetError):
+    """The frames of a video window are spaced at a rate other than the dataset's ``fps``.
+
+    Attributes: ``path``, ``window`` (index into the windows decoded), ``fps`` (the
+    dataset's), ``measured_fps`` (``1 / mean spacing`` of the window's frames).
+    """
+
+    def __init__(self, path: Path, window: int, fps: float, measured_fps: float):
+        self.path, self.window, self.fps, self.measured_fps = path, window, fps, measured_fps
+        super().__init__(f"video {path} has frames at {measured_fps:.4g} fps but the dataset says fps={fps:g}")
+
+
+#: Tolerance on the time a window's frames span before :class:`FrameRateError` is raised: 1% of
+#: it (a wrong fps is off by far more), and at least 2 ms (containers round times, e.g. mkv to 1 ms).
+FPS_TOLERANCE, FPS_TOLERANCE_S = 0.01, 0.002
+
+
+def _check_spacing(path: Path, window: int, first_t: float | None, last_t: float | None, n: int, fps: float) -> None:
+    """Raise :class:`FrameRateError` if ``n >= 2`` frames shown from ``first_t`` to ``last_t`` (s) are not 1/fps apart."""
+    if n < 2 or first_t is None or last_t is None or last_t <= first_t:
+        return
+    expected_s = (n - 1) / fps
+    if abs((last_t - first_t) - expected_s) > max(FPS_TOLERANCE * expected_s, FPS_TOLERANCE_S):
+        raise FrameRateError(path, window, fps, (n - 1) / (last_t - first_t))
+
+
 def _iter_frames(container, seek_to: float | None):
     """Yield ``(time_s, frame)`` in presentation order from the first video stream."""
     stream = container.streams.video[0]
@@ -226,6 +252,7 @@ def decode_window(path: Path, from_ts: float, to_ts: float, fps: float, expected
     ``from_ts``; if the container seeks badly, decodes again from the start of the file.
 
     Raises:
+        FrameRateError: the window's frames are not ``1/fps`` apart (a wrong ``fps``).
         DatasetError: if the file cannot be decoded or the window holds a number of frames
             other than ``expected``.
     """
@@ -235,7 +262,7 @@ def decode_window(path: Path, from_ts: float, to_ts: float, fps: float, expected
     reformatter = VideoReformatter()
     for seek_to in (lo, None):
         out: list[np.ndarray] = []
-        n, first_t = 0, None
+        n, first_t, in_t, last_t = 0, None, None, None  # first decoded; first and last in the window
         try:
             with av.open(str(path)) as container:
                 for t, frame in _iter_frames(container, seek_to):
@@ -246,11 +273,13 @@ def decode_window(path: Path, from_ts: float, to_ts: float, fps: float, expected
                     if t < lo:
                         continue
                     n += 1
+                    in_t, last_t = in_t if in_t is not None else t, t
                     if n > expected:
                         break
                     out.append(frame_to_rgb(frame, reformatter))
         except av.FFmpegError as e:
             raise DatasetError(f"cannot decode video {path}: {e}") from e
+        _check_spacing(path, 0, in_t, last_t, n, fps)
         if n == expected and expected > 0:
             return np.stack(out)
         if first_t is None or first_t <= lo:  # the seek was fine: a retry would not help
@@ -267,6 +296,7 @@ def decode_windows(path: Path, windows: list[tuple[float, float, int]], fps: flo
     ``(expected, H, W, 3) uint8`` array per window, in the order given.
 
     Raises:
+        FrameRateError: a window's frames are not ``1/fps`` apart (``window`` says which).
         DatasetError: if the file cannot be decoded or a window's frame count is wrong.
     """
     half = 0.5 / fps
@@ -274,6 +304,7 @@ def decode_windows(path: Path, windows: list[tuple[float, float, int]], fps: flo
     los = [windows[k][0] - half for k in order]
     his = [windows[k][1] - half for k in order]
     out: list[list[np.ndarray]] = [[] for _ in windows]
+    span: list[list[float]] = [[] for _ in windows]  # times of each window's first and last frame
     end = max(his) if his else 0.0
     reformatter = VideoReformatter()
     try:
@@ -284,12 +315,15 @@ def decode_windows(path: Path, windows: list[tuple[float, float, int]], fps: flo
                 j = bisect.bisect_right(los, t) - 1
                 if j >= 0 and t < his[j]:
                     k = order[j]
+                    span[k] = [span[k][0] if span[k] else t, t]
                     if len(out[k]) < windows[k][2]:
                         out[k].append(frame_to_rgb(frame, reformatter))
                     else:
                         out[k].append(None)  # counted, not kept: the error below reports it
     except av.FFmpegError as e:
         raise DatasetError(f"cannot decode video {path}: {e}") from e
+    for k, frames in enumerate(out):
+        _check_spacing(path, k, *(span[k] or (None, None)), len(frames), fps)
     result = []
     for (from_ts, to_ts, expected), frames in zip(windows, out, strict=True):
         if len(frames) != expected or expected == 0:

@@ -4,12 +4,16 @@
 :func:`evaluate_policy`: N rollouts on env seeds disjoint from every seed the policy's
 training data was collected with, success from ``info["success"]``, per-chunk inference
 latency, and ``DIR/results.json``, a few rollout MP4s and ``DIR/evaluation.png``.
+``--workers N`` runs the rollouts on N processes (``--ray-address``: on a Ray cluster) with
+the same per-episode results as one worker: each episode's chunk noise is seeded by its env
+seed.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +21,13 @@ import numpy as np
 import torch
 
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv, check_task, task_instruction
+from robodream.envs.parallel import RolloutPool, check_parallelism
 from robodream.errors import ConfigError
 from robodream.eval.metrics import percentile, wilson_interval
 from robodream.eval.video import write_mp4
 from robodream.policy.runner import PolicyRunner
 from robodream.policy.train import load_policy
-from robodream.utils.io import atomic_write_json
+from robodream.utils.io import atomic_directory, atomic_write_json
 from robodream.utils.progress import progress_bar
 from robodream.utils.run import code_version, environment_info, now
 
@@ -33,29 +38,53 @@ DEFAULT_EVAL_SEED = 1_000_000
 def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: str | os.PathLike, *,
                     seed_start: int = DEFAULT_EVAL_SEED, max_steps: int = 500, n_videos: int = 3,
                     mode: str | None = None, device: str = "cpu", threads: int | None = None,
-                    compile: bool = False, n_action_steps: int | None = None) -> dict[str, Any]:
+                    compile: bool = False, n_action_steps: int | None = None, workers: int = 1,
+                    ray_address: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Roll out the policy ``episodes`` times and write the evaluation to ``out``.
+
+    ``out`` (results.json, evaluation.png, rollouts/*.mp4) appears atomically when the
+    evaluation is complete; an error leaves the file system as it was.
 
     Args:
         run_dir: policy run directory.
         task: Meta-World task name, e.g. ``"push-v3"``.
         seed_start: env seeds ``seed_start, seed_start + 1, ...``; must not overlap the
-            training seeds recorded in the policy run.
-        max_steps: episode step limit (Meta-World's own limit is 500).
-        n_videos: number of rollouts saved as MP4.
+            training seeds recorded in the policy run. Episode ``seed`` also seeds its chunk
+            noise, so its result does not depend on the episodes before it.
+        max_steps: episode step limit (Meta-World's own limit is 500), >= 1.
+        n_videos: number of rollouts saved as MP4 (the first ones, in seed order).
         mode: inference mode (default: action_only, or joint for mask="full" models).
-        threads: torch intra-op threads during evaluation.
-        compile: ``torch.compile`` the chunk sampling (compiled before the first rollout, so
-            compilation is not counted in the latency).
+        threads: torch intra-op threads of each rollout process (default: unchanged with one
+            worker, 1 per worker with several). Per-episode results are identical for any
+            ``workers`` at the same ``threads``.
+        compile: ``torch.compile`` the chunk sampling (compiled in every worker before its
+            first rollout, so compilation is not counted in the latency).
         n_action_steps: receding horizon K, actions executed per predicted chunk (default: the
             run's ``n_action_steps``); must be in [1, horizon].
+        workers: rollout processes, each with its own env and copy of the policy (see
+            :class:`RolloutPool`); latencies are pooled over all of them.
+        ray_address: run the workers as actors on the Ray cluster at this address (each
+            node must see ``run_dir`` at the same path).
+        overwrite: replace an existing non-empty ``out`` (only an evaluation directory is
+            ever replaced, and only once the new one is complete).
+
+    Returns:
+        The content of results.json: success_rate, ci95, per-episode results (seed,
+        success, steps), latency percentiles (ms per chunk), ...
 
     Raises:
-        UnknownTaskError, CheckpointError, ConfigError (task not trained, seed overlap).
+        UnknownTaskError, CheckpointError, ConfigError (task not trained, seed overlap, bad
+        mode, ``episodes``/``max_steps``/``workers`` < 1, ``out`` not empty without
+        ``overwrite``, Ray missing or unreachable).
     """
     check_task(task)
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
+    if max_steps < 1:
+        raise ConfigError(f"--max-steps must be >= 1, got {max_steps}")
+    check_parallelism(workers, ray_address)
+    out = Path(out)
+    _check_out_dir(out, overwrite)
     policy, tokenizer, run_cfg = load_policy(run_dir, device=device)
     if n_action_steps is not None:
         if not 1 <= n_action_steps <= policy.cfg.horizon:
@@ -67,82 +96,125 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     if overlap:
         raise ConfigError(f"evaluation seeds overlap the training seeds of {task} (e.g. {overlap[:3]}); "
                           f"choose another --seed-start")
-    runner = PolicyRunner(policy, tokenizer, instruction, mode=mode, seed=seed_start)
+    mode = PolicyRunner(policy, tokenizer, instruction, mode=mode).mode  # checks task and mode
     cfg = policy.cfg
-    if compile:
-        policy.compile_inference()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    prev_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    del policy, tokenizer  # every worker loads its own copy
+    env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps)
+    setup = partial(_Evaluator, str(run_dir), instruction, env_cfg, mode=mode, device=device, compile=compile,
+                    n_action_steps=n_action_steps)
+    workers = min(workers, episodes)
     per_episode: list[dict[str, Any]] = []
+    lat: list[float] = []  # ms per chunk, all episodes
     t_start = time.perf_counter()
-    try:
-        if compile:  # compile now, outside the timed chunks
-            runner.predict_chunk(np.zeros((len(cfg.cameras), cfg.image_size, cfg.image_size, 3), np.uint8),
-                                 np.zeros(cfg.state_dim, np.float32))
-            runner.chunk_latency_ms.clear()
-        env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps)
-        with MetaWorldEnv(env_cfg) as env, progress_bar() as progress:
-            bar = progress.add_task(f"eval {task}", total=episodes)
-            for i, seed in enumerate(seeds):
-                record = i < n_videos
-                ep = _rollout(env, runner, seed, record)
-                if record:
-                    tag = "success" if ep["success"] else "fail"
-                    frames = ep.pop("frames")
-                    write_mp4(out / "rollouts" / f"seed{seed}_{tag}.mp4", frames)
-                    if runner.video_predictions:
-                        save_future_grid(runner.video_predictions, frames, cfg.future_offsets,
-                                         out / "rollouts" / f"seed{seed}_predicted_future.png")
-                per_episode.append(ep)
-                n_ok = sum(e["success"] for e in per_episode)
-                progress.update(bar, advance=1, description=f"eval {task} {n_ok}/{len(per_episode)} ok")
-    finally:
-        torch.set_num_threads(prev_threads)
-    n_ok = sum(e["success"] for e in per_episode)
-    steps_ok = [e["steps"] for e in per_episode if e["success"]]
-    lat = runner.chunk_latency_ms
-    results = {
-        "task": task, "instruction": instruction, "success_rate": n_ok / episodes, "n_episodes": episodes,
-        "n_successes": n_ok, "ci95": list(wilson_interval(n_ok, episodes)),
-        "mean_steps_to_success": float(np.mean(steps_ok)) if steps_ok else None,
-        "latency_ms_p50": percentile(lat, 50), "latency_ms_p90": percentile(lat, 90),
-        "latency_includes": "tokenizer encode + chunk sampling, batch 1",
-        "mode": runner.mode, "compiled": compile, "threads": torch.get_num_threads() if not threads else threads,
-        "n_chunks": len(lat), "n_action_steps": cfg.n_action_steps, "horizon": cfg.horizon,
-        "seeds": seeds, "max_steps": max_steps, "wall_s": time.perf_counter() - t_start,
-        "policy_run": str(run_dir), "episodes": per_episode, "created": now(), "code": code_version(),
-        "environment": environment_info(),
-    }
-    atomic_write_json(out / "results.json", results)
-    plot_evaluation(results, lat, out / "evaluation.png")
+    with (RolloutPool(setup, _Evaluator.episode, workers=workers, ray_address=ray_address, threads=threads) as pool,
+          atomic_directory(out, overwrite=out.exists()) as tmp,
+          progress_bar() as progress):
+        bar = progress.add_task(f"eval {task}", total=episodes)
+        jobs = [(seed, i < n_videos) for i, seed in enumerate(seeds)]  # (env seed, record the rollout)
+        for ep in pool.imap(jobs):
+            lat += ep.pop("latency_ms")
+            if "frames" in ep:
+                tag = "success" if ep["success"] else "fail"
+                frames = ep.pop("frames")
+                write_mp4(tmp / "rollouts" / f"seed{ep['seed']}_{tag}.mp4", frames)
+                if ep["video_predictions"]:
+                    save_future_grid(ep["video_predictions"], frames, cfg.future_offsets,
+                                     tmp / "rollouts" / f"seed{ep['seed']}_predicted_future.png")
+            ep.pop("video_predictions", None)
+            per_episode.append(ep)
+            n_ok = sum(e["success"] for e in per_episode)
+            progress.update(bar, advance=1, description=f"eval {task} {n_ok}/{len(per_episode)} ok")
+        n_ok = sum(e["success"] for e in per_episode)
+        steps_ok = [e["steps"] for e in per_episode if e["success"]]
+        results = {
+            "task": task, "instruction": instruction, "success_rate": n_ok / episodes, "n_episodes": episodes,
+            "n_successes": n_ok, "ci95": list(wilson_interval(n_ok, episodes)),
+            "mean_steps_to_success": float(np.mean(steps_ok)) if steps_ok else None,
+            "latency_ms_p50": percentile(lat, 50), "latency_ms_p90": percentile(lat, 90),
+            "latency_includes": "tokenizer encode + chunk sampling, batch 1",
+            "mode": mode, "compiled": compile,
+            "threads": threads or (torch.get_num_threads() if pool.backend == "in-process" else 1),
+            "workers": workers, "backend": pool.backend,
+            "n_chunks": len(lat), "n_action_steps": cfg.n_action_steps, "horizon": cfg.horizon,
+            "seeds": seeds, "max_steps": max_steps, "wall_s": time.perf_counter() - t_start,
+            "policy_run": str(run_dir), "episodes": per_episode, "created": now(), "code": code_version(),
+            "environment": environment_info(),
+        }
+        atomic_write_json(tmp / "results.json", results)
+        plot_evaluation(results, lat, tmp / "evaluation.png")
     return results
 
 
-def _rollout(env: MetaWorldEnv, runner: PolicyRunner, seed: int, record: bool) -> dict[str, Any]:
-    runner.reset()
-    obs = env.reset(seed)
-    frames = [np.concatenate(list(obs.images), axis=1)] if record else None
-    steps = 0
-    while True:
-        obs = env.step(runner.act(obs.images, obs.state))
-        steps += 1
+#: What an evaluation directory holds; only such a directory is replaced by ``overwrite``.
+EVAL_OUTPUTS = {"results.json", "evaluation.png", "rollouts"}
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Raises ConfigError unless ``out`` is absent, empty, or (with ``overwrite``) an evaluation."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    names = {p.name for p in out.iterdir()}
+    if names and not overwrite:
+        raise ConfigError(f"output directory {out} already exists and is not empty (pass --overwrite to replace it)")
+    if names - EVAL_OUTPUTS:
+        raise ConfigError(f"refusing to overwrite {out}: it holds {sorted(names - EVAL_OUTPUTS)[0]!r}, "
+                          f"which is not part of a policy evaluation")
+
+
+class _Evaluator:
+    """A rollout worker's state: its own env and copy of the policy (see :class:`RolloutPool`)."""
+
+    def __init__(self, run_dir: str, instruction: str, env_cfg: EnvConfig, *, mode: str, device: str,
+                 compile: bool, n_action_steps: int | None) -> None:
+        policy, tokenizer, _ = load_policy(run_dir, device=device)
+        if n_action_steps is not None:
+            policy.cfg.n_action_steps = n_action_steps
+        self.runner = PolicyRunner(policy, tokenizer, instruction, mode=mode)
+        cfg = policy.cfg
+        if compile:  # compile now, outside the timed chunks
+            policy.compile_inference()
+            self.runner.predict_chunk(np.zeros((len(cfg.cameras), cfg.image_size, cfg.image_size, 3), np.uint8),
+                                      np.zeros(cfg.state_dim, np.float32))
+        self.env = MetaWorldEnv(env_cfg)
+
+    def episode(self, job: tuple[int, bool]) -> dict[str, Any]:
+        """Roll out one episode; job = (env seed, record frames).
+
+        Returns {"seed", "success", "steps", "latency_ms": [ms per chunk]}, and when recorded
+        "frames" (T + 1, H, n_cameras * W, 3) uint8 and "video_predictions" [(step, (F, N, 3,
+        H, W) float32 in [0, 1])].
+        """
+        seed, record = job
+        env, runner = self.env, self.runner
+        runner.reset(seed)
+        runner.chunk_latency_ms.clear()
+        obs = env.reset(seed)
+        frames = [np.concatenate(list(obs.images), axis=1)] if record else None
+        steps = 0
+        while True:
+            obs = env.step(runner.act(obs.images, obs.state))
+            steps += 1
+            if record:
+                frames.append(np.concatenate(list(obs.images), axis=1))
+            if obs.success or obs.truncated:
+                break
+        ep: dict[str, Any] = {"seed": seed, "success": bool(obs.success), "steps": steps,
+                              "latency_ms": list(runner.chunk_latency_ms)}
         if record:
-            frames.append(np.concatenate(list(obs.images), axis=1))
-        if obs.success or obs.truncated:
-            break
-    ep: dict[str, Any] = {"seed": seed, "success": bool(obs.success), "steps": steps}
-    if record:
-        ep["frames"] = np.stack(frames)
-    return ep
+            ep["frames"] = np.stack(frames)
+            ep["video_predictions"] = [(t, p.float().numpy()) for t, p in runner.video_predictions]
+        return ep
+
+    def close(self) -> None:
+        self.env.close()
 
 
 def save_future_grid(predictions: list, frames: np.ndarray, offsets: list[int], path: Path, max_rows: int = 4) -> None:
     """PNG: for the first chunks of an episode, predicted future frames next to the real ones.
 
-    predictions: [(step t, (F, N, 3, H, W) float in [0, 1])]; frames: (T + 1, H, N * W, 3) uint8
+    predictions: [(step t, (F, N, 3, H, W) float array in [0, 1])]; frames: (T + 1, H, N * W, 3) uint8
     (cameras side by side) of the rollout. Each row: for every offset o, predicted | actual
     frame at t + o (black when the episode ended earlier).
     """
@@ -152,7 +224,7 @@ def save_future_grid(predictions: list, frames: np.ndarray, offsets: list[int], 
     for t, pred in predictions[:max_rows]:
         cells = []
         for k, o in enumerate(offsets):
-            p = (pred[k].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (N, H, W, 3)
+            p = (np.asarray(pred[k]).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)  # (N, H, W, 3)
             p = np.concatenate(list(p), axis=1)
             real = frames[t + o] if t + o < len(frames) else np.zeros_like(p)
             cells += [p, real, np.full((p.shape[0], 2, 3), 255, np.uint8)]

@@ -1,71 +1,40 @@
 """CLI verbs of the Gaussian splatting module: ``robodream reconstruct`` and ``robodream bench rasterizer``.
 
-Plain functions with typer options; :func:`register` adds them to robodream's app (the
-main ``cli.py`` calls it at the end of its module). This module does not import
-``robodream.cli`` at import time (that would be circular: ``robodream.cli`` imports this
-one); its helpers are looked up when a command is registered or runs. Logic lives in
+Plain functions with typer options; :func:`register` adds them to robodream's apps (the
+convention of :mod:`robodream.utils.cli`). Logic lives in
 :mod:`robodream.gaussians.reconstruct` and :mod:`robodream.gaussians.bench`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from robodream.errors import ConfigError
-
-
-def _read_config(path: Optional[Path]) -> dict:
-    if path is None:
-        return {}
-    try:
-        cfg = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from e
-    return cfg.get("reconstruct", cfg)
+from robodream.utils.cli import Apps, config_verb, log, out_console, print_table, user_errors
 
 
 def reconstruct_cmd(
-    task: Annotated[str, typer.Option(help="Meta-World task whose scene is reconstructed, e.g. push-v3")],
+    overrides: dict,
     out: Annotated[Path, typer.Option(help="run directory to create")],
-    views: Annotated[int, typer.Option(help="training views (orbit cameras around the table)")] = 32,
-    heldout: Annotated[int, typer.Option(help="held-out views for PSNR/SSIM")] = 8,
-    image_size: Annotated[int, typer.Option(help="square image side in pixels")] = 128,
-    steps: Annotated[Optional[int], typer.Option(help="optimiser steps (default from the config)")] = None,
-    sh_degree: Annotated[Optional[int], typer.Option(help="final spherical-harmonics degree, 0-3")] = None,
-    init_points: Annotated[Optional[int], typer.Option(help="Gaussians initialised from depth")] = None,
-    max_gaussians: Annotated[Optional[int], typer.Option(help="densification stops at this count")] = None,
-    seed: Annotated[int, typer.Option(help="scene variation (env reset seed) and optimisation seed")] = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch default)")] = 0,
     config: Annotated[Optional[Path], typer.Option(help="a reconstruction run's config.json to start from")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run at --out")] = False,
 ) -> None:
     """3D Gaussian Splatting of a static Meta-World scene; reports held-out PSNR/SSIM, writes a .ply."""
-    from robodream.cli import err_console, print_table
-    from robodream.gaussians.reconstruct import ReconstructConfig, reconstruct
-    from robodream.utils.run import from_dict
+    from robodream.config import deep_merge, from_dict, load_config_file, to_dict
+    from robodream.gaussians.reconstruct import MODEL_TYPE, ReconstructConfig, reconstruct
 
-    base = _read_config(config)
-    try:
-        cfg = from_dict(ReconstructConfig, {**base, "task": task, "views": views, "heldout": heldout,
-                                             "image_size": image_size, "seed": seed, "threads": threads})
-    except TypeError as e:
-        raise ConfigError(f"bad reconstruction config: {e}") from e
-    if steps is not None:
-        cfg.steps = steps
-    if sh_degree is not None:
-        cfg.sh_degree = sh_degree
-    if init_points is not None:
-        cfg.init_points = init_points
-    if max_gaussians is not None:
-        cfg.densify.max_gaussians = max_gaussians
-    cfg.__post_init__()
-    log = lambda m: err_console.print(f"[bold cyan]>>[/] {m}")  # noqa: E731
+    base = to_dict(ReconstructConfig())
+    if config is not None:
+        file = load_config_file(config)
+        if file.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise ConfigError(f"--config {config} is a {file.get('model_type')} config, not {MODEL_TYPE}")
+        base = deep_merge(base, file.get("reconstruct", {k: v for k, v in file.items() if k != "model_type"}))
+    cfg = from_dict(ReconstructConfig, deep_merge(base, overrides))
     r = reconstruct(cfg, out, overwrite=overwrite, log=log)
-    print_table(f"reconstruct {task}: {views} views at {image_size}x{image_size}",
+    print_table(f"reconstruct {cfg.task}: {cfg.views} views at {cfg.image_size}x{cfg.image_size}",
                 ["held-out PSNR (dB)", "held-out SSIM", "train PSNR (dB)", "Gaussians", "steps", "wall s", "run"],
                 [[r["psnr_heldout"], r["ssim_heldout"], r["psnr_train"], r["n_gaussians"], r["steps"], r["wall_s"],
                   str(out)]])
@@ -92,11 +61,9 @@ def bench_rasterizer_cmd(
     tile_size: Annotated[int, typer.Option(help="tile side of the tiled path, pixels")] = 16,
 ) -> None:
     """Forward and forward+backward time of the tiled rasteriser vs the dense reference (and gsplat on CUDA)."""
-    from robodream.cli import err_console, out_console, print_table
     from robodream.gaussians.bench import bench_rasterizer
     from robodream.utils.io import atomic_write_json
 
-    log = lambda m: err_console.print(f"[bold cyan]>>[/] {m}")  # noqa: E731
     r = bench_rasterizer(_ints(counts, "counts"), _ints(sizes, "sizes"), repeats=repeats, device=device,
                          threads=threads, dense_max_pairs=dense_max_pairs, tile_size=tile_size, log=log)
     atomic_write_json(out, r)
@@ -112,15 +79,9 @@ def bench_rasterizer_cmd(
     out_console.print(f"written to {out}")
 
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``reconstruct`` to ``app`` and ``rasterizer`` to ``bench_app`` (idempotent).
+def register(apps: Apps) -> None:
+    """Add ``reconstruct`` and ``bench rasterizer``."""
+    from robodream.gaussians.reconstruct import ReconstructConfig
 
-    Errors a user can cause (:class:`robodream.errors.RobodreamError`) print as one line and
-    exit with status 2, like every robodream verb.
-    """
-    from robodream.cli import user_errors
-
-    if not any(c.name == "reconstruct" for c in app.registered_commands):
-        app.command("reconstruct")(user_errors(reconstruct_cmd))
-    if not any(c.name == "rasterizer" for c in bench_app.registered_commands):
-        bench_app.command("rasterizer")(user_errors(bench_rasterizer_cmd))
+    apps.root.command("reconstruct")(user_errors(config_verb(ReconstructConfig)(reconstruct_cmd)))
+    apps.bench.command("rasterizer")(user_errors(bench_rasterizer_cmd))

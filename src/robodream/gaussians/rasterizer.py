@@ -57,10 +57,15 @@ class RasterOutput(NamedTuple):
 
 
 def gsplat_available() -> bool:
-    """True when gsplat can be imported (it is an optional extra: ``pip install robodream[gpu]``)."""
+    """True when gsplat can be imported (it is an optional extra: ``pip install robodream[gpu]``).
+
+    Only a missing package means unavailable: a gsplat that is installed but broken (another
+    CUDA, a failed build) raises its own error instead of silently falling back to the slow
+    path. Every :class:`RasterOutput` says which path ran in ``info["backend"]``.
+    """
     try:
         import gsplat  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means unavailable
+    except ImportError:
         return False
     return True
 

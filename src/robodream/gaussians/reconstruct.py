@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from robodream.config import to_dict
 from robodream.envs.cameras import (
     TABLE_CENTER,
     backproject,
@@ -48,13 +49,15 @@ from robodream.envs.cameras import (
 )
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv, check_task
 from robodream.errors import ConfigError, RobodreamError
+from robodream.eval.metrics import psnr, ssim
 from robodream.gaussians.densify import DensifyConfig, DensityControl
-from robodream.gaussians.losses import photometric_loss, psnr, ssim
+from robodream.gaussians.losses import photometric_loss
 from robodream.gaussians.ply import load_ply, save_ply
 from robodream.gaussians.scene import GaussianParams, downsample_to, from_points
+from robodream.train.run_dir import read_run_config
 from robodream.utils.io import atomic_directory, atomic_write_json
 from robodream.utils.progress import progress_bar
-from robodream.utils.run import read_run_config, to_jsonable, write_run_meta
+from robodream.utils.run import write_run_meta
 
 MODEL_TYPE = "gaussian_scene"
 
@@ -247,7 +250,7 @@ def _run(cfg: ReconstructConfig, run: Path, log, show_progress: bool, t0: float)
     c0 = time.process_time()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    atomic_write_json(run / "config.json", {"model_type": MODEL_TYPE, "reconstruct": to_jsonable(cfg)})
+    atomic_write_json(run / "config.json", {"model_type": MODEL_TYPE, "reconstruct": to_dict(cfg)})
     write_run_meta(run)
     log(f"rendering {cfg.views} training + {cfg.heldout} held-out views of {cfg.task} at {cfg.image_size}px")
     train, held = render_views(cfg)
@@ -273,6 +276,9 @@ def _run(cfg: ReconstructConfig, run: Path, log, show_progress: bool, t0: float)
             g = _join_sh(params)
             r = g.render(train.viewmats[i:i + 1], train.Ks[i:i + 1], S, S, background=bg,
                          sh_degree=min(cfg.sh_degree, (step - 1) // cfg.sh_every), tile_size=cfg.tile_size)
+            if step == 1:
+                backend = r.info["backend"]
+                log(f"rasteriser: {backend} path on {r.rgb.device}")
             r.info["means2d"].retain_grad()
             loss = photometric_loss(r.rgb, train.rgb[i:i + 1], cfg.ssim_lambda)
             loss.backward()
@@ -306,7 +312,7 @@ def _run(cfg: ReconstructConfig, run: Path, log, show_progress: bool, t0: float)
             "wall_s": wall, "psnr_train": train_eval["psnr"], "ssim_train": train_eval["ssim"],
             "psnr_heldout_per_view": held_eval["psnr_per_view"], "steps": cfg.steps, "views": cfg.views,
             "heldout": cfg.heldout, "image_size": S, "n_gaussians_init": g0.n, "background": background.tolist(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "rasterizer_backend": backend}
 
 
 @torch.no_grad()
@@ -342,8 +348,9 @@ def _write_cameras(path: Path, train: Views, held: Views) -> None:
                              "train": cams(train), "heldout": cams(held)})
 
 
-def load_scene(run: str | Path) -> GaussianParams:
-    """The Gaussians of a reconstruction run.
+def load_scene(run: str | Path, device: str = "cpu") -> GaussianParams:
+    """The Gaussians of a reconstruction run (on the CPU; ``device`` is the run registry's
+    loader signature, :func:`robodream.train.run_dir.load_run`).
 
     Raises:
         CheckpointError: not a run directory, a run of another model type, or a bad PLY.

@@ -1,13 +1,11 @@
 """Scaled-dot-product attention for the video world model's kernels, with the backend measured fastest.
 
 On a CPU with bf16/fp16 inputs (training runs under bf16 autocast), PyTorch 2.13's fused
-(flash) CPU kernel is about 2x *slower* forward+backward than its own math backend at the
-world model's clip (16 x 4 heads x 160 tokens), at equal accuracy (the math backend computes
-the scores in float32); a whole world-model training step is 12% (MoE + neighbourhood
-attention) and 21% (dense + full attention) faster with it, on 2 CPU cores (AMD EPYC Zen 4).
-The policy's masked attention (64 x 4 x 177 tokens, block-causal) gained nothing (its
-training step was 9% slower), so :class:`~robodream.models.transformer.Attention` keeps the
-default dispatch. Float32 CPU inference and CUDA keep the default dispatch too.
+(flash) CPU kernel is slower forward+backward than its own math backend at the world model's
+clip, at equal accuracy (the math backend computes the scores in float32), so the world
+model's kernels use the math backend there. The policy's masked attention gained nothing
+from it, so :class:`~robodream.models.transformer.Attention` keeps the default dispatch, as do
+float32 CPU inference and CUDA. Measurements: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -19,10 +19,8 @@ shared expert, which gets the same size). The dispatch gathers each expert's tok
 contiguous slice of one batch, so compute is proportional to active, not total, parameters.
 Each slice's length is rounded up to a bucket (:func:`bucket`): with exact lengths every
 routing outcome gave the CPU matmul library (oneDNN) new shapes, whose kernels it builds
-and caches anew. On 2 CPU cores that made a bf16 training step of the 5-frame world model
-slower (0.51-0.58 s vs 0.34-0.46 s bucketed, batch 16, alternating processes) and, by
-evicting their cached kernels, slowed a dense model in the same process by 20-60% (see
-benchmarks/RESULTS.md, 2026-11-22).
+and caches anew, which slowed the MoE step and, by evicting their cached kernels, other
+models in the same process (measurements in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

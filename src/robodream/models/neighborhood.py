@@ -120,11 +120,9 @@ def _divisors(n: int) -> list[int]:
 def choose_tiles(grid: Grid, window: Grid, overhead: int = 64) -> Grid:
     """Query tile per axis minimising ``n_tiles * (tile_q + overhead) * region`` (pairs plus gather cost).
 
-    ``overhead`` weighs a gathered key row against a query-key pair. Measured on 2 CPU cores
-    (bf16 forward + backward, window (whole, 3, 3) unless noted, all tilings of each grid
-    timed round-robin), 64 picks the fastest tiling tried at every grid: (5, 4, 2) at the
-    5-frame grid (5, 4, 8) (16 picked (5, 4, 1), 20% slower), (5, 8, 2) at (5, 8, 16), (9, 4, 2)
-    at the default (9, 4, 8) and (3, 4, 8) at (9, 4, 8) with window (3, 3, 3).
+    ``overhead`` weighs a gathered key row against a query-key pair; 64 picked the fastest
+    tiling of every grid timed on a CPU (bf16 forward + backward; the tilings and times are in
+    benchmarks/RESULTS.md).
     """
     best, best_cost = grid, math.inf
     for tile in itertools.product(*(_divisors(n) for n in grid)):

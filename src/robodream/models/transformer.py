@@ -60,10 +60,11 @@ class Attention(nn.Module):
 
     ``inner_dim`` (default ``dim``) is the attention width ``n_heads * head_dim``; a narrower
     token stream can share another stream's attention by projecting into the same heads
-    (Mixture-of-Transformers, see :func:`multi_stream_block`).
+    (Mixture-of-Transformers, see :func:`multi_stream_block`). ``out_proj=False`` builds only
+    the key/value side (``project_qkv``), for tokens whose outputs nobody reads.
     """
 
-    def __init__(self, dim: int, n_heads: int, inner_dim: int | None = None) -> None:
+    def __init__(self, dim: int, n_heads: int, inner_dim: int | None = None, out_proj: bool = True) -> None:
         super().__init__()
         inner_dim = inner_dim or dim
         if inner_dim % n_heads:
@@ -71,9 +72,9 @@ class Attention(nn.Module):
         self.n_heads = n_heads
         self.head_dim = inner_dim // n_heads
         self.qkv = nn.Linear(dim, 3 * inner_dim)
-        self.q_norm = RMSNorm(self.head_dim)
+        self.q_norm = RMSNorm(self.head_dim) if out_proj else None
         self.k_norm = RMSNorm(self.head_dim)
-        self.proj = nn.Linear(inner_dim, dim)
+        self.proj = nn.Linear(inner_dim, dim) if out_proj else None
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L, dim) -> q, k, v (B, n_heads, L, head_dim), q and k RMS-normed.
@@ -91,6 +92,19 @@ class Attention(nn.Module):
         if low:
             qk, wq, wk = qk.to(qkv.dtype), wq.to(qkv.dtype), wk.to(qkv.dtype)
         return (qk[:, :, 0] * wq).transpose(1, 2), (qk[:, :, 1] * wk).transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, dim) -> k, v (B, n_heads, L, head_dim), k RMS-normed: the keys/values of
+        :meth:`project_qkv` (the same numbers), for tokens whose queries are not needed."""
+        B, L, _ = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim)
+        k, wk = qkv[:, :, 1], self.k_norm.weight
+        low = k.dtype != torch.float32
+        kn = k.float() if low else k
+        kn = kn * torch.rsqrt(kn.square().mean(-1, keepdim=True) + self.k_norm.eps)
+        if low:
+            kn, wk = kn.to(qkv.dtype), wk.to(qkv.dtype)
+        return (kn * wk).transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def project_out(self, out: torch.Tensor) -> torch.Tensor:
         """Attention output (B, n_heads, L, head_dim) -> (B, L, dim)."""
@@ -172,15 +186,18 @@ class AdaLNBlock(nn.Module):
     :meth:`modulate` from conditioning vectors and passed to :meth:`forward`, so callers can
     compute it once for many tokens or many sampling steps. ``attn_dim`` (default ``dim``) is
     the attention width, so a narrow block can share a wide block's attention heads
-    (:func:`multi_stream_block`).
+    (:func:`multi_stream_block`). ``kv_only=True`` builds a block whose tokens only give keys
+    and values to other tokens (no output projection, no MLP): the last layer of a stream whose
+    outputs are never read; it has no :meth:`forward`, use ``attn.project_qkv``.
     """
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
-                 mlp: nn.Module | None = None, attn_dim: int | None = None) -> None:
+                 mlp: nn.Module | None = None, attn_dim: int | None = None, kv_only: bool = False) -> None:
         super().__init__()
         cond_dim = cond_dim or dim
-        self.attn = Attention(dim, n_heads, attn_dim)
-        self.mlp = mlp if mlp is not None else MLP(dim, int(dim * mlp_ratio))
+        self.kv_only = kv_only
+        self.attn = Attention(dim, n_heads, attn_dim, out_proj=not kv_only)
+        self.mlp = None if kv_only else (mlp if mlp is not None else MLP(dim, int(dim * mlp_ratio)))
         self.modulation = nn.Linear(cond_dim, 6 * dim)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)

@@ -35,14 +35,14 @@ class PolicyConfig:
     # --- transformer ------------------------------------------------------------------------
     dim: int = 192  # token width
     depth: int = 4  # number of blocks
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
+    n_heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width / token width
     patch_size: int = 2  # latent patch side: a token covers patch_size^2 latent cells
     mask: str = "block_causal"  # "block_causal" (GigaWorld-Policy) or "full" (joint, Motus-style)
     # Width of a separate action expert (Mixture-of-Transformers, GigaWorld-Policy v0.5): action
     # tokens get their own narrower weights and share attention with the state/video tokens, so
-    # action-only denoising runs only these narrow weights (benchmarks/RESULTS.md: 2x lower
-    # chunk latency, no loss of success). 0 = action tokens use the same weights as every other token.
+    # action-only denoising runs only these narrow weights (lower chunk latency at equal success,
+    # benchmarks/RESULTS.md). 0 = action tokens use the same weights as every other token.
     action_expert_dim: int = 64
 
     # --- rectified flow -----------------------------------------------------------------------
@@ -51,6 +51,10 @@ class PolicyConfig:
     n_inference_steps: int = 10  # Euler steps at inference
 
     extra: dict = field(default_factory=dict)  # free-form notes carried into config.json
+
+    #: Fields filled in from the datasets and the tokenizer at training time (not options).
+    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("state_dim", "action_dim", "cameras", "latent_channels",
+                                                 "latent_size", "image_size", "tasks")
 
     #: Values for fields a run's config.json lacks because it was written before the field
     #: existed (their defaults have changed since): such runs load as they were trained.

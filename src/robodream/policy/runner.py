@@ -14,8 +14,31 @@ import numpy as np
 import torch
 
 from robodream.errors import ConfigError
+from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
 from robodream.tokenizer.model import ImageTokenizer
+
+#: Inference modes of :meth:`GigaWorldPolicy.sample`.
+MODES = ("action_only", "with_video", "joint")
+
+
+def resolve_mode(cfg: PolicyConfig, mode: str | None) -> str:
+    """The inference mode to run: ``mode``, or by default ``"joint"`` for a ``mask="full"``
+    model and ``"action_only"`` otherwise.
+
+    Raises:
+        ConfigError: an unknown mode, or one the model cannot run (a joint model in another
+            mode; with_video or joint without video tokens).
+    """
+    if mode is None:
+        return "joint" if cfg.mask == "full" else "action_only"
+    if mode not in MODES:
+        raise ConfigError(f"unknown inference mode {mode!r}; choose one of {', '.join(MODES)}")
+    if cfg.mask == "full" and mode != "joint":
+        raise ConfigError(f"a mask='full' (joint) model can only run mode 'joint', not {mode!r}")
+    if mode != "action_only" and not cfg.n_future:
+        raise ConfigError(f"mode {mode!r} needs video tokens, and this policy has none (video_stride=0)")
+    return mode
 
 
 class PolicyRunner:
@@ -26,10 +49,13 @@ class PolicyRunner:
         task: the task instruction string (must be in ``policy.cfg.tasks``).
         mode: ``"action_only"`` (default; future video dropped, prefix cached),
             ``"with_video"`` (also predicts future frames) or ``"joint"`` (mask="full" models).
-        seed: seeds the initial noise of every chunk.
+        seed: seeds the initial noise of the chunks until the first ``reset(seed)``.
+
+    The noise of an episode's chunks comes from a generator re-seeded by ``reset(seed)``,
+    so an episode's actions depend on its seed only, not on the episodes run before it.
 
     Raises:
-        ConfigError: a task the policy was not trained on.
+        ConfigError: a task the policy was not trained on; a mode it cannot run.
     """
 
     def __init__(self, policy: GigaWorldPolicy, tokenizer: ImageTokenizer, task: str, *,
@@ -37,7 +63,7 @@ class PolicyRunner:
         if task not in policy.cfg.tasks:
             raise ConfigError(f"the policy was not trained on task {task!r}; it knows {list(policy.cfg.tasks)}")
         self.policy, self.tokenizer = policy, tokenizer
-        self.mode = mode or ("joint" if policy.cfg.mask == "full" else "action_only")
+        self.mode = resolve_mode(policy.cfg, mode)
         self.device = policy.state_mean.device
         self.task_index = torch.tensor([policy.cfg.tasks.index(task)], device=self.device)
         self.gen = torch.Generator().manual_seed(seed)
@@ -48,8 +74,14 @@ class PolicyRunner:
         self.video_predictions: list[tuple[int, torch.Tensor]] = []
         self._t = 0
 
-    def reset(self) -> None:
-        """Forget queued actions and predictions (call at the start of every episode)."""
+    def reset(self, seed: int | None = None) -> None:
+        """Forget queued actions and predictions (call at the start of every episode).
+
+        seed: re-seeds the chunk noise (pass the episode's env seed); None keeps drawing from
+        the current generator.
+        """
+        if seed is not None:
+            self.gen.manual_seed(int(seed))
         self.queue.clear()
         self.video_predictions.clear()
         self._t = 0

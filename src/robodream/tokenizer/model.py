@@ -13,6 +13,7 @@ models expect; :meth:`ImageTokenizer.decode` undoes that.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,11 +33,13 @@ class TokenizerConfig:
     blocks_per_stage: int = 1  # residual blocks per stage
     # Hard-pixel term: mean squared error of the worst ``hard_pixel_fraction`` of pixels,
     # weighted by ``hard_pixel_weight``. Task objects and goal markers cover only 2-5 pixels
-    # of a 64x64 Meta-World frame and a plain mean error neglects them. Off by default: in an
-    # 800-step comparison on the 5 default tasks it cost 1.6 dB of held-out PSNR (27.6 vs
-    # 29.1 dB) and still did not render the 2-pixel goal marker of reach.
+    # of a 64x64 Meta-World frame and a plain mean error neglects them. Off by default: it cost
+    # held-out PSNR and still did not render reach's goal marker (benchmarks/RESULTS.md).
     hard_pixel_weight: float = 0.0
-    hard_pixel_fraction: float = 0.01
+    hard_pixel_fraction: float = 0.01  # the worst pixels of each frame the hard-pixel term averages
+
+    #: Filled in from the datasets at training time (not an option).
+    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("image_size",)
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -159,6 +162,10 @@ class ImageTokenizer(nn.Module):
         """Latents (N, C, h, w) -> frames (N, 3, H, W) float in [0, 1] (clamped)."""
         return ((self.decoder(self._denorm(latents)) + 1.0) / 2.0).clamp(0.0, 1.0)
 
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training objective (:meth:`reconstruct_loss`); ``forward`` so that DDP/FSDP wrappers see it."""
+        return self.reconstruct_loss(frames)
+
     def reconstruct_loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss on a batch of frames: MSE + L1 in [-1, 1] pixel space. Returns (loss, logs)."""
         x = self._to_input(frames)
@@ -189,17 +196,6 @@ class ImageTokenizer(nn.Module):
         std = (s2 / n - mean.pow(2)).clamp_min(1e-8).sqrt()
         self.latent_mean.copy_(mean.float())
         self.latent_std.copy_(std.float())
-
-
-def psnr_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of images in [0, 1]: (B, ...) -> (B,)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10.0 * torch.log10(1.0 / mse)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of images in [0, 1]; mean over the batch of per-image PSNR."""
-    return psnr_per_image(a, b).mean()
 
 
 @torch.no_grad()

@@ -10,17 +10,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from robodream.data.latents import split_episodes
 from robodream.data.lerobot import LeRobotDataset
 from robodream.errors import CheckpointError, ConfigError, DatasetError
-from robodream.tokenizer.model import ImageTokenizer, TokenizerConfig, psnr
+from robodream.eval.metrics import psnr
+from robodream.tokenizer.model import ImageTokenizer, TokenizerConfig
 from robodream.train.checkpoint import load_model_weights
-from robodream.train.loop import TrainConfig, Trainer, resolve_device
-from robodream.utils.io import atomic_write_json
-from robodream.utils.run import from_dict, read_run_config, to_jsonable, write_run_meta
+from robodream.train.distributed import broadcast_object, is_main
+from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
+from robodream.train.run_dir import NO_HELDOUT, Run, read_run_config, run_config_from_dict
 
 MODEL_TYPE = ImageTokenizer.model_type
 
@@ -35,26 +38,24 @@ def default_tokenizer_train() -> TrainConfig:
 class TokenizerRunConfig:
     """Everything a tokenizer run needs; saved as RUN/config.json."""
 
-    data: tuple[str, ...] = ()  # LeRobot dataset directories
+    data: tuple[str, ...] = ()  # LeRobot dataset directories (repeat --data for several)
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=default_tokenizer_train)
     heldout_fraction: float = 0.1  # fraction of each dataset's episodes held out (at least 1)
     model_type: str = MODEL_TYPE
 
-
-def split_episodes(n: int, heldout_fraction: float) -> tuple[list[int], list[int]]:
-    """(train, held-out) episode indices: the last ``ceil(n * f)`` episodes (>= 1 when n > 1) are held out."""
-    n_held = int(np.ceil(n * heldout_fraction)) if n > 1 else 0
-    n_held = min(max(n_held, 1 if n > 1 else 0), n - 1)
-    return list(range(n - n_held)), list(range(n - n_held, n))
+    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("model_type",)
 
 
 def load_frames(datasets: list[LeRobotDataset], heldout_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """All frames of all cameras, split by episode: (N_train, H, W, 3), (N_held, H, W, 3) uint8.
 
     Raises:
-        DatasetError: datasets with different image sizes.
+        DatasetError: a dataset without cameras, or datasets with different image sizes.
     """
+    for ds in datasets:
+        if not ds.cameras:
+            raise DatasetError(f"{ds.root} has no camera (video or image feature) to train a tokenizer on")
     sizes = {ds.image_size for ds in datasets}
     if len(sizes) != 1:
         raise DatasetError(f"datasets have different image sizes {sorted(sizes)}; train one tokenizer per size")
@@ -70,10 +71,10 @@ def load_frames(datasets: list[LeRobotDataset], heldout_fraction: float) -> tupl
     return tr, he
 
 
-def _psnr_on(model: ImageTokenizer, frames: torch.Tensor, batch: int = 256) -> float:
-    """Mean per-frame reconstruction PSNR (dB) of uint8 frames (N, H, W, 3)."""
+def psnr_on(model: ImageTokenizer, frames: torch.Tensor, batch: int = 256) -> float | None:
+    """Mean per-frame reconstruction PSNR (dB) of uint8 frames (N, H, W, 3); None for no frames."""
     if len(frames) == 0:
-        return float("nan")
+        return None
     vals = []
     with torch.no_grad():
         for i in range(0, len(frames), batch):
@@ -86,54 +87,55 @@ def _psnr_on(model: ImageTokenizer, frames: torch.Tensor, batch: int = 256) -> f
 def train_tokenizer(cfg: TokenizerRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
     """Train a tokenizer and write the run directory ``out``; returns results (held-out PSNR).
 
+    Runs in one process or under torchrun (see :mod:`robodream.train.loop`). A dataset of one
+    episode has no held-out episode: ``psnr_heldout`` is then None (stated, not NaN).
+
     Raises:
         DatasetError: missing/foreign datasets or image size mismatch.
         CheckpointError: ``out`` holds another run and ``resume`` is false.
+        ConfigError: no dataset, bad settings, or a ``--resume`` that changes the run.
     """
-    out = Path(out)
-    _check_out(out, resume, MODEL_TYPE)
-    datasets = [LeRobotDataset(p) for p in cfg.data]
-    if not datasets:
-        raise ConfigError("at least one dataset is required")
-    cfg.model.image_size = datasets[0].image_size[0]
-    cfg.model.__post_init__()
-    train_frames, held_frames = load_frames(datasets, cfg.heldout_fraction)
-    torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
-    model = ImageTokenizer(cfg.model).to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", to_jsonable(cfg))
-    write_run_meta(out, {"n_train_frames": len(train_frames), "n_heldout_frames": len(held_frames)})
-    held_eval = held_frames[:: max(1, len(held_frames) // 1024)]
+    if not cfg.data:
+        raise ConfigError("at least one dataset is required (--data)")
+    run = Run(out, cfg, resume=resume)
+    with run.guard():
+        datasets = [LeRobotDataset(p) for p in cfg.data]
+        cfg.model.image_size = datasets[0].image_size[0] if datasets[0].image_size else cfg.model.image_size
+        cfg.model.__post_init__()
+        train_frames, held_frames = load_frames(datasets, cfg.heldout_fraction)
+        torch.manual_seed(cfg.train.seed)
+        device = resolve_device(cfg.train.device)
+        model = ImageTokenizer(cfg.model).to(device)
+        held_eval = held_frames[:: max(1, len(held_frames) // 1024)]
 
-    def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> torch.Tensor:
-        idx = torch.randint(0, len(train_frames), (batch_size,), generator=gen)
-        return train_frames[idx].to(device)
+        def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> torch.Tensor:
+            idx = torch.randint(0, len(train_frames), (batch_size,), generator=gen)
+            return train_frames[idx].to(device)
 
-    def loss_fn(m, batch, gen):
-        return m.reconstruct_loss(batch)
+        def validate(m: ImageTokenizer, part: tuple[int, int]) -> dict[str, float]:
+            frames = held_eval[shard(len(held_eval), *part)]
+            return {"psnr_heldout": psnr_on(m, frames) or 0.0, "n": len(frames)}
 
-    trainer = Trainer(model, cfg.train, out, sample_batch, loss_fn,
-                      validate=lambda m: {"psnr_heldout": _psnr_on(m, held_eval)}, description="tokenizer")
-    trainer.fit(resume=resume)
-    final = trainer.eval_model
-    # Latent normalisation statistics on (a subset of) the training frames.
-    sub = train_frames[torch.randperm(len(train_frames), generator=torch.Generator().manual_seed(0))[:4096]]
-    final.set_latent_stats(sub[i:i + 256].to(device) for i in range(0, len(sub), 256))
-    trainer.save_final()
-    results = {"psnr_heldout": _psnr_on(final, held_frames), "psnr_train": _psnr_on(final, sub[:1024]),
-               "n_heldout_frames": len(held_frames), "n_train_frames": len(train_frames), "steps": trainer.step}
-    atomic_write_json(out / "results.json", results)
-    _save_examples(final, held_frames if len(held_frames) else train_frames, out / "reconstructions.png")
+        trainer = Trainer(model, cfg.train, run.path, sample_batch, lambda m, batch, gen: m(batch),
+                          validate=validate if len(held_eval) else None, description="tokenizer",
+                          model_factory=lambda: ImageTokenizer(cfg.model))
+        run.fit(trainer, meta={"n_train_frames": len(train_frames), "n_heldout_frames": len(held_frames)})
+        final = trainer.eval_model
+        results: dict = {}
+        if is_main():
+            # Latent normalisation statistics on (a subset of) the training frames.
+            sub = train_frames[torch.randperm(len(train_frames), generator=torch.Generator().manual_seed(0))[:4096]]
+            final.set_latent_stats(sub[i:i + 256].to(device) for i in range(0, len(sub), 256))
+            trainer.save_final(final)
+            results = {"psnr_heldout": psnr_on(final, held_frames), "psnr_train": psnr_on(final, sub[:1024]),
+                       "n_heldout_frames": len(held_frames), "n_train_frames": len(train_frames),
+                       "steps": trainer.step}
+            if not len(held_frames):
+                results["heldout"] = NO_HELDOUT
+            run.write_results(results)
+            _save_examples(final, held_frames if len(held_frames) else train_frames, run.path / "reconstructions.png")
+        results = broadcast_object(results)  # every process returns the results
     return results
-
-
-def _check_out(out: Path, resume: bool, model_type: str) -> None:
-    """Refuse to write into an existing run unless resuming one of the same type."""
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            raise CheckpointError(f"{out} already exists; pass --resume to continue it or choose another --out")
-        read_run_config(out, model_type)
 
 
 def _save_examples(model: ImageTokenizer, frames: torch.Tensor, path: Path, n: int = 8) -> None:
@@ -157,7 +159,7 @@ def load_tokenizer(run_dir: str | os.PathLike, device: str | torch.device = "cpu
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir, MODEL_TYPE)
-    model = ImageTokenizer(from_dict(TokenizerConfig, cfg["model"]))
+    model = ImageTokenizer(run_config_from_dict(TokenizerRunConfig, cfg, f"{run_dir}/config.json").model)
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no model.safetensors (training not finished? use --resume)")

@@ -1,16 +1,27 @@
 """Checkpoints: safetensors for tensors, JSON for everything else, no pickle anywhere.
 
-A checkpoint is a directory ``RUN/checkpoints/step_XXXXXXX/`` holding ``model.safetensors``,
-``ema.safetensors``, ``optimizer.safetensors`` and ``trainer_state.json``; it is written
-under a temporary name and renamed into place, and ``RUN/checkpoints/latest.json`` (also
-written atomically) names the newest complete one. A run killed at any moment therefore
-resumes from its last complete checkpoint.
+A checkpoint is a directory ``RUN/checkpoints/step_XXXXXXX/``::
+
+    state/              a torch.distributed.checkpoint (DCP) in safetensors files
+                        (``HuggingFaceStorageWriter``): keys ``model.<name>``, ``ema.<name>``,
+                        ``optim.<name>.<exp_avg|exp_avg_sq|step>``; each process writes the
+                        shards it holds (FSDP2), replicated tensors (one process, DDP) once
+    trainer_state.json  step, optimizer hyperparameters, train config, world size
+
+It is written under a temporary name and renamed into place, and
+``RUN/checkpoints/latest.json`` (also written atomically) names the newest complete one, so
+a run killed at any moment resumes from its last complete checkpoint. DCP reshards on load:
+a run resumes with another number of processes, or moves between DDP and FSDP2.
+Checkpoints written before this layout (``model.safetensors``, ``ema.safetensors``,
+``optimizer.safetensors`` in the step directory) still resume in one process.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robodream.errors import CheckpointError
-from robodream.utils.io import atomic_directory, atomic_write_json, read_json
+from robodream.utils.io import atomic_write_json, read_json
 
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 
@@ -47,6 +58,8 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
             (another architecture or size).
     """
     sd = load_tensors(path)
+    if hasattr(model, "upgrade_state_dict"):  # weights of an earlier version of the model
+        sd = model.upgrade_state_dict(sd)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -90,27 +103,75 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def write_checkpoint(run_dir: Path, step: int, files: dict[str, dict[str, torch.Tensor]],
-                     state: dict[str, Any], keep: int = 2) -> Path:
+def write_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                     keep: int = 2) -> Path:
     """Write ``step_XXXXXXX/`` atomically, point ``latest.json`` at it, prune older ones.
 
+    A collective under torchrun: every process calls it with its own (possibly sharded,
+    DTensor) ``tensors``; rank 0 prepares the temporary directory, writes
+    ``trainer_state.json``, renames and prunes, with barriers in between.
+
     Args:
-        files: ``{"model": tensors, "ema": tensors, "optimizer": tensors}`` -> ``<name>.safetensors``.
-        state: JSON-able trainer state (step, RNG, optimizer hyperparameters, ...).
+        tensors: flat ``{key: tensor}`` (plain tensors or DTensors), e.g. ``model.<name>``.
+        state: JSON-able trainer state (step, optimizer hyperparameters, ...).
         keep: number of newest checkpoints to keep (>= 1).
     """
+    import torch.distributed.checkpoint as dcp
+
+    from robodream.train.distributed import barrier, is_main, world_size
+
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    with atomic_directory(final, overwrite=True) as tmp:
-        for name, tensors in files.items():
-            save_tensors(tmp / f"{name}.safetensors", tensors)
+    tmp = root / f".{final.name}.tmp"
+    if is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".step_*"):  # left by a run killed while writing (one writer per run)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP warns about its own storage-metadata internals
+        dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp / "state"),
+                                                                       save_distributed=world_size() > 1))
+    barrier()
+    if is_main():
         atomic_write_json(tmp / "trainer_state.json", state)
-    atomic_write_json(root / "latest.json", {"step": step, "dir": final.name})
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
-    for old in steps[:-max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
+        old = None
+        if final.exists():
+            old = root / f".{final.name}.old"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        atomic_write_json(root / "latest.json", {"step": step, "dir": final.name})
+        steps = sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+        for stale in steps[:-max(keep, 1)]:
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier()
     return final
+
+
+def read_checkpoint(ckpt: Path, template: dict[str, torch.Tensor]) -> None:
+    """Fill ``template`` (flat ``{key: tensor}``, plain or DTensor, this process's layout) in place
+    from a checkpoint written by :func:`write_checkpoint`, with any number of processes.
+
+    Raises:
+        CheckpointError: a missing or corrupt checkpoint, or one whose tensors do not fit
+            ``template`` (another model or size).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    state = Path(ckpt) / "state"
+    if not state.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt} has no state/ directory")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.load(template, storage_reader=dcp.HuggingFaceStorageReader(str(state)))
+    except (Exception, dcp.CheckpointException) as e:  # DCP wraps reader failures in a BaseException
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"checkpoint {ckpt} does not fit this model or is corrupt: "
+                              f"{first[-1] if first else type(e).__name__}") from e
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -1,7 +1,7 @@
 """CLI verbs of the video world model: ``train world-model``, ``dream``, ``eval world-model``, ``bench world-model``.
 
-Plain functions with typer options; :func:`register` adds them to robodream's apps (the main
-``cli.py`` calls it). Logic lives in :mod:`robodream.world_model.train` and
+Plain functions with typer options; :func:`register` adds them to robodream's apps (the
+convention of :mod:`robodream.utils.cli`). Logic lives in :mod:`robodream.world_model.train` and
 :mod:`robodream.world_model.evaluate`.
 """
 
@@ -12,83 +12,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from robodream.cli import (
-    BatchSizeOpt,
-    ConfigOpt,
-    ResumeOpt,
-    RunOutOpt,
-    SeedOpt,
-    StepsOpt,
-    TokenizerRunOpt,
-    TrainDataOpt,
-    TrainDeviceOpt,
-    _load_json,
-    _model_config,
-    _train_config,
-    out_console,
-    print_table,
-    user_errors,
-)
 from robodream.errors import ConfigError
+from robodream.utils.cli import Apps, out_console, print_table, register_train_verb, user_errors
 
 # Options shared by ``dream`` and ``eval world-model``.
 WorldModelRunOpt = Annotated[Path, typer.Option(help="trained world-model run directory")]
 SamplingStepsOpt = Annotated[Optional[int], typer.Option(help="Euler steps per chunk")]
 GuidanceOpt = Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")]
 EvalDeviceOpt = Annotated[str, typer.Option()]
-
-
-def _window(text: str) -> tuple[int, int, int]:
-    try:
-        w = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        w = ()
-    if len(w) != 3:
-        raise ConfigError(f"--window must be three comma-separated integers (t,h,w), got {text!r}")
-    return w  # type: ignore[return-value]
-
-
-@user_errors
-def train_world_model_cmd(
-    data: TrainDataOpt,
-    tokenizer: TokenizerRunOpt,
-    out: RunOutOpt,
-    steps: StepsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    dim: Annotated[Optional[int], typer.Option(help="transformer width")] = None,
-    depth: Annotated[Optional[int], typer.Option(help="transformer blocks")] = None,
-    heads: Annotated[Optional[int], typer.Option(help="attention heads (width / heads must be a multiple of 6)")] = None,
-    mlp: Annotated[Optional[str], typer.Option(help="moe (Mixture-of-Experts) or dense")] = None,
-    attention: Annotated[Optional[str], typer.Option(help="neighborhood (3D sparse) or full")] = None,
-    window: Annotated[Optional[str], typer.Option(help="neighbourhood window t,h,w in tokens (0 = whole axis)")] = None,
-    context_frames: Annotated[Optional[int], typer.Option(help="clean conditioning frames")] = None,
-    future_frames: Annotated[Optional[int], typer.Option(help="predicted frames per chunk")] = None,
-    frame_stride: Annotated[Optional[int], typer.Option(help="env steps between frames")] = None,
-    text_encoder: Annotated[Optional[str], typer.Option(help="sentence encoder of the instruction ('' = none)")] = None,
-    seed: SeedOpt = 0,
-    device: TrainDeviceOpt = "auto",
-    config: ConfigOpt = None,
-    resume: ResumeOpt = False,
-) -> None:
-    """Train the action-conditioned video world model (GigaWorld-0-Video) on one or more datasets."""
-    from robodream.world_model.configuration import WorldModelConfig
-    from robodream.world_model.train import WorldModelRunConfig, default_world_model_train, train_world_model
-
-    base = _load_json(config)
-    model = _model_config(base, WorldModelConfig, {
-        "dim": dim, "depth": depth, "n_heads": heads, "mlp": mlp, "attention": attention,
-        "window": _window(window) if window is not None else None, "n_context_frames": context_frames,
-        "n_future_frames": future_frames, "frame_stride": frame_stride, "text_encoder": text_encoder})
-    cfg = WorldModelRunConfig(
-        data=tuple(str(d) for d in data), tokenizer=str(tokenizer), model=model,
-        train=_train_config(base, default_world_model_train(), seed=seed, device=device, steps=steps,
-                            batch_size=batch_size),
-    )
-    res = train_world_model(cfg, out, resume=resume)
-    print_table("world model", ["held-out flow loss", "held-out latent MSE", "PSNR vs tokenizer (dB)", "train frames",
-                                "steps", "run"],
-                [[res.get("loss_flow"), res.get("latent_mse"), res.get("psnr_vs_tokenizer"), res["n_train_frames"],
-                  res["steps"], str(out)]])
+SeedOpt = Annotated[int, typer.Option(help="seeds the sampling noise")]
 
 
 @user_errors
@@ -158,12 +90,12 @@ def bench_world_model_cmd(
 ) -> None:
     """MoE + 3D neighbourhood attention vs dense MLP + full attention at matched active parameters
     (and neighbourhood attention with a dense MLP, the attention ablation)."""
+    from robodream.config import from_dict, load_config_file
     from robodream.utils.io import atomic_write_json
-    from robodream.utils.run import from_dict
     from robodream.world_model.bench import LABELS, VARIANTS, bench_world_model
     from robodream.world_model.configuration import WorldModelConfig
 
-    cfg = from_dict(WorldModelConfig, _load_json(config).get("model", {}))
+    cfg = from_dict(WorldModelConfig, load_config_file(config).get("model", {}) if config else {}, where="model")
     if quality_steps and not (data and tokenizer):
         raise ConfigError("--quality-steps needs --data and --tokenizer")
     r = bench_world_model(cfg, train_steps=train_steps, batch_size=batch_size, sample_repeats=repeats, threads=threads,
@@ -191,10 +123,14 @@ def bench_world_model_cmd(
                       f"(balanced: {cfg.top_k / cfg.n_experts:.2f}); written to {out}")
 
 
-def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``train world-model``, ``dream``, ``eval world-model`` and ``bench world-model`` (idempotent)."""
-    for target, name, fn in ((train_app, "world-model", train_world_model_cmd), (app, "dream", dream_cmd),
-                             (eval_app, "world-model", eval_world_model_cmd),
-                             (bench_app, "world-model", bench_world_model_cmd)):
-        if not any(c.name == name for c in target.registered_commands):
-            target.command(name)(fn)
+def register(apps: Apps) -> None:
+    """Add ``train world-model``, ``dream``, ``eval world-model`` and ``bench world-model``."""
+    from robodream.world_model.train import WorldModelRunConfig, train_world_model
+
+    register_train_verb(apps, "world-model", WorldModelRunConfig, train_world_model, "world model",
+                        ["held-out flow loss", "held-out latent MSE", "PSNR vs tokenizer (dB)", "train frames"],
+                        lambda r: [r.get("loss_flow"), r.get("latent_mse"), r.get("psnr_vs_tokenizer"),
+                                   r["n_train_frames"]])
+    apps.root.command("dream")(dream_cmd)
+    apps.eval.command("world-model")(eval_world_model_cmd)
+    apps.bench.command("world-model")(bench_world_model_cmd)

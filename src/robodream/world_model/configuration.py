@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from robodream.errors import ConfigError
 from robodream.models.text import DEFAULT_TEXT_ENCODER, TEXT_DIMS
@@ -31,16 +32,15 @@ class WorldModelConfig:
 
     # --- clip ---------------------------------------------------------------------------------
     n_context_frames: int = 1  # clean conditioning frames (image-to-video), the last one at the anchor step
-    # Default clip: 1 + 8 frames 2 env steps apart (a 16-step chunk), a 9 x 4 x 8 token grid.
-    # From 288 tokens on the 3D neighbourhood kernel beats full attention on a CPU (at 5
-    # frames / 160 tokens it does not); measured in benchmarks/RESULTS.md.
+    # Default clip: 1 + 8 frames 2 env steps apart (a 16-step chunk), a 9 x 4 x 8 token grid:
+    # long enough for the 3D neighbourhood kernel to beat full attention (benchmarks/RESULTS.md).
     n_future_frames: int = 8  # predicted frames per chunk
     frame_stride: int = 2  # env steps between frames; a chunk covers n_future_frames * frame_stride steps
 
     # --- transformer --------------------------------------------------------------------------
     dim: int = 192  # token width
     depth: int = 4  # CrossAttnBlocks
-    n_heads: int = 4
+    n_heads: int = 4  # attention heads (dim / n_heads must be a multiple of 6: 3D RoPE)
     mlp_ratio: float = 4.0  # dense hidden = mlp_ratio * dim; MoE experts match its active parameters
     patch_size: int = 2  # latent patch side: a token covers patch_size^2 latent cells
     rope_theta: float = 100.0  # RoPE base (positions are small grid indices)
@@ -67,6 +67,10 @@ class WorldModelConfig:
     guidance_scale: float = 1.0  # CFG scale at sampling (1 = conditional only, one forward per step)
 
     extra: dict = field(default_factory=dict)  # free-form notes carried into config.json
+
+    #: Fields filled in from the datasets and the tokenizer at training time (not options).
+    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("action_dim", "cameras", "latent_channels", "latent_size",
+                                                 "image_size", "fps", "tasks")
 
     def __post_init__(self) -> None:
         self.cameras, self.tasks, self.window = tuple(self.cameras), tuple(self.tasks), tuple(self.window)

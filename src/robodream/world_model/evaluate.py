@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robodream.data.latents import split_episodes
 from robodream.data.lerobot import LeRobotDataset
 from robodream.errors import ConfigError, DatasetError
+from robodream.eval.metrics import psnr_per_image, ssim
 from robodream.eval.video import write_mp4
-from robodream.gaussians.losses import ssim
-from robodream.tokenizer.model import decode_latents, encode_frames, psnr_per_image
-from robodream.tokenizer.train import split_episodes
+from robodream.tokenizer.model import decode_latents, encode_frames
 from robodream.utils.io import atomic_write_json
 from robodream.utils.run import code_version, environment_info, now
 from robodream.world_model.modeling import VideoWorldModel

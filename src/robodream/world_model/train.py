@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from robodream.data.latents import check_datasets, encode_run_data
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.windows import EpisodeTable
 from robodream.errors import ConfigError
+from robodream.eval.metrics import psnr
 from robodream.models.text import encode_texts
-from robodream.policy.train import _check_datasets, _copy_tokenizer, encode_run_data, load_latent_model_run
-from robodream.tokenizer.model import ImageTokenizer, psnr
-from robodream.tokenizer.train import _check_out, load_tokenizer
-from robodream.train.loop import TrainConfig, Trainer, resolve_device
-from robodream.utils.io import atomic_write_json
-from robodream.utils.run import to_jsonable, write_run_meta
+from robodream.tokenizer.model import ImageTokenizer
+from robodream.tokenizer.train import load_tokenizer
+from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
+from robodream.train.run_dir import Run, load_latent_run
 from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.modeling import VideoWorldModel
 
@@ -41,13 +41,15 @@ def default_world_model_train() -> TrainConfig:
 class WorldModelRunConfig:
     """Everything a world-model run needs; saved as RUN/config.json."""
 
-    data: tuple[str, ...] = ()  # LeRobot dataset directories (one or more tasks)
+    data: tuple[str, ...] = ()  # LeRobot dataset directories, one or more tasks (repeat --data)
     tokenizer: str = ""  # tokenizer run directory (copied into RUN/tokenizer)
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     train: TrainConfig = field(default_factory=default_world_model_train)
     heldout_fraction: float = 0.1  # last episodes of each dataset, never trained on
     balance_tasks: bool = True  # draw every task equally often in multi-task training
     model_type: str = MODEL_TYPE
+
+    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("model_type",)
 
 
 def clip_margin(cfg: WorldModelConfig) -> tuple[int, int]:
@@ -65,87 +67,102 @@ def clip_batch(model: VideoWorldModel, table: EpisodeTable, idx: torch.Tensor, d
 def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
     """Train a video world model and write the run directory ``out``; returns held-out validation results.
 
+    Runs in one process or under torchrun (see :mod:`robodream.train.loop`); frames are
+    encoded once (rank 0) and shared.
+
     Raises:
-        DatasetError: missing/foreign datasets, camera/image-size/dimension mismatches.
+        DatasetError: missing/foreign datasets, camera/image-size/dimension mismatches, a
+            dataset without actions, non-finite actions.
         CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``.
-        ConfigError: an inconsistent model configuration.
+        ConfigError: no dataset, an inconsistent model configuration, or a ``--resume`` that
+            changes the run.
     """
-    out = Path(out)
-    _check_out(out, resume, MODEL_TYPE)
     if not cfg.data:
-        raise ConfigError("at least one dataset is required")
-    device = resolve_device(cfg.train.device)
-    tokenizer = load_tokenizer(cfg.tokenizer, device=device)
-    datasets = [LeRobotDataset(p) for p in cfg.data]
-    cameras, _, action_dim = _check_datasets(datasets, tokenizer)
+        raise ConfigError("at least one dataset is required (--data)")
+    run = Run(out, cfg, resume=resume)
+    with run.guard():
+        device = resolve_device(cfg.train.device)
+        tokenizer = load_tokenizer(cfg.tokenizer, device=device)
+        datasets = [LeRobotDataset(p) for p in cfg.data]
+        cameras, _, action_dim = check_datasets(datasets, tokenizer, needs=("action",))
 
-    tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction)
-    m = cfg.model
-    m.action_dim, m.cameras, m.tasks = action_dim, tuple(cameras), tuple(tasks)
-    m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
-    m.image_size, m.fps = tokenizer.cfg.image_size, datasets[0].fps
-    m.__post_init__()
+        tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction)
+        m = cfg.model
+        m.action_dim, m.cameras, m.tasks = action_dim, tuple(cameras), tuple(tasks)
+        m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
+        m.image_size, m.fps = tokenizer.cfg.image_size, datasets[0].fps
+        m.__post_init__()
 
-    train_table = EpisodeTable.from_episodes(train_eps)
-    held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
+        train_table = EpisodeTable.from_episodes(train_eps)
+        held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
 
-    torch.manual_seed(cfg.train.seed)
-    model = VideoWorldModel(m)
-    a_mean, a_std = train_table.mean_std("action")
-    norm = {"action": {"mean": a_mean.tolist(), "std": a_std.tolist()}}
-    model.set_normalization(norm)
-    if m.text_dim:
-        model.set_text_table(encode_texts(list(tasks), m.text_encoder))
-    model.to(device)
+        torch.manual_seed(cfg.train.seed)
+        model = VideoWorldModel(m)
+        a_mean, a_std = train_table.mean_std("action")
+        norm = {"action": {"mean": a_mean.tolist(), "std": a_std.tolist()}}
+        model.set_normalization(norm)
+        text_table = encode_texts(list(tasks), m.text_encoder) if m.text_dim else None
+        if text_table is not None:
+            model.set_text_table(text_table)
+        model.to(device)
+        n_parameters = sum(p.numel() for p in model.parameters())  # before FSDP2 shards them
+        margin = clip_margin(m)
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", to_jsonable(cfg))
-    atomic_write_json(out / "normalization.json", norm)
-    write_run_meta(out, {"n_train_episodes": len(train_eps), "n_heldout_episodes": len(held_eps),
-                         "n_train_frames": len(train_table), "n_parameters": sum(p.numel() for p in model.parameters())})
-    _copy_tokenizer(Path(cfg.tokenizer), out / "tokenizer")
+        def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+            idx = train_table.sample_anchors(batch_size, gen, balance_tasks=cfg.balance_tasks, margin=margin)
+            return clip_batch(model, train_table, idx, device)
 
-    margin = clip_margin(m)
+        def loss_fn(mod, batch, gen):
+            return mod(**batch, generator=gen)
 
-    def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
-        idx = train_table.sample_anchors(batch_size, gen, balance_tasks=cfg.balance_tasks, margin=margin)
-        return clip_batch(model, train_table, idx, device)
+        def validate(mod: VideoWorldModel, part: tuple[int, int]) -> dict[str, float]:
+            return validate_world_model(mod, tokenizer, held_table, device, shard_of=part)
 
-    def loss_fn(mod, batch, gen):
-        return mod(**batch, generator=gen)
+        def factory() -> VideoWorldModel:
+            f = VideoWorldModel(m)
+            f.set_normalization(norm)
+            if text_table is not None:
+                f.set_text_table(text_table)
+            return f
 
-    validate = (lambda mod: validate_world_model(mod, tokenizer, held_table, device)) if held_table is not None else None
-    trainer = Trainer(model, cfg.train, out, sample_batch, loss_fn, validate=validate, description="world model")
-    val = trainer.fit(resume=resume)
-    trainer.save_final()
-    results = {**{k.removeprefix("val/"): v for k, v in val.items()}, "steps": trainer.step,
-               "n_train_frames": len(train_table), "n_heldout_frames": len(held_table) if held_table else 0}
-    atomic_write_json(out / "results.json", results)
+        trainer = Trainer(model, cfg.train, run.path, sample_batch, loss_fn,
+                          validate=validate if held_table is not None else None, description="world model",
+                          model_factory=factory)
+        val = run.fit(trainer, meta={"n_train_episodes": len(train_eps), "n_heldout_episodes": len(held_eps),
+                                     "n_train_frames": len(train_table), "n_parameters": n_parameters},
+                      json_files={"normalization.json": norm}, tokenizer=cfg.tokenizer)
+        results = run.finish(trainer, val, n_train_frames=len(train_table),
+                             n_heldout_frames=len(held_table) if held_table else 0)
     return results
 
 
 @torch.no_grad()
 def validate_world_model(model: VideoWorldModel, tokenizer: ImageTokenizer, table: EpisodeTable, device,
-                         n_loss: int = 64, n_sample: int = 16, seed: int = 0) -> dict[str, float]:
+                         n_loss: int = 64, n_sample: int = 16, seed: int = 0,
+                         shard_of: tuple[int, int] = (0, 1)) -> dict[str, float]:
     """Held-out flow loss on fixed clips, and the latent MSE / decoded PSNR of sampled chunks.
 
     PSNR here compares decoded predictions with the *decoded* true latents (the tokenizer's
     reconstruction), so it measures the world model alone; ``robodream eval world-model``
-    compares with the real frames.
+    compares with the real frames. The clips are drawn once from ``seed``; ``shard_of =
+    (rank, world_size)`` takes this process's part (the returned ``"n"`` weights it).
     """
     gen = torch.Generator().manual_seed(seed)
     pool = table.anchor_pool(*clip_margin(model.cfg))
     idx = pool[torch.randint(0, len(pool), (min(n_loss, len(pool)),), generator=gen)]
+    idx = idx[shard(len(idx), *shard_of)]
+    if not len(idx):
+        return {"n": 0}
     batch = clip_batch(model, table, idx, device)
     model.eval()
     _, logs = model(**batch, generator=gen)
-    n_ctx, k = model.cfg.n_context_frames, min(n_sample, len(idx))
+    n_ctx, k = model.cfg.n_context_frames, min(-(-n_sample // shard_of[1]), len(idx))  # the shard's share
     b = {key: v[:k] for key, v in batch.items()}
     pred = model.sample(b["latents"][:, :n_ctx], b["frame_actions"], b["task_index"], generator=gen)[:, n_ctx:]
     true = b["latents"][:, n_ctx:]
     dec = lambda z: tokenizer.decode(z.reshape(-1, *z.shape[-3:]).float())  # noqa: E731
     return {"loss_flow": logs["loss_flow"], "latent_mse": float((pred - true).pow(2).mean()),
-            "psnr_vs_tokenizer": float(psnr(dec(pred), dec(true)))}
+            "psnr_vs_tokenizer": psnr(dec(pred), dec(true)), "n": len(idx)}
 
 
 def load_world_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -155,4 +172,4 @@ def load_world_model(run_dir: str | os.PathLike, device: str | torch.device = "c
         CheckpointError: not a world-model run (e.g. a policy run), unfinished, or weights that
             do not fit the configuration.
     """
-    return load_latent_model_run(run_dir, VideoWorldModel, WorldModelConfig, device)
+    return load_latent_run(run_dir, VideoWorldModel, WorldModelConfig, device)

@@ -1,0 +1,171 @@
+"""Tokenizer-encoded episodes: the training data of every model over image latents.
+
+Frames are encoded once by the frozen tokenizer (per run, not per step); the last
+``heldout_fraction`` of each dataset's episodes are held out and never trained on. Under
+torchrun, rank 0 encodes and the other processes receive the encoded episodes
+(:func:`share_episodes`), so a run of N processes encodes once, not N times.
+
+An encoded episode is a dict::
+
+    latents     (T, n_cam, C, h, w) float32   tokenizer latents of every camera
+    state       (T, Ds) float32                observation.state (Ds = 0 without it)
+    action      (T, Da) float32
+    task_index  int                            row in the run's task vocabulary
+    task        str                            the instruction
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from robodream.data.lerobot import LeRobotDataset
+from robodream.errors import DatasetError
+from robodream.tokenizer.model import ImageTokenizer, encode_frames
+from robodream.train.distributed import broadcast_object, broadcast_tensors, is_main, world_size
+from robodream.utils.progress import progress_bar
+
+#: What a model over latents may need from a dataset, with the reason given in the error.
+NEEDS = {"observation.state": "proprioception", "action": "actions"}
+
+
+def split_episodes(n: int, heldout_fraction: float) -> tuple[list[int], list[int]]:
+    """(train, held-out) episode indices: the last ``ceil(n * f)`` episodes (>= 1 when n > 1) are held out.
+
+    A one-episode dataset has no held-out episode (``([0], [])``).
+    """
+    n_held = int(np.ceil(n * heldout_fraction)) if n > 1 else 0
+    n_held = min(max(n_held, 1 if n > 1 else 0), n - 1)
+    return list(range(n - n_held)), list(range(n - n_held, n))
+
+
+def check_datasets(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer,
+                   needs: tuple[str, ...] = ("observation.state", "action")) -> tuple[list[str], int, int]:
+    """Datasets one model can train on: same cameras, the tokenizer's image size, the same
+    state and action sizes, and the features ``needs``. Returns (cameras, state_dim, action_dim).
+
+    Raises:
+        DatasetError: no camera, mismatched cameras, image sizes or dimensions, or a needed
+            feature missing (LeRobot datasets may lack observation.state or action).
+    """
+    for ds in datasets:
+        if not ds.cameras:
+            raise DatasetError(f"{ds.root} has no camera (video or image feature); models over latents need one")
+        for feature in needs:
+            if (ds.state_dim if feature == "observation.state" else ds.action_dim) == 0:
+                raise DatasetError(f"{ds.root} has no {feature}; this model needs {NEEDS[feature]}")
+    cams = {tuple(ds.cameras) for ds in datasets}
+    if len(cams) != 1:
+        raise DatasetError(f"datasets have different cameras {sorted(cams)}")
+    for ds in datasets:
+        if ds.image_size != (tokenizer.cfg.image_size, tokenizer.cfg.image_size):
+            raise DatasetError(f"{ds.root} has {ds.image_size[0]}x{ds.image_size[1]} images but the tokenizer "
+                               f"expects {tokenizer.cfg.image_size}x{tokenizer.cfg.image_size}")
+    dims = {(ds.state_dim, ds.action_dim) for ds in datasets}
+    if len(dims) != 1:
+        raise DatasetError(f"datasets have different (state, action) dimensions {sorted(dims)}")
+    sd, ad = dims.pop()
+    return list(cams.pop()), sd, ad
+
+
+def check_finite(ds: LeRobotDataset, episodes: list[int] | None = None) -> None:
+    """Raise a DatasetError naming the dataset, episode and frame of the first non-finite
+    observation.state or action value (NaN or inf would poison normalisation and training)."""
+    for i in range(ds.num_episodes) if episodes is None else episodes:
+        ep = ds.episode(i)
+        for name, values in (("observation.state", ep.state), ("action", ep.action)):
+            bad = np.argwhere(~np.isfinite(values))
+            if len(bad):
+                raise DatasetError(f"{ds.root}: episode {i} has a non-finite {name} value at frame {int(bad[0][0])}")
+
+
+def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[str], episodes: list[int],
+                   batch: int = 512, progress=None, task_offset: dict[str, int] | None = None) -> list[dict]:
+    """Encode the frames of ``episodes`` with the tokenizer (see the module docstring for the dicts).
+
+    Raises:
+        DatasetError: a non-finite state or action value (named by dataset, episode and frame).
+    """
+    check_finite(ds, episodes)
+    frames = {c: ds.all_frames(c) for c in cameras}
+    out = []
+    for i in episodes:
+        ep = ds.episode(i)
+        lats = [encode_frames(tokenizer, frames[c][i], batch).cpu() for c in cameras]
+        out.append({"latents": torch.stack(lats, 1), "state": torch.as_tensor(ep.state), "action": torch.as_tensor(ep.action),
+                    "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task})
+        if progress is not None:
+            progress()
+    return out
+
+
+def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, cameras: list[str],
+                    heldout_fraction: float) -> tuple[list[str], list[dict], list[dict]]:
+    """Task vocabulary and tokenizer-encoded episodes of a training run, split per dataset.
+
+    Returns ``(tasks, train_episodes, heldout_episodes)``: the instruction strings in
+    first-seen order (index = task-embedding row) and :func:`encode_dataset` episodes; the
+    last ``heldout_fraction`` of each dataset's episodes is held out (never trained on).
+    Under torchrun rank 0 encodes and shares the result (the others must call this too).
+
+    Raises:
+        DatasetError: as :func:`encode_dataset` (raised on every process).
+    """
+    tasks: list[str] = []
+    for ds in datasets:
+        tasks += [t for t in ds.tasks if t not in tasks]
+    vocab = {t: i for i, t in enumerate(tasks)}
+    train_eps: list[dict] = []
+    held_eps: list[dict] = []
+    error = None
+    if is_main():
+        try:
+            for ds in datasets:  # before any work
+                check_finite(ds)
+            with progress_bar() as progress:
+                bar = progress.add_task("encode frames", total=sum(ds.num_episodes for ds in datasets))
+                adv = lambda: progress.update(bar, advance=1)  # noqa: E731
+                for ds in datasets:
+                    tr, he = split_episodes(ds.num_episodes, heldout_fraction)
+                    train_eps += encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab)
+                    held_eps += encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab)
+        except DatasetError as e:
+            if world_size() == 1:
+                raise
+            error = str(e)
+    if world_size() > 1:
+        error = broadcast_object(error)
+        if error is not None:
+            raise DatasetError(error)
+        n_train = broadcast_object(len(train_eps))
+        both = share_episodes(train_eps + held_eps)
+        train_eps, held_eps = both[:n_train], both[n_train:]
+    return tasks, train_eps, held_eps
+
+
+def share_episodes(episodes: list[dict]) -> list[dict]:
+    """Rank 0's encoded episodes on every process (a collective; one process: returned as is).
+
+    The tensors travel as three concatenated buffers over the CPU (gloo) group; only their
+    shapes and task strings go as objects.
+    """
+    if world_size() == 1:
+        return episodes
+    meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"]) for e in episodes]
+                            if is_main() else None)
+    shapes = broadcast_object([tuple(episodes[0][k].shape[1:]) for k in ("latents", "state", "action")]
+                              if is_main() and episodes else None)
+    if not meta:
+        return []
+    total = sum(T for T, _, _ in meta)
+    if is_main():
+        bufs = [torch.cat([e[k].float() for e in episodes]) for k in ("latents", "state", "action")]
+    else:
+        bufs = [torch.empty(total, *s) for s in shapes]
+    broadcast_tensors(bufs)
+    out, pos = [], 0
+    for T, task_index, task in meta:
+        lat, st, ac = (b[pos:pos + T] for b in bufs)
+        out.append({"latents": lat, "state": st, "action": ac, "task_index": task_index, "task": task})
+        pos += T
+    return out
