@@ -72,8 +72,9 @@ def test_legacy_defaults_fill_fields_older_configs_lack():
     64) means shared weights; a config that states it keeps it."""
     d = to_dict(PolicyRunConfig())
     del d["model"]["action_expert_dim"]
-    assert from_dict(PolicyRunConfig, d).model.action_expert_dim == 0
-    assert from_dict(PolicyRunConfig, to_dict(PolicyRunConfig())).model.action_expert_dim == 64
+    assert from_dict(PolicyRunConfig, d, legacy=True).model.action_expert_dim == 0  # a saved run
+    assert from_dict(PolicyRunConfig, d).model.action_expert_dim == 64  # a new config: today's default
+    assert from_dict(PolicyRunConfig, to_dict(PolicyRunConfig()), legacy=True).model.action_expert_dim == 64
 
 
 def test_options_are_generated_from_the_dataclasses():

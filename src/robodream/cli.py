@@ -115,7 +115,8 @@ def bench_policy_cmd(
     from robodream.policy.configuration import PolicyConfig
     from robodream.utils.io import atomic_write_json
 
-    cfg = from_dict(PolicyConfig, load_config_file(config).get("model", {}) if config else {}, where="model")
+    cfg = from_dict(PolicyConfig, load_config_file(config).get("model", {}), where="model", legacy=True) \
+        if config else PolicyConfig()
     r = bench_policy(cfg, repeats=repeats, train_steps=train_steps, threads=threads, compile=compile)
     atomic_write_json(out, r)
     print_table(f"policy inference, batch 1, {r['threads']} thread(s), median of {r['repeats']}",

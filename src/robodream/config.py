@@ -60,7 +60,7 @@ def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
+def _convert(value: Any, tp: Any, where: str, legacy: bool = False) -> Any:
     """``value`` (parsed JSON) as type ``tp``; raises ConfigError on a mismatch."""
     tp, optional = _strip_optional(tp)
     if value is None:
@@ -70,7 +70,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{where}' must be an object, got {value!r}")
-        return from_dict(tp, value, where=where)
+        return from_dict(tp, value, where=where, legacy=legacy)
     origin = typing.get_origin(tp)
     if origin is tuple or tp is tuple:
         if not isinstance(value, (list, tuple)):
@@ -113,12 +113,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls, d: Any, *, where: str = ""):
+def from_dict(cls, d: Any, *, where: str = "", legacy: bool = False):
     """Build dataclass ``cls`` from a parsed-JSON dict, strictly and recursively.
 
-    Missing keys take ``cls.LEGACY_DEFAULTS`` when the class has them (values for fields that
-    configs written before the field existed lack, e.g. a default that has since changed),
-    else the dataclass defaults; lists become tuples where the field is a tuple; nested
+    Missing keys take the dataclass defaults — or, with ``legacy=True`` (reading a config saved
+    by a run), ``cls.LEGACY_DEFAULTS`` where the class has them: the values that fields added
+    later had implicitly before they existed (e.g. a default that has since changed); lists become tuples where the field is a tuple; nested
     dataclass fields are rebuilt from nested dicts; ``__post_init__`` checks run.
 
     Raises:
@@ -135,8 +135,8 @@ def from_dict(cls, d: Any, *, where: str = ""):
         hint = f" (did you mean '{_join(where, close[0])}'?)" if close else f"; known keys: {', '.join(names)}"
         raise ConfigError(f"unknown config key '{_join(where, key)}'{hint}")
     hints = _hints(cls)
-    legacy = {k: v for k, v in getattr(cls, "LEGACY_DEFAULTS", {}).items() if k not in d}
-    kwargs = {k: _convert(v, hints[k], _join(where, k)) for k, v in {**legacy, **d}.items()}
+    old = {k: v for k, v in getattr(cls, "LEGACY_DEFAULTS", {}).items() if k not in d} if legacy else {}
+    kwargs = {k: _convert(v, hints[k], _join(where, k), legacy) for k, v in {**old, **d}.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:

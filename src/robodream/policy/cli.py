@@ -35,8 +35,8 @@ def bench_distributed_cmd(
              x["final_loss"], x.get("max_rel_loss_diff_vs_1proc_accum"), x.get("mean_rel_loss_diff_vs_1proc")]
             for name, x in r["runs"].items()]
     print_table(f"policy training, {steps} steps at global batch {batch_size}, {r['cores']} cores",
-                ["run", "processes", "threads each", "samples/s", "x 1proc", "final loss",
-                 f"max rel. loss diff vs 1proc_accum{nproc}", "mean rel. loss diff vs 1proc"], rows, label_column=True)
+                ["run", "procs", "threads", "samples/s", "x 1proc", "loss", f"max dL/L vs accum{nproc}",
+                 "mean dL/L vs 1proc"], rows, label_column=True)
     out_console.print(f"written to {out}")
 
 

@@ -106,9 +106,10 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
 
 
 def run_config_from_dict(cls, d: dict[str, Any], where: str = "config"):
-    """A run config dataclass from a saved dict, as a CheckpointError when it does not fit."""
+    """A run config dataclass from a saved dict (older runs' missing fields take their
+    ``LEGACY_DEFAULTS``), as a CheckpointError when it does not fit."""
     try:
-        return from_dict(cls, d)
+        return from_dict(cls, d, legacy=True)
     except ConfigError as e:
         raise CheckpointError(f"{where} is not a valid {cls.__name__}: {e}") from e
 

@@ -95,7 +95,8 @@ def bench_world_model_cmd(
     from robodream.world_model.bench import LABELS, VARIANTS, bench_world_model
     from robodream.world_model.configuration import WorldModelConfig
 
-    cfg = from_dict(WorldModelConfig, load_config_file(config).get("model", {}) if config else {}, where="model")
+    cfg = from_dict(WorldModelConfig, load_config_file(config).get("model", {}), where="model", legacy=True) \
+        if config else WorldModelConfig()
     if quality_steps and not (data and tokenizer):
         raise ConfigError("--quality-steps needs --data and --tokenizer")
     r = bench_world_model(cfg, train_steps=train_steps, batch_size=batch_size, sample_repeats=repeats, threads=threads,
