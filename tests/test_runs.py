@@ -155,6 +155,24 @@ def test_resume_accepts_more_steps_and_records_it(work, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 6
 
 
+def test_library_resume_ignores_fields_filled_in_from_the_data(work, tmp_path):
+    """A config built in Python (derived fields at their defaults: no task vocabulary, no seeds)
+    resumes a run whose saved config has them filled in."""
+    import dataclasses
+    import shutil
+
+    from robodream.policy.configuration import PolicyConfig
+    from robodream.policy.train import train_policy
+
+    shutil.copytree(work / "pol", tmp_path / "pol")
+    saved = from_dict(PolicyRunConfig, json.loads((work / "pol" / "config.json").read_text()), legacy=True)
+    fresh_model = {f: getattr(PolicyConfig(), f) for f in PolicyConfig.DERIVED_FIELDS}
+    cfg = dataclasses.replace(saved, env_tasks={}, train_seeds={}, env={},
+                              model=dataclasses.replace(saved.model, **fresh_model),
+                              train=dataclasses.replace(saved.train, steps=5))
+    assert train_policy(cfg, tmp_path / "pol", resume=True)["steps"] == 5
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_training_options_leave_nothing(work, tmp_path):
     common = ["--data", work / "ds", "--tokenizer", work / "tok"]

@@ -161,11 +161,11 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{"train": {"steps": 5}} -> {"train.steps": 5} (dict-typed leaves of free-form fields stay whole)."""
+    """{"train": {"steps": 5}} -> {"train.steps": 5}, through every nested, non-empty dict."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = _join(prefix, k)
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and not key.endswith("extra"):
+        if isinstance(v, dict) and v:
             out.update(flatten(v, key))
         else:
             out[key] = v

@@ -206,7 +206,7 @@ class Run:
     def _check_changes(self, saved: dict, new: dict, derived: set[str]) -> None:
         a, b = flatten(saved), flatten(new)
         for key in sorted(set(a) | set(b)):
-            if key in RESUMABLE or key in derived or key == "model_type":
+            if key in RESUMABLE or any(key == d or key.startswith(d + ".") for d in derived):
                 continue
             if not _same(key, a.get(key), b.get(key)):
                 raise ConfigError(
@@ -238,8 +238,9 @@ class Run:
                     "created": info["time"], "code": info["code"], "environment": environment_info(),
                     "command": sys.argv, "world_size": world_size(), **(meta or {})})
             else:
-                changed = {k: [v, flatten(cfg).get(k)] for k, v in flatten(self.saved).items()
-                           if k in RESUMABLE and flatten(cfg).get(k) != v}
+                now_flat = flatten(cfg)
+                changed = {k: [v, now_flat.get(k)] for k, v in flatten(self.saved).items()
+                           if k in RESUMABLE and now_flat.get(k) != v}
                 if changed:
                     atomic_write_json(self.path / "config.json", cfg)
                 old = _read_meta(self.path)
