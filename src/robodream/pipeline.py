@@ -18,6 +18,7 @@ from robodream.config import replace as config_replace
 from robodream.config import to_dict
 from robodream.data.collect import CollectConfig, collect
 from robodream.data.lerobot import LeRobotDataset
+from robodream.envs.meta_world import DEFAULT_CAMERAS
 from robodream.errors import DatasetError
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 from robodream.policy.configuration import PolicyConfig
@@ -40,7 +41,9 @@ class Recipe:
     demos_per_task: int = 50
     eval_episodes: int = 50
     eval_max_steps: int = 500
-    image_size: int = 64
+    image_size: int = 64  # square camera images, pixels
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS  # rendered cameras, in the policy's token order
+    workers: int = 1  # rollout processes of collection and evaluation (the results do not depend on it)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TrainConfig = field(default_factory=default_tokenizer_train)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -95,8 +98,8 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         path = work / "data" / task
         if not _dataset_complete(path):
             log(f"collecting {recipe.demos_per_task} expert episodes of {task} -> {path}")
-            collect(CollectConfig(task=task, episodes=recipe.demos_per_task, image_size=recipe.image_size), path,
-                    overwrite=path.exists())
+            collect(CollectConfig(task=task, episodes=recipe.demos_per_task, image_size=recipe.image_size,
+                                  cameras=recipe.cameras), path, overwrite=path.exists(), workers=recipe.workers)
         datasets.append(str(path))
     timings["collect_s"] = time.perf_counter() - t0
 
@@ -128,7 +131,7 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
             log(f"evaluating {policy_name} on {task} ({recipe.eval_episodes} episodes) -> {out}")
             r = evaluate_policy(pol, task, recipe.eval_episodes, out, seed_start=DEFAULT_EVAL_SEED,
                                 max_steps=recipe.eval_max_steps, n_videos=recipe.videos_per_task,
-                                overwrite=out.exists())  # an incomplete evaluation is redone
+                                workers=recipe.workers, overwrite=out.exists())  # an incomplete one is redone
         per_task[task] = {k: r[k] for k in ("success_rate", "n_episodes", "ci95", "mean_steps_to_success",
                                             "latency_ms_p50", "latency_ms_p90")}
         per_task[task]["out"] = str(out)
