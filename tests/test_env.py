@@ -78,3 +78,30 @@ def test_expert_solves_reach():
             if obs.success:
                 break
         assert obs.success
+
+
+def test_finger_centre_in_the_state(tmp_path):
+    """proprio=("hand", "gripper", "tcp") adds the finger centre (a kinematic function of the
+    robot's joints, never the object or goal) after the default 4 numbers; collect records it
+    with its names and the policy run remembers the layout for evaluation."""
+    with pytest.raises(ConfigError, match="proprio"):
+        EnvConfig(proprio=("hand", "goal"))
+    env = MetaWorldEnv(EnvConfig(task="reach-v3", cameras=("corner",), image_size=16,
+                                 proprio=("hand", "gripper", "tcp")))
+    try:
+        s = env.reset(seed=0).state
+        for _ in range(5):
+            s = env.step(env.expert_action()).state
+    finally:
+        env.close()
+    assert s.shape == (7,)
+    hand, tcp = s[:3], s[4:]
+    assert abs(tcp[2] - (hand[2] - 0.045)) < 0.01 and np.abs(tcp[:2] - hand[:2]).max() < 0.01  # fingers below the hand
+
+    from robodream.data.collect import CollectConfig, collect
+    from robodream.data.lerobot import LeRobotDataset
+
+    collect(CollectConfig(task="reach-v3", episodes=1, image_size=16, cameras=("corner",),
+                          proprio=("hand", "gripper", "tcp")), tmp_path / "ds")
+    ds = LeRobotDataset(tmp_path / "ds")
+    assert ds.state_dim == 7 and ds.features["observation.state"]["names"][4:] == ["tcp_x", "tcp_y", "tcp_z"]

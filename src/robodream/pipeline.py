@@ -18,7 +18,7 @@ from robodream.config import replace as config_replace
 from robodream.config import to_dict
 from robodream.data.collect import CollectConfig, collect
 from robodream.data.lerobot import LeRobotDataset
-from robodream.envs.meta_world import DEFAULT_CAMERAS
+from robodream.envs.meta_world import DEFAULT_CAMERAS, DEFAULT_PROPRIO
 from robodream.errors import DatasetError
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 from robodream.policy.configuration import PolicyConfig
@@ -43,6 +43,7 @@ class Recipe:
     eval_max_steps: int = 500
     image_size: int = 64  # square camera images, pixels
     cameras: tuple[str, ...] = DEFAULT_CAMERAS  # rendered cameras, in the policy's token order
+    proprio: tuple[str, ...] = DEFAULT_PROPRIO  # parts of the proprioceptive state (envs.meta_world.PROPRIO_PARTS)
     workers: int = 1  # rollout processes of collection and evaluation (the results do not depend on it)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TrainConfig = field(default_factory=default_tokenizer_train)
@@ -99,7 +100,7 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         if not _dataset_complete(path):
             log(f"collecting {recipe.demos_per_task} expert episodes of {task} -> {path}")
             collect(CollectConfig(task=task, episodes=recipe.demos_per_task, image_size=recipe.image_size,
-                                  cameras=recipe.cameras), path, overwrite=path.exists(), workers=recipe.workers)
+                                  cameras=recipe.cameras, proprio=recipe.proprio), path, overwrite=path.exists(), workers=recipe.workers)
         datasets.append(str(path))
     timings["collect_s"] = time.perf_counter() - t0
 

@@ -23,11 +23,12 @@ from robodream.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
 from robodream.envs.meta_world import (
     ACTION_NAMES,
     DEFAULT_CAMERAS,
+    DEFAULT_PROPRIO,
     FPS,
-    STATE_NAMES,
     EnvConfig,
     MetaWorldEnv,
     check_task,
+    state_names,
     task_instruction,
 )
 from robodream.envs.parallel import RolloutPool, check_parallelism
@@ -48,6 +49,7 @@ class CollectConfig:
     seed: int = 0  # first env seed; attempts use seed, seed + 1, ...
     image_size: int = 64  # square image side, pixels
     cameras: tuple[str, ...] = DEFAULT_CAMERAS  # camera names (comma-separated)
+    proprio: tuple[str, ...] = DEFAULT_PROPRIO  # parts of observation.state: hand, gripper, tcp
     max_steps: int = 500  # per episode (Meta-World's limit)
     keep_failures: bool = False  # keep unsuccessful episodes too
     # Steps recorded after the first success (the expert holds the goal). Without them, action
@@ -91,9 +93,10 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
     if cfg.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {cfg.episodes}")
     check_parallelism(workers, ray_address)
-    env_cfg = EnvConfig(task=cfg.task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps)
+    env_cfg = EnvConfig(task=cfg.task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps,
+                        proprio=cfg.proprio)
     writer = LeRobotDatasetWriter(
-        out, fps=FPS, robot_type="sawyer", state_names=list(STATE_NAMES), action_names=list(ACTION_NAMES),
+        out, fps=FPS, robot_type="sawyer", state_names=list(state_names(cfg.proprio)), action_names=list(ACTION_NAMES),
         cameras=list(cfg.cameras), image_size=(cfg.image_size, cfg.image_size), video_codec=cfg.video_codec,
         extra_features={"next.reward": {"dtype": "float32", "shape": [1], "names": None},
                         "next.success": {"dtype": "bool", "shape": [1], "names": None}},

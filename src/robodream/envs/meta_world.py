@@ -33,9 +33,24 @@ CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper"
 #: view that keeps object and goal in frame throughout the expert episodes, plus the
 #: hand-following view that sees them largest.
 DEFAULT_CAMERAS = ("corner", "behindGripper")
-#: Proprioceptive state: end-effector position (metres, world frame) and gripper opening
-#: (finger distance / 0.1 m, clipped to [0, 1]).
-STATE_NAMES = ("hand_x", "hand_y", "hand_z", "gripper_opening")
+#: Parts of the proprioceptive state, each a kinematic function of the robot's own joints:
+#: "hand", the end-effector position the scripted expert steers (metres, world frame);
+#: "gripper", the opening (finger distance / 0.1 m, clipped to [0, 1]); "tcp", the finger
+#: centre (midpoint of the finger pads, metres), the point Meta-World's success tests measure
+#: (about 4.5 cm below the hand). Object and goal positions are never part of it.
+PROPRIO_PARTS = {"hand": ("hand_x", "hand_y", "hand_z"), "gripper": ("gripper_opening",),
+                 "tcp": ("tcp_x", "tcp_y", "tcp_z")}
+#: The default proprioception (4 numbers).
+DEFAULT_PROPRIO = ("hand", "gripper")
+
+
+def state_names(proprio: tuple[str, ...] = DEFAULT_PROPRIO) -> tuple[str, ...]:
+    """Names of the state's numbers for the parts ``proprio``, in order, e.g. hand_x .. gripper_opening."""
+    return tuple(n for part in proprio for n in PROPRIO_PARTS[part])
+
+
+#: Names of the default proprioceptive state's numbers.
+STATE_NAMES = state_names(DEFAULT_PROPRIO)
 #: Meta-World action: end-effector displacement command in [-1, 1] (x 1 cm per step after
 #: the env's action scale) and gripper effort in [-1, 1] (positive closes).
 ACTION_NAMES = ("delta_x", "delta_y", "delta_z", "gripper")
@@ -75,10 +90,14 @@ class EnvConfig:
     cameras: tuple[str, ...] = DEFAULT_CAMERAS  # camera names, rendered in this order
     image_size: int = 64  # square images, pixels
     max_steps: int = 500  # episode length limit (Meta-World's own limit is 500)
-    fast_render: bool = True  # no shadows, reflections or multisampling (~8x faster on CPU)
+    fast_render: bool = True  # no shadows, reflections or multisampling (faster on CPU)
+    proprio: tuple[str, ...] = DEFAULT_PROPRIO  # parts of the state: hand, gripper, tcp (PROPRIO_PARTS)
 
     def __post_init__(self) -> None:
-        self.cameras = tuple(self.cameras)
+        self.cameras, self.proprio = tuple(self.cameras), tuple(self.proprio)
+        unknown = [p for p in self.proprio if p not in PROPRIO_PARTS]
+        if unknown or not self.proprio or len(set(self.proprio)) != len(self.proprio):
+            raise ConfigError(f"proprio must list distinct parts of {', '.join(PROPRIO_PARTS)}, got {self.proprio}")
         bad = [c for c in self.cameras if c not in CAMERAS]
         if bad:
             raise ConfigError(f"unknown camera(s) {bad}; valid cameras: {', '.join(CAMERAS)}")
@@ -93,7 +112,7 @@ class StepResult:
     """What one ``reset``/``step`` returns.
 
     images: (n_cameras, H, W, 3) uint8, RGB, upright.
-    state: (4,) float32, see :data:`STATE_NAMES`.
+    state: (Ds,) float32, see :data:`PROPRIO_PARTS` (default (4,): :data:`STATE_NAMES`).
     """
 
     images: np.ndarray
@@ -197,9 +216,11 @@ class MetaWorldEnv:
         )
 
     def state(self) -> np.ndarray:
-        """Proprioceptive state (4,) float32: hand xyz (m) and gripper opening in [0, 1]."""
+        """Proprioceptive state (Ds,) float32, the parts ``cfg.proprio`` in order (default: hand
+        xyz in metres and the gripper opening in [0, 1]; see :data:`PROPRIO_PARTS`)."""
         assert self._raw_obs is not None
-        return self._raw_obs[:4].astype(np.float32)
+        parts = {"hand": self._raw_obs[:3], "gripper": self._raw_obs[3:4], "tcp": np.asarray(self._mw.tcp_center)}
+        return np.concatenate([parts[p] for p in self.cfg.proprio]).astype(np.float32)
 
     def expert_action(self) -> np.ndarray:
         """The task's scripted expert action (4,) float32 for the current (privileged) state."""

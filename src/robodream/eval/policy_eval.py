@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from robodream.envs.meta_world import EnvConfig, MetaWorldEnv, check_task, task_instruction
+from robodream.envs.meta_world import (
+    DEFAULT_PROPRIO,
+    EnvConfig,
+    MetaWorldEnv,
+    check_task,
+    state_names,
+    task_instruction,
+)
 from robodream.envs.parallel import RolloutPool, check_parallelism
 from robodream.errors import ConfigError
 from robodream.eval.metrics import percentile, wilson_interval
@@ -99,7 +106,12 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     mode = PolicyRunner(policy, tokenizer, instruction, mode=mode).mode  # checks task and mode
     cfg = policy.cfg
     del policy, tokenizer  # every worker loads its own copy
-    env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps)
+    proprio = tuple(run_cfg.get("env", {}).get("proprio", DEFAULT_PROPRIO))  # the training data's state layout
+    if len(state_names(proprio)) != cfg.state_dim:
+        raise ConfigError(f"the policy expects a {cfg.state_dim}-number state, but its data's proprioception "
+                          f"{proprio} gives {len(state_names(proprio))}")
+    env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps,
+                        proprio=proprio)
     setup = partial(_Evaluator, str(run_dir), instruction, env_cfg, mode=mode, device=device, compile=compile,
                     n_action_steps=n_action_steps)
     workers = min(workers, episodes)

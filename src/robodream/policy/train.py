@@ -90,7 +90,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
                     cfg.env_tasks[t] = prov["task"]
                 cfg.train_seeds.setdefault(prov["task"], [])
                 cfg.train_seeds[prov["task"]] = sorted(set(cfg.train_seeds[prov["task"]]) | set(prov["seeds"]))
-                cfg.env = {k: prov["env"][k] for k in ("cameras", "image_size", "max_steps") if k in prov["env"]}
+                cfg.env = {k: prov["env"][k] for k in ("cameras", "image_size", "max_steps", "proprio")
+                           if k in prov["env"]}
 
         train_table = EpisodeTable.from_episodes(train_eps)
         held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
