@@ -75,3 +75,38 @@ def test_balanced_anchor_sampling():
     assert set(idx.tolist()) == set(range(8))
     uni = tab.sample_anchors(20_000, g, balance_tasks=False)
     assert abs(float((tab.task_index[uni] == 1).float().mean()) - 3 / 8) < 0.02
+
+
+def test_shifted_frames_replicate_the_edges():
+    from robodream.data.latents import shifted
+
+    f = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    up = shifted(f, 1, 0, pad=2)  # output (y, x) = input (y + 1, x): content moves up, the last row repeats
+    np.testing.assert_array_equal(up[:, :-1], f[:, 1:])
+    np.testing.assert_array_equal(up[:, -1], f[:, -1])
+    np.testing.assert_array_equal(shifted(f, 0, 0, pad=2), f)
+    left = shifted(f, 0, 2, pad=2)
+    np.testing.assert_array_equal(left[:, :, :2], f[:, :, 2:])
+
+
+def test_windows_take_one_shifted_copy_per_sample():
+    """Random-shift augmentation: a sample's reference and future frames come from the same
+    shifted copy (view k - 1), view 0 is the original."""
+    eps = _episodes_for_views()
+    tab = EpisodeTable.from_episodes(eps)
+    assert tab.n_views == 2
+    idx = torch.tensor([0, 1, 2])
+    view = torch.tensor([0, 1, 2])
+    w = tab.windows(idx, horizon=2, future_offsets=[1, 2], view=view)
+    # latents hold the frame index; copy k adds 100 * (k + 1)
+    assert w["ref_latents"][:, 0, 0, 0, 0].tolist() == [0, 101, 202]
+    assert w["future_latents"][:, :, 0, 0, 0, 0].tolist() == [[1, 2], [102, 103], [203, 204]]
+    plain = tab.windows(idx, horizon=2, future_offsets=[1, 2])
+    assert plain["ref_latents"][:, 0, 0, 0, 0].tolist() == [0, 1, 2]
+
+
+def _episodes_for_views():
+    T = 6
+    lat = torch.arange(T, dtype=torch.float32).view(T, 1, 1, 1, 1)
+    views = torch.stack([lat + 100, lat + 200], 1)  # (T, K=2, n_cam, C, h, w)
+    return [{"latents": lat, "views": views, "state": torch.zeros(T, 1), "action": torch.zeros(T, 1), "task_index": 0}]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from robodream.cli import app
@@ -171,6 +172,30 @@ def test_library_resume_ignores_fields_filled_in_from_the_data(work, tmp_path):
                               model=dataclasses.replace(saved.model, **fresh_model),
                               train=dataclasses.replace(saved.train, steps=5))
     assert train_policy(cfg, tmp_path / "pol", resume=True)["steps"] == 5
+
+
+def test_random_shift_augmentation_is_seeded(work, tmp_path):
+    """Shifted copies of the training episodes are encoded once, from the run's seed: the same
+    seed gives the same copies, another seed others; held-out episodes are never augmented."""
+    from robodream.data.latents import encode_run_data
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.tokenizer.train import load_tokenizer
+
+    ds, tok = [LeRobotDataset(work / "ds")], load_tokenizer(work / "tok")
+    _, a, held = encode_run_data(ds, tok, ds[0].cameras, 0.34, views=2, pad=3, seed=0)
+    _, b, _ = encode_run_data(ds, tok, ds[0].cameras, 0.34, views=2, pad=3, seed=0)
+    _, c, _ = encode_run_data(ds, tok, ds[0].cameras, 0.34, views=2, pad=3, seed=1)
+    assert a[0]["views"].shape == (len(a[0]["action"]), 2, *a[0]["latents"].shape[1:])
+    assert all("views" not in e for e in held)
+    assert all(torch.equal(x["views"], y["views"]) for x, y in zip(a, b))
+    assert not all(torch.equal(x["views"], y["views"]) for x, y in zip(a, c))
+    assert not torch.equal(a[0]["views"][:, 0], a[0]["latents"])  # a copy is shifted
+    run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "aug", "--steps", 2,
+        "--augment-views", 2, "--augment-pad", 3, *TINY_POLICY)
+    assert json.loads((tmp_path / "aug" / "config.json").read_text())["augment_views"] == 2
+    res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "bad",
+              "--augment-views", 2, "--augment-pad", 0, code=2)
+    one_line_error(res, "augment_pad")
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -12,6 +12,13 @@ An encoded episode is a dict::
     action      (T, Da) float32
     task_index  int                            row in the run's task vocabulary
     task        str                            the instruction
+    views       (T, K, n_cam, C, h, w) float32 K shifted copies (random-shift augmentation), if asked
+
+Random-shift augmentation (DrQ, Kostrikov et al. 2020; the random crop of Diffusion Policy):
+frames are translated by up to ``pad`` pixels (edges replicated) before encoding. Since frames
+are encoded once, ``K`` shifted copies of every episode are encoded, each copy with one
+random shift per camera for the whole episode (so a training window's reference and future
+frames move together, as a camera shift would).
 """
 
 from __future__ import annotations
@@ -79,33 +86,54 @@ def check_finite(ds: LeRobotDataset, episodes: list[int] | None = None) -> None:
                 raise DatasetError(f"{ds.root}: episode {i} has a non-finite {name} value at frame {int(bad[0][0])}")
 
 
+def shifted(frames: np.ndarray, dy: int, dx: int, pad: int) -> np.ndarray:
+    """Frames (T, H, W, 3) translated by (dy, dx) pixels (|dy|, |dx| <= pad): output pixel (y, x) is
+    input pixel (y + dy, x + dx), the edge rows and columns replicated beyond the image."""
+    H, W = frames.shape[1:3]
+    p = np.pad(frames, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    return p[:, pad + dy:pad + dy + H, pad + dx:pad + dx + W]
+
+
 def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[str], episodes: list[int],
-                   batch: int = 512, progress=None, task_offset: dict[str, int] | None = None) -> list[dict]:
+                   batch: int = 512, progress=None, task_offset: dict[str, int] | None = None,
+                   views: int = 0, pad: int = 4, rng: np.random.Generator | None = None) -> list[dict]:
     """Encode the frames of ``episodes`` with the tokenizer (see the module docstring for the dicts).
+
+    ``views`` > 0 also encodes that many randomly shifted copies of each episode (shifts of at
+    most ``pad`` pixels drawn from ``rng``, one per copy and camera).
 
     Raises:
         DatasetError: a non-finite state or action value (named by dataset, episode and frame).
     """
     check_finite(ds, episodes)
     frames = {c: ds.all_frames(c) for c in cameras}
+    rng = rng if rng is not None else np.random.default_rng(0)
     out = []
     for i in episodes:
         ep = ds.episode(i)
         lats = [encode_frames(tokenizer, frames[c][i], batch).cpu() for c in cameras]
-        out.append({"latents": torch.stack(lats, 1), "state": torch.as_tensor(ep.state), "action": torch.as_tensor(ep.action),
-                    "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task})
+        e = {"latents": torch.stack(lats, 1), "state": torch.as_tensor(ep.state), "action": torch.as_tensor(ep.action),
+             "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task}
+        if views:
+            copies = [torch.stack([encode_frames(tokenizer, shifted(frames[c][i], *rng.integers(-pad, pad + 1, 2), pad),
+                                                 batch).cpu() for c in cameras], 1) for _ in range(views)]
+            e["views"] = torch.stack(copies, 1)  # (T, K, n_cam, C, h, w)
+        out.append(e)
         if progress is not None:
             progress()
     return out
 
 
 def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, cameras: list[str],
-                    heldout_fraction: float) -> tuple[list[str], list[dict], list[dict]]:
+                    heldout_fraction: float, views: int = 0, pad: int = 4,
+                    seed: int = 0) -> tuple[list[str], list[dict], list[dict]]:
     """Task vocabulary and tokenizer-encoded episodes of a training run, split per dataset.
 
     Returns ``(tasks, train_episodes, heldout_episodes)``: the instruction strings in
     first-seen order (index = task-embedding row) and :func:`encode_dataset` episodes; the
     last ``heldout_fraction`` of each dataset's episodes is held out (never trained on).
+    ``views`` shifted copies (at most ``pad`` pixels, shifts from ``seed``) of the training
+    episodes only are encoded too (random-shift augmentation, see the module docstring).
     Under torchrun rank 0 encodes and shares the result (the others must call this too).
 
     Raises:
@@ -125,9 +153,11 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
             with progress_bar() as progress:
                 bar = progress.add_task("encode frames", total=sum(ds.num_episodes for ds in datasets))
                 adv = lambda: progress.update(bar, advance=1)  # noqa: E731
+                rng = np.random.default_rng(seed)
                 for ds in datasets:
                     tr, he = split_episodes(ds.num_episodes, heldout_fraction)
-                    train_eps += encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab)
+                    train_eps += encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab,
+                                                views=views, pad=pad, rng=rng)
                     held_eps += encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab)
         except DatasetError as e:
             if world_size() == 1:
@@ -153,19 +183,19 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
         return episodes
     meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"]) for e in episodes]
                             if is_main() else None)
-    shapes = broadcast_object([tuple(episodes[0][k].shape[1:]) for k in ("latents", "state", "action")]
-                              if is_main() and episodes else None)
+    keys = broadcast_object([k for k in ("latents", "state", "action", "views") if k in episodes[0]]
+                            if is_main() and episodes else None)
+    shapes = broadcast_object([tuple(episodes[0][k].shape[1:]) for k in keys] if is_main() and episodes else None)
     if not meta:
         return []
     total = sum(T for T, _, _ in meta)
     if is_main():
-        bufs = [torch.cat([e[k].float() for e in episodes]) for k in ("latents", "state", "action")]
+        bufs = [torch.cat([e[k].float() for e in episodes]) for k in keys]
     else:
         bufs = [torch.empty(total, *s) for s in shapes]
     broadcast_tensors(bufs)
     out, pos = [], 0
     for T, task_index, task in meta:
-        lat, st, ac = (b[pos:pos + T] for b in bufs)
-        out.append({"latents": lat, "state": st, "action": ac, "task_index": task_index, "task": task})
+        out.append({**{k: b[pos:pos + T] for k, b in zip(keys, bufs)}, "task_index": task_index, "task": task})
         pos += T
     return out

@@ -29,6 +29,8 @@ class EpisodeTable:
     latents: (N, n_cam, C, h, w) float32 tokenizer latents.
     state: (N, Ds) float32; action: (N, Da) float32; task_index: (N,) int64.
     episode_start / episode_end: (N,) int64, the [start, end) frame range of each frame's episode.
+    views: (N, K, n_cam, C, h, w) float32, K randomly shifted copies of the latents
+        (random-shift augmentation, :mod:`robodream.data.latents`), or None.
     """
 
     latents: torch.Tensor
@@ -37,13 +39,32 @@ class EpisodeTable:
     task_index: torch.Tensor
     episode_start: torch.Tensor
     episode_end: torch.Tensor
+    views: torch.Tensor | None = None
+
+    @property
+    def n_views(self) -> int:
+        """Shifted copies per frame (0 without augmentation)."""
+        return 0 if self.views is None else self.views.shape[1]
+
+    def latents_at(self, frames: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents of ``frames`` ((B,) or (B, F) long): the originals where ``view`` (B,) is 0
+        (or None), else shifted copy ``view - 1`` (the same copy for a sample's every frame)."""
+        out = self.latents[frames]
+        if view is None or self.views is None or not bool((view > 0).any()):
+            return out
+        v = (view - 1).clamp_min(0).view(-1, *([1] * (frames.dim() - 1))).expand_as(frames)
+        aug = self.views[frames, v]
+        keep = (view == 0).view(-1, *([1] * (out.dim() - 1)))
+        return torch.where(keep, out, aug)
 
     @classmethod
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
         """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``."""
-        lat, st, ac, ti, s0, s1 = [], [], [], [], [], []
+        lat, st, ac, ti, s0, s1, vw = [], [], [], [], [], [], []
         pos = 0
         for ep in episodes:
+            if "views" in ep:
+                vw.append(torch.as_tensor(ep["views"], dtype=torch.float32))
             T = len(ep["action"])
             lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
             st.append(torch.as_tensor(ep["state"], dtype=torch.float32))
@@ -52,7 +73,8 @@ class EpisodeTable:
             s0.append(torch.full((T,), pos, dtype=torch.long))
             s1.append(torch.full((T,), pos + T, dtype=torch.long))
             pos += T
-        return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1))
+        views = torch.cat(vw) if vw and len(vw) == len(episodes) else None
+        return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views)
 
     def __len__(self) -> int:
         return len(self.action)
@@ -132,22 +154,26 @@ class EpisodeTable:
     def n_episodes(self) -> int:
         return int(torch.unique(self.episode_start).numel())
 
-    def windows(self, idx: torch.Tensor, horizon: int, future_offsets: list[int]) -> dict[str, torch.Tensor]:
-        """Gather the windows anchored at frame indices ``idx`` (B,). See module docstring."""
+    def windows(self, idx: torch.Tensor, horizon: int, future_offsets: list[int],
+                view: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Gather the windows anchored at frame indices ``idx`` (B,). See module docstring.
+
+        ``view`` (B,): 0 the original frames, k > 0 shifted copy k - 1 (see :meth:`latents_at`).
+        """
         end = self.episode_end[idx]  # (B,)
         steps = idx.unsqueeze(1) + torch.arange(horizon)  # (B, H)
         is_pad = steps >= end.unsqueeze(1)
         steps = torch.minimum(steps, end.unsqueeze(1) - 1)
         out = {
             "state": self.state[idx],
-            "ref_latents": self.latents[idx],
+            "ref_latents": self.latents_at(idx, view),
             "actions": self.action[steps],
             "action_is_pad": is_pad,
             "task_index": self.task_index[idx],
         }
         if future_offsets:
             fut = torch.minimum(idx.unsqueeze(1) + torch.tensor(future_offsets), end.unsqueeze(1) - 1)  # (B, F)
-            out["future_latents"] = self.latents[fut]
+            out["future_latents"] = self.latents_at(fut, view)
         return out
 
     def mean_std(self, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,10 @@ class PolicyRunConfig:
     train: TrainConfig = field(default_factory=default_policy_train)
     heldout_fraction: float = 0.1  # fraction of each dataset's episodes held out for validation (at least 1)
     balance_tasks: bool = True  # draw every task equally often in multi-task training
+    # Random-shift image augmentation (DrQ): shifted copies of every training episode encoded
+    # once (a sample uses the original or one copy, for its reference and future frames alike).
+    augment_views: int = 0  # shifted copies per episode (0: no augmentation)
+    augment_pad: int = 4  # maximum shift, pixels
     # Filled in from the datasets: instruction -> Meta-World task name, and the env seeds
     # (per Meta-World task) of the training episodes, so evaluation can avoid them.
     env_tasks: dict = field(default_factory=dict)
@@ -54,6 +58,13 @@ class PolicyRunConfig:
     model_type: str = MODEL_TYPE
 
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("env_tasks", "train_seeds", "env", "model_type")
+
+    def __post_init__(self) -> None:
+        if self.augment_views < 0 or self.augment_pad < 0:
+            raise ConfigError(f"augment_views and augment_pad must be >= 0, got {self.augment_views}, "
+                              f"{self.augment_pad}")
+        if self.augment_views and not self.augment_pad:
+            raise ConfigError("augment_views needs augment_pad >= 1 (a shift of 0 pixels copies the frames)")
 
 
 def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
@@ -77,7 +88,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         datasets = [LeRobotDataset(p) for p in cfg.data]
         cameras, state_dim, action_dim = check_datasets(datasets, tokenizer)
 
-        tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction)
+        tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction,
+                                                     views=cfg.augment_views, pad=cfg.augment_pad, seed=cfg.train.seed)
         m = cfg.model
         m.state_dim, m.action_dim, m.cameras, m.tasks = state_dim, action_dim, tuple(cameras), tuple(tasks)
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
@@ -107,7 +119,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
 
         def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
             idx = train_table.sample_anchors(batch_size, gen, balance_tasks=cfg.balance_tasks)
-            return _prepare(model, train_table.windows(idx, m.horizon, m.future_offsets), device)
+            view = torch.randint(0, train_table.n_views + 1, (batch_size,), generator=gen) if train_table.n_views else None
+            return _prepare(model, train_table.windows(idx, m.horizon, m.future_offsets, view=view), device)
 
         def loss_fn(mod, batch, gen):
             return mod(**batch, generator=gen)
