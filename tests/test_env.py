@@ -80,6 +80,31 @@ def test_expert_solves_reach():
         assert obs.success
 
 
+def test_reach_expert_steers_the_finger_centre(tmp_path):
+    """Meta-World's reach expert steers the hand to the goal and ends with the finger centre
+    4.5 cm away (the success ball is 5 cm); expert_target="tcp" brings the fingers there instead.
+    Other tasks' experts are untouched; a bad target is refused before anything is written."""
+    final = {}
+    with MetaWorldEnv(EnvConfig(task="reach-v3", cameras=("corner",), image_size=8, proprio=("tcp",))) as env:
+        for target in ("hand", "tcp"):
+            env.reset(seed=3)
+            for _ in range(150):
+                tcp = env.step(env.expert_action(target)).state
+            final[target] = float(np.linalg.norm(tcp - env.privileged_positions["goal"]))
+        with pytest.raises(ConfigError, match="expert target"):
+            env.expert_action("wrist")
+    assert 0.04 < final["hand"] < 0.05 and final["tcp"] < 0.01
+    with MetaWorldEnv(EnvConfig(task="push-v3", cameras=("corner",), image_size=8)) as env:
+        env.reset(seed=0)
+        np.testing.assert_array_equal(env.expert_action("tcp"), env.expert_action("hand"))
+
+    from robodream.data.collect import CollectConfig, collect
+
+    with pytest.raises(ConfigError, match="expert-target"):
+        collect(CollectConfig(task="reach-v3", episodes=1, expert_target="wrist"), tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
 def test_finger_centre_in_the_state(tmp_path):
     """proprio=("hand", "gripper", "tcp") adds the finger centre (a kinematic function of the
     robot's joints, never the object or goal) after the default 4 numbers; collect records it

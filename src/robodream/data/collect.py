@@ -24,6 +24,7 @@ from robodream.envs.meta_world import (
     ACTION_NAMES,
     DEFAULT_CAMERAS,
     DEFAULT_PROPRIO,
+    EXPERT_TARGETS,
     FPS,
     EnvConfig,
     MetaWorldEnv,
@@ -56,6 +57,10 @@ class CollectConfig:
     # chunks anchored near the end of an episode are mostly padding, and a policy executing them
     # has never seen what to do when it arrives at the goal a little off: it overshoots.
     post_success_steps: int = 16
+    # The point the reach experts steer to the goal: "tcp", the finger centre the success test
+    # measures, or "hand", Meta-World's scripted policy as written (0.5 cm of margin; see
+    # TCP_STEERED_TASKS). Other tasks' experts are the same either way.
+    expert_target: str = "tcp"
     max_attempts_factor: float = 2.0  # give up after episodes * factor attempts
     video_codec: str = "h264"  # h264 (near-lossless), h264-rgb (exact) or av1
     extra: dict = field(default_factory=dict)  # free-form notes carried into meta/robodream.json
@@ -92,6 +97,8 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
     check_task(cfg.task)
     if cfg.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.expert_target not in EXPERT_TARGETS:
+        raise ConfigError(f"--expert-target must be one of {', '.join(EXPERT_TARGETS)}, got {cfg.expert_target!r}")
     check_parallelism(workers, ray_address)
     env_cfg = EnvConfig(task=cfg.task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps,
                         proprio=cfg.proprio)
@@ -106,7 +113,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
     lengths: list[int] = []
     max_attempts = max(cfg.episodes, int(np.ceil(cfg.episodes * cfg.max_attempts_factor)))
     attempts = range(cfg.seed, cfg.seed + max_attempts)
-    episode = partial(run_expert_episode, post_success_steps=cfg.post_success_steps)  # (env, seed) -> episode
+    episode = partial(run_expert_episode, post_success_steps=cfg.post_success_steps, expert_target=cfg.expert_target)  # (env, seed) -> episode
     with (writer,
           RolloutPool(partial(MetaWorldEnv, env_cfg), episode, workers=min(workers, max_attempts),
                       ray_address=ray_address) as pool,
@@ -136,9 +143,11 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
     return CollectResult(Path(out), len(seeds), len(discarded), seeds, discarded, float(np.mean(lengths)))
 
 
-def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0) -> dict[str, np.ndarray | bool]:
-    """Roll out the scripted expert from ``reset(seed)`` until ``post_success_steps`` steps after
-    the first success, or the step limit.
+def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0,
+                       expert_target: str = "tcp") -> dict[str, np.ndarray | bool]:
+    """Roll out the scripted expert (steering ``expert_target``, see
+    :meth:`MetaWorldEnv.expert_action`) from ``reset(seed)`` until ``post_success_steps`` steps
+    after the first success, or the step limit.
 
     Returns arrays over the T recorded steps: images (T, n_cam, H, W, 3) uint8, state (T, 4),
     action (T, 4) (clipped to [-1, 1], as applied), reward (T,), success_flags (T,) bool,
@@ -148,7 +157,7 @@ def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0
     images, states, actions, rewards, flags = [], [], [], [], []
     first_success: int | None = None
     while True:
-        a = np.clip(env.expert_action(), -1.0, 1.0).astype(np.float32)
+        a = np.clip(env.expert_action(expert_target), -1.0, 1.0).astype(np.float32)
         images.append(obs.images)
         states.append(obs.state)
         actions.append(a)
