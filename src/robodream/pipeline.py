@@ -45,6 +45,9 @@ class Recipe:
     cameras: tuple[str, ...] = DEFAULT_CAMERAS  # rendered cameras, in the policy's token order
     proprio: tuple[str, ...] = DEFAULT_PROPRIO  # parts of the proprioceptive state (envs.meta_world.PROPRIO_PARTS)
     workers: int = 1  # rollout processes of collection and evaluation (the results do not depend on it)
+    expert_target: str = "tcp"  # the point the reach experts steer to the goal: tcp or hand (CollectConfig)
+    augment_views: int = 0  # random-shift augmentation: shifted copies per training episode (PolicyRunConfig)
+    augment_pad: int = 4  # its maximum shift, pixels
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TrainConfig = field(default_factory=default_tokenizer_train)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -100,7 +103,8 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         if not _dataset_complete(path):
             log(f"collecting {recipe.demos_per_task} expert episodes of {task} -> {path}")
             collect(CollectConfig(task=task, episodes=recipe.demos_per_task, image_size=recipe.image_size,
-                                  cameras=recipe.cameras, proprio=recipe.proprio), path, overwrite=path.exists(), workers=recipe.workers)
+                                  cameras=recipe.cameras, proprio=recipe.proprio, expert_target=recipe.expert_target),
+                    path, overwrite=path.exists(), workers=recipe.workers)
         datasets.append(str(path))
     timings["collect_s"] = time.perf_counter() - t0
 
@@ -118,7 +122,8 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         log(f"training the policy -> {pol}")
         model = replace(recipe.policy, **(policy_overrides or {}))
         train_cfg = replace(recipe.policy_train, seed=train_seed)
-        train_policy(PolicyRunConfig(data=tuple(datasets), tokenizer=str(tok), model=model, train=train_cfg),
+        train_policy(PolicyRunConfig(data=tuple(datasets), tokenizer=str(tok), model=model, train=train_cfg,
+                                     augment_views=recipe.augment_views, augment_pad=recipe.augment_pad),
                      pol, resume=pol.exists())
     timings["policy_s"] = time.perf_counter() - t0
 
