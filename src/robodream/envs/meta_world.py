@@ -11,6 +11,11 @@ benchmark seed. We instead draw a fresh variation per episode from the episode s
 (``reset(seed=s)``), from the same uniform distribution over the task's reset space, so
 that evaluation seeds disjoint from the collection seeds also mean unseen object and goal
 positions.
+
+Environment shift (:mod:`robodream.envs.shift`): ``EnvConfig.shift`` names an appearance and a
+static-camera shift, a preset or a fresh random draw per episode seed; they change pixels,
+never physics. ``EnvConfig.depth`` / ``segmentation`` also render, per camera, the depth
+(metres) and the semantic class (:data:`~robodream.envs.shift.SEG_CLASSES`) of every pixel.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
+from robodream.envs.shift import SceneShifter, ShiftConfig, segmentation_lut  # noqa: E402
 from robodream.errors import ConfigError, RobodreamError, UnknownTaskError  # noqa: E402
 
 #: The cameras Meta-World's Sawyer scene defines.
@@ -99,6 +105,9 @@ class EnvConfig:
     max_steps: int = 500  # episode length limit (Meta-World's own limit is 500)
     fast_render: bool = True  # no shadows, reflections or multisampling (faster on CPU)
     proprio: tuple[str, ...] = DEFAULT_PROPRIO  # parts of the state: hand, gripper, tcp (PROPRIO_PARTS)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)  # appearance and static-camera shift (envs/shift.py)
+    depth: bool = False  # also render each camera's depth (metres)
+    segmentation: bool = False  # also render each camera's semantic segmentation (SEG_CLASSES ids)
 
     def __post_init__(self) -> None:
         self.cameras, self.proprio = tuple(self.cameras), tuple(self.proprio)
@@ -120,10 +129,16 @@ class StepResult:
 
     images: (n_cameras, H, W, 3) uint8, RGB, upright.
     state: (Ds,) float32, see :data:`PROPRIO_PARTS` (default (4,): :data:`STATE_NAMES`).
+    depth: (n_cameras, H, W) float32 metres (camera-frame z; the far plane where nothing is
+        seen), with ``EnvConfig.depth``; else None.
+    segmentation: (n_cameras, H, W) uint8 :data:`~robodream.envs.shift.SEG_CLASSES` ids, with
+        ``EnvConfig.segmentation``; else None.
     """
 
     images: np.ndarray
     state: np.ndarray
+    depth: np.ndarray | None = None
+    segmentation: np.ndarray | None = None
     reward: float = 0.0
     success: bool = False
     truncated: bool = False
@@ -146,7 +161,7 @@ class MetaWorldEnv:
 
     Raises:
         UnknownTaskError: unknown task name.
-        ConfigError: unknown camera, image too small.
+        ConfigError: unknown camera, image too small, unknown appearance or camera shift.
     """
 
     def __init__(self, cfg: EnvConfig) -> None:
@@ -182,6 +197,10 @@ class MetaWorldEnv:
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         self._cam_ids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in cfg.cameras]
+        self._shifter = SceneShifter(model)  # keeps the model's original rendering fields
+        self._seg_geom, self._seg_site = segmentation_lut(model)
+        self.appearance, self.camera_shift = cfg.shift.draw(0)  # this episode's draw (set by reset)
+        self._applied = None
         self._expert = None
         self._raw_obs: np.ndarray | None = None
         self._steps = 0
@@ -193,7 +212,12 @@ class MetaWorldEnv:
         return self.cfg.task
 
     def reset(self, seed: int) -> StepResult:
-        """Start an episode whose object/goal variation is drawn from ``seed``."""
+        """Start an episode whose object/goal variation (and random shift) is drawn from ``seed`` (>= 0)."""
+        self.appearance, self.camera_shift = self.cfg.shift.draw(int(seed))
+        if self._applied != (self.appearance, self.camera_shift):  # before the reset's forward pass
+            if self._shifter.apply(self.appearance, self.camera_shift):
+                self._upload_textures()
+            self._applied = (self.appearance, self.camera_shift)
         self._mw.seed(int(seed))
         raw, _ = self._gym.reset(seed=int(seed))
         # Meta-World moves goal sites in model.site_pos at reset but refreshes their world
@@ -202,7 +226,8 @@ class MetaWorldEnv:
             self._mw._set_pos_site(*site)
         self._raw_obs = np.asarray(raw, dtype=np.float64)
         self._steps = 0
-        return StepResult(images=self.render(), state=self.state())
+        images, depth, segmentation = self.render_views()
+        return StepResult(images=images, state=self.state(), depth=depth, segmentation=segmentation)
 
     def step(self, action: np.ndarray) -> StepResult:
         """Apply one action (4,) in [-1, 1]; values outside are clipped."""
@@ -213,8 +238,11 @@ class MetaWorldEnv:
         self._raw_obs = np.asarray(raw, dtype=np.float64)
         self._steps += 1
         truncated = bool(truncated) or self._steps >= self.cfg.max_steps
+        images, depth, segmentation = self.render_views()
         return StepResult(
-            images=self.render(),
+            images=images,
+            depth=depth,
+            segmentation=segmentation,
             state=self.state(),
             reward=float(reward),
             success=bool(info.get("success", False)),
@@ -260,23 +288,68 @@ class MetaWorldEnv:
         Raises:
             RobodreamError: if the renderer returns an all-black frame (a broken GL context).
         """
-        import mujoco
+        return self.render_views(depth=False, segmentation=False)[0]
 
-        frames = []
+    def render_views(self, depth: bool | None = None, segmentation: bool | None = None):
+        """Render all cameras, upright: RGB (n_cameras, H, W, 3) uint8, and, when asked (default:
+        ``cfg.depth`` / ``cfg.segmentation``; else None), depth (n_cameras, H, W) float32 metres
+        and segmentation (n_cameras, H, W) uint8 :data:`~robodream.envs.shift.SEG_CLASSES` ids.
+
+        Raises:
+            RobodreamError: if the renderer returns an all-black frame (a broken GL context).
+        """
+        depth = self.cfg.depth if depth is None else depth
+        segmentation = self.cfg.segmentation if segmentation is None else segmentation
+        r = self._renderer
+        rgb, dep, seg = [], [], []
         for cam_id in self._cam_ids:
-            self._renderer.update_scene(self._mw.data, camera=cam_id)
-            img = self._renderer.render()
+            r.update_scene(self._mw.data, camera=cam_id)
+            views = [r.render()]
+            if depth:
+                r.enable_depth_rendering()
+                views.append(r.render())
+                r.disable_depth_rendering()
+            if segmentation:
+                r.enable_segmentation_rendering()
+                ids = r.render()  # (H, W, 2): object id, object type; (-1, -1) where nothing is drawn
+                r.disable_segmentation_rendering()
+                views.append(self._seg_classes(ids))
             if self._upside_down(cam_id):
-                img = img[::-1, ::-1]
-            frames.append(img)
-        out = np.ascontiguousarray(np.stack(frames))
+                views = [v[::-1, ::-1] for v in views]
+            rgb.append(views.pop(0))
+            if depth:
+                dep.append(views.pop(0))
+            if segmentation:
+                seg.append(views.pop(0))
+        out = np.ascontiguousarray(np.stack(rgb))
         if not out.any():
             raise RobodreamError(
                 "MuJoCo renderer returned an all-black frame (broken GL context); "
                 "close each env before creating the next one"
             )
-        del mujoco
+        return (out, np.ascontiguousarray(np.stack(dep)) if depth else None,
+                np.ascontiguousarray(np.stack(seg)) if segmentation else None)
+
+    def _seg_classes(self, ids: np.ndarray) -> np.ndarray:
+        """MuJoCo's (H, W, 2) (object id, object type) -> (H, W) uint8 SEG_CLASSES ids."""
+        import mujoco
+
+        obj, kind = ids[..., 0], ids[..., 1]
+        out = np.zeros(obj.shape, np.uint8)
+        for t, lut in ((mujoco.mjtObj.mjOBJ_GEOM, self._seg_geom), (mujoco.mjtObj.mjOBJ_SITE, self._seg_site)):
+            hit = kind == int(t)
+            out[hit] = lut[obj[hit]]
         return out
+
+    def _upload_textures(self) -> None:
+        """Send the model's (changed) textures to the renderer's GL context."""
+        import mujoco
+
+        r = self._renderer
+        if r._gl_context is not None:  # mujoco.Renderer keeps its contexts private; no public upload
+            r._gl_context.make_current()
+        for t in range(self._mw.model.ntex):
+            mujoco.mjr_uploadTexture(self._mw.model, r._mjr_context, t)
 
     def camera_matrices(self, cam: str, *, width: int | None = None, height: int | None = None):
         """Intrinsics and extrinsics of a camera as rendered by :meth:`render` (upright).
