@@ -58,6 +58,16 @@ def tasks() -> None:
 
 
 # ----------------------------------------------------------------------------- eval
+def _shift_help() -> dict[str, str]:
+    from robodream.config import field_comments
+    from robodream.envs.shift import ShiftConfig
+
+    return field_comments(ShiftConfig)  # the help of collect's generated --appearance etc., declared once
+
+
+_SHIFT_HELP = _shift_help()
+
+
 @eval_app.command("policy")
 @user_errors
 def eval_policy_cmd(
@@ -78,16 +88,25 @@ def eval_policy_cmd(
     workers: Annotated[int, typer.Option(help="rollout processes, each with its own env and policy")] = 1,
     ray_address: Annotated[Optional[str], typer.Option(help="run the workers on the Ray cluster at host:port")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing evaluation at --out")] = False,
+    appearance: Annotated[str, typer.Option(help=_SHIFT_HELP["appearance"])] = "default",
+    camera_shift: Annotated[str, typer.Option(help=_SHIFT_HELP["camera_shift"])] = "none",
+    appearance_scale: Annotated[float, typer.Option(help=_SHIFT_HELP["appearance_scale"])] = 1.0,
+    camera_shift_scale: Annotated[float, typer.Option(help=_SHIFT_HELP["camera_shift_scale"])] = 1.0,
+    shift_seed: Annotated[int, typer.Option(help=_SHIFT_HELP["seed"])] = 0,
 ) -> None:
     """Closed-loop rollouts on seeds never used for training; writes results.json, MP4s, a PNG."""
+    from robodream.envs.shift import ShiftConfig
     from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
+
+    shift = ShiftConfig(appearance=appearance, camera_shift=camera_shift, appearance_scale=appearance_scale,
+                        camera_shift_scale=camera_shift_scale, seed=shift_seed)
 
     if threads is None and workers == 1 and ray_address is None:
         threads = 2
     r = evaluate_policy(policy, task, episodes, out, seed_start=DEFAULT_EVAL_SEED if seed_start is None else seed_start,
                         max_steps=max_steps, n_videos=videos, mode=mode, device=device, threads=threads,
                         compile=compile, n_action_steps=n_action_steps, workers=workers, ray_address=ray_address,
-                        overwrite=overwrite)
+                        overwrite=overwrite, shift=shift)
     print_table(f"eval {task}", ["success", "95% CI", "episodes", "steps to success", "latency p50 ms",
                                  "latency p90 ms", "out"],
                 [[r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", r["n_episodes"],

@@ -7,6 +7,23 @@ reported. Provenance (env settings, the seed of every kept and discarded episode
 ``DIR/meta/robodream.json`` so that evaluation can pick seeds never used for training.
 ``--workers N`` rolls out on N processes (``--ray-address``: on a Ray cluster) and writes
 the same dataset as one worker.
+
+Environment shift: ``--appearance`` and ``--camera-shift`` (a preset or ``random``, a new draw
+per episode seed; :mod:`robodream.envs.shift`) are recorded in ``meta/robodream.json``.
+
+Depth and segmentation (``--with-depth``, ``--with-segmentation``) are stored per camera in
+the data parquet files, as fixed-shape ``(H, W)`` array features (nested-list columns, the
+storage of Hugging Face ``Array2D``, which LeRobot's reader builds for 2-D features), and
+read back exactly by :meth:`LeRobotDataset.all_depth` / :meth:`~LeRobotDataset.all_segmentation`:
+
+- ``observation.depth.{cam}``: uint16 millimetres of camera-frame z, ``round(1000 * metres)``
+  (0.5 mm of quantisation), 65535 where nothing is seen within 65.5 m (the sky);
+- ``observation.segmentation.{cam}``: uint8 class ids, :data:`~robodream.envs.shift.SEG_CLASSES`
+  (0 background, 1 floor, 2 wall, 3 table, 4 robot, 5 object, 6 goal; the list is in the
+  feature's ``info.classes``).
+
+Lossless by construction (integers in parquet), unlike a video codec; the cost is size:
+about 2 + 1 bytes per pixel before parquet's compression.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ import numpy as np
 
 from robodream.config import to_dict
 from robodream.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
+from robodream.data.lerobot_format import DEPTH_PREFIX, SEGMENTATION_PREFIX
 from robodream.envs.meta_world import (
     ACTION_NAMES,
     DEFAULT_CAMERAS,
@@ -33,6 +51,7 @@ from robodream.envs.meta_world import (
     task_instruction,
 )
 from robodream.envs.parallel import RolloutPool, check_parallelism
+from robodream.envs.shift import SEG_CLASSES, ShiftConfig
 from robodream.errors import ConfigError, DatasetError
 from robodream.utils.io import read_json
 from robodream.utils.progress import progress_bar
@@ -63,6 +82,9 @@ class CollectConfig:
     expert_target: str = "tcp"
     max_attempts_factor: float = 2.0  # give up after episodes * factor attempts
     video_codec: str = "h264"  # h264 (near-lossless), h264-rgb (exact) or av1
+    shift: ShiftConfig = field(default_factory=ShiftConfig)  # appearance and static-camera shift
+    with_depth: bool = False  # also record each camera's depth (uint16 millimetres)
+    with_segmentation: bool = False  # also record each camera's segmentation (uint8 SEG_CLASSES ids)
     extra: dict = field(default_factory=dict)  # free-form notes carried into meta/robodream.json
 
 
@@ -101,13 +123,20 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
         raise ConfigError(f"--expert-target must be one of {', '.join(EXPERT_TARGETS)}, got {cfg.expert_target!r}")
     check_parallelism(workers, ray_address)
     env_cfg = EnvConfig(task=cfg.task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps,
-                        proprio=cfg.proprio)
+                        proprio=cfg.proprio, shift=cfg.shift, depth=cfg.with_depth, segmentation=cfg.with_segmentation)
+    hw = [cfg.image_size, cfg.image_size]
+    extra = {"next.reward": {"dtype": "float32", "shape": [1], "names": None},
+             "next.success": {"dtype": "bool", "shape": [1], "names": None}}
+    for cam in cfg.cameras if cfg.with_depth else ():
+        extra[DEPTH_PREFIX + cam] = {"dtype": "uint16", "shape": hw, "names": ["height", "width"],
+                                     "info": {"unit": "mm", "nothing_seen": 65535}}
+    for cam in cfg.cameras if cfg.with_segmentation else ():
+        extra[SEGMENTATION_PREFIX + cam] = {"dtype": "uint8", "shape": hw, "names": ["height", "width"],
+                                            "info": {"classes": list(SEG_CLASSES)}}
     writer = LeRobotDatasetWriter(
         out, fps=FPS, robot_type="sawyer", state_names=list(state_names(cfg.proprio)), action_names=list(ACTION_NAMES),
         cameras=list(cfg.cameras), image_size=(cfg.image_size, cfg.image_size), video_codec=cfg.video_codec,
-        extra_features={"next.reward": {"dtype": "float32", "shape": [1], "names": None},
-                        "next.success": {"dtype": "bool", "shape": [1], "names": None}},
-        overwrite=overwrite)
+        extra_features=extra, overwrite=overwrite)
     seeds: list[int] = []
     discarded: list[int] = []
     lengths: list[int] = []
@@ -121,9 +150,14 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
         bar = progress.add_task(f"collect {cfg.task}", total=cfg.episodes)
         for seed, ep in zip(attempts, pool.imap(attempts)):
             if ep["success"] or cfg.keep_failures:
+                arrays = {"next.reward": ep["reward"], "next.success": ep["success_flags"]}
+                for i, c in enumerate(cfg.cameras):
+                    if cfg.with_depth:
+                        arrays[DEPTH_PREFIX + c] = depth_to_mm(ep["depth"][:, i])
+                    if cfg.with_segmentation:
+                        arrays[SEGMENTATION_PREFIX + c] = np.ascontiguousarray(ep["segmentation"][:, i])
                 writer.add_episode(task=task_instruction(cfg.task), state=ep["state"], action=ep["action"],
-                                   images={c: ep["images"][:, i] for i, c in enumerate(cfg.cameras)},
-                                   extra={"next.reward": ep["reward"], "next.success": ep["success_flags"]})
+                                   images={c: ep["images"][:, i] for i, c in enumerate(cfg.cameras)}, extra=arrays)
                 seeds.append(seed)
                 lengths.append(len(ep["action"]))
                 progress.update(bar, advance=1)
@@ -139,6 +173,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
             "env": to_dict(env_cfg), "task": cfg.task, "seeds": seeds, "discarded_seeds": discarded,
             "keep_failures": cfg.keep_failures, "post_success_steps": cfg.post_success_steps,
             "collect": to_dict(cfg),  # the resolved config: robodream collect --config reproduces it
+            "shift": {**to_dict(cfg.shift), "episode_seeds": [attempts[0], seed]},  # random draws come from these
         })
     return CollectResult(Path(out), len(seeds), len(discarded), seeds, discarded, float(np.mean(lengths)))
 
@@ -151,14 +186,20 @@ def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0
 
     Returns arrays over the T recorded steps: images (T, n_cam, H, W, 3) uint8, state (T, 4),
     action (T, 4) (clipped to [-1, 1], as applied), reward (T,), success_flags (T,) bool,
-    ``success`` (whether the task was ever solved) and ``success_step`` (steps to first success).
+    ``success`` (whether the task was ever solved) and ``success_step`` (steps to first success);
+    with the env's depth / segmentation also depth (T, n_cam, H, W) float32 metres and
+    segmentation (T, n_cam, H, W) uint8.
     """
     obs = env.reset(seed)
-    images, states, actions, rewards, flags = [], [], [], [], []
+    images, states, actions, rewards, flags, depth, seg = [], [], [], [], [], [], []
     first_success: int | None = None
     while True:
         a = np.clip(env.expert_action(expert_target), -1.0, 1.0).astype(np.float32)
         images.append(obs.images)
+        if obs.depth is not None:
+            depth.append(obs.depth)
+        if obs.segmentation is not None:
+            seg.append(obs.segmentation)
         states.append(obs.state)
         actions.append(a)
         obs = env.step(a)
@@ -168,9 +209,20 @@ def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0
             first_success = len(actions)
         if obs.truncated or (first_success is not None and len(actions) >= first_success + post_success_steps):
             break
-    return {"images": np.stack(images), "state": np.stack(states), "action": np.stack(actions),
-            "reward": np.asarray(rewards, np.float32), "success_flags": np.asarray(flags, bool),
-            "success": first_success is not None, "success_step": first_success}
+    ep = {"images": np.stack(images), "state": np.stack(states), "action": np.stack(actions),
+          "reward": np.asarray(rewards, np.float32), "success_flags": np.asarray(flags, bool),
+          "success": first_success is not None, "success_step": first_success}
+    if depth:
+        ep["depth"] = np.stack(depth)
+    if seg:
+        ep["segmentation"] = np.stack(seg)
+    return ep
+
+
+def depth_to_mm(depth: np.ndarray) -> np.ndarray:
+    """Depth in metres (any shape, float) -> uint16 millimetres, rounded; 65535 (nothing seen)
+    for 65.535 m and beyond, the stored encoding (see the module docstring)."""
+    return np.clip(np.rint(np.asarray(depth, np.float64) * 1000.0), 0, 65535).astype(np.uint16)
 
 
 def dataset_provenance(ds: LeRobotDataset) -> dict | None:

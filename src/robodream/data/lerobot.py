@@ -38,8 +38,10 @@ from robodream.data.lerobot_format import (
     CODEBASE_VERSION,
     DEFAULT_DATA_PATH,
     DEFAULT_VIDEO_PATH,
+    DEPTH_PREFIX,
     IMAGE_PREFIX,
     REQUIRED_FEATURES,
+    SEGMENTATION_PREFIX,
     STATE_ACTION_FEATURES,
     EpisodeIndexError,
     _to_numpy,
@@ -66,9 +68,9 @@ class Episode:
         action: ``(T, Da) float32``; ``(T, 0)`` if the dataset has none.
         timestamp: ``(T,) float32`` seconds from the episode start (``frame_index / fps``).
         frame_index: ``(T,) int64`` ``0..T-1``.
-        extra: every other column of the data file except camera features, ``name -> (T,)``
-            for shape-``[1]`` features or ``(T, D)`` for vector features, in the stored dtype
-            (e.g. ``next.done`` bool, ``next.reward`` float32).
+        extra: every other column of the data file except camera and array features (see
+            :meth:`LeRobotDataset.array`), ``name -> (T,)`` for shape-``[1]`` features or ``(T, D)``
+            for vector features, in the stored dtype (e.g. ``next.done`` bool, ``next.reward`` float32).
     """
 
     index: int
@@ -142,6 +144,9 @@ class LeRobotDataset:
         self._camera_keys = [k for k, d in dtypes.items() if d in ("video", "image")]
         self._video_keys = [k for k in self._camera_keys if dtypes[k] == "video"]
         self._image_keys = [k for k in self._camera_keys if dtypes[k] == "image"]
+        #: Features of (H, W) or (H, W, C) arrays per frame in the data files (depth, segmentation).
+        self.array_keys = [k for k, f in feats.items() if k not in self._camera_keys and isinstance(f, dict)
+                           and len(f.get("shape") or []) > 1]
         self.cameras = [k.removeprefix(IMAGE_PREFIX) for k in self._camera_keys]
         self.image_size = self._hw(self._camera_keys[0]) if self._camera_keys else None
         self.stats = self._load_stats()
@@ -294,7 +299,8 @@ class LeRobotDataset:
         length = self.episode_lengths[i]
         try:
             # copies: arrow's zero-copy arrays are read-only, and callers may write into episodes
-            cols = {name: np.array(_to_numpy(part[name])) for name in part.column_names if name not in self._camera_keys}
+            cols = {name: np.array(_to_numpy(part[name])) for name in part.column_names
+                    if name not in self._camera_keys and name not in self.array_keys}
         except (pa.ArrowException, ValueError) as e:
             raise DatasetError(f"cannot read episode {i} from {path}: {e}") from e
         frame_index = cols.pop("frame_index").astype(np.int64)
@@ -308,6 +314,35 @@ class LeRobotDataset:
                          for k in STATE_ACTION_FEATURES)
         return Episode(index=i, task=self.tasks[task_index], task_index=task_index, length=length, state=state,
                        action=action, timestamp=timestamp, frame_index=frame_index, extra=cols)  # fmt: skip
+
+    def array(self, i: int, key: str) -> np.ndarray:
+        """Array feature ``key`` of episode ``i``: ``(T, *shape)`` in the stored dtype, exactly as written.
+
+        Raises:
+            DatasetError: bad ``i``, ``key`` not an array feature, or a value of another shape.
+        """
+        i = self._check_index(i)
+        if key not in self.array_keys:
+            raise DatasetError(f"{self.root} has no array feature {key!r}; it has {self.array_keys}")
+        path, part = self._episode_rows(i)
+        shape = (self.episode_lengths[i], *self.features[key]["shape"])
+        try:
+            x = np.array(_to_numpy(part[key]))
+        except (pa.ArrowException, ValueError) as e:
+            raise DatasetError(f"cannot read {key} of episode {i} from {path}: {e}") from e
+        if x.shape != shape:
+            raise DatasetError(f"data file {path}: {key} of episode {i} has shape {x.shape}, expected {shape}")
+        return x
+
+    def all_depth(self, cam: str) -> list[np.ndarray]:
+        """Depth of camera ``cam`` in every episode: ``(T, H, W) uint16`` millimetres (65535: nothing
+        within 65.5 m); see :mod:`robodream.data.collect`. Raises DatasetError as :meth:`array`."""
+        return [self.array(i, DEPTH_PREFIX + cam) for i in range(self.num_episodes)]
+
+    def all_segmentation(self, cam: str) -> list[np.ndarray]:
+        """Segmentation of camera ``cam`` in every episode: ``(T, H, W) uint8`` class ids (the
+        feature's ``info.classes``). Raises DatasetError as :meth:`array`."""
+        return [self.array(i, SEGMENTATION_PREFIX + cam) for i in range(self.num_episodes)]
 
     def _window(self, i: int, key: str) -> tuple[float, float, int]:
         return (float(self._ep[f"videos/{key}/from_timestamp"][i]), float(self._ep[f"videos/{key}/to_timestamp"][i]),

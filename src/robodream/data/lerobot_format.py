@@ -20,6 +20,9 @@ DEFAULT_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DEFAULT_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 IMAGE_PREFIX = "observation.images."
+#: Per-camera depth and segmentation: data-file columns of ``(H, W)`` arrays (see :mod:`robodream.data.collect`).
+DEPTH_PREFIX = "observation.depth."
+SEGMENTATION_PREFIX = "observation.segmentation."
 DEFAULT_FEATURES = {
     "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     "frame_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -105,10 +108,30 @@ def _aggregate_stats(per_episode: list[dict[str, np.ndarray]]) -> dict[str, np.n
 
 
 # ----------------------------------------------------------------------------- arrow helpers
+def _arrow_type(dtype: str, shape: list[int]) -> pa.DataType:
+    """Arrow type of a feature: scalar for ``[1]``, fixed-size list for ``[D]``, nested lists for
+    ``[H, W]`` / ``[H, W, C]`` (the storage of Hugging Face ``Array2D`` / ``Array3D``)."""
+    if list(shape) == [1]:
+        return _ARROW[dtype]
+    if len(shape) == 1:
+        return pa.list_(_ARROW[dtype], int(shape[0]))
+    t = _ARROW[dtype]
+    for _ in shape:
+        t = pa.list_(t)
+    return t
+
+
 def _arrow_column(values: np.ndarray, dtype: str, shape: list[int]) -> pa.Array:
-    """Scalar column for shape ``[1]``, fixed-size list column for ``[D]`` (what HF datasets writes)."""
+    """``values`` ``(N, *shape)`` as a column of :func:`_arrow_type`."""
     flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=_ARROW[dtype])
-    return flat if list(shape) == [1] else pa.FixedSizeListArray.from_arrays(flat, int(shape[0]))
+    if list(shape) == [1]:
+        return flat
+    if len(shape) == 1:
+        return pa.FixedSizeListArray.from_arrays(flat, int(shape[0]))
+    for d in reversed(shape):
+        n = len(flat) // d
+        flat = pa.ListArray.from_arrays(pa.array(np.arange(0, n * d + 1, d, dtype=np.int32)), flat)
+    return flat
 
 
 def _to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

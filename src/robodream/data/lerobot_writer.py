@@ -21,6 +21,7 @@ from robodream.data.lerobot_format import (
     _Aborted,
     _aggregate_stats,
     _arrow_column,
+    _arrow_type,
     _image_stats,
     _json_number,
     _next_file,
@@ -31,6 +32,13 @@ from robodream.data.lerobot_format import (
 from robodream.data.video import VIDEO_CODECS, VideoFileEncoder, probe_video
 from robodream.errors import DatasetError
 from robodream.utils.io import atomic_directory, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+
+
+def _array_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Stats of an array feature ``(T, *shape)`` over all its values, shaped ``(1,)``; count = T frames."""
+    stats = _numeric_stats(x.reshape(-1))
+    stats["count"] = np.array([len(x)])
+    return stats
 
 
 class LeRobotDatasetWriter:
@@ -58,8 +66,10 @@ class LeRobotDatasetWriter:
         video_codec: a key of :data:`VIDEO_CODECS` ("h264" near-lossless default, "h264-rgb"
             bit-exact, "av1" LeRobot's lossy default).
         extra_features: more per-frame columns, ``name -> {"dtype": "float32"|"bool"|"int64"|...,
-            "shape": [1] or [D], "names": optional}``, e.g. ``{"next.reward": {"dtype": "float32",
-            "shape": [1]}}``.
+            "shape": [1], [D], [H, W] or [H, W, C], "names": optional, "info": optional dict}``, e.g.
+            ``{"next.reward": {"dtype": "float32", "shape": [1]}}``. Array features (2 or 3
+            dimensions: depth, segmentation) are nested-list columns, Hugging Face's
+            ``Array2D``/``Array3D`` storage; their stats are over all values, shaped ``(1,)``.
         data_files_size_in_mb, video_files_size_in_mb, chunks_size: file rotation thresholds.
         overwrite: replace an existing dataset at ``root`` (only a LeRobot dataset or an empty
             directory is ever replaced, and only once the new one is complete).
@@ -92,10 +102,8 @@ class LeRobotDatasetWriter:
         self._extra = self._check_extra(extra_features or {})
         self.features.update(self._extra)
         self.features.update({k: dict(v) for k, v in DEFAULT_FEATURES.items()})
-        self._schema = pa.schema(
-            [(k, _ARROW[f["dtype"]] if f["shape"] == [1] else pa.list_(_ARROW[f["dtype"]], f["shape"][0]))
-             for k, f in self.features.items() if f["dtype"] != "video"]
-        )  # fmt: skip
+        self._schema = pa.schema([(k, _arrow_type(f["dtype"], f["shape"])) for k, f in self.features.items()
+                                  if f["dtype"] != "video"])
         self._tasks: dict[str, int] = {}
         self._episodes: list[dict] = []  # episodes-parquet rows, without stats
         self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
@@ -145,9 +153,13 @@ class LeRobotDatasetWriter:
                     or name.startswith(IMAGE_PREFIX):  # fmt: skip
                 raise DatasetError(f"extra feature name {name!r} is reserved or invalid")
             shape = list(spec.get("shape", [1])) if isinstance(spec, dict) else None
-            if not isinstance(spec, dict) or spec.get("dtype") not in _ARROW or len(shape) != 1 or shape[0] < 1:
-                raise DatasetError(f"extra feature {name!r}: need dtype in {sorted(_ARROW)} and shape [D], got {spec!r}")
-            out[name] = {"dtype": spec["dtype"], "shape": [int(shape[0])], "names": spec.get("names")}
+            if not isinstance(spec, dict) or spec.get("dtype") not in _ARROW or not 1 <= len(shape) <= 3 \
+                    or min(shape) < 1:  # fmt: skip
+                raise DatasetError(f"extra feature {name!r}: need dtype in {sorted(_ARROW)} and shape [D], [H, W] "
+                                   f"or [H, W, C], got {spec!r}")
+            out[name] = {"dtype": spec["dtype"], "shape": [int(d) for d in shape], "names": spec.get("names")}
+            if "info" in spec:
+                out[name]["info"] = dict(spec["info"])
         return out
 
     def _check_array(self, what: str, x, dtype, shape: tuple) -> np.ndarray:
@@ -169,8 +181,8 @@ class LeRobotDatasetWriter:
             state: ``(T, Ds) float32`` -> ``observation.state``.
             action: ``(T, Da) float32`` -> ``action``.
             images: ``cam -> (T, H, W, 3) uint8`` RGB, upright, one entry per camera.
-            extra: ``name -> (T,)`` / ``(T, 1)`` (shape ``[1]``) or ``(T, D)`` arrays of the declared
-                dtype, one entry per extra feature.
+            extra: ``name -> (T,)`` / ``(T, 1)`` (shape ``[1]``), ``(T, D)`` or ``(T, *shape)``
+                arrays of the declared dtype, one entry per extra feature.
 
         Raises:
             DatasetError: wrong shape/dtype/camera set/feature set, non-finite state or action,
@@ -201,6 +213,9 @@ class LeRobotDatasetWriter:
             raise DatasetError(f"add_episode: extra has features {sorted(extra)}, expected {sorted(self._extra)} (dataset {self.root})")
         for name, spec in self._extra.items():
             x, d = extra[name], spec["shape"][0]
+            if len(spec["shape"]) > 1:
+                cols[name] = self._check_array(f"extra[{name!r}]", x, spec["dtype"], (T, *spec["shape"]))
+                continue
             shape = (T, d) if d > 1 else (T,) if isinstance(x, np.ndarray) and x.ndim == 1 else (T, 1)
             self._check_array(f"extra[{name!r}]", x, spec["dtype"], shape)
             cols[name] = x.reshape(T, d) if d > 1 else x.reshape(T)
@@ -222,7 +237,8 @@ class LeRobotDatasetWriter:
         except BaseException:
             self.abort()
             raise
-        stats = {k: _image_stats(images[k[len(IMAGE_PREFIX):]]) if f["dtype"] == "video" else _numeric_stats(cols[k])
+        stats = {k: _image_stats(images[k[len(IMAGE_PREFIX):]]) if f["dtype"] == "video"
+                 else _array_stats(cols[k]) if len(f["shape"]) > 1 else _numeric_stats(cols[k])
                  for k, f in self.features.items()}  # fmt: skip
         self._episodes.append(row)
         self._episode_stats.append(stats)

@@ -6,7 +6,9 @@ training data was collected with, success from ``info["success"]``, per-chunk in
 latency, and ``DIR/results.json``, a few rollout MP4s and ``DIR/evaluation.png``.
 ``--workers N`` runs the rollouts on N processes (``--ray-address``: on a Ray cluster) with
 the same per-episode results as one worker: each episode's chunk noise is seeded by its env
-seed.
+seed. ``--appearance`` / ``--camera-shift`` evaluate under a shift in the environment
+(:mod:`robodream.envs.shift`; ``random``: a new draw per evaluation seed, so appearances never
+seen in training), recorded in results.json with the seed range.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robodream.config import to_dict
 from robodream.envs.meta_world import (
     DEFAULT_PROPRIO,
     EnvConfig,
@@ -29,6 +32,7 @@ from robodream.envs.meta_world import (
     task_instruction,
 )
 from robodream.envs.parallel import RolloutPool, check_parallelism
+from robodream.envs.shift import ShiftConfig
 from robodream.errors import ConfigError
 from robodream.eval.metrics import percentile, wilson_interval
 from robodream.eval.video import write_mp4
@@ -46,7 +50,8 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
                     seed_start: int = DEFAULT_EVAL_SEED, max_steps: int = 500, n_videos: int = 3,
                     mode: str | None = None, device: str = "cpu", threads: int | None = None,
                     compile: bool = False, n_action_steps: int | None = None, workers: int = 1,
-                    ray_address: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+                    ray_address: str | None = None, overwrite: bool = False,
+                    shift: ShiftConfig | None = None) -> dict[str, Any]:
     """Roll out the policy ``episodes`` times and write the evaluation to ``out``.
 
     ``out`` (results.json, evaluation.png, rollouts/*.mp4) appears atomically when the
@@ -74,6 +79,7 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
             node must see ``run_dir`` at the same path).
         overwrite: replace an existing non-empty ``out`` (only an evaluation directory is
             ever replaced, and only once the new one is complete).
+        shift: appearance and static-camera shift of the evaluation env (default: none).
 
     Returns:
         The content of results.json: success_rate, ci95, per-episode results (seed,
@@ -110,8 +116,9 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     if len(state_names(proprio)) != cfg.state_dim:
         raise ConfigError(f"the policy expects a {cfg.state_dim}-number state, but its data's proprioception "
                           f"{proprio} gives {len(state_names(proprio))}")
+    shift = shift or ShiftConfig()
     env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps,
-                        proprio=proprio)
+                        proprio=proprio, shift=shift)
     setup = partial(_Evaluator, str(run_dir), instruction, env_cfg, mode=mode, device=device, compile=compile,
                     n_action_steps=n_action_steps)
     workers = min(workers, episodes)
@@ -148,7 +155,8 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
             "threads": threads or (torch.get_num_threads() if pool.backend == "in-process" else 1),
             "workers": workers, "backend": pool.backend,
             "n_chunks": len(lat), "n_action_steps": cfg.n_action_steps, "horizon": cfg.horizon,
-            "seeds": seeds, "max_steps": max_steps, "wall_s": time.perf_counter() - t_start,
+            "seeds": seeds, "max_steps": max_steps,
+            "shift": {**to_dict(shift), "episode_seeds": [seeds[0], seeds[-1]]}, "wall_s": time.perf_counter() - t_start,
             "policy_run": str(run_dir), "episodes": per_episode, "created": now(), "code": code_version(),
             "environment": environment_info(),
         }
