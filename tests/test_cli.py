@@ -216,3 +216,21 @@ def test_action_dimension_mismatch(tmp_path, work):
     res = run("train", "policy", "--data", work / "ds", "--data", tmp_path / "foreign", "--tokenizer", work / "tok",
               "--out", tmp_path / "p", code=2)
     _one_line_error(res, "dimensions")
+
+
+def test_collect_shift_depth_segmentation_flags(tmp_path):
+    """collect takes the environment-shift and depth/segmentation flags and records them; an
+    unknown preset is one line, and nothing is written."""
+    run("collect", "--task", "reach-v3", "--episodes", 1, "--image-size", 16, "--cameras", "corner",
+        "--appearance", "night", "--camera-shift", "random", "--camera-shift-scale", 0.5, "--shift.seed", 3,
+        "--with-depth", "--with-segmentation", "--out", tmp_path / "ds")
+    prov = json.loads((tmp_path / "ds" / "meta" / "robodream.json").read_text())
+    assert prov["shift"] == {"appearance": "night", "camera_shift": "random", "appearance_scale": 1.0,
+                             "camera_shift_scale": 0.5, "seed": 3, "episode_seeds": [0, 0]}
+    features = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())["features"]
+    assert features["observation.depth.corner"]["dtype"] == "uint16"
+    assert features["observation.segmentation.corner"]["shape"] == [16, 16]
+    res = run("collect", "--task", "reach-v3", "--episodes", 1, "--appearance", "foggy", "--out", tmp_path / "x",
+              code=2)
+    _one_line_error(res, "unknown appearance 'foggy'", "dark-wood")
+    assert not (tmp_path / "x").exists()
