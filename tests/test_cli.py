@@ -71,9 +71,10 @@ def test_eval_policy(work):
     assert len(list((work / "ev2" / "rollouts").glob("*_predicted_future.png"))) == 1
     # a shorter receding horizon replans more often: 12 steps at K = 2 are 6 chunks
     run("eval", "policy", "--policy", work / "pol", "--task", "reach-v3", "--episodes", 1, "--out", work / "ev3",
-        "--max-steps", 12, "--videos", 0, "--n-action-steps", 2)
+        "--max-steps", 12, "--videos", 0, "--n-action-steps", 2, "--appearance", "random", "--camera-shift", "left")
     r = json.loads((work / "ev3" / "results.json").read_text())
     assert r["n_action_steps"] == 2 and r["n_chunks"] == 6
+    assert r["shift"]["appearance"] == "random" and r["shift"]["episode_seeds"] == [1_000_000, 1_000_000]
     res = run("eval", "policy", "--policy", work / "pol", "--task", "reach-v3", "--out", work / "ev4",
               "--n-action-steps", 99, code=2)
     _one_line_error(res, "--n-action-steps", "horizon")

@@ -613,3 +613,31 @@ def test_existing_directory_error_names_the_cli_flag_too(tmp_path, episodes):
     root = write(tmp_path / "ds", episodes[2:], video_codec="h264-rgb")
     with pytest.raises(DatasetError, match=r"already exists; pass --overwrite \(overwrite=True\) to replace it"):
         write(root, episodes[2:])
+
+
+def test_array_features_round_trip_exactly(tmp_path, episodes):
+    """(H, W) and (H, W, C) extra features (depth, segmentation) come back bit-exact through
+    LeRobotDataset.array, outside Episode.extra; a wrong shape is refused and nothing is written."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    spec = {**EXTRA, "observation.depth.top": {"dtype": "uint16", "shape": [3, 5]},
+            "observation.rgbd": {"dtype": "float32", "shape": [2, 3, 4]}}
+    eps = [dict(e, extra={**e["extra"], "observation.depth.top": rng.integers(0, 65536, (len(e["state"]), 3, 5),
+                                                                              dtype=np.uint16),
+                          "observation.rgbd": rng.normal(size=(len(e["state"]), 2, 3, 4)).astype(np.float32)})
+           for e in episodes[:2]]
+    ds = LeRobotDataset(write(tmp_path / "ds", eps, extra_features=spec))
+    assert ds.array_keys == ["observation.depth.top", "observation.rgbd"]
+    assert ds.all_depth("top")[1].dtype == np.uint16
+    for i, e in enumerate(eps):
+        np.testing.assert_array_equal(ds.all_depth("top")[i], e["extra"]["observation.depth.top"])
+        np.testing.assert_array_equal(ds.array(i, "observation.rgbd"), e["extra"]["observation.rgbd"])
+        assert set(ds.episode(i).extra) == set(EXTRA)
+    assert str(pq.read_schema(tmp_path / "ds/data/chunk-000/file-000.parquet").field("observation.depth.top").type) \
+        == "list<element: list<element: uint16>>"
+    bad = dict(eps[0], extra={**eps[0]["extra"], "observation.depth.top": np.zeros((len(eps[0]["state"]), 5, 3),
+                                                                                   np.uint16)})
+    with pytest.raises(DatasetError, match="observation.depth.top.*shape"):
+        write(tmp_path / "bad", [bad], extra_features=spec)
+    assert not (tmp_path / "bad").exists()
