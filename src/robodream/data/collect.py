@@ -234,3 +234,19 @@ def dataset_provenance(ds: LeRobotDataset) -> dict | None:
         return read_json(path)
     except ValueError as e:
         raise DatasetError(f"corrupt {path}: {e}") from e
+
+
+def record_provenance(cfg, datasets: list[LeRobotDataset]) -> None:
+    """Fill a run config's ``env_tasks`` (instruction -> Meta-World task), ``train_seeds`` (task ->
+    sorted env seeds of every episode of the datasets, held-out ones included, so evaluation can
+    avoid them) and ``env`` (cameras, image size, step limit, proprioception) from the datasets'
+    ``meta/robodream.json``, merging into what ``cfg`` already holds; datasets from elsewhere add nothing."""
+    for ds in datasets:
+        prov = dataset_provenance(ds)
+        if prov:
+            for t in ds.tasks:
+                cfg.env_tasks[t] = prov["task"]
+            cfg.train_seeds.setdefault(prov["task"], [])
+            cfg.train_seeds[prov["task"]] = sorted(set(cfg.train_seeds[prov["task"]]) | set(prov["seeds"]))
+            cfg.env = {k: prov["env"][k] for k in ("cameras", "image_size", "max_steps", "proprio")
+                       if k in prov["env"]}

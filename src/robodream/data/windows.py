@@ -180,3 +180,11 @@ class EpisodeTable:
         """Per-dimension mean and std of ``state`` or ``action`` over all frames."""
         x = getattr(self, key).double()
         return x.mean(0).numpy(), x.std(0, unbiased=False).numpy()
+
+    def normalization(self) -> dict[str, dict[str, list[float]]]:
+        """Mean/std of state and action over all frames, as ``normalization.json`` holds them:
+        ``{"observation.state": {"mean": [...], "std": [...]}, "action": {...}}`` (std unclamped;
+        models clamp it when they load it)."""
+        (s_mean, s_std), (a_mean, a_std) = self.mean_std("state"), self.mean_std("action")
+        return {"observation.state": {"mean": s_mean.tolist(), "std": s_std.tolist()},
+                "action": {"mean": a_mean.tolist(), "std": a_std.tolist()}}

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from robodream.data.collect import dataset_provenance
+from robodream.data.collect import record_provenance
 from robodream.data.latents import check_datasets, encode_run_data
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.windows import EpisodeTable
@@ -95,25 +95,14 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
         m.image_size = tokenizer.cfg.image_size
         m.__post_init__()
-        for ds in datasets:
-            prov = dataset_provenance(ds)
-            if prov:
-                for t in ds.tasks:
-                    cfg.env_tasks[t] = prov["task"]
-                cfg.train_seeds.setdefault(prov["task"], [])
-                cfg.train_seeds[prov["task"]] = sorted(set(cfg.train_seeds[prov["task"]]) | set(prov["seeds"]))
-                cfg.env = {k: prov["env"][k] for k in ("cameras", "image_size", "max_steps", "proprio")
-                           if k in prov["env"]}
+        record_provenance(cfg, datasets)
 
         train_table = EpisodeTable.from_episodes(train_eps)
         held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
 
         torch.manual_seed(cfg.train.seed)
         model = GigaWorldPolicy(m)
-        s_mean, s_std = train_table.mean_std("state")
-        a_mean, a_std = train_table.mean_std("action")
-        norm = {"observation.state": {"mean": s_mean.tolist(), "std": s_std.tolist()},
-                "action": {"mean": a_mean.tolist(), "std": a_std.tolist()}}
+        norm = train_table.normalization()
         model.set_normalization(norm)
         model.to(device)
 
