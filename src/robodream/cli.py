@@ -13,7 +13,7 @@ from robodream.utils.cli import Apps, config_verb, log, out_console, print_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="robodream: robot world models — data, world-action policies, evaluation, benchmarks.")
-train_app = typer.Typer(no_args_is_help=True, help="Train a model (tokenizer, policy, world model).")
+train_app = typer.Typer(no_args_is_help=True, help="Train a model (tokenizer, policy, world model, inverse-dynamics model).")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained model.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table and write JSON.")
 app.add_typer(train_app, name="train")
@@ -244,7 +244,7 @@ def bench_cameras_cmd(
 # ----------------------------------------------------------------------------- systems
 #: Modules whose ``register(apps)`` adds a system's verbs (see :mod:`robodream.utils.cli`).
 SYSTEM_CLIS = ("robodream.tokenizer.cli", "robodream.policy.cli", "robodream.world_model.cli",
-               "robodream.gaussians.cli", "robodream.viz.cli")
+               "robodream.gaussians.cli", "robodream.viz.cli", "robodream.idm.cli")
 
 
 def _register_systems() -> None:

@@ -97,7 +97,7 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
         raise ConfigError(f"--max-steps must be >= 1, got {max_steps}")
     check_parallelism(workers, ray_address)
     out = Path(out)
-    _check_out_dir(out, overwrite)
+    check_eval_dir(out, overwrite)
     policy, tokenizer, run_cfg = load_policy(run_dir, device=device)
     if n_action_steps is not None:
         if not 1 <= n_action_steps <= policy.cfg.horizon:
@@ -169,8 +169,9 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
 EVAL_OUTPUTS = {"results.json", "evaluation.png", "rollouts"}
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    """Raises ConfigError unless ``out`` is absent, empty, or (with ``overwrite``) an evaluation."""
+def check_eval_dir(out: Path, overwrite: bool, outputs: set[str] = EVAL_OUTPUTS, what: str = "a policy evaluation") -> None:
+    """Raises ConfigError unless ``out`` is absent, empty, or (with ``overwrite``) an evaluation
+    (a directory holding only names of ``outputs``; ``what`` names it in the error)."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -178,9 +179,9 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     names = {p.name for p in out.iterdir()}
     if names and not overwrite:
         raise ConfigError(f"output directory {out} already exists and is not empty (pass --overwrite to replace it)")
-    if names - EVAL_OUTPUTS:
-        raise ConfigError(f"refusing to overwrite {out}: it holds {sorted(names - EVAL_OUTPUTS)[0]!r}, "
-                          f"which is not part of a policy evaluation")
+    if names - outputs:
+        raise ConfigError(f"refusing to overwrite {out}: it holds {sorted(names - outputs)[0]!r}, "
+                          f"which is not part of {what}")
 
 
 class _Evaluator:

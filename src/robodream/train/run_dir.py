@@ -1,6 +1,6 @@
 """Run directories: one layout and one life cycle for every trained model.
 
-Layout (tokenizer, policy, world model alike)::
+Layout (tokenizer, policy, world model, inverse-dynamics model alike)::
 
     RUN/config.json        {"model_type": ..., "model": {...}, "train": {...}, ...} (resolved)
     RUN/meta.json          code version, library versions, machine, command line, times, resumes
@@ -57,6 +57,7 @@ RUN_TYPES: dict[str, str] = {
     "gigaworld_policy": "robodream.policy.train:load_policy",
     "video_world_model": "robodream.world_model.train:load_world_model",
     "gaussian_scene": "robodream.gaussians.reconstruct:load_scene",
+    "inverse_dynamics": "robodream.idm.train:load_idm",
 }
 
 

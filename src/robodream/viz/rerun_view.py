@@ -54,6 +54,7 @@ RUN_KINDS = {
     "gigaworld_policy": "policy run",
     "video_world_model": "world-model run",
     "gaussian_scene": "reconstruction",
+    "inverse_dynamics": "inverse-dynamics model run",
 }
 VIEWER_PORT = 9876  # the Rerun viewer's default gRPC port
 

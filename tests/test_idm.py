@@ -1,0 +1,168 @@
+"""Inverse-dynamics model: it recovers actions from latent motion, labels whole videos chunk by
+chunk with the state known at frame 0 only, and its CLI verbs follow the run conventions
+(resumable runs, held-out episodes, one-line errors that write nothing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robodream.cli import app
+from robodream.data.windows import EpisodeTable
+from robodream.idm.modeling import IDMConfig, InverseDynamicsModel, label
+from robodream.idm.train import clip_batch
+
+runner = CliRunner()
+TINY_IDM = ["--dim", "32", "--depth", "1", "--n-heads", "2", "--horizon", "4", "--batch-size", "8"]
+
+
+def run(*args, code: int = 0):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
+    return res
+
+
+def one_line_error(res, *needles: str) -> None:
+    err = res.output.strip()
+    assert err.startswith("error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+# ----------------------------------------------------------------------------- model
+def synthetic_episode(gen: torch.Generator, T: int = 24) -> dict:
+    """Latents that move by half the action: lat[t + 1] = lat[t] + 0.5 a_t on channel c = action dim c.
+
+    latents (T, 1, 2, 2, 2), state (T, 2) (a corner of the latent grid), action (T, 2) in [-1, 1].
+    """
+    a = torch.rand(T, 2, generator=gen) * 2 - 1
+    lat = torch.zeros(T, 1, 2, 2, 2)
+    lat[0] = torch.randn(1, 2, 2, 2, generator=gen)
+    for t in range(T - 1):
+        lat[t + 1] = lat[t] + 0.5 * a[t].view(1, 2, 1, 1)
+    return {"latents": lat, "state": lat[:, 0, :, 0, 0].clone(), "action": a, "task_index": 0}
+
+
+def tiny_idm(**kw) -> InverseDynamicsModel:
+    cfg = IDMConfig(state_dim=2, action_dim=2, cameras=("c",), latent_channels=2, latent_size=2, patch_size=2,
+                    horizon=2, dim=32, depth=2, n_heads=2, **kw)
+    return InverseDynamicsModel(cfg)
+
+
+def test_idm_recovers_actions_from_latent_motion(one_thread):
+    table = EpisodeTable.from_episodes([synthetic_episode(torch.Generator().manual_seed(i)) for i in range(64)])
+    torch.manual_seed(0)
+    model = tiny_idm()
+    model.set_normalization(table.normalization())
+    test = synthetic_episode(torch.Generator().manual_seed(99))
+
+    def label_mse() -> float:  # the last action leads to no frame of the video: not observable
+        model.eval()
+        pred = label(model, test["latents"], test["state"][0])
+        return float((pred[:-1] - test["action"][:-1]).pow(2).mean())
+
+    untrained = label_mse()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(600):
+        gen = torch.Generator().manual_seed(step)
+        loss, _ = model.loss(**clip_batch(model, table, table.sample_anchors(64, gen), "cpu"), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    trained = label_mse()
+    assert untrained > 0.3 and trained < 0.1, (untrained, trained)  # 64 episodes: it must generalise
+
+
+def test_label_shapes_and_state_seen_only_by_the_first_window():
+    torch.manual_seed(0)
+    model = tiny_idm().eval()
+    with torch.no_grad():  # leave the zero-initialised gates and read-out, so every input shows in the output
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    ep = synthetic_episode(torch.Generator().manual_seed(0), T=7)
+    pred = label(model, ep["latents"], ep["state"][0])
+    assert pred.shape == (7, 2) and pred.dtype == torch.float32
+    other = label(model, ep["latents"], ep["state"][0] + 5.0)
+    H = model.cfg.horizon
+    assert not torch.allclose(pred[:H], other[:H]) and torch.equal(pred[H:], other[H:])
+    assert torch.equal(label(model, ep["latents"], None)[H:], pred[H:])
+    one = label(model, ep["latents"][:1], None)  # a one-frame video: one padded window
+    assert one.shape == (1, 2)
+    with pytest.raises(ValueError, match="latents must be"):
+        label(model, ep["latents"][:, :, :1], None)
+
+
+def test_config_errors():
+    from robodream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of frame_stride"):
+        IDMConfig(horizon=8, frame_stride=3)
+    with pytest.raises(ConfigError, match="loss"):
+        IDMConfig(loss="huber")
+    assert IDMConfig(horizon=8, frame_stride=8).frame_offsets == [0, 8]  # DreamGen's two-frame IDM
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    w = tmp_path_factory.mktemp("idm")
+    run("collect", "--task", "reach-v3", "--episodes", 3, "--out", w / "ds", "--image-size", 32)
+    run("train", "tokenizer", "--data", w / "ds", "--out", w / "tok", "--steps", 4, "--batch-size", 8)
+    run("train", "idm", "--data", w / "ds", "--tokenizer", w / "tok", "--out", w / "idm", "--steps", 4,
+        "--checkpoint-every", 2, *TINY_IDM)
+    return w
+
+
+def test_train_idm_run(work):
+    cfg = json.loads((work / "idm" / "config.json").read_text())
+    assert cfg["model_type"] == "inverse_dynamics" and cfg["model"]["horizon"] == 4
+    assert cfg["train_seeds"] == {"reach-v3": [0, 1, 2]} and cfg["model"]["cameras"] == ["corner", "behindGripper"]
+    res = json.loads((work / "idm" / "results.json").read_text())
+    for key in ("action_mse", "action_mse_no_state", "mean_action_mse", "loss"):
+        assert res[key] >= 0, key
+    assert res["n_heldout_frames"] > 0 and res["steps"] == 4
+    meta = json.loads((work / "idm" / "meta.json").read_text())
+    assert meta["n_train_episodes"] == 2 and meta["n_heldout_episodes"] == 1
+    from robodream.train.run_dir import load_run
+
+    idm, tok, _ = load_run(work / "idm")
+    assert isinstance(idm, InverseDynamicsModel) and (work / "idm" / "tokenizer" / "model.safetensors").is_file()
+    # resumable: more steps continue the run; another model is refused and writes nothing
+    run("train", "idm", "--out", work / "idm", "--resume", "--steps", 6)
+    assert json.loads((work / "idm" / "results.json").read_text())["steps"] == 6
+    before = (work / "idm" / "config.json").read_bytes()
+    res = run("train", "idm", "--out", work / "idm", "--resume", "--steps", 8, "--dim", 64, code=2)
+    one_line_error(res, "model.dim")
+    assert (work / "idm" / "config.json").read_bytes() == before
+
+
+def test_eval_idm_replays_held_out_episodes(work):
+    res = run("eval", "idm", "--idm", work / "idm", "--data", work / "ds", "--task", "reach-v3", "--episodes", 5,
+              "--out", work / "ev")
+    r = json.loads((work / "ev" / "results.json").read_text())
+    assert r["n_episodes"] == 1 and r["episodes"][0]["episode"] == 2 and r["episodes"][0]["seed"] == 2
+    assert r["episode_source"] == "held-out split of the IDM run"
+    assert len(r["action_mse_per_dim"]) == 4 and len(r["action_mae_per_dim"]) == 4 and r["mean_action_mse"] > 0
+    true = r["replay"]["true_actions"]
+    assert true["success_rate"] == 1.0 and true["n_episodes"] == 1 and len(true["ci95"]) == 2
+    assert r["replay"]["max_state_error_true"] < 1e-6  # the simulator replays the expert exactly
+    assert 0 <= r["replay"]["idm_actions"]["success_rate"] <= 1 and "IDM on 1 episodes" in res.output
+    one_line_error(run("eval", "idm", "--idm", work / "idm", "--data", work / "ds", "--task", "reach-v3",
+                       "--out", work / "ev", code=2), "--overwrite")
+
+
+def test_eval_idm_bad_input_writes_nothing(work, tmp_path):
+    res = run("eval", "idm", "--idm", work / "tok", "--data", work / "ds", "--task", "reach-v3",
+              "--out", tmp_path / "e", code=2)
+    one_line_error(res, "image_tokenizer", "inverse_dynamics")
+    res = run("eval", "idm", "--idm", work / "idm", "--data", work / "ds", "--task", "push-v3",
+              "--out", tmp_path / "e", code=2)
+    one_line_error(res, "reach-v3", "push-v3")
+    res = run("train", "idm", "--data", work / "ds", "--tokenizer", work / "idm", "--out", tmp_path / "p", code=2)
+    one_line_error(res, "inverse_dynamics", "image_tokenizer")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists()
