@@ -151,6 +151,7 @@ def test_eval_idm_replays_held_out_episodes(work):
     true = r["replay"]["true_actions"]
     assert true["success_rate"] == 1.0 and true["n_episodes"] == 1 and len(true["ci95"]) == 2
     assert r["replay"]["max_state_error_true"] < 1e-6  # the simulator replays the expert exactly
+    assert r["episodes"][0]["end_state_error_idm"] >= 0 and r["replay"]["mean_end_state_error_idm"] >= 0
     assert 0 <= r["replay"]["idm_actions"]["success_rate"] <= 1 and "IDM on 1 episodes" in res.output
     one_line_error(run("eval", "idm", "--idm", work / "idm", "--data", work / "ds", "--task", "reach-v3",
                        "--out", work / "ev", code=2), "--overwrite")

@@ -136,7 +136,8 @@ def evaluate_idm(run_dir: str | os.PathLike, data: str | os.PathLike, task: str,
         "mean_action_mse": float(np.mean(base**2)), "mean_action_mse_per_dim": np.mean(base**2, 0).tolist(),
         "labelling": f"chunks of {idm.cfg.horizon} at t = 0, {idm.cfg.horizon}, ...; state known at frame 0 only",
         "replay": {"true_actions": rate("success_true"), "idm_actions": rate("success_idm"),
-                   "max_state_error_true": max(e["max_state_error_true"] for e in per_episode)},
+                   "max_state_error_true": max(e["max_state_error_true"] for e in per_episode),
+                   "mean_end_state_error_idm": float(np.mean([e["end_state_error_idm"] for e in per_episode]))},
         "episodes": per_episode, "wall_s": time.perf_counter() - t_start, "created": now(),
         "code": code_version(), "environment": environment_info(),
     }
@@ -151,7 +152,8 @@ def replay_episode(env: MetaWorldEnv, job: tuple[int, np.ndarray, np.ndarray, np
     job = (env seed, recorded actions (T, Da), labelled actions (T, Da), recorded states (T, Ds)).
     Returns {"seed", "steps" (T), "success_true", "success_idm" (``info["success"]`` at any
     step), "max_state_error_true" (max |replayed - recorded state| over the recorded replay, in
-    state units: metres and gripper opening)}.
+    state units: metres and gripper opening), "end_state_error_idm" (the same at the last frame
+    for the labelled replay: how far open-loop labels drift)}.
     """
     seed, true_actions, idm_actions, states = job
     out: dict[str, Any] = {"seed": seed, "steps": len(true_actions)}
@@ -165,4 +167,6 @@ def replay_episode(env: MetaWorldEnv, job: tuple[int, np.ndarray, np.ndarray, np
         out[f"success_{key}"] = bool(success)
         if key == "true":
             out["max_state_error_true"] = float(np.abs(np.stack(replayed[:len(states)]) - states).max())
+        else:  # how far open-loop labels drift: the state at the last recorded frame
+            out["end_state_error_idm"] = float(np.abs(replayed[len(states) - 1] - states[-1]).max())
     return out
