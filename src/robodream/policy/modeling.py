@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
+from robodream.models.normalization import StateActionNormalization
 from robodream.models.transformer import (
     KV,
     AdaLNBlock,
@@ -74,7 +75,7 @@ class PolicyOutput:
     future_latents: torch.Tensor | None = None
 
 
-class GigaWorldPolicy(FastInference, nn.Module):
+class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
     """The world-action transformer. See the module docstring for the token layout."""
 
     model_type = "gigaworld_policy"
@@ -119,10 +120,7 @@ class GigaWorldPolicy(FastInference, nn.Module):
         self.register_buffer("groups", groups, persistent=False)
         self.register_buffer("train_mask", block_causal_mask(groups, groups, cfg.mask), persistent=False)
         # Normalisation statistics travel with the weights (also written to normalization.json).
-        self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
-        self.register_buffer("state_std", torch.ones(cfg.state_dim))
-        self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
-        self.register_buffer("action_std", torch.ones(cfg.action_dim))
+        self.init_normalization(cfg.state_dim, cfg.action_dim)
 
     def upgrade_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Weights saved by earlier versions, made to fit: the kv-only last block of a no-video
@@ -131,23 +129,6 @@ class GigaWorldPolicy(FastInference, nn.Module):
             stale = (f"blocks.{len(self.blocks) - 1}.attn.proj.", f"blocks.{len(self.blocks) - 1}.mlp.")
             sd = {k: v for k, v in sd.items() if not k.startswith(stale)}
         return sd
-
-    # ------------------------------------------------------------------ normalisation
-    def set_normalization(self, stats: dict[str, dict[str, list[float]]]) -> None:
-        """Set mean/std of ``observation.state`` and ``action`` from a stats dict."""
-        for key, name in (("observation.state", "state"), ("action", "action")):
-            getattr(self, f"{name}_mean").copy_(torch.as_tensor(stats[key]["mean"], dtype=torch.float32))
-            std = torch.as_tensor(stats[key]["std"], dtype=torch.float32).clamp_min(1e-3)
-            getattr(self, f"{name}_std").copy_(std)
-
-    def normalize_state(self, s: torch.Tensor) -> torch.Tensor:
-        return (s - self.state_mean) / self.state_std
-
-    def normalize_action(self, a: torch.Tensor) -> torch.Tensor:
-        return (a - self.action_mean) / self.action_std
-
-    def unnormalize_action(self, a: torch.Tensor) -> torch.Tensor:
-        return a * self.action_std + self.action_mean
 
     # ------------------------------------------------------------------ token embedding
     def _patchify(self, latents: torch.Tensor) -> torch.Tensor:
