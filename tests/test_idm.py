@@ -167,3 +167,14 @@ def test_eval_idm_bad_input_writes_nothing(work, tmp_path):
     res = run("train", "idm", "--data", work / "ds", "--tokenizer", work / "idm", "--out", tmp_path / "p", code=2)
     one_line_error(res, "inverse_dynamics", "image_tokenizer")
     assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists()
+
+
+def test_eval_idm_on_a_dataset_it_never_saw(work, tmp_path):
+    # the run's first episode re-collected under an appearance shift: the same initial scene, new pixels
+    run("collect", "--task", "reach-v3", "--episodes", 1, "--out", tmp_path / "shifted", "--image-size", 32,
+        "--appearance", "dark-wood")
+    run("eval", "idm", "--idm", work / "idm", "--data", tmp_path / "shifted", "--task", "reach-v3", "--episodes", 3,
+        "--out", tmp_path / "ev")
+    r = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert r["episode_source"] == "a dataset the IDM run did not train on" and r["n_episodes"] == 1
+    assert r["seeds_also_in_run_datasets"] == [0] and r["replay"]["true_actions"]["success_rate"] == 1.0

@@ -90,8 +90,8 @@ def evaluate_idm(run_dir: str | os.PathLike, data: str | os.PathLike, task: str,
                            f"episode, so its episodes cannot be replayed")
     if prov["task"] != task:
         raise DatasetError(f"{data} holds {prov['task']} episodes, not {task}")
-    trained_on = {str(Path(p).resolve()) for p in run_cfg.get("data", [])}
-    if str(Path(data).resolve()) in trained_on:
+    held_out_split = str(Path(data).resolve()) in {str(Path(p).resolve()) for p in run_cfg.get("data", [])}
+    if held_out_split:
         source = "held-out split of the IDM run"
         pool = split_episodes(ds.num_episodes, run_cfg.get("heldout_fraction", 0.1))[1]
     else:
@@ -100,6 +100,10 @@ def evaluate_idm(run_dir: str | os.PathLike, data: str | os.PathLike, task: str,
     chosen = pool[:episodes]
     if not chosen:
         raise DatasetError(f"{data} has no episode the IDM did not train on")
+    # Another dataset may replay seeds of the run's datasets (e.g. the same episodes re-collected
+    # under an appearance shift): the same initial scenes, so say so.
+    shared = [] if held_out_split else sorted({int(prov["seeds"][i]) for i in chosen}
+                                              & set(run_cfg.get("train_seeds", {}).get(task, [])))
 
     t_start = time.perf_counter()
     encoded = encode_dataset(ds, tokenizer, cameras, chosen)
@@ -130,6 +134,7 @@ def evaluate_idm(run_dir: str | os.PathLike, data: str | os.PathLike, task: str,
 
     results = {
         "task": task, "dataset": str(data), "idm_run": str(run_dir), "episode_source": source,
+        "seeds_also_in_run_datasets": shared,
         "n_episodes": len(chosen), "n_frames": len(true_all), "action_names": list(names),
         "action_mse": float(np.mean(err**2)), "action_mae": float(np.mean(np.abs(err))),
         "action_mse_per_dim": np.mean(err**2, 0).tolist(), "action_mae_per_dim": np.mean(np.abs(err), 0).tolist(),
