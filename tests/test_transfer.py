@@ -4,9 +4,13 @@ and the train/eval CLI verbs (resumable runs, held-out tasks, one-line errors th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from robodream.cli import app
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv
 from robodream.envs.shift import ShiftConfig
 from robodream.transfer.warp import forward_warp
@@ -50,3 +54,72 @@ def test_warp_between_two_real_renders_matches_on_non_hole_pixels():
     assert (warped[hole] == 0).all()  # holes left black
     with pytest.raises(ValueError, match="differ in size"):
         forward_warp(a_rgb[:32], a_depth, a_K, a_T, b_K, b_T)
+
+
+# ----------------------------------------------------------------------------- paired renders
+runner = CliRunner()
+TINY = ["--dim", "32", "--depth", "1", "--n-heads", "2", "--control-width", "8", "--batch-size", "8"]
+
+
+def run(*args, code: int = 0):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
+    return res
+
+
+def one_line_error(res, *needles: str) -> None:
+    err = res.output.strip()
+    assert err.startswith("error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def collect(out: Path, task: str, episodes: int, *extra) -> Path:
+    run("collect", "--task", task, "--episodes", episodes, "--out", out, "--image-size", 32, "--max-steps", 40,
+        "--keep-failures", "--video-codec", "h264-rgb", *extra)
+    return out
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """reach-v3 (training task) and reach-wall-v3 (evaluation task) with depth and segmentation,
+    a dataset without depth, a tokenizer; 32x32 images, 40-step episodes."""
+    w = tmp_path_factory.mktemp("transfer")
+    collect(w / "reach", "reach-v3", 3, "--with-depth", "--with-segmentation")
+    collect(w / "wall", "reach-wall-v3", 1, "--with-depth", "--with-segmentation")
+    collect(w / "nodepth", "reach-wall-v3", 1)
+    run("train", "tokenizer", "--data", w / "reach", "--out", w / "tok", "--steps", 4, "--batch-size", 8)
+    return w
+
+
+def test_render_pairs_replays_the_trajectory_and_changes_only_pixels(work):
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.transfer.pairs import render_pairs
+
+    ds = LeRobotDataset(work / "reach")
+    same = render_pairs(ds, ShiftConfig(), "corner", [1], segmentation=True, cameras_matrices=True)[0]
+    assert same["max_state_error"] == 0.0 and same["seed"] == 1
+    np.testing.assert_array_equal(same["target_rgb"], same["source_rgb"])  # no shift: the recording, exactly
+    assert same["source_depth"].shape == (40, 32, 32) and same["source_segmentation"].dtype == np.uint8
+    np.testing.assert_array_equal(same["T_dst"], same["T_src"])
+    look = render_pairs(ds, ShiftConfig(appearance="dark-wood"), "corner", [1], cameras_matrices=True)[0]
+    again = render_pairs(ds, ShiftConfig(appearance="dark-wood"), "corner", [1])[0]
+    np.testing.assert_array_equal(look["target_rgb"], again["target_rgb"])  # deterministic
+    assert look["max_state_error"] == 0.0 and np.abs(look["target_rgb"].astype(int) - look["source_rgb"]).mean() > 5
+    np.testing.assert_array_equal(look["T_dst"], look["T_src"])  # an appearance moves no camera
+    moved = render_pairs(ds, ShiftConfig(camera_shift="random"), "corner", [1], cameras_matrices=True)[0]
+    assert moved["max_state_error"] == 0.0 and np.abs(moved["T_dst"] - moved["T_src"]).max() > 1e-3
+    wrist = render_pairs(ds, ShiftConfig(camera_shift="random"), "behindGripper", [1])[0]
+    np.testing.assert_array_equal(wrist["target_rgb"], wrist["source_rgb"])  # mounted on the robot: unmoved
+
+
+def test_render_pairs_names_a_missing_feature(work):
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.errors import DatasetError
+    from robodream.transfer.pairs import render_pairs
+
+    with pytest.raises(DatasetError, match="observation.depth.corner"):
+        render_pairs(LeRobotDataset(work / "nodepth"), ShiftConfig(), "corner", [0])
+    with pytest.raises(DatasetError, match="no camera 'topview'"):
+        render_pairs(LeRobotDataset(work / "reach"), ShiftConfig(), "topview", [0])
+
