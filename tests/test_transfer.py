@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from robodream.cli import app
@@ -123,3 +124,56 @@ def test_render_pairs_names_a_missing_feature(work):
     with pytest.raises(DatasetError, match="no camera 'topview'"):
         render_pairs(LeRobotDataset(work / "reach"), ShiftConfig(), "topview", [0])
 
+
+# ----------------------------------------------------------------------------- models
+def tiny_model(kind: str):
+    from robodream.transfer.modeling import TransferConfig, build_transfer
+
+    torch.manual_seed(0)
+    model = build_transfer(TransferConfig(kind=kind, latent_channels=4, latent_size=4, image_size=16, dim=32,
+                                          depth=1, n_heads=2, control_width=8)).eval()
+    with torch.no_grad():  # leave the zero-initialised gates and read-out, so every input shows in the output
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["appearance", "view"])
+def test_model_shapes_and_every_condition_matters(kind):
+    from robodream.transfer.modeling import POSE_DIM
+
+    model = tiny_model(kind)
+    B, g = 3, torch.Generator().manual_seed(0)
+    if kind == "appearance":
+        control = model.make_control(torch.rand(B, 16, 16, generator=g) + 0.3, torch.randint(0, 7, (B, 16, 16), generator=g))
+        pose = None
+    else:
+        control = model.make_control(torch.randint(0, 256, (B, 16, 16, 3), generator=g, dtype=torch.uint8),
+                                     torch.rand(B, 16, 16, generator=g) > 0.8, torch.rand(B, 16, 16, generator=g) + 0.3)
+        pose = torch.randn(B, POSE_DIM, generator=g)
+    assert control.shape == (B, model.cfg.control_channels, 16, 16)
+    ref = torch.randn(B, 4, 4, 4, generator=g)
+    x0 = torch.randn(B, 4, 4, 4, generator=g)
+    loss, logs = model.loss(x0, control, ref, pose, generator=torch.Generator().manual_seed(1))
+    assert loss.dim() == 0 and loss > 0 and logs["loss"] == float(loss.detach())
+    out = model.generate(control, ref, pose, steps=2, generator=torch.Generator().manual_seed(2))
+    assert out.shape == (B, 4, 4, 4)
+    again = model.generate(control, ref, pose, steps=2, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out, again)  # seeded noise: reproducible
+    for changed in (dict(control=control.flip(0)), dict(reference=ref + 1),
+                    *([dict(pose=pose + 1)] if pose is not None else [])):
+        kw = {"control": control, "reference": ref, "pose": pose, **changed}
+        other = model.generate(kw["control"], kw["reference"], kw["pose"], steps=2, generator=torch.Generator().manual_seed(2))
+        assert not torch.allclose(other, out), list(changed)
+    with pytest.raises(ValueError, match="control must be"):
+        model(x0, torch.zeros(B), control[..., :8, :8], ref, pose)
+
+
+def test_config_errors():
+    from robodream.errors import ConfigError
+    from robodream.transfer.modeling import TransferConfig
+
+    with pytest.raises(ConfigError, match="kind"):
+        TransferConfig(kind="text")
+    with pytest.raises(ConfigError, match="power of 2"):
+        TransferConfig(image_size=48, latent_size=8)
