@@ -4,6 +4,7 @@ and the train/eval CLI verbs (resumable runs, held-out tasks, one-line errors th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,73 @@ def test_config_errors():
         TransferConfig(kind="text")
     with pytest.raises(ConfigError, match="power of 2"):
         TransferConfig(image_size=48, latent_size=8)
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def runs(work) -> Path:
+    for kind in ("appearance", "view"):
+        run("train", "transfer", "--kind", kind, "--data", work / "reach", "--tokenizer", work / "tok",
+            "--out", work / kind, "--steps", 4, "--checkpoint-every", 2, *TINY)
+    return work
+
+
+@pytest.mark.parametrize("kind", ["appearance", "view"])
+def test_train_transfer_run(runs, kind):
+    from robodream.train.run_dir import load_run
+    from robodream.transfer.modeling import AppearanceTransfer, ViewTransfer
+
+    d = runs / kind
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["model_type"] == "control_transfer" and cfg["model"]["kind"] == kind
+    assert cfg["model"]["camera"] == "corner" and cfg["train_seeds"] == {"reach-v3": [0, 1, 2]}
+    res = json.loads((d / "results.json").read_text())
+    assert res["steps"] == 4 and res["n_heldout_frames"] == 40 and res["n_train_frames"] == 80
+    for key in ("loss", "psnr", "baseline_psnr"):
+        assert np.isfinite(res[key]), key
+    model, tok, _ = load_run(d)
+    assert isinstance(model, AppearanceTransfer if kind == "appearance" else ViewTransfer)
+    # resumable: more steps continue the run; a changed model is refused and writes nothing
+    run("train", "transfer", "--out", d, "--resume", "--steps", 6)
+    assert json.loads((d / "results.json").read_text())["steps"] == 6
+    before = (d / "config.json").read_bytes()
+    one_line_error(run("train", "transfer", "--out", d, "--resume", "--steps", 8, "--dim", 64, code=2), "model.dim")
+    assert (d / "config.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["appearance", "view"])
+def test_eval_transfer_on_an_unseen_task(runs, kind, tmp_path):
+    res = run("eval", "transfer", "--transfer", runs / kind, "--data", runs / "wall", "--out", tmp_path / "ev",
+              "--episodes", 3, "--sample-steps", 2)
+    r = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert r["kind"] == kind and r["task"] == "reach-wall-v3" and r["n_episodes"] == 1 and r["sample_steps"] == 2
+    assert r["n_frames"] == (39 if kind == "appearance" else 40)  # appearance: frame 0 is the reference
+    for row in ("model", "baseline", "tokenizer"):
+        assert np.isfinite(r[row]["psnr"]) and -1 <= r[row]["ssim"] <= 1, row
+    assert r["psnr_gain_db"] == pytest.approx(r["model"]["psnr"] - r["baseline"]["psnr"])
+    assert r["episodes"][0]["max_state_error"] == 0.0 and "transfer on 1 episodes" in res.output
+    if kind == "view":
+        assert 0 < r["hole_fraction"] < 1
+    one_line_error(run("eval", "transfer", "--transfer", runs / kind, "--data", runs / "wall", "--out",
+                       tmp_path / "ev", code=2), "--overwrite")
+
+
+def test_transfer_bad_input_is_one_line_and_writes_nothing(runs, tmp_path):
+    w, out = runs, tmp_path / "x"
+    # a dataset without depth, for training and for evaluation
+    one_line_error(run("train", "transfer", "--data", w / "nodepth", "--tokenizer", w / "tok", "--out", out, *TINY,
+                       code=2), "observation.depth.corner")
+    one_line_error(run("eval", "transfer", "--transfer", w / "view", "--data", w / "nodepth", "--out", out, code=2),
+                   "observation.depth.corner")
+    # a task the run trained on under shifted appearances
+    one_line_error(run("eval", "transfer", "--transfer", w / "appearance", "--data", w / "reach", "--out", out,
+                       code=2), "reach-v3", "trained on")
+    # another model's run; a wrist camera for view transfer; another image size than the tokenizer's
+    one_line_error(run("eval", "transfer", "--transfer", w / "tok", "--data", w / "wall", "--out", out, code=2),
+                   "image_tokenizer", "control_transfer")
+    one_line_error(run("train", "transfer", "--kind", "view", "--camera", "behindGripper", "--data", w / "reach",
+                       "--tokenizer", w / "tok", "--out", out, *TINY, code=2), "behindGripper", "static camera")
+    collect(tmp_path / "big", "reach-wall-v3", 1, "--with-depth", "--image-size", 64)
+    one_line_error(run("eval", "transfer", "--transfer", w / "view", "--data", tmp_path / "big", "--out", out,
+                       code=2), "64x64", "32x32")
+    assert not out.exists()

@@ -244,7 +244,8 @@ def bench_cameras_cmd(
 # ----------------------------------------------------------------------------- systems
 #: Modules whose ``register(apps)`` adds a system's verbs (see :mod:`robodream.utils.cli`).
 SYSTEM_CLIS = ("robodream.tokenizer.cli", "robodream.policy.cli", "robodream.world_model.cli",
-               "robodream.gaussians.cli", "robodream.viz.cli", "robodream.idm.cli")
+               "robodream.gaussians.cli", "robodream.viz.cli", "robodream.idm.cli",
+               "robodream.transfer.cli")
 
 
 def _register_systems() -> None:

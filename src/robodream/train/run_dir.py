@@ -58,6 +58,7 @@ RUN_TYPES: dict[str, str] = {
     "video_world_model": "robodream.world_model.train:load_world_model",
     "gaussian_scene": "robodream.gaussians.reconstruct:load_scene",
     "inverse_dynamics": "robodream.idm.train:load_idm",
+    "control_transfer": "robodream.transfer.train:load_transfer",
 }
 
 

@@ -1,0 +1,52 @@
+"""CLI verbs of the transfer models: ``robodream train transfer``, ``robodream eval transfer``
+(convention: :mod:`robodream.utils.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from robodream.utils.cli import Apps, print_table, register_train_verb, user_errors
+
+
+def eval_transfer_cmd(
+    transfer: Annotated[Path, typer.Option(help="trained transfer run directory")],
+    data: Annotated[Path, typer.Option(help="dataset of a task the run never trained on, with the run's camera, "
+                                            "its depth (and segmentation for appearance transfer)")],
+    out: Annotated[Path, typer.Option(help="output directory (results.json)")] = Path("outputs/eval_transfer"),
+    episodes: Annotated[int, typer.Option(help="the first this many episodes")] = 5,
+    shift: Annotated[str, typer.Option(help="target appearance (appearance runs) or static-camera shift (view "
+                                            "runs): a preset or random (a draw per episode seed)")] = "random",
+    shift_seed: Annotated[int, typer.Option(help="seed of the random draws (training used the run's shift_seed)")] = 1000,
+    shift_scale: Annotated[Optional[float], typer.Option(help="width of the random draws (default: the run's)")] = None,
+    sample_steps: Annotated[Optional[int], typer.Option(help="Euler steps (default: the model's; 1: the "
+                                                             "conditional mean)")] = None,
+    seed: Annotated[int, typer.Option(help="seeds the sampling noise")] = 0,
+    device: Annotated[str, typer.Option()] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing evaluation at --out")] = False,
+) -> None:
+    """PSNR/SSIM of generated re-renders vs the simulator's, next to the baseline (source copy / depth warp)."""
+    from robodream.transfer.evaluate import evaluate_transfer
+
+    r = evaluate_transfer(transfer, data, out, episodes=episodes, shift=shift, shift_seed=shift_seed,
+                          shift_scale=shift_scale, sample_steps=sample_steps, seed=seed, device=device,
+                          overwrite=overwrite)
+    print_table(f"{r['kind']} transfer on {r['n_episodes']} episodes of {r['task']} ({r['camera']}, "
+                f"{r['sample_steps']} Euler steps)", ["", "PSNR (dB)", "SSIM"],
+                [["model", r["model"]["psnr"], r["model"]["ssim"]],
+                 [f"baseline: {r['baseline']}", r["baseline"]["psnr"], r["baseline"]["ssim"]],
+                 ["tokenizer ceiling", r["tokenizer"]["psnr"], r["tokenizer"]["ssim"]]], label_column=True)
+    print_table("target", ["PSNR gain (dB)", "target (dB)", "met", "out"],
+                [[r["psnr_gain_db"], r["target_gain_db"], str(r["meets_target"]), str(out)]])
+
+
+def register(apps: Apps) -> None:
+    """Add ``train transfer`` and ``eval transfer``."""
+    from robodream.transfer.train import TransferRunConfig, train_transfer
+
+    register_train_verb(apps, "transfer", TransferRunConfig, train_transfer, "transfer model",
+                        ["held-out PSNR (1 step)", "baseline PSNR", "loss", "train frames"],
+                        lambda r: [r.get("psnr"), r.get("baseline_psnr"), r.get("loss"), r["n_train_frames"]])
+    apps.eval.command("transfer")(user_errors(eval_transfer_cmd))
