@@ -224,7 +224,7 @@ def test_eval_transfer_on_an_unseen_task(runs, kind, tmp_path):
     assert r["psnr_gain_db"] == pytest.approx(r["model"]["psnr"] - r["baseline"]["psnr"])
     assert r["episodes"][0]["max_state_error"] == 0.0 and "transfer on 1 episodes" in res.output
     if kind == "view":
-        assert 0 < r["hole_fraction"] < 1
+        assert 0 < r["hole_fraction"] < 1 and np.isfinite(r["source_copy"]["psnr"])
     one_line_error(run("eval", "transfer", "--transfer", runs / kind, "--data", runs / "wall", "--out",
                        tmp_path / "ev", code=2), "--overwrite")
 

@@ -36,8 +36,10 @@ def eval_transfer_cmd(
     print_table(f"{r['kind']} transfer on {r['n_episodes']} episodes of {r['task']} ({r['camera']}, "
                 f"{r['sample_steps']} Euler steps)", ["", "PSNR (dB)", "SSIM"],
                 [["model", r["model"]["psnr"], r["model"]["ssim"]],
-                 [f"baseline: {r['baseline']}", r["baseline"]["psnr"], r["baseline"]["ssim"]],
-                 ["tokenizer ceiling", r["tokenizer"]["psnr"], r["tokenizer"]["ssim"]]], label_column=True)
+                 [f"baseline ({r['baseline_kind']})", r["baseline"]["psnr"], r["baseline"]["ssim"]],
+                 ["tokenizer ceiling", r["tokenizer"]["psnr"], r["tokenizer"]["ssim"]],
+                 *([["copy of the unmoved source view", r["source_copy"]["psnr"], r["source_copy"]["ssim"]]]
+                   if "source_copy" in r else [])], label_column=True)
     print_table("target", ["PSNR gain (dB)", "target (dB)", "met", "out"],
                 [[r["psnr_gain_db"], r["target_gain_db"], str(r["meets_target"]), str(out)]])
 

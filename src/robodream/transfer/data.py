@@ -7,7 +7,8 @@ A prepared episode (:func:`prepare_episode`) holds, over its T frames::
     baseline_rgb  (T, H, W, 3) uint8     the baseline: the source frame (appearance) or the depth warp (view)
     appearance:   depth (T, H, W) float16 metres, segmentation (T, H, W) uint8 (the source's controls)
     view:         warped (T, H, W, 3) uint8, hole (T, H, W) bool, warped_depth (T, H, W) float16 metres,
-                  source (T, C, h, w) float32 latents of the source frame, pose (13,) float32
+                  source (T, C, h, w) float32 latents of the source frame, pose (13,) float32,
+                  source_rgb (T, H, W, 3) uint8 (the unmoved view, a second reference in evaluation)
 
 The reference of AppearanceTransfer is a frame of the *target* episode (its latents ``x0[r]``):
 in training a random frame other than the generated one, in evaluation frame 0, which is then
@@ -44,6 +45,7 @@ def prepare_episode(kind: str, pair: dict[str, Any], tokenizer: ImageTokenizer) 
         ep["source"] = encode_frames(tokenizer, pair["source_rgb"]).cpu().float()
         ep["pose"] = relative_pose(pair["K_src"], pair["T_src"], pair["K_dst"], pair["T_dst"])
         ep["baseline_rgb"] = ep["warped"]
+        ep["source_rgb"] = pair["source_rgb"]  # a second reference row of the evaluation: the unmoved view
     return ep
 
 
@@ -63,6 +65,7 @@ class FrameTable:
         else:
             self.warped, self.hole, self.warped_depth = cat("warped"), cat("hole"), cat("warped_depth")
             self.source = torch.cat([e["source"] for e in episodes])
+            self.source_rgb = cat("source_rgb")
             self.pose = torch.tensor(np.repeat(np.stack([e["pose"] for e in episodes]), lengths, axis=0))
 
     def __len__(self) -> int:
