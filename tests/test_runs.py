@@ -266,5 +266,5 @@ def test_files_are_world_readable(work):
 
 def test_system_cli_modules_import_on_their_own():
     for mod in ("robodream.world_model.cli", "robodream.gaussians.cli", "robodream.tokenizer.cli",
-                "robodream.policy.cli", "robodream.idm.cli"):
+                "robodream.policy.cli", "robodream.idm.cli", "robodream.transfer.cli"):
         subprocess.run([sys.executable, "-c", f"import {mod}"], check=True)
