@@ -239,12 +239,15 @@ def test_reconstruction_run(tmp_path):
 
 def test_run_kinds_match_the_models():
     from robodream.gaussians.reconstruct import MODEL_TYPE
+    from robodream.idm.modeling import InverseDynamicsModel
     from robodream.policy.modeling import GigaWorldPolicy
     from robodream.tokenizer.model import ImageTokenizer
     from robodream.train.run_dir import RUN_TYPES
+    from robodream.transfer.modeling import TransferModel
     from robodream.world_model.modeling import VideoWorldModel
 
-    models = {ImageTokenizer.model_type, GigaWorldPolicy.model_type, VideoWorldModel.model_type, MODEL_TYPE}
+    models = {ImageTokenizer.model_type, GigaWorldPolicy.model_type, VideoWorldModel.model_type, MODEL_TYPE,
+              InverseDynamicsModel.model_type, TransferModel.model_type}
     assert set(RUN_KINDS) == models and models <= set(RUN_TYPES)
 
 

@@ -55,6 +55,7 @@ RUN_KINDS = {
     "video_world_model": "world-model run",
     "gaussian_scene": "reconstruction",
     "inverse_dynamics": "inverse-dynamics model run",
+    "control_transfer": "transfer model run",
 }
 VIEWER_PORT = 9876  # the Rerun viewer's default gRPC port
 
