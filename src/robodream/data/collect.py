@@ -236,6 +236,20 @@ def dataset_provenance(ds: LeRobotDataset) -> dict | None:
         raise DatasetError(f"corrupt {path}: {e}") from e
 
 
+def replayable_provenance(ds: LeRobotDataset, use: str) -> dict:
+    """``robodream.json`` of a dataset whose episodes can be replayed in the simulator (one env
+    seed per episode); ``use`` says what for ("replayed", "re-rendered") in the error.
+
+    Raises:
+        DatasetError: no robodream provenance, or not one seed per episode.
+    """
+    prov = dataset_provenance(ds)
+    if prov is None or len(prov.get("seeds", [])) != ds.num_episodes:
+        raise DatasetError(f"{ds.root} has no robodream provenance (meta/robodream.json) with one env seed per "
+                           f"episode, so its episodes cannot be {use}")
+    return prov
+
+
 def record_provenance(cfg, datasets: list[LeRobotDataset]) -> None:
     """Fill a run config's ``env_tasks`` (instruction -> Meta-World task), ``train_seeds`` (task ->
     sorted env seeds of every episode of the datasets, held-out ones included, so evaluation can

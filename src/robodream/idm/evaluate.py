@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from robodream.data.collect import dataset_provenance
+from robodream.data.collect import replayable_provenance
 from robodream.data.latents import check_datasets, encode_dataset, split_episodes
 from robodream.data.lerobot import LeRobotDataset
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv, check_task
@@ -84,10 +84,7 @@ def evaluate_idm(run_dir: str | os.PathLike, data: str | os.PathLike, task: str,
     if (tuple(cameras), state_dim, action_dim) != (idm.cfg.cameras, idm.cfg.state_dim, idm.cfg.action_dim):
         raise DatasetError(f"{data} has cameras {cameras}, state/action dims {state_dim}/{action_dim}; the IDM "
                            f"was trained on {list(idm.cfg.cameras)}, {idm.cfg.state_dim}/{idm.cfg.action_dim}")
-    prov = dataset_provenance(ds)
-    if prov is None or len(prov.get("seeds", [])) != ds.num_episodes:
-        raise DatasetError(f"{data} has no robodream provenance (meta/robodream.json) with one env seed per "
-                           f"episode, so its episodes cannot be replayed")
+    prov = replayable_provenance(ds, "replayed")
     if prov["task"] != task:
         raise DatasetError(f"{data} holds {prov['task']} episodes, not {task}")
     held_out_split = str(Path(data).resolve()) in {str(Path(p).resolve()) for p in run_cfg.get("data", [])}

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from robodream.config import from_dict
-from robodream.data.collect import dataset_provenance
+from robodream.data.collect import replayable_provenance
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.lerobot_format import DEPTH_PREFIX, SEGMENTATION_PREFIX
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv
@@ -61,11 +61,7 @@ def check_source(ds: LeRobotDataset, camera: str, segmentation: bool) -> dict[st
         if key not in ds.array_keys:
             raise DatasetError(f"{ds.root} has no {key} feature; a transfer model needs it "
                                f"(record it with robodream collect --with-depth --with-segmentation)")
-    prov = dataset_provenance(ds)
-    if prov is None or len(prov.get("seeds", [])) != ds.num_episodes:
-        raise DatasetError(f"{ds.root} has no robodream provenance (meta/robodream.json) with one env seed per "
-                           f"episode, so its episodes cannot be re-rendered")
-    return prov
+    return replayable_provenance(ds, "re-rendered")
 
 
 def source_env_config(prov: dict[str, Any], camera: str, max_steps: int) -> EnvConfig:
