@@ -126,8 +126,8 @@ def _tiny_recipe(path: Path) -> Path:
         "tasks": ["reach-v3"], "demos_per_task": 2, "eval_episodes": 1, "eval_max_steps": 8, "image_size": 32,
         "videos_per_task": 1, "tokenizer_train": {"steps": 4, "batch_size": 8},
         "policy": {"dim": 32, "depth": 1, "horizon": 8, "n_action_steps": 4, "video_stride": 4,
-                   "action_expert_dim": 16},
-        "policy_train": {"steps": 4, "batch_size": 8}, "augment_views": 1}))
+                   "action_expert_dim": 16, "pixel_stem_width": 8},
+        "policy_train": {"steps": 4, "batch_size": 8}}))
     return path
 
 
@@ -135,7 +135,7 @@ def test_demo_and_bench_success(tmp_path):
     recipe = _tiny_recipe(tmp_path / "recipe.json")
     res = run("demo", "--out", tmp_path / "demo", "--recipe", recipe)
     assert "reach-v3" in res.output and (tmp_path / "demo" / "policy_summary.json").is_file()
-    assert json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["augment_views"] == 1
+    assert json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["model"]["pixel_stem_width"] == 8
     meta = json.loads((tmp_path / "demo" / "data" / "reach-v3" / "meta" / "robodream.json").read_text())
     assert meta["collect"]["expert_target"] == "tcp"
     run("bench", "success", "--out", tmp_path / "s.json", "--work", tmp_path / "bs", "--recipe", recipe)

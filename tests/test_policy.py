@@ -327,3 +327,37 @@ def test_kv_only_last_block_loads_weights_written_before_it():
         load_model_weights(fresh, Path(d) / "w.safetensors")
     for k, v in m.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[k], v)
+
+
+def test_pixel_stem_sees_the_raw_frames():
+    """A pixel-stem policy needs the raw frames, its fast sampler equals the reference one, and
+    a few changed pixels (a goal marker the latents would lose) change its actions."""
+    cfg = tiny_cfg(pixel_stem_width=8, image_size=16)  # 16 px -> 2x2 token grid: 3 halvings
+    assert cfg.stem_halvings == 3
+    m = random_policy(cfg)
+    state, ref, task, actions, fut = inputs(cfg)
+    frames = torch.randint(0, 256, (3, len(cfg.cameras), 3, 16, 16), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    noise = torch.randn(3, cfg.horizon, cfg.action_dim)
+    with pytest.raises(ValueError, match="ref_frames"):
+        m.sample(state, ref, task, noise=noise)
+    a = m.sample(state, ref, task, noise=noise, ref_frames=frames).actions
+    for mode in ("action_only", "with_video"):
+        fn = torch.randn(3, cfg.n_future_tokens, cfg.patch_dim)
+        fast = m.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn, ref_frames=frames)
+        slow = m.sample(state, ref, task, mode=mode, noise=noise, future_noise=fn, ref_frames=frames, use_cache=False)
+        torch.testing.assert_close(fast.actions, slow.actions, rtol=1e-5, atol=1e-5)
+    marked = frames.clone()
+    marked[:, 0, :, 5:7, 9:11] = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1)  # a 2x2 red dot
+    b = m.sample(state, ref, task, noise=noise, ref_frames=marked).actions
+    assert (a - b).abs().amax() > 1e-3
+    loss, _ = m.train()(state, ref, actions, task, fut, ref_frames=frames)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.pixel_stem.parameters())
+
+
+@pytest.mark.parametrize("bad", [dict(pixel_stem_width=-1), dict(pixel_stem_width=8, image_size=24)])
+def test_pixel_stem_config_errors(bad):
+    with pytest.raises(ConfigError, match="pixel"):
+        tiny_cfg(**bad)
+

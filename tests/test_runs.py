@@ -196,6 +196,9 @@ def test_random_shift_augmentation_is_seeded(work, tmp_path):
     res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "bad",
               "--augment-views", 2, "--augment-pad", 0, code=2)
     one_line_error(res, "augment_pad")
+    res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "bad2",
+              "--augment-views", 2, "--pixel-stem-width", 8, code=2)
+    one_line_error(res, "pixel stem")
 
 
 # ----------------------------------------------------------------------------- bad input

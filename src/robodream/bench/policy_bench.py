@@ -48,7 +48,9 @@ def _inputs(cfg: PolicyConfig, batch: int = 1, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     state = torch.randn(batch, cfg.state_dim, generator=g)
     ref = torch.randn(batch, len(cfg.cameras), cfg.latent_channels, cfg.latent_size, cfg.latent_size, generator=g)
-    return state, ref, torch.zeros(batch, dtype=torch.long)
+    frames = (torch.randint(0, 256, (batch, len(cfg.cameras), 3, cfg.image_size, cfg.image_size), generator=g,
+                            dtype=torch.uint8) if cfg.pixel_stem_width else None)  # raw frames of a pixel stem
+    return state, ref, torch.zeros(batch, dtype=torch.long), frames
 
 
 def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int = 2,
@@ -70,24 +72,24 @@ def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int 
             compiled.load_state_dict(policy.state_dict())
             joint_c = GigaWorldPolicy(joint.cfg).eval()
             joint_c.load_state_dict(joint.state_dict())
-        state, ref, task = _inputs(cfg)
+        state, ref, task, frames = _inputs(cfg)
         compile_s = None
         with torch.inference_mode():
             fns = {
-                "action_only": lambda: policy.sample(state, ref, task),
-                "action_only_nocache": lambda: policy.sample(state, ref, task, use_cache=False),
-                "with_video": lambda: policy.sample(state, ref, task, mode="with_video"),
-                "joint": lambda: joint.sample(state, ref, task, mode="joint"),
+                "action_only": lambda: policy.sample(state, ref, task, ref_frames=frames),
+                "action_only_nocache": lambda: policy.sample(state, ref, task, ref_frames=frames, use_cache=False),
+                "with_video": lambda: policy.sample(state, ref, task, ref_frames=frames, mode="with_video"),
+                "joint": lambda: joint.sample(state, ref, task, ref_frames=frames, mode="joint"),
             }
             if compile:
                 t0 = time.perf_counter()
                 compiled.compile_inference()
-                compiled.sample(state, ref, task)
+                compiled.sample(state, ref, task, ref_frames=frames)
                 compile_s = time.perf_counter() - t0
                 joint_c.compile_inference()
-                joint_c.sample(state, ref, task, mode="joint")
-                fns["action_only_compiled"] = lambda: compiled.sample(state, ref, task)
-                fns["joint_compiled"] = lambda: joint_c.sample(state, ref, task, mode="joint")
+                joint_c.sample(state, ref, task, ref_frames=frames, mode="joint")
+                fns["action_only_compiled"] = lambda: compiled.sample(state, ref, task, ref_frames=frames)
+                fns["joint_compiled"] = lambda: joint_c.sample(state, ref, task, ref_frames=frames, mode="joint")
             runs = _time_ms(fns, repeats, warmup)
     finally:
         torch.set_num_threads(prev)
@@ -113,7 +115,7 @@ def _train_worker(cfg: PolicyConfig, batch: int, steps: int, warmup: int, thread
     model = GigaWorldPolicy(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
-    state, ref, task = _inputs(cfg, batch)
+    state, ref, task, frames = _inputs(cfg, batch)
     actions = torch.randn(batch, cfg.horizon, cfg.action_dim, generator=g)
     fut = torch.randn(batch, cfg.n_future, len(cfg.cameras), cfg.latent_channels, cfg.latent_size, cfg.latent_size,
                       generator=g) if cfg.n_future else None
@@ -121,7 +123,7 @@ def _train_worker(cfg: PolicyConfig, batch: int, steps: int, warmup: int, thread
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss, _ = model(state, ref, actions, task, fut, generator=g)
+            loss, _ = model(state, ref, actions, task, fut, generator=g, ref_frames=frames)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -13,6 +13,7 @@ An encoded episode is a dict::
     task_index  int                            row in the run's task vocabulary
     task        str                            the instruction
     views       (T, K, n_cam, C, h, w) float32 K shifted copies (random-shift augmentation), if asked
+    frames      (T, n_cam, 3, H, W) uint8      the raw frames, if asked (models with a pixel stem)
 
 Random-shift augmentation (DrQ, Kostrikov et al. 2020; the random crop of Diffusion Policy):
 frames are translated by up to ``pad`` pixels (edges replicated) before encoding. Since frames
@@ -96,11 +97,13 @@ def shifted(frames: np.ndarray, dy: int, dx: int, pad: int) -> np.ndarray:
 
 def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[str], episodes: list[int],
                    batch: int = 512, progress=None, task_offset: dict[str, int] | None = None,
-                   views: int = 0, pad: int = 4, rng: np.random.Generator | None = None) -> list[dict]:
+                   views: int = 0, pad: int = 4, rng: np.random.Generator | None = None,
+                   keep_frames: bool = False) -> list[dict]:
     """Encode the frames of ``episodes`` with the tokenizer (see the module docstring for the dicts).
 
     ``views`` > 0 also encodes that many randomly shifted copies of each episode (shifts of at
-    most ``pad`` pixels drawn from ``rng``, one per copy and camera).
+    most ``pad`` pixels drawn from ``rng``, one per copy and camera). ``keep_frames`` also keeps
+    the raw frames (``frames``, uint8).
 
     Raises:
         DatasetError: a non-finite state or action value (named by dataset, episode and frame).
@@ -114,6 +117,8 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
         lats = [encode_frames(tokenizer, frames[c][i], batch).cpu() for c in cameras]
         e = {"latents": torch.stack(lats, 1), "state": torch.as_tensor(ep.state), "action": torch.as_tensor(ep.action),
              "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task}
+        if keep_frames:
+            e["frames"] = torch.from_numpy(np.stack([frames[c][i] for c in cameras], 1)).permute(0, 1, 4, 2, 3).contiguous()
         if views:
             copies = [torch.stack([encode_frames(tokenizer, shifted(frames[c][i], *rng.integers(-pad, pad + 1, 2), pad),
                                                  batch).cpu() for c in cameras], 1) for _ in range(views)]
@@ -126,14 +131,15 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
 
 def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, cameras: list[str],
                     heldout_fraction: float, views: int = 0, pad: int = 4,
-                    seed: int = 0) -> tuple[list[str], list[dict], list[dict]]:
+                    seed: int = 0, keep_frames: bool = False) -> tuple[list[str], list[dict], list[dict]]:
     """Task vocabulary and tokenizer-encoded episodes of a training run, split per dataset.
 
     Returns ``(tasks, train_episodes, heldout_episodes)``: the instruction strings in
     first-seen order (index = task-embedding row) and :func:`encode_dataset` episodes; the
     last ``heldout_fraction`` of each dataset's episodes is held out (never trained on).
     ``views`` shifted copies (at most ``pad`` pixels, shifts from ``seed``) of the training
-    episodes only are encoded too (random-shift augmentation, see the module docstring).
+    episodes only are encoded too (random-shift augmentation, see the module docstring);
+    ``keep_frames`` keeps every episode's raw frames too.
     Under torchrun rank 0 encodes and shares the result (the others must call this too).
 
     Raises:
@@ -157,8 +163,9 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
                 for ds in datasets:
                     tr, he = split_episodes(ds.num_episodes, heldout_fraction)
                     train_eps += encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab,
-                                                views=views, pad=pad, rng=rng)
-                    held_eps += encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab)
+                                                views=views, pad=pad, rng=rng, keep_frames=keep_frames)
+                    held_eps += encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab,
+                                               keep_frames=keep_frames)
         except DatasetError as e:
             if world_size() == 1:
                 raise
@@ -183,16 +190,17 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
         return episodes
     meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"]) for e in episodes]
                             if is_main() else None)
-    keys = broadcast_object([k for k in ("latents", "state", "action", "views") if k in episodes[0]]
+    keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames") if k in episodes[0]]
                             if is_main() and episodes else None)
-    shapes = broadcast_object([tuple(episodes[0][k].shape[1:]) for k in keys] if is_main() and episodes else None)
+    shapes = broadcast_object([(tuple(episodes[0][k].shape[1:]), episodes[0][k].dtype) for k in keys]
+                              if is_main() and episodes else None)
     if not meta:
         return []
     total = sum(T for T, _, _ in meta)
     if is_main():
-        bufs = [torch.cat([e[k].float() for e in episodes]) for k in keys]
+        bufs = [torch.cat([e[k].to(dt) for e in episodes]) for k, (_, dt) in zip(keys, shapes)]
     else:
-        bufs = [torch.empty(total, *s) for s in shapes]
+        bufs = [torch.empty(total, *s, dtype=dt) for s, dt in shapes]
     broadcast_tensors(bufs)
     out, pos = [], 0
     for T, task_index, task in meta:

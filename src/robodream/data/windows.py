@@ -31,6 +31,7 @@ class EpisodeTable:
     episode_start / episode_end: (N,) int64, the [start, end) frame range of each frame's episode.
     views: (N, K, n_cam, C, h, w) float32, K randomly shifted copies of the latents
         (random-shift augmentation, :mod:`robodream.data.latents`), or None.
+    frames: (N, n_cam, 3, H, W) uint8 raw frames (for models with a pixel stem), or None.
     """
 
     latents: torch.Tensor
@@ -40,6 +41,7 @@ class EpisodeTable:
     episode_start: torch.Tensor
     episode_end: torch.Tensor
     views: torch.Tensor | None = None
+    frames: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -59,12 +61,15 @@ class EpisodeTable:
 
     @classmethod
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
-        """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``."""
-        lat, st, ac, ti, s0, s1, vw = [], [], [], [], [], [], []
+        """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``
+        (and optionally ``views``, ``frames``: kept when every episode has them)."""
+        lat, st, ac, ti, s0, s1, vw, fr = [], [], [], [], [], [], [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
                 vw.append(torch.as_tensor(ep["views"], dtype=torch.float32))
+            if "frames" in ep:
+                fr.append(torch.as_tensor(ep["frames"], dtype=torch.uint8))
             T = len(ep["action"])
             lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
             st.append(torch.as_tensor(ep["state"], dtype=torch.float32))
@@ -74,7 +79,9 @@ class EpisodeTable:
             s1.append(torch.full((T,), pos + T, dtype=torch.long))
             pos += T
         views = torch.cat(vw) if vw and len(vw) == len(episodes) else None
-        return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views)
+        frames = torch.cat(fr) if fr and len(fr) == len(episodes) else None
+        return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
+                   frames)
 
     def __len__(self) -> int:
         return len(self.action)
@@ -159,6 +166,7 @@ class EpisodeTable:
         """Gather the windows anchored at frame indices ``idx`` (B,). See module docstring.
 
         ``view`` (B,): 0 the original frames, k > 0 shifted copy k - 1 (see :meth:`latents_at`).
+        With raw frames in the table, ``ref_frames`` (B, n_cam, 3, H, W) uint8 too.
         """
         end = self.episode_end[idx]  # (B,)
         steps = idx.unsqueeze(1) + torch.arange(horizon)  # (B, H)
@@ -171,6 +179,8 @@ class EpisodeTable:
             "action_is_pad": is_pad,
             "task_index": self.task_index[idx],
         }
+        if self.frames is not None:
+            out["ref_frames"] = self.frames[idx]
         if future_offsets:
             fut = torch.minimum(idx.unsqueeze(1) + torch.tensor(future_offsets), end.unsqueeze(1) - 1)  # (B, F)
             out["future_latents"] = self.latents_at(fut, view)

@@ -44,6 +44,10 @@ class PolicyConfig:
     # action-only denoising runs only these narrow weights (lower chunk latency at equal success,
     # benchmarks/RESULTS.md). 0 = action tokens use the same weights as every other token.
     action_expert_dim: int = 64
+    # Width of a conv stem over the raw reference frames whose features are added to the
+    # reference-latent tokens (same grid): detail the tokenizer's latents lose, such as reach's
+    # 2-5 pixel goal marker, reaches the policy. 0 = latents only (benchmarks/RESULTS.md).
+    pixel_stem_width: int = 0
 
     # --- rectified flow -----------------------------------------------------------------------
     time_shift: float = 5.0  # s in t' = s t / (1 + (s - 1) t)
@@ -77,6 +81,11 @@ class PolicyConfig:
             raise ConfigError(f"dim {self.dim} not divisible by n_heads {self.n_heads}")
         if self.action_expert_dim < 0:
             raise ConfigError(f"action_expert_dim must be >= 0 (0 = no separate expert), got {self.action_expert_dim}")
+        if self.pixel_stem_width < 0:
+            raise ConfigError(f"pixel_stem_width must be >= 0 (0 = no pixel stem), got {self.pixel_stem_width}")
+        if self.pixel_stem_width and self.stem_halvings < 0:
+            raise ConfigError(f"a pixel stem needs image_size / token grid to be a power of two, got "
+                              f"{self.image_size} / {self.latent_size // self.patch_size}")
         if self.mask == "full" and self.video_stride == 0:
             raise ConfigError("mask='full' (joint model) needs video tokens: set video_stride > 0")
 
@@ -94,6 +103,12 @@ class PolicyConfig:
     def future_offsets(self) -> list[int]:
         """Frame offsets of the predicted future frames relative to the reference frame."""
         return [self.video_stride * (k + 1) for k in range(self.n_future)]
+
+    @property
+    def stem_halvings(self) -> int:
+        """Stride-2 convolutions of the pixel stem (image side -> token grid side), -1 if not a power of two."""
+        ratio, g = divmod(self.image_size, self.latent_size // self.patch_size)
+        return ratio.bit_length() - 1 if not g and ratio and not ratio & (ratio - 1) else -1
 
     @property
     def tokens_per_frame(self) -> int:

@@ -22,6 +22,11 @@ Tensor conventions (B = batch, N = cameras, C/h/w = tokenizer latent grid):
     actions:        (B, H, action_dim)        normalised action chunk
     future_latents: (B, F, N, C, h, w)        latents of frames t+S, ..., t+H
     task_index:     (B,) long
+    ref_frames:     (B, N, 3, H, W) uint8     the raw current frames (only with a pixel stem)
+
+``pixel_stem_width > 0`` adds a conv stem over the raw reference frames whose features are
+added to the reference tokens (same grid, so the token count and latency barely change): the
+tokenizer's latents lose 2-5 pixel objects such as reach's goal marker (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from einops import rearrange
 
 from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
 from robodream.models.normalization import StateActionNormalization
+from robodream.models.stem import ConvStem
 from robodream.models.transformer import (
     KV,
     AdaLNBlock,
@@ -87,6 +93,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         n_cam = len(cfg.cameras)
         self.state_in = nn.Linear(cfg.state_dim, D)
         self.latent_in = nn.Linear(cfg.patch_dim, D)
+        self.pixel_stem = ConvStem(3, cfg.pixel_stem_width, D, cfg.stem_halvings) if cfg.pixel_stem_width else None
         self.action_in = nn.Linear(cfg.action_dim, Da)
         self.pos_state = nn.Parameter(torch.zeros(1, D))
         self.pos_ref = nn.Parameter(torch.zeros(n_cam * cfg.tokens_per_frame, D))
@@ -146,9 +153,15 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             f=cfg.n_future, n=len(cfg.cameras), y=g, x=g, p=cfg.patch_size, q=cfg.patch_size,
         )
 
-    def _embed_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor) -> torch.Tensor:
+    def _embed_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor,
+                      ref_frames: torch.Tensor | None = None) -> torch.Tensor:
         s = self.state_in(state).unsqueeze(1) + self.pos_state  # (B, 1, D)
         r = self.latent_in(self._patchify(ref_latents)) + self.pos_ref  # (B, N*T, D)
+        if self.pixel_stem is not None:
+            if ref_frames is None:
+                raise ValueError("this policy has a pixel stem: ref_frames (B, N, 3, H, W) are required")
+            x = ref_frames.flatten(0, 1).to(r.dtype) * (2.0 / 255.0) - 1.0  # (B*N, 3, H, W) in [-1, 1]
+            r = r + self.pixel_stem(x).reshape(r.shape)  # (B*N, T, D) -> (B, N*T, D), camera-major
         return torch.cat([s, r], dim=1)
 
     def _embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
@@ -200,17 +213,19 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         task_index: torch.Tensor,
         t: torch.Tensor,
         noisy_future: torch.Tensor | None = None,
+        ref_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Predicted velocities on the full sequence with the configured mask (training path).
 
         Args:
             noisy_actions: (B, H, action_dim) at flow time ``t`` (B,).
             noisy_future: (B, F*N*T, C*p*p) patchified future latents at time ``t``, or None.
+            ref_frames: (B, N, 3, H, W) uint8 raw reference frames (pixel-stem models only).
 
         Returns:
             action velocity (B, H, action_dim) and future-token velocity (B, F*N*T, C*p*p) or None.
         """
-        xs = [self._embed_prefix(state, ref_latents), self._embed_actions(noisy_actions)]
+        xs = [self._embed_prefix(state, ref_latents, ref_frames), self._embed_actions(noisy_actions)]
         segments: tuple[int, ...] = (PREFIX, ACTION)
         if noisy_future is not None:
             xs.append(self.latent_in(noisy_future) + self.pos_future)
@@ -233,11 +248,13 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         future_latents: torch.Tensor | None = None,
         action_is_pad: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        ref_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Rectified-flow training loss ``L_video + lambda * L_action`` (Sec. 3.2).
 
         Inputs are normalised (see module docstring); ``action_is_pad`` (B, H) bool marks
-        chunk steps past the episode end, excluded from the action loss. Returns the scalar
+        chunk steps past the episode end, excluded from the action loss; ``ref_frames`` (B, N, 3,
+        H, W) uint8 are required by pixel-stem models. Returns the scalar
         loss and a dict of its parts.
         """
         cfg = self.cfg
@@ -253,7 +270,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             x0_f = self._patchify(future_latents)  # (B, F*N*T, C*p*p)
             eps_f = torch.randn(x0_f.shape, generator=generator, device="cpu").to(dev)
             f_t = interpolate(x0_f, eps_f, t)
-        v_a, v_f = self.velocity(state, ref_latents, a_t, task_index, t, f_t)
+        v_a, v_f = self.velocity(state, ref_latents, a_t, task_index, t, f_t, ref_frames)
         err_a = (v_a.float() - velocity_target(actions, eps_a)).pow(2).mean(-1)  # (B, H)
         if action_is_pad is not None:
             w = (~action_is_pad).float()
@@ -271,7 +288,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
 
     # ------------------------------------------------------------------ inference
     def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
-                      mods: list | torch.Tensor | None = None) -> list[KV]:
+                      mods: list | torch.Tensor | None = None, ref_frames: torch.Tensor | None = None) -> list[KV]:
         """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd).
 
         ``mods``: the blocks' clean (t = 0) modulations, one per block as in
@@ -283,7 +300,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         if mods is None:
             cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
             mods = [blk.modulate(cond) for blk in self.blocks]
-        x = self._embed_prefix(state, ref_latents)
+        x = self._embed_prefix(state, ref_latents, ref_frames)
         kvs: list[KV] = []
         for i, blk in enumerate(self.blocks):
             if i < len(self.blocks) - 1:
@@ -306,6 +323,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         future_noise: torch.Tensor | None = None,
         use_cache: bool = True,
         n_steps: int | None = None,
+        ref_frames: torch.Tensor | None = None,
     ) -> PolicyOutput:
         """Predict a normalised action chunk by Euler integration from t = 1 to t = 0.
 
@@ -321,6 +339,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
                 optionally compiled); ``False`` runs :meth:`sample_reference`, the plain sampler
                 the fast path is tested against.
             n_steps: Euler steps (default ``cfg.n_inference_steps``).
+            ref_frames: (B, N, 3, H, W) uint8 raw current frames (required by pixel-stem models).
 
         Raises:
             ValueError: a mode the configuration cannot run (e.g. action_only with mask="full").
@@ -340,12 +359,13 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
                 B, cfg.n_future_tokens, cfg.patch_dim, device=dev)
         times = euler_timesteps(n_steps or cfg.n_inference_steps, cfg.time_shift)
         if use_cache:
-            return self.sample_fast(state, ref_latents, task_index, a, f, times, mode)
-        return self.sample_reference(state, ref_latents, task_index, a, f, times)
+            return self.sample_fast(state, ref_latents, task_index, a, f, times, mode, ref_frames)
+        return self.sample_reference(state, ref_latents, task_index, a, f, times, ref_frames)
 
     @torch.no_grad()
     def sample_reference(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
-                         a: torch.Tensor, f: torch.Tensor | None, times: torch.Tensor) -> PolicyOutput:
+                         a: torch.Tensor, f: torch.Tensor | None, times: torch.Tensor,
+                         ref_frames: torch.Tensor | None = None) -> PolicyOutput:
         """The plain sampler: Euler steps of :meth:`velocity`, the training path, from noise.
 
         a: (B, H, action_dim) initial noise; f: (B, F*N*T, C*p*p) initial future-token noise, or
@@ -357,7 +377,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         B, dev = state.shape[0], state.device
         for k in range(len(times) - 1):
             dt = float(times[k + 1] - times[k])  # negative
-            v_a, v_f = self.velocity(state, ref_latents, a, task_index, times[k].to(dev).expand(B), f)
+            v_a, v_f = self.velocity(state, ref_latents, a, task_index, times[k].to(dev).expand(B), f, ref_frames)
             a = a + dt * v_a
             if f is not None:
                 f = f + dt * v_f

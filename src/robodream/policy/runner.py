@@ -99,7 +99,8 @@ class PolicyRunner:
         lat = self.tokenizer.encode(torch.from_numpy(images).to(self.device)).unsqueeze(0)  # (1, N, C, h, w)
         s = self.policy.normalize_state(torch.as_tensor(state, dtype=torch.float32, device=self.device)[None])
         noise = torch.randn(1, cfg.horizon, cfg.action_dim, generator=self.gen).to(self.device)
-        out = self.policy.sample(s, lat, self.task_index, mode=self.mode, noise=noise)
+        frames = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)[None] if self.policy.pixel_stem else None
+        out = self.policy.sample(s, lat, self.task_index, mode=self.mode, noise=noise, ref_frames=frames)
         actions = self.policy.unnormalize_action(out.actions)[0].float().cpu().numpy()
         self.chunk_latency_ms.append((time.perf_counter() - t0) * 1000.0)
         if out.future_latents is not None:

@@ -65,6 +65,9 @@ class PolicyRunConfig:
                               f"{self.augment_pad}")
         if self.augment_views and not self.augment_pad:
             raise ConfigError("augment_views needs augment_pad >= 1 (a shift of 0 pixels copies the frames)")
+        if self.augment_views and self.model.pixel_stem_width:
+            raise ConfigError("random-shift augmentation shifts the latents only; it cannot be combined with a "
+                              "pixel stem (pixel_stem_width > 0)")
 
 
 def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
@@ -89,7 +92,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         cameras, state_dim, action_dim = check_datasets(datasets, tokenizer)
 
         tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction,
-                                                     views=cfg.augment_views, pad=cfg.augment_pad, seed=cfg.train.seed)
+                                                     views=cfg.augment_views, pad=cfg.augment_pad, seed=cfg.train.seed,
+                                                     keep_frames=bool(cfg.model.pixel_stem_width))
         m = cfg.model
         m.state_dim, m.action_dim, m.cameras, m.tasks = state_dim, action_dim, tuple(cameras), tuple(tasks)
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
@@ -161,7 +165,8 @@ def validate_policy(model: GigaWorldPolicy, table: EpisodeTable, device, n: int 
     _, logs = model(**batch, generator=gen)
     mode = "joint" if model.cfg.mask == "full" else "action_only"
     noise = torch.randn(batch["actions"].shape, generator=gen).to(device)
-    pred = model.sample(batch["state"], batch["ref_latents"], batch["task_index"], mode=mode, noise=noise)
+    pred = model.sample(batch["state"], batch["ref_latents"], batch["task_index"], mode=mode, noise=noise,
+                        ref_frames=batch.get("ref_frames"))
     valid = (~batch["action_is_pad"]).float().unsqueeze(-1)
     mse = ((pred.actions - batch["actions"]).pow(2) * valid).sum() / (valid.sum() * model.cfg.action_dim)
     return {**logs, "action_mse": float(mse), "n": len(idx)}

@@ -53,6 +53,7 @@ from einops import rearrange
 from robodream.envs.shift import SEG_CLASSES
 from robodream.errors import ConfigError
 from robodream.models.flow import euler_step, euler_timesteps, interpolate, sample_time, velocity_target
+from robodream.models.stem import ConvStem
 from robodream.models.transformer import AdaLNBlock, FinalLayer, TimestepEmbedding
 
 KINDS = ("appearance", "view")
@@ -118,21 +119,6 @@ def relative_pose(K_src: np.ndarray, T_src: np.ndarray, K_dst: np.ndarray, T_dst
     return np.concatenate([rel[:3, :3].ravel(), rel[:3, 3], [K_dst[1, 1] / K_src[1, 1] - 1.0]]).astype(np.float32)
 
 
-class ControlStem(nn.Module):
-    """Control maps (B, Cc, H, W) -> tokens (B, h*w, D): conv, then a stride-2 conv per halving."""
-
-    def __init__(self, in_channels: int, width: int, dim: int, halvings: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU()]
-        for _ in range(halvings):
-            layers += [nn.Conv2d(width, width, 4, stride=2, padding=1), nn.SiLU()]
-        layers += [nn.Conv2d(width, dim, 1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, control: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.net(control), "b d y x -> b (y x) d")
-
-
 class TransferModel(nn.Module):
     """Rectified-flow transformer over one frame's latents; see the module docstring."""
 
@@ -144,7 +130,7 @@ class TransferModel(nn.Module):
         D, C, L = cfg.dim, cfg.latent_channels, cfg.latent_size**2
         self.latent_in = nn.Linear(C, D)
         self.reference_in = nn.Linear(C, D)
-        self.control = ControlStem(cfg.control_channels, cfg.control_width, D,
+        self.control = ConvStem(cfg.control_channels, cfg.control_width, D,
                                    int(math.log2(cfg.image_size // cfg.latent_size)))
         self.pos_target = nn.Parameter(torch.zeros(L, D))
         self.pos_reference = nn.Parameter(torch.zeros(L, D))
