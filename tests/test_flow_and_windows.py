@@ -77,6 +77,23 @@ def test_balanced_anchor_sampling():
     assert abs(float((tab.task_index[uni] == 1).float().mean()) - 3 / 8) < 0.02
 
 
+def test_source_weighted_anchor_sampling():
+    """Per-dataset sampling weights (real vs synthetic data) replace task balancing."""
+    eps = [{"latents": torch.zeros(T, 1, 1, 1, 1), "state": np.zeros((T, 1), np.float32),
+            "action": np.zeros((T, 1), np.float32), "task_index": 0, "source": s} for s, T in enumerate([6, 2, 4])]
+    eps[1]["frames"] = torch.zeros(2, 1, 3, 4, 4, dtype=torch.uint8)  # not on every episode: no frames kept
+    tab = EpisodeTable.from_episodes(eps)
+    assert tab.frames is None and tab.source.tolist() == [0] * 6 + [1] * 2 + [2] * 4
+    idx = tab.sample_anchors(30_000, torch.Generator().manual_seed(0), source_weights=(3.0, 1.0, 0.0))
+    frac = torch.bincount(tab.source[idx], minlength=3).float() / len(idx)
+    assert abs(float(frac[0]) - 0.75) < 0.02 and abs(float(frac[1]) - 0.25) < 0.02 and frac[2] == 0
+    assert set(idx.tolist()) == set(range(8))  # every frame of the weighted sources is drawn
+    with pytest.raises(ValueError, match="source weights"):
+        tab.sample_anchors(4, torch.Generator(), source_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="no sources"):
+        _table().sample_anchors(4, torch.Generator(), source_weights=(1.0, 1.0))
+
+
 def test_shifted_frames_replicate_the_edges():
     from robodream.data.latents import shifted
 

@@ -201,6 +201,29 @@ def test_random_shift_augmentation_is_seeded(work, tmp_path):
     one_line_error(res, "pixel stem")
 
 
+def test_policy_with_pixel_stem_and_data_weights(work, tmp_path):
+    """Raw frames reach a pixel-stem policy (trained, saved, loaded and run in closed loop);
+    --data-weight weights the datasets and must give one weight per dataset."""
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.policy.runner import PolicyRunner
+    from robodream.policy.train import load_policy
+
+    out = tmp_path / "stem"
+    run("train", "policy", "--data", work / "ds", "--data", work / "ds", "--data-weight", "3,1", "--tokenizer",
+        work / "tok", "--out", out, "--steps", 2, "--model.pixel-stem-width", 8, *TINY_POLICY)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data_weight"] == [3.0, 1.0] and cfg["model"]["pixel_stem_width"] == 8
+    policy, tok, _ = load_policy(out)
+    ds = LeRobotDataset(work / "ds")
+    images = np.stack([ds.frames(0, c)[0] for c in ds.cameras])
+    runner = PolicyRunner(policy, tok, policy.cfg.tasks[0])
+    a = runner.predict_chunk(images, ds.episode(0).state[0])
+    assert a.shape == (policy.cfg.horizon, policy.cfg.action_dim) and np.isfinite(a).all()
+    res = run("train", "policy", "--data", work / "ds", "--data-weight", "1,2", "--tokenizer", work / "tok",
+              "--out", tmp_path / "bad3", code=2)
+    one_line_error(res, "data_weight")
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_training_options_leave_nothing(work, tmp_path):
     common = ["--data", work / "ds", "--tokenizer", work / "tok"]

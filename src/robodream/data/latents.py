@@ -14,6 +14,7 @@ An encoded episode is a dict::
     task        str                            the instruction
     views       (T, K, n_cam, C, h, w) float32 K shifted copies (random-shift augmentation), if asked
     frames      (T, n_cam, 3, H, W) uint8      the raw frames, if asked (models with a pixel stem)
+    source      int                            index of the episode's dataset in the run's list
 
 Random-shift augmentation (DrQ, Kostrikov et al. 2020; the random crop of Diffusion Policy):
 frames are translated by up to ``pad`` pixels (edges replicated) before encoding. Since frames
@@ -160,12 +161,16 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
                 bar = progress.add_task("encode frames", total=sum(ds.num_episodes for ds in datasets))
                 adv = lambda: progress.update(bar, advance=1)  # noqa: E731
                 rng = np.random.default_rng(seed)
-                for ds in datasets:
+                for d, ds in enumerate(datasets):
                     tr, he = split_episodes(ds.num_episodes, heldout_fraction)
-                    train_eps += encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab,
-                                                views=views, pad=pad, rng=rng, keep_frames=keep_frames)
-                    held_eps += encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab,
-                                               keep_frames=keep_frames)
+                    tr_eps = encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab,
+                                            views=views, pad=pad, rng=rng, keep_frames=keep_frames)
+                    he_eps = encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab,
+                                            keep_frames=keep_frames)
+                    for e in tr_eps + he_eps:
+                        e["source"] = d
+                    train_eps += tr_eps
+                    held_eps += he_eps
         except DatasetError as e:
             if world_size() == 1:
                 raise
@@ -183,12 +188,13 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
 def share_episodes(episodes: list[dict]) -> list[dict]:
     """Rank 0's encoded episodes on every process (a collective; one process: returned as is).
 
-    The tensors travel as three concatenated buffers over the CPU (gloo) group; only their
-    shapes and task strings go as objects.
+    The tensors travel as one concatenated buffer per key (latents, state, action, and views or
+    frames when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
+    sources go as objects.
     """
     if world_size() == 1:
         return episodes
-    meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"]) for e in episodes]
+    meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source")) for e in episodes]
                             if is_main() else None)
     keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames") if k in episodes[0]]
                             if is_main() and episodes else None)
@@ -196,14 +202,17 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
                               if is_main() and episodes else None)
     if not meta:
         return []
-    total = sum(T for T, _, _ in meta)
+    total = sum(m[0] for m in meta)
     if is_main():
         bufs = [torch.cat([e[k].to(dt) for e in episodes]) for k, (_, dt) in zip(keys, shapes)]
     else:
         bufs = [torch.empty(total, *s, dtype=dt) for s, dt in shapes]
     broadcast_tensors(bufs)
     out, pos = [], 0
-    for T, task_index, task in meta:
-        out.append({**{k: b[pos:pos + T] for k, b in zip(keys, bufs)}, "task_index": task_index, "task": task})
+    for T, task_index, task, source in meta:
+        e = {**{k: b[pos:pos + T] for k, b in zip(keys, bufs)}, "task_index": task_index, "task": task}
+        if source is not None:
+            e["source"] = source
+        out.append(e)
         pos += T
     return out

@@ -32,6 +32,7 @@ class EpisodeTable:
     views: (N, K, n_cam, C, h, w) float32, K randomly shifted copies of the latents
         (random-shift augmentation, :mod:`robodream.data.latents`), or None.
     frames: (N, n_cam, 3, H, W) uint8 raw frames (for models with a pixel stem), or None.
+    source: (N,) int64 index of each frame's dataset (for per-source sampling weights), or None.
     """
 
     latents: torch.Tensor
@@ -42,6 +43,7 @@ class EpisodeTable:
     episode_end: torch.Tensor
     views: torch.Tensor | None = None
     frames: torch.Tensor | None = None
+    source: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -62,8 +64,8 @@ class EpisodeTable:
     @classmethod
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
         """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``
-        (and optionally ``views``, ``frames``: kept when every episode has them)."""
-        lat, st, ac, ti, s0, s1, vw, fr = [], [], [], [], [], [], [], []
+        (and optionally ``views``, ``frames``, ``source``: kept when every episode has them)."""
+        lat, st, ac, ti, s0, s1, vw, fr, so = [], [], [], [], [], [], [], [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
@@ -71,6 +73,8 @@ class EpisodeTable:
             if "frames" in ep:
                 fr.append(torch.as_tensor(ep["frames"], dtype=torch.uint8))
             T = len(ep["action"])
+            if "source" in ep:
+                so.append(torch.full((T,), int(ep["source"]), dtype=torch.long))
             lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
             st.append(torch.as_tensor(ep["state"], dtype=torch.float32))
             ac.append(torch.as_tensor(ep["action"], dtype=torch.float32))
@@ -80,38 +84,59 @@ class EpisodeTable:
             pos += T
         views = torch.cat(vw) if vw and len(vw) == len(episodes) else None
         frames = torch.cat(fr) if fr and len(fr) == len(episodes) else None
+        source = torch.cat(so) if so and len(so) == len(episodes) else None
         return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
-                   frames)
+                   frames, source)
 
     def __len__(self) -> int:
         return len(self.action)
 
     def sample_anchors(self, n: int, generator: torch.Generator, balance_tasks: bool = True,
-                       margin: tuple[int, int] | None = None) -> torch.Tensor:
+                       margin: tuple[int, int] | None = None,
+                       source_weights: tuple[float, ...] | None = None) -> torch.Tensor:
         """Draw ``n`` window anchor frames (n,) long.
 
         With ``balance_tasks`` every task is drawn equally often (then a frame uniformly within
         it), so short-episode tasks are not drowned out in multi-task training; otherwise
         frames are drawn uniformly. ``margin = (before, after)`` restricts anchors to
         :meth:`anchor_pool` (windows that reach ``before`` frames back and ``after`` frames
-        ahead stay inside their episode).
+        ahead stay inside their episode). ``source_weights`` (one per dataset, see ``source``)
+        replace task balancing: a sample comes from dataset d with probability w_d / sum(w), then
+        from a frame uniformly within it.
+
+        Raises:
+            ValueError: ``source_weights`` without per-frame sources, or of the wrong length.
         """
         pool = None if margin is None else self.anchor_pool(*margin)
+        if source_weights:
+            if self.source is None or len(source_weights) <= int(self.source.max()):
+                raise ValueError(f"{len(source_weights)} source weights for a table of "
+                                 f"{'no' if self.source is None else int(self.source.max()) + 1} sources")
+            order, counts, starts, keys = self._groups("source", margin)
+            w = torch.tensor(source_weights, dtype=torch.float64)[keys]
+            g = torch.multinomial(w, n, replacement=True, generator=generator)
+            offset = (torch.rand(n, generator=generator) * counts[g]).long().clamp_max(counts[g] - 1)
+            return order[starts[g] + offset]
         if not balance_tasks:
             if pool is None:
                 return torch.randint(0, len(self), (n,), generator=generator)
             return pool[torch.randint(0, len(pool), (n,), generator=generator)]
-        by_task = self.__dict__.setdefault("_by_task", {})
-        if margin not in by_task:
-            frames = torch.arange(len(self)) if pool is None else pool
-            order = frames[torch.argsort(self.task_index[frames], stable=True)]
-            tasks, counts = torch.unique_consecutive(self.task_index[order], return_counts=True)
-            starts = torch.cumsum(counts, 0) - counts
-            by_task[margin] = (order, counts, starts)
-        order, counts, starts = by_task[margin]
+        order, counts, starts, _ = self._groups("task_index", margin)
         t = torch.randint(0, len(counts), (n,), generator=generator)
         offset = (torch.rand(n, generator=generator) * counts[t]).long().clamp_max(counts[t] - 1)
         return order[starts[t] + offset]
+
+    def _groups(self, key: str, margin: tuple[int, int] | None) -> tuple[torch.Tensor, ...]:
+        """Anchor frames grouped by ``key`` (``task_index`` or ``source``), cached: (order, counts,
+        starts, keys): ``order[starts[g]:starts[g] + counts[g]]`` are group ``keys[g]``'s frames."""
+        cache = self.__dict__.setdefault("_groups_cache", {})
+        if (key, margin) not in cache:
+            frames = torch.arange(len(self)) if margin is None else self.anchor_pool(*margin)
+            values = getattr(self, key)
+            order = frames[torch.argsort(values[frames], stable=True)]
+            keys, counts = torch.unique_consecutive(values[order], return_counts=True)
+            cache[(key, margin)] = (order, counts, torch.cumsum(counts, 0) - counts, keys)
+        return cache[(key, margin)]
 
     def anchor_pool(self, before: int, after: int) -> torch.Tensor:
         """Frames ``i`` (M,) long whose span ``[i - before, i + after]`` lies inside their episode.

@@ -46,6 +46,9 @@ class PolicyRunConfig:
     train: TrainConfig = field(default_factory=default_policy_train)
     heldout_fraction: float = 0.1  # fraction of each dataset's episodes held out for validation (at least 1)
     balance_tasks: bool = True  # draw every task equally often in multi-task training
+    # Sampling weight per --data dataset (e.g. real vs synthetic): a sample comes from dataset d
+    # with probability w_d / sum(w), replacing task balancing. Empty: task balancing.
+    data_weight: tuple[float, ...] = ()
     # Random-shift image augmentation (DrQ): shifted copies of every training episode encoded
     # once (a sample uses the original or one copy, for its reference and future frames alike).
     augment_views: int = 0  # shifted copies per episode (0: no augmentation)
@@ -65,6 +68,11 @@ class PolicyRunConfig:
                               f"{self.augment_pad}")
         if self.augment_views and not self.augment_pad:
             raise ConfigError("augment_views needs augment_pad >= 1 (a shift of 0 pixels copies the frames)")
+        self.data_weight = tuple(float(w) for w in self.data_weight)
+        if self.data_weight and (len(self.data_weight) != len(self.data) or min(self.data_weight) < 0
+                                 or not sum(self.data_weight) > 0):
+            raise ConfigError(f"data_weight needs one weight >= 0 per dataset ({len(self.data)}), not all 0, "
+                              f"got {list(self.data_weight)}")
         if self.augment_views and self.model.pixel_stem_width:
             raise ConfigError("random-shift augmentation shifts the latents only; it cannot be combined with a "
                               "pixel stem (pixel_stem_width > 0)")
@@ -111,7 +119,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         model.to(device)
 
         def sample_batch(step: int, gen: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
-            idx = train_table.sample_anchors(batch_size, gen, balance_tasks=cfg.balance_tasks)
+            idx = train_table.sample_anchors(batch_size, gen, balance_tasks=cfg.balance_tasks,
+                                             source_weights=cfg.data_weight or None)
             view = torch.randint(0, train_table.n_views + 1, (batch_size,), generator=gen) if train_table.n_views else None
             return _prepare(model, train_table.windows(idx, m.horizon, m.future_offsets, view=view), device)
 
