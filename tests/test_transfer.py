@@ -248,3 +248,46 @@ def test_transfer_bad_input_is_one_line_and_writes_nothing(runs, tmp_path):
     one_line_error(run("eval", "transfer", "--transfer", w / "view", "--data", tmp_path / "big", "--out", out,
                        code=2), "64x64", "32x32")
     assert not out.exists()
+
+
+def test_generate_writes_synthetic_data_that_train_policy_mixes_in(runs, tmp_path):
+    """generate: transferred copies with the recorded motion and provenance; view transfer copies
+    the wrist camera; appearance transfer needs a run per camera; train policy mixes real and
+    synthetic data with --data-weight; a synthetic dataset is refused where real data is needed."""
+    from robodream.data.lerobot import LeRobotDataset
+
+    w = runs
+    run("generate", "--kind", "view", "--source", w / "wall", "--transfer", w / "view", "--out", tmp_path / "v",
+        "--copies", 2, "--sample-steps", 1, "--video-codec", "h264-rgb")
+    src, syn = LeRobotDataset(w / "wall"), LeRobotDataset(tmp_path / "v")
+    assert syn.num_episodes == 2 and syn.cameras == src.cameras and syn.tasks == src.tasks
+    for i in (0, 1):
+        np.testing.assert_array_equal(syn.episode(i).action, src.episode(0).action)
+        np.testing.assert_array_equal(syn.episode(i).state, src.episode(0).state)
+        np.testing.assert_array_equal(syn.frames(i, "behindGripper"), src.frames(0, "behindGripper"))
+    assert not np.array_equal(syn.frames(0, "corner"), syn.frames(1, "corner"))  # two target cameras
+    prov = json.loads((tmp_path / "v" / "meta" / "robodream.json").read_text())
+    assert prov["synthetic"] == "view" and prov["source"] == str(w / "wall") and set(prov["models"]) == {"corner"}
+    src_prov = json.loads((w / "wall" / "meta" / "robodream.json").read_text())
+    assert prov["seeds"] == src_prov["seeds"] * 2 and prov["shift"]["seeds"] == [2000, 2001]
+
+    one_line_error(run("generate", "--kind", "appearance", "--source", w / "wall", "--transfer", w / "appearance",
+                       "--out", tmp_path / "a", code=2), "behindGripper", "every camera")
+    run("train", "transfer", "--kind", "appearance", "--camera", "behindGripper", "--data", w / "reach",
+        "--tokenizer", w / "tok", "--out", tmp_path / "wrist", "--steps", 2, *TINY)
+    run("generate", "--kind", "appearance", "--source", w / "wall", "--transfer", w / "appearance", "--transfer",
+        tmp_path / "wrist", "--out", tmp_path / "a", "--sample-steps", 1)
+    assert json.loads((tmp_path / "a" / "meta" / "robodream.json").read_text())["synthetic"] == "appearance"
+
+    run("train", "policy", "--data", w / "wall", "--data", tmp_path / "a", "--data-weight", "1,3", "--tokenizer",
+        w / "tok", "--out", tmp_path / "pol", "--steps", 2, "--dim", 32, "--depth", 1, "--horizon", 8,
+        "--n-action-steps", 4, "--video-stride", 4, "--action-expert-dim", 16, "--batch-size", 8)
+    assert json.loads((tmp_path / "pol" / "config.json").read_text())["data_weight"] == [1.0, 3.0]
+
+    for args in (["generate", "--kind", "view", "--source", tmp_path / "v", "--transfer", w / "view", "--out",
+                  tmp_path / "vv"],
+                 ["train", "transfer", "--kind", "view", "--data", tmp_path / "v", "--tokenizer", w / "tok",
+                  "--out", tmp_path / "vv", *TINY]):
+        one_line_error(run(*args, code=2), "synthetic (view", "real demonstrations")
+    assert not (tmp_path / "vv").exists()
+

@@ -236,6 +236,18 @@ def dataset_provenance(ds: LeRobotDataset) -> dict | None:
         raise DatasetError(f"corrupt {path}: {e}") from e
 
 
+def require_real(ds: LeRobotDataset, what: str) -> None:
+    """Refuse a synthetic dataset (``meta/robodream.json`` with ``synthetic``) where ``what`` needs real data.
+
+    Raises:
+        DatasetError: naming the dataset, its kind of synthetic data and ``what``.
+    """
+    prov = dataset_provenance(ds)
+    if prov and prov.get("synthetic"):
+        raise DatasetError(f"{ds.root} is synthetic ({prov['synthetic']}, generated from {prov.get('source')}); "
+                           f"{what} needs real demonstrations")
+
+
 def replayable_provenance(ds: LeRobotDataset, use: str) -> dict:
     """``robodream.json`` of a dataset whose episodes can be replayed in the simulator (one env
     seed per episode); ``use`` says what for ("replayed", "re-rendered") in the error.

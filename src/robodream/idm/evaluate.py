@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from robodream.data.collect import replayable_provenance
+from robodream.data.collect import replayable_provenance, require_real
 from robodream.data.latents import check_datasets, encode_dataset, split_episodes
 from robodream.data.lerobot import LeRobotDataset
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv, check_task
@@ -84,6 +84,7 @@ def evaluate_idm(run_dir: str | os.PathLike, data: str | os.PathLike, task: str,
     if (tuple(cameras), state_dim, action_dim) != (idm.cfg.cameras, idm.cfg.state_dim, idm.cfg.action_dim):
         raise DatasetError(f"{data} has cameras {cameras}, state/action dims {state_dim}/{action_dim}; the IDM "
                            f"was trained on {list(idm.cfg.cameras)}, {idm.cfg.state_dim}/{idm.cfg.action_dim}")
+    require_real(ds, "replay success (labels of real video replayed in the simulator)")
     prov = replayable_provenance(ds, "replayed")
     if prov["task"] != task:
         raise DatasetError(f"{data} holds {prov['task']} episodes, not {task}")

@@ -1,5 +1,5 @@
-"""CLI verbs of the transfer models: ``robodream train transfer``, ``robodream eval transfer``
-(convention: :mod:`robodream.utils.cli`)."""
+"""CLI verbs of the transfer models: ``robodream train transfer``, ``robodream eval transfer``,
+``robodream generate`` (convention: :mod:`robodream.utils.cli`)."""
 
 from __future__ import annotations
 
@@ -44,11 +44,40 @@ def eval_transfer_cmd(
                 [[r["psnr_gain_db"], r["target_gain_db"], str(r["meets_target"]), str(out)]])
 
 
+def generate_cmd(
+    kind: Annotated[str, typer.Option(help="synthetic data: appearance or view (transferred copies)")],
+    source: Annotated[Path, typer.Option(help="real dataset (robodream collect --with-depth [--with-segmentation])")],
+    transfer: Annotated[list[Path], typer.Option(help="transfer run, one per camera to generate (repeat)")],
+    out: Annotated[Path, typer.Option(help="the synthetic LeRobot dataset to write")],
+    copies: Annotated[int, typer.Option(help="copies per source episode, each under its own target shift")] = 1,
+    shift: Annotated[str, typer.Option(help="target appearance / static-camera shift: a preset or random")] = "random",
+    shift_seed: Annotated[int, typer.Option(help="copy c draws random shifts from shift_seed + c")] = 2000,
+    shift_scale: Annotated[Optional[float], typer.Option(help="width of the random draws (default: each run's)")] = None,
+    episodes: Annotated[Optional[int], typer.Option(help="the first this many source episodes (default all)")] = None,
+    sample_steps: Annotated[Optional[int], typer.Option(help="Euler steps (default: the model's)")] = None,
+    seed: Annotated[int, typer.Option(help="seeds the sampling noise")] = 0,
+    device: Annotated[str, typer.Option()] = "cpu",
+    video_codec: Annotated[str, typer.Option(help="h264 (near-lossless), h264-rgb (exact) or av1")] = "h264",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing dataset at --out")] = False,
+) -> None:
+    """Synthetic demonstrations: appearance- or view-transferred copies of a real dataset (LeRobot v3.0,
+    provenance in meta/robodream.json); mix them in with train policy --data REAL --data OUT --data-weight."""
+    from robodream.transfer.generate import generate_transfer
+
+    r = generate_transfer(kind, source, transfer, out, copies=copies, shift=shift, shift_seed=shift_seed,
+                          shift_scale=shift_scale, sample_steps=sample_steps, seed=seed, episodes=episodes,
+                          device=device, video_codec=video_codec, overwrite=overwrite)
+    print_table(f"generate {kind}", ["episodes", "frames", "models", "wall s", "out"],
+                [[r["n_episodes"], r["n_frames"], ", ".join(f"{c}: {p}" for c, p in r["provenance"]["models"].items()),
+                  r["wall_s"], r["out"]]])
+
+
 def register(apps: Apps) -> None:
-    """Add ``train transfer`` and ``eval transfer``."""
+    """Add ``train transfer``, ``eval transfer`` and ``generate``."""
     from robodream.transfer.train import TransferRunConfig, train_transfer
 
     register_train_verb(apps, "transfer", TransferRunConfig, train_transfer, "transfer model",
                         ["held-out PSNR (1 step)", "baseline PSNR", "loss", "train frames"],
                         lambda r: [r.get("psnr"), r.get("baseline_psnr"), r.get("loss"), r["n_train_frames"]])
     apps.eval.command("transfer")(user_errors(eval_transfer_cmd))
+    apps.root.command("generate")(user_errors(generate_cmd))

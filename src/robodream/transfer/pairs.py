@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from robodream.config import from_dict
-from robodream.data.collect import replayable_provenance
+from robodream.data.collect import replayable_provenance, require_real
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.lerobot_format import DEPTH_PREFIX, SEGMENTATION_PREFIX
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv
@@ -48,12 +48,15 @@ def depth_from_mm(mm: np.ndarray) -> np.ndarray:
 
 
 def check_source(ds: LeRobotDataset, camera: str, segmentation: bool) -> dict[str, Any]:
-    """A dataset a transfer model can read for ``camera``: the camera, its depth (and segmentation
-    when ``segmentation``), provenance with one env seed per episode. Returns the provenance.
+    """A dataset a transfer model can read for ``camera``: real (not ``robodream generate``d), the
+    camera, its depth (and segmentation when ``segmentation``), provenance with one env seed per
+    episode. Returns the provenance.
 
     Raises:
-        DatasetError: a missing camera, depth or segmentation feature (named), or no provenance.
+        DatasetError: a synthetic dataset, a missing camera, depth or segmentation feature (named),
+            or no provenance.
     """
+    require_real(ds, "a transfer model (its pairs are re-rendered from the recorded trajectory)")
     if camera not in ds.cameras:
         raise DatasetError(f"{ds.root} has no camera {camera!r}; it has {', '.join(ds.cameras) or 'none'}")
     needed = [DEPTH_PREFIX + camera] + ([SEGMENTATION_PREFIX + camera] if segmentation else [])
