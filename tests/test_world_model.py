@@ -155,3 +155,25 @@ def test_text_encoder_is_offline_semantic_and_cached(monkeypatch):
     assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.2  # a real sentence encoder: paraphrases are close
     monkeypatch.setattr(enc, "_model", lambda: (_ for _ in ()).throw(AssertionError("re-encoded a cached string")))
     torch.testing.assert_close(enc.encode(["open the drawer"]), e[2:3])
+
+
+def test_action_free_dreams():
+    """action_drop_prob trains the action-free mode: frame_actions=None samples with null action
+    tokens and the task kept, in one chunk or rolled out over several."""
+    m = _model(action_drop_prob=0.5)
+    lat, act, task = _inputs(m)
+    kw = dict(n_steps=2, noise=torch.randn(2, 2, *lat.shape[2:], generator=torch.Generator().manual_seed(3)))
+    free = m.sample(lat[:, :1], None, task, **kw)
+    assert free.shape == lat.shape and torch.equal(free[:, :1], lat[:, :1])
+    null = torch.zeros_like(act)
+    with torch.no_grad():  # the same network with every action token nulled by hand
+        m.action_in[-1].weight.zero_(), m.action_in[-1].bias.copy_(m.action_null)
+    torch.testing.assert_close(m.sample(lat[:, :1], null, task, **kw), free)
+    assert not torch.allclose(m.sample(lat[:, :1], None, task.flip(0), **kw)[:, 1:], free[:, 1:])  # the task matters
+    dream = m.rollout(lat[:, :1], None, task, n_chunks=2, n_steps=2, generator=torch.Generator().manual_seed(0))
+    assert dream.shape == (2, 4, *lat.shape[2:]) and torch.isfinite(dream).all()
+    loss, _ = _model(action_drop_prob=0.5).train()(lat, act, task, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="action_drop_prob"):
+        WorldModelConfig(**{**TINY, "action_drop_prob": 1.0})

@@ -60,6 +60,9 @@ class WorldModelConfig:
     # --- conditioning -----------------------------------------------------------------------------
     text_encoder: str = DEFAULT_TEXT_ENCODER  # sentence encoder of the task instruction ("" = no text)
     cond_drop_prob: float = 0.1  # classifier-free guidance: drop task, text and actions together
+    # Drop the actions alone (task and text kept) with this probability: trains the action-free
+    # (text + first frame) mode of dreams (GigaWorld-0's data engine, DreamGen). 0 = off.
+    action_drop_prob: float = 0.0
 
     # --- rectified flow -------------------------------------------------------------------------
     time_shift: float = 3.0  # s in t' = s t / (1 + (s - 1) t)
@@ -92,6 +95,8 @@ class WorldModelConfig:
             raise ConfigError(f"unknown text encoder {self.text_encoder!r}; available: {sorted(TEXT_DIMS)} or ''")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ConfigError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if not 0.0 <= self.action_drop_prob < 1.0:
+            raise ConfigError(f"action_drop_prob must be in [0, 1), got {self.action_drop_prob}")
 
     # ------------------------------------------------------------------ derived sizes
     @property

@@ -17,7 +17,10 @@ the future frames. Image-to-video: the context frames stay clean (``t = 0``) and
 mask channel (1 on context frames, 0 elsewhere) tells the network which frames are given.
 Classifier-free guidance: with probability ``cond_drop_prob`` a clip's task, text and
 actions are all replaced by learned null tokens; sampling mixes the two velocities with
-``guidance_scale``.
+``guidance_scale``. With probability ``action_drop_prob`` only the actions are dropped (task and
+text kept), which trains the action-free mode: ``sample(..., frame_actions=None)`` imagines how
+the task goes on from the first frame and the instruction alone (the dreams of GigaWorld-0's
+data engine, labelled afterwards by an inverse-dynamics model).
 
 Tensor conventions (B = batch, T = clip frames, N = cameras, C/h/w = latent grid, S =
 ``frame_stride``, Da = action size):
@@ -152,7 +155,8 @@ class VideoWorldModel(nn.Module):
 
     # ------------------------------------------------------------------ network
     def velocity(self, x: torch.Tensor, t_frame: torch.Tensor, frame_actions: torch.Tensor, task_index: torch.Tensor,
-                 text_emb: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+                 text_emb: torch.Tensor | None = None, drop: torch.Tensor | None = None,
+                 drop_actions: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted velocity of every frame.
 
         Args:
@@ -160,6 +164,7 @@ class VideoWorldModel(nn.Module):
             t_frame: (B, T) flow time of each frame (0 on context frames).
             frame_actions, task_index, text_emb: see the module docstring.
             drop: (B,) bool, conditions replaced by null tokens (classifier-free guidance).
+            drop_actions: (B,) bool, only the actions replaced by null tokens (action-free).
 
         Returns:
             (B, T, N, C, h, w); only the future frames are meaningful.
@@ -169,7 +174,7 @@ class VideoWorldModel(nn.Module):
         drop = torch.zeros(B, dtype=torch.bool, device=x.device) if drop is None else drop
         mask = self.is_context.to(x.dtype).view(1, T, 1, 1, 1, 1).expand(B, T, x.shape[2], 1, *x.shape[-2:])
         h = self.patch_in(self.patchify(torch.cat([x, mask], 3)))  # (B, L, D)
-        act = self.action_tokens(frame_actions, drop)  # (B, T, D)
+        act = self.action_tokens(frame_actions, drop if drop_actions is None else drop | drop_actions)  # (B, T, D)
         ctx = self.context_tokens(task_index, text_emb, act, drop)  # (B, M, D)
         cond = self.time_embedding(t_frame) + act.to(torch.float32)  # (B, T, D), one AdaLN vector per frame
         rope = (self.rope_self_cos, self.rope_self_sin)
@@ -198,10 +203,13 @@ class VideoWorldModel(nn.Module):
         t = sample_time(B, cfg.time_shift, generator=generator, device=dev)  # (B,)
         eps = torch.randn(latents.shape, generator=generator, device="cpu").to(dev)
         drop = (torch.rand(B, generator=generator) < cfg.cond_drop_prob).to(dev) if self.training else None
+        drop_actions = None  # drawn only when used, so runs without it keep their random stream
+        if self.training and cfg.action_drop_prob > 0:
+            drop_actions = (torch.rand(B, generator=generator) < cfg.action_drop_prob).to(dev)
         ctx = self.is_context.view(1, T, 1, 1, 1, 1)
         x_t = torch.where(ctx, latents, interpolate(latents, eps, t))
         t_frame = torch.where(self.is_context, 0.0, t[:, None])  # (B, T)
-        v = self.velocity(x_t, t_frame, frame_actions, task_index, text_emb, drop)
+        v = self.velocity(x_t, t_frame, frame_actions, task_index, text_emb, drop, drop_actions)
         n_ctx = cfg.n_context_frames
         loss_flow = F.mse_loss(v[:, n_ctx:].float(), velocity_target(latents[:, n_ctx:], eps[:, n_ctx:]))
         loss, logs = loss_flow, {"loss_flow": float(loss_flow.detach())}
@@ -216,7 +224,7 @@ class VideoWorldModel(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, context: torch.Tensor, frame_actions: torch.Tensor, task_index: torch.Tensor,
+    def sample(self, context: torch.Tensor, frame_actions: torch.Tensor | None, task_index: torch.Tensor,
                text_emb: torch.Tensor | None = None, *, n_steps: int | None = None,
                guidance_scale: float | None = None, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -224,7 +232,9 @@ class VideoWorldModel(nn.Module):
 
         Args:
             context: (B, n_context_frames, N, C, h, w) clean conditioning latents.
-            frame_actions: (B, T - 1, S, Da) normalised actions leading into every later frame.
+            frame_actions: (B, T - 1, S, Da) normalised actions leading into every later frame, or
+                None: action-free (null action tokens; meaningful for models trained with
+                ``action_drop_prob > 0``).
             guidance_scale: ``v = v_uncond + g (v_cond - v_uncond)``; 1 = conditional only.
             noise: (B, n_future_frames, N, C, h, w) initial noise; drawn from ``generator`` if None.
 
@@ -243,13 +253,17 @@ class VideoWorldModel(nn.Module):
         rep = (lambda a: torch.cat([a, a])) if guided else (lambda a: a)  # noqa: E731
         drop = torch.zeros(B, dtype=torch.bool, device=dev)
         drop = torch.cat([drop, ~drop]) if guided else drop
+        drop_actions = None
+        if frame_actions is None:
+            frame_actions = torch.zeros(B, cfg.n_frames - 1, cfg.frame_stride, cfg.action_dim, device=dev)
+            drop_actions = torch.ones_like(drop)
         acts, task = rep(frame_actions), rep(task_index)
         text = None if text_emb is None else rep(text_emb)
         times = euler_timesteps(n_steps or cfg.n_sampling_steps, cfg.time_shift).tolist()
         for t, t_next in zip(times[:-1], times[1:]):
             clip = torch.cat([context, x], 1)  # context frames are re-inserted clean at every step
             t_frame = torch.where(self.is_context, 0.0, t).expand(len(drop), -1)
-            v = self.velocity(rep(clip), t_frame, acts, task, text, drop)[:, n_ctx:].float()
+            v = self.velocity(rep(clip), t_frame, acts, task, text, drop, drop_actions)[:, n_ctx:].float()
             if guided:
                 v_cond, v_uncond = v.chunk(2)
                 v = v_uncond + g * (v_cond - v_uncond)
@@ -257,14 +271,15 @@ class VideoWorldModel(nn.Module):
         return torch.cat([context, x], 1)
 
     @torch.no_grad()
-    def rollout(self, context: torch.Tensor, actions: torch.Tensor, task_index: torch.Tensor, n_chunks: int,
+    def rollout(self, context: torch.Tensor, actions: torch.Tensor | None, task_index: torch.Tensor, n_chunks: int,
                 text_emb: torch.Tensor | None = None, **sample_kw) -> torch.Tensor:
         """Autoregressive dreaming over ``n_chunks`` chunks; each chunk conditions on the last frames so far.
 
         Args:
             context: (B, n_context_frames, N, C, h, w) clean start latents, the last one at step 0.
             actions: (B, (n_context_frames - 1) * S + n_chunks * chunk_steps, Da) normalised
-                actions from the first context frame on (those between context frames first).
+                actions from the first context frame on (those between context frames first), or
+                None: an action-free dream (see :meth:`sample`).
             sample_kw: passed to :meth:`sample` (n_steps, guidance_scale, generator).
 
         Returns:
@@ -273,12 +288,14 @@ class VideoWorldModel(nn.Module):
         cfg = self.cfg
         S, hist, n_ctx = cfg.frame_stride, (cfg.n_context_frames - 1) * cfg.frame_stride, cfg.n_context_frames
         need = hist + n_chunks * cfg.chunk_steps
-        if actions.shape[1] < need:
+        if actions is not None and actions.shape[1] < need:
             raise ValueError(f"{n_chunks} chunks need {need} actions, got {actions.shape[1]}")
         frames = list(context.unbind(1))
         for c in range(n_chunks):
-            a = actions[:, c * cfg.chunk_steps: c * cfg.chunk_steps + hist + cfg.chunk_steps]
-            a = a.reshape(a.shape[0], cfg.n_frames - 1, S, -1)
+            a = None
+            if actions is not None:
+                a = actions[:, c * cfg.chunk_steps: c * cfg.chunk_steps + hist + cfg.chunk_steps]
+                a = a.reshape(a.shape[0], cfg.n_frames - 1, S, -1)
             clip = self.sample(torch.stack(frames[-n_ctx:], 1), a, task_index, text_emb, **sample_kw)
             frames += clip[:, n_ctx:].unbind(1)
         return torch.stack(frames[n_ctx:], 1)
