@@ -15,7 +15,8 @@ from robodream.policy.modeling import ACTION, FUTURE, PREFIX, GigaWorldPolicy, b
 
 def tiny_cfg(**kw) -> PolicyConfig:
     base = dict(dim=32, depth=2, n_heads=2, horizon=8, n_action_steps=4, video_stride=4, latent_channels=4,
-                latent_size=4, patch_size=2, tasks=("a", "b"), n_inference_steps=4, action_expert_dim=16)
+                latent_size=4, patch_size=2, tasks=("a", "b"), n_inference_steps=4, action_expert_dim=16,
+                pixel_stem_width=0)  # latents only; test_pixel_stem_sees_the_raw_frames covers the stem
     base.update(kw)
     return PolicyConfig(**base)
 

@@ -76,6 +76,9 @@ def test_legacy_defaults_fill_fields_older_configs_lack():
     assert from_dict(PolicyRunConfig, d, legacy=True).model.action_expert_dim == 0  # a saved run
     assert from_dict(PolicyRunConfig, d).model.action_expert_dim == 64  # a new config: today's default
     assert from_dict(PolicyRunConfig, to_dict(PolicyRunConfig()), legacy=True).model.action_expert_dim == 64
+    del d["model"]["pixel_stem_width"]  # written before the pixel stem: latents only
+    assert from_dict(PolicyRunConfig, d, legacy=True).model.pixel_stem_width == 0
+    assert from_dict(PolicyRunConfig, d).model.pixel_stem_width == 32
 
 
 def test_options_are_generated_from_the_dataclasses():
@@ -191,10 +194,10 @@ def test_random_shift_augmentation_is_seeded(work, tmp_path):
     assert not all(torch.equal(x["views"], y["views"]) for x, y in zip(a, c))
     assert not torch.equal(a[0]["views"][:, 0], a[0]["latents"])  # a copy is shifted
     run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "aug", "--steps", 2,
-        "--augment-views", 2, "--augment-pad", 3, *TINY_POLICY)
+        "--augment-views", 2, "--augment-pad", 3, "--model.pixel-stem-width", 0, *TINY_POLICY)
     assert json.loads((tmp_path / "aug" / "config.json").read_text())["augment_views"] == 2
     res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "bad",
-              "--augment-views", 2, "--augment-pad", 0, code=2)
+              "--augment-views", 2, "--augment-pad", 0, "--model.pixel-stem-width", 0, code=2)
     one_line_error(res, "augment_pad")
     res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "bad2",
               "--augment-views", 2, "--pixel-stem-width", 8, code=2)
