@@ -107,24 +107,23 @@ class EpisodeTable:
         Raises:
             ValueError: ``source_weights`` without per-frame sources, or of the wrong length.
         """
-        pool = None if margin is None else self.anchor_pool(*margin)
-        if source_weights:
-            if self.source is None or len(source_weights) <= int(self.source.max()):
-                raise ValueError(f"{len(source_weights)} source weights for a table of "
-                                 f"{'no' if self.source is None else int(self.source.max()) + 1} sources")
-            order, counts, starts, keys = self._groups("source", margin)
-            w = torch.tensor(source_weights, dtype=torch.float64)[keys]
-            g = torch.multinomial(w, n, replacement=True, generator=generator)
+        if source_weights or balance_tasks:  # a group (dataset or task), then a frame within it
+            if source_weights and self.source is None:
+                raise ValueError(f"{len(source_weights)} source weights for a table of no sources")
+            order, counts, starts, keys = self._groups("source" if source_weights else "task_index", margin)
+            if source_weights:
+                if len(source_weights) <= int(keys[-1]):
+                    raise ValueError(f"{len(source_weights)} source weights for a table of {int(keys[-1]) + 1} sources")
+                g = torch.multinomial(torch.tensor(source_weights, dtype=torch.float64)[keys], n, replacement=True,
+                                      generator=generator)
+            else:
+                g = torch.randint(0, len(counts), (n,), generator=generator)
             offset = (torch.rand(n, generator=generator) * counts[g]).long().clamp_max(counts[g] - 1)
             return order[starts[g] + offset]
-        if not balance_tasks:
-            if pool is None:
-                return torch.randint(0, len(self), (n,), generator=generator)
-            return pool[torch.randint(0, len(pool), (n,), generator=generator)]
-        order, counts, starts, _ = self._groups("task_index", margin)
-        t = torch.randint(0, len(counts), (n,), generator=generator)
-        offset = (torch.rand(n, generator=generator) * counts[t]).long().clamp_max(counts[t] - 1)
-        return order[starts[t] + offset]
+        if margin is None:
+            return torch.randint(0, len(self), (n,), generator=generator)
+        pool = self.anchor_pool(*margin)
+        return pool[torch.randint(0, len(pool), (n,), generator=generator)]
 
     def _groups(self, key: str, margin: tuple[int, int] | None) -> tuple[torch.Tensor, ...]:
         """Anchor frames grouped by ``key`` (``task_index`` or ``source``), cached: (order, counts,

@@ -18,7 +18,10 @@ class ConvStem(nn.Module):
     """Maps (B, C_in, H, W) -> tokens (B, (H / 2^k) * (W / 2^k), dim), row-major.
 
     A 3x3 conv at full resolution, then ``halvings`` (k) stride-2 4x4 convs of ``width``
-    channels (SiLU between), then a 1x1 projection to ``dim``.
+    channels (SiLU between), then a 1x1 projection to ``dim``. H and W must be multiples of 2^k.
+    The patch-embedding role of ViT's hybrid conv stem (Dosovitskiy et al. 2021, Sec. 3.1;
+    Xiao et al. 2021, "Early convolutions help transformers see better"); for control maps the
+    ControlNet-style encoder of Cosmos-Transfer (arXiv 2503.14492).
     """
 
     def __init__(self, in_channels: int, width: int, dim: int, halvings: int) -> None:

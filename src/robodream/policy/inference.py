@@ -84,8 +84,9 @@ class FastInference:
         Euler steps of the action tokens on its cached keys/values. a: (B, H, action_dim) noise
         -> the denoised chunk; ``prefix_mods``, ``step_mods``, ``step_act`` from
         :meth:`_inference_modulations` (indexed ``prefix_mods[layer]``, ``step_mods[k][layer]``,
-        ``step_act[k]``); dts: (n, 1, 1, 1); ref_frames: raw frames of pixel-stem models. One function so that :meth:`compile_inference`
-        compiles it whole."""
+        ``step_act[k]``); dts: (n, 1, 1, 1); ref_frames: (B, N, 3, H, W) uint8 raw frames of
+        pixel-stem models, else None. One function so that :meth:`compile_inference` compiles it
+        whole."""
         kv = self.encode_prefix(state, ref_latents, task_index, prefix_mods, ref_frames)
         for k in range(len(step_mods)):
             a = self._action_only_step(a, kv, step_mods[k], step_act[k], dts[k])

@@ -96,11 +96,12 @@ class PolicyRunner:
         if images.shape[0] != len(cfg.cameras):
             raise ConfigError(f"expected {len(cfg.cameras)} camera images, got {images.shape[0]}")
         t0 = time.perf_counter()
-        lat = self.tokenizer.encode(torch.from_numpy(images).to(self.device)).unsqueeze(0)  # (1, N, C, h, w)
+        frames = torch.from_numpy(images).to(self.device)  # (N, H, W, 3) uint8
+        lat = self.tokenizer.encode(frames).unsqueeze(0)  # (1, N, C, h, w)
         s = self.policy.normalize_state(torch.as_tensor(state, dtype=torch.float32, device=self.device)[None])
         noise = torch.randn(1, cfg.horizon, cfg.action_dim, generator=self.gen).to(self.device)
-        frames = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)[None] if self.policy.pixel_stem else None
-        out = self.policy.sample(s, lat, self.task_index, mode=self.mode, noise=noise, ref_frames=frames)
+        ref_frames = frames.permute(0, 3, 1, 2)[None] if self.policy.pixel_stem is not None else None  # (1, N, 3, H, W)
+        out = self.policy.sample(s, lat, self.task_index, mode=self.mode, noise=noise, ref_frames=ref_frames)
         actions = self.policy.unnormalize_action(out.actions)[0].float().cpu().numpy()
         self.chunk_latency_ms.append((time.perf_counter() - t0) * 1000.0)
         if out.future_latents is not None:

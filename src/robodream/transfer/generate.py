@@ -1,4 +1,5 @@
-"""Synthetic demonstrations from real ones: appearance- and view-transferred copies of a dataset.
+"""Synthetic demonstrations from real ones: appearance- and view-transferred copies of a dataset
+(the AppearanceTransfer / ViewTransfer part of GigaWorld-0's data engine, arXiv 2511.19861).
 
 ``robodream generate --kind appearance|view --source DS --transfer RUN [--transfer RUN2] --out OUT``
 calls :func:`generate_transfer`. Every episode of DS (recorded with ``collect --with-depth``, and
@@ -46,6 +47,7 @@ from robodream.envs.meta_world import MetaWorldEnv
 from robodream.envs.shift import ShiftConfig
 from robodream.errors import ConfigError, DatasetError
 from robodream.tokenizer.model import decode_latents, encode_frames
+from robodream.transfer.modeling import relative_pose
 from robodream.transfer.pairs import WRIST_CAMERAS, check_source, depth_from_mm, source_env_config
 from robodream.transfer.train import load_transfer, training_shift
 from robodream.transfer.warp import forward_warp
@@ -117,7 +119,6 @@ def generate_transfer(kind: str, source: str | os.PathLike, transfer_runs: list[
     seeds = [int(prov["seeds"][i]) for i in chosen]
     targets = {cam: [training_shift(kind, scale, shift_seed + c, shift) for c in range(copies)]
                for cam, (_, _, _, scale) in models.items()}  # also checks the preset name
-    max_len = max((ds.episode(i).length for i in chosen), default=1)
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -132,8 +133,7 @@ def generate_transfer(kind: str, source: str | os.PathLike, transfer_runs: list[
         bar = progress.add_task(f"generate {kind}", total=copies * len(chosen))
         # The conditions of the generator per camera and copy: per episode seed, the reference
         # frame (appearance) or the camera matrices before and after the shift (view).
-        conditions = {cam: [_conditions(kind, prov, cam, tgt, seeds, max_len) for tgt in targets[cam]]
-                      for cam in models}
+        conditions = {cam: _conditions(kind, prov, cam, targets[cam], seeds) for cam in models}
         for c in range(copies):
             for k, i in enumerate(chosen):
                 ep = ds.episode(i)
@@ -171,28 +171,36 @@ def _names(ds: LeRobotDataset, key: str, n: int) -> list[str]:
     return list(names) if isinstance(names, list) and len(names) == n else [f"{key}_{j}" for j in range(n)]
 
 
-def _conditions(kind: str, prov: dict[str, Any], cam: str, target: ShiftConfig, seeds: list[int],
-                max_len: int) -> list[dict[str, np.ndarray]]:
-    """Per episode seed, what the generator knows of the target: the first frame of the scene in
-    the target appearance (appearance), or the camera matrices before and after the shift (view)."""
-    src_cfg = source_env_config(prov, cam, max_len)
-    out = []
-    src_env = MetaWorldEnv(src_cfg) if kind == "view" else None
-    tgt_env = MetaWorldEnv(dataclasses.replace(src_cfg, shift=target))
-    try:
-        for s in seeds:
-            if kind == "appearance":
-                out.append({"reference_rgb": tgt_env.reset(s).images[0]})
-            else:
+def _conditions(kind: str, prov: dict[str, Any], cam: str, targets: list[ShiftConfig],
+                seeds: list[int]) -> list[list[dict[str, np.ndarray]]]:
+    """Per target (copy) and episode seed, what the generator knows of the target: the first frame
+    of the scene in the target appearance (appearance), or the camera matrices before and after
+    the shift (view). Only initial states are rendered (``reset``), never a trajectory."""
+    src_cfg = source_env_config(prov, cam, max_steps=1)
+    src_matrices = []
+    if kind == "view":  # the recording's camera, the same for every copy
+        src_env = MetaWorldEnv(src_cfg)
+        try:
+            for s in seeds:
                 src_env.reset(s)
-                tgt_env.reset(s)
-                K_src, T_src = src_env.camera_matrices(cam)
-                K_dst, T_dst = tgt_env.camera_matrices(cam)
-                out.append({"K_src": K_src, "T_src": T_src, "K_dst": K_dst, "T_dst": T_dst})
-    finally:
-        tgt_env.close()
-        if src_env is not None:
+                src_matrices.append(src_env.camera_matrices(cam))
+        finally:
             src_env.close()
+    out = []
+    for target in targets:
+        tgt_env = MetaWorldEnv(dataclasses.replace(src_cfg, shift=target))
+        try:
+            per_seed = []
+            for j, s in enumerate(seeds):
+                obs = tgt_env.reset(s)
+                if kind == "appearance":
+                    per_seed.append({"reference_rgb": obs.images[0]})
+                else:
+                    (K_src, T_src), (K_dst, T_dst) = src_matrices[j], tgt_env.camera_matrices(cam)
+                    per_seed.append({"K_src": K_src, "T_src": T_src, "K_dst": K_dst, "T_dst": T_dst})
+            out.append(per_seed)
+        finally:
+            tgt_env.close()
     return out
 
 
@@ -200,8 +208,6 @@ def _conditions(kind: str, prov: dict[str, Any], cam: str, target: ShiftConfig, 
 def _generate_episode(model, tokenizer, ds: LeRobotDataset, i: int, cam: str, cond: dict[str, np.ndarray],
                       sample_steps: int | None, gen: torch.Generator, batch_size: int, device) -> np.ndarray:
     """The generated frames (T, H, W, 3) uint8 of camera ``cam`` of episode ``i``."""
-    from robodream.transfer.modeling import relative_pose
-
     # Depth as the models were trained on it: metres (inf: nothing seen) stored as float16.
     depth = depth_from_mm(ds.array(i, DEPTH_PREFIX + cam)).astype(np.float16).astype(np.float32)  # (T, H, W)
     T = len(depth)
