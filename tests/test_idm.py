@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from robodream.cli import app
 from robodream.data.windows import EpisodeTable
-from robodream.idm.modeling import IDMConfig, InverseDynamicsModel, label
+from robodream.idm.modeling import IDMConfig, InverseDynamicsModel, label, label_video
 from robodream.idm.train import clip_batch
 
 runner = CliRunner()
@@ -178,3 +179,101 @@ def test_eval_idm_on_a_dataset_it_never_saw(work, tmp_path):
     r = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert r["episode_source"] == "a dataset the IDM run did not train on" and r["n_episodes"] == 1
     assert r["seeds_also_in_run_datasets"] == [0] and r["replay"]["true_actions"]["success_rate"] == 1.0
+
+
+# ----------------------------------------------------------------------------- labeller heads and dreams
+def test_state_and_success_heads_learn_and_label_a_video(one_thread):
+    """The state head predicts the state after each action and the success head next.success;
+    label_video gives state[0] = the given state and later rows from the windows."""
+    gens = [torch.Generator().manual_seed(i) for i in range(48)]
+    eps = []
+    for g in gens:
+        e = synthetic_episode(g)
+        e["success"] = e["state"][:, 0] > 0.0  # "done" when the first state number is positive: visible in the latents
+        e["success"] = torch.cat([e["success"][1:], e["success"][-1:]])  # next.success: after the action
+        eps.append(e)
+    table = EpisodeTable.from_episodes(eps)
+    assert table.success is not None and table.success.dtype == torch.bool
+    torch.manual_seed(0)
+    model = tiny_idm()
+    model.set_normalization(table.normalization())
+    b = clip_batch(model, table, torch.arange(len(table)), "cpu")
+    assert b["next_state"].shape == (len(table), 2, 2) and b["success"].shape == (len(table), 2)
+    # the next state of the anchor's first action is the state of the next frame
+    assert torch.allclose(model.unnormalize_state(b["next_state"][0, 0]), table.state[1], atol=1e-5)
+    assert bool(b["next_state_is_pad"][table.episode_end - 1][:, 0].all())  # the last frame has no next frame
+    test = synthetic_episode(torch.Generator().manual_seed(99))
+
+    def state_error() -> float:
+        model.eval()
+        return float((label_video(model, test["latents"], test["state"][0])["state"][1:] - test["state"][1:])
+                     .pow(2).mean())
+
+    untrained = state_error()  # the zero-initialised head predicts the mean state
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(400):
+        gen = torch.Generator().manual_seed(step)
+        loss, parts = model.loss(**clip_batch(model, table, table.sample_anchors(64, gen), "cpu"), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert {"action_loss", "state_loss", "success_loss"} <= set(parts)
+    model.eval()
+    lab = label_video(model, test["latents"], test["state"][0])
+    assert lab["action"].shape == (24, 2) and lab["state"].shape == (24, 2) and lab["success_prob"].shape == (24,)
+    assert torch.equal(lab["state"][0], test["state"][0])
+    assert state_error() < 0.15 * untrained, (state_error(), untrained)
+    truth = torch.cat([test["state"][1:, 0] > 0, test["state"][-1:, 0] > 0])
+    assert float(((lab["success_prob"] > 0.5) == truth)[:-1].float().mean()) > 0.85
+
+
+def test_runs_saved_before_the_heads_load_without_them():
+    from robodream.config import from_dict
+
+    cfg = from_dict(IDMConfig, {"horizon": 4}, legacy=True)
+    assert not cfg.predict_state and not cfg.predict_success and cfg.out_dim == cfg.action_dim
+    assert IDMConfig().out_dim == IDMConfig().action_dim + IDMConfig().state_dim + 1
+
+
+def test_generate_dreams_writes_a_labelled_synthetic_dataset(work, tmp_path):
+    """generate --kind dream: action-free world-model rollouts from new seeds, labelled by the IDM,
+    written with provenance; train policy accepts them; runs that cannot dream are refused."""
+    from robodream.data.lerobot import LeRobotDataset
+
+    wm_args = ["--dim", "24", "--n-heads", "2", "--depth", "1", "--n-future-frames", "4", "--window", "0,3,3",
+               "--batch-size", "4", "--steps", 2]
+    run("train", "world-model", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "wm",
+        "--frame-stride", 1, "--action-drop-prob", 0.3, *wm_args)
+    run("generate", "--kind", "dream", "--world-model", tmp_path / "wm", "--idm", work / "idm", "--task", "reach-v3",
+        "--episodes", 3, "--steps", 10, "--filter", "none", "--sample-steps", 2, "--out", tmp_path / "d")
+    ds = LeRobotDataset(tmp_path / "d")
+    assert ds.num_episodes == 3 and list(ds.episode_lengths) == [10, 10, 10]
+    assert list(ds.cameras) == ["corner", "behindGripper"]
+    prov = json.loads((tmp_path / "d" / "meta" / "robodream.json").read_text())
+    assert prov["synthetic"] == "dream" and prov["seeds"] == [3_000_000, 3_000_001, 3_000_002]
+    assert prov["filter"]["name"] == "none" and prov["models"]["idm"] == str(work / "idm")
+    from robodream.envs.meta_world import EnvConfig, MetaWorldEnv
+
+    env = MetaWorldEnv(EnvConfig(task="reach-v3", image_size=32))
+    try:  # each dream starts from the rendered initial state of its seed
+        first = env.reset(3_000_001)
+    finally:
+        env.close()
+    np.testing.assert_allclose(ds.episode(1).state[0], first.state, atol=1e-6)
+    run("train", "policy", "--data", work / "ds", "--data", tmp_path / "d", "--data-weight", "1,1", "--tokenizer",
+        work / "tok", "--out", tmp_path / "pol", "--steps", 2, "--dim", 32, "--depth", 1, "--horizon", 8,
+        "--n-action-steps", 4, "--video-stride", 4, "--action-expert-dim", 16, "--batch-size", 8)
+    # refused: a synthetic dataset for the IDM, a world model that predicts every other step, bad options
+    one_line_error(run("train", "idm", "--data", tmp_path / "d", "--tokenizer", work / "tok", "--out",
+                       tmp_path / "i2", code=2), "synthetic (dream", "real demonstrations")
+    run("train", "world-model", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "wm2",
+        "--frame-stride", 2, "--action-drop-prob", 0.3, *wm_args)
+    one_line_error(run("generate", "--kind", "dream", "--world-model", tmp_path / "wm2", "--idm", work / "idm",
+                       "--task", "reach-v3", "--out", tmp_path / "d2", code=2), "frame-stride 1")
+    one_line_error(run("generate", "--kind", "dream", "--world-model", tmp_path / "wm", "--idm", work / "idm",
+                       "--task", "reach-v3", "--seed-start", 0, "--out", tmp_path / "d2", code=2), "training seeds")
+    one_line_error(run("generate", "--kind", "dream", "--world-model", tmp_path / "wm", "--task", "reach-v3",
+                       "--out", tmp_path / "d2", code=2), "--idm")
+    one_line_error(run("generate", "--kind", "dreams", "--out", tmp_path / "d2", code=2), "unknown kind")
+    assert not (tmp_path / "d2").exists() and not (tmp_path / "i2").exists()

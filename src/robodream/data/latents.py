@@ -15,6 +15,7 @@ An encoded episode is a dict::
     views       (T, K, n_cam, C, h, w) float32 K shifted copies (random-shift augmentation), if asked
     frames      (T, n_cam, 3, H, W) uint8      the raw frames, if asked (models with a pixel stem)
     source      int                            index of the episode's dataset in the run's list
+    success     (T,) bool                      next.success, when the dataset records it
 
 Random-shift augmentation (DrQ, Kostrikov et al. 2020; the random crop of Diffusion Policy):
 frames are translated by up to ``pad`` pixels (edges replicated) before encoding. Since frames
@@ -118,6 +119,8 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
         lats = [encode_frames(tokenizer, frames[c][i], batch).cpu() for c in cameras]
         e = {"latents": torch.stack(lats, 1), "state": torch.as_tensor(ep.state), "action": torch.as_tensor(ep.action),
              "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task}
+        if "next.success" in ep.extra:
+            e["success"] = torch.as_tensor(np.asarray(ep.extra["next.success"], dtype=bool).reshape(-1))
         if keep_frames:
             e["frames"] = torch.from_numpy(np.stack([frames[c][i] for c in cameras], 1)).permute(0, 1, 4, 2, 3).contiguous()
         if views:
@@ -188,15 +191,16 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
 def share_episodes(episodes: list[dict]) -> list[dict]:
     """Rank 0's encoded episodes on every process (a collective; one process: returned as is).
 
-    The tensors travel as one concatenated buffer per key (latents, state, action, and views or
-    frames when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
+    The tensors travel as one concatenated buffer per key (latents, state, action, and views,
+    frames or success when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
     sources go as objects.
     """
     if world_size() == 1:
         return episodes
     meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source")) for e in episodes]
                             if is_main() else None)
-    keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames") if k in episodes[0]]
+    keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "success")
+                             if k in episodes[0]]
                             if is_main() and episodes else None)
     shapes = broadcast_object([(tuple(episodes[0][k].shape[1:]), episodes[0][k].dtype) for k in keys]
                               if is_main() and episodes else None)

@@ -33,6 +33,8 @@ class EpisodeTable:
         (random-shift augmentation, :mod:`robodream.data.latents`), or None.
     frames: (N, n_cam, 3, H, W) uint8 raw frames (for models with a pixel stem), or None.
     source: (N,) int64 index of each frame's dataset (for per-source sampling weights), or None.
+    success: (N,) bool ``next.success`` of each frame (the task reported success after its
+        action), or None (labels for the IDM's success head).
     """
 
     latents: torch.Tensor
@@ -44,6 +46,7 @@ class EpisodeTable:
     views: torch.Tensor | None = None
     frames: torch.Tensor | None = None
     source: torch.Tensor | None = None
+    success: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -64,8 +67,8 @@ class EpisodeTable:
     @classmethod
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
         """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``
-        (and optionally ``views``, ``frames``, ``source``: kept when every episode has them)."""
-        lat, st, ac, ti, s0, s1, vw, fr, so = [], [], [], [], [], [], [], [], []
+        (and optionally ``views``, ``frames``, ``source``, ``success``: kept when every episode has them)."""
+        lat, st, ac, ti, s0, s1, vw, fr, so, su = [], [], [], [], [], [], [], [], [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
@@ -73,6 +76,8 @@ class EpisodeTable:
             if "frames" in ep:
                 fr.append(torch.as_tensor(ep["frames"], dtype=torch.uint8))
             T = len(ep["action"])
+            if "success" in ep:
+                su.append(torch.as_tensor(ep["success"], dtype=torch.bool).reshape(-1))
             if "source" in ep:
                 so.append(torch.full((T,), int(ep["source"]), dtype=torch.long))
             lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
@@ -85,8 +90,9 @@ class EpisodeTable:
         views = torch.cat(vw) if vw and len(vw) == len(episodes) else None
         frames = torch.cat(fr) if fr and len(fr) == len(episodes) else None
         source = torch.cat(so) if so and len(so) == len(episodes) else None
+        success = torch.cat(su) if su and len(su) == len(episodes) else None
         return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
-                   frames, source)
+                   frames, source, success)
 
     def __len__(self) -> int:
         return len(self.action)

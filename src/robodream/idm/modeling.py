@@ -16,7 +16,11 @@ SigLIP-2 features). Here:
   :func:`label` uses for every window after the first.
 * **Output**: the action chunk ``a_t, ..., a_{t+H-1}`` (H, Da) that took frame t to frame
   t + H (action ``a_i`` is applied at frame i and leads to frame i + 1), normalised with the
-  training data's mean/std (the gripper dimension too).
+  training data's mean/std (the gripper dimension too). Two optional heads on the same query
+  tokens make it the full labeller of a generated video: ``predict_state`` regresses the
+  normalised state each action led to (frames t + 1 .. t + H: a generated video shows the robot
+  but records no proprioception) and ``predict_success`` a logit of ``next.success`` (the task
+  is done after action i), which :mod:`robodream.world_model.dreams` uses to filter dreams.
 * **Model**: a transformer encoder (the shared :class:`~robodream.models.transformer.AdaLNBlock`,
   full attention) over ``[state (1) | clip patches (F x n_cam x tokens_per_frame) | action
   queries (H)]``; the query tokens are read out by a zero-initialised linear head (so an
@@ -71,12 +75,18 @@ class IDMConfig:
     mlp_ratio: float = 4.0  # MLP hidden width / token width
     patch_size: int = 2  # latent patch side: a token covers patch_size^2 latent cells
     loss: str = "l1"  # regression loss on normalised actions: l1 or mse
+    predict_state: bool = True  # also regress the state after each action (frames t+1 .. t+H)
+    predict_success: bool = True  # also predict next.success after each action (a logit)
+    state_loss_weight: float = 1.0  # weight of the state regression (same loss as the actions)
+    success_loss_weight: float = 0.1  # weight of the success binary cross-entropy
 
     extra: dict = field(default_factory=dict)  # free-form notes carried into config.json
 
     #: Fields filled in from the datasets and the tokenizer at training time (not options).
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("state_dim", "action_dim", "cameras", "latent_channels",
                                                  "latent_size", "image_size")
+    #: Values of fields added since the first runs, for runs saved without them.
+    LEGACY_DEFAULTS: ClassVar[dict[str, object]] = {"predict_state": False, "predict_success": False}
 
     def __post_init__(self) -> None:
         self.cameras = tuple(self.cameras)
@@ -96,6 +106,11 @@ class IDMConfig:
     def frame_offsets(self) -> list[int]:
         """Clip frames relative to t: 0, s, ..., H."""
         return list(range(0, self.horizon + 1, self.frame_stride))
+
+    @property
+    def out_dim(self) -> int:
+        """Numbers per query token: the action, then the state and the success logit when predicted."""
+        return self.action_dim + self.state_dim * self.predict_state + int(self.predict_success)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -128,20 +143,30 @@ class InverseDynamicsModel(StateActionNormalization, nn.Module):
         self.action_queries = nn.Parameter(torch.zeros(cfg.horizon, D))
         self.cond = nn.Parameter(torch.zeros(1, 1, D))  # AdaLN conditioning shared by every token and sample
         self.blocks = nn.ModuleList(AdaLNBlock(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.head = FinalLayer(D, cfg.action_dim)  # zero-initialised: starts at the mean action
+        self.head = FinalLayer(D, cfg.out_dim)  # zero-initialised: starts at the mean action (and state)
         for p in (self.unknown_state, self.pos_state, self.pos_clip, self.action_queries, self.cond):
             nn.init.normal_(p, std=0.02)
         self.init_normalization(cfg.state_dim, cfg.action_dim)
 
     def forward(self, latents: torch.Tensor, state: torch.Tensor | None = None,
                 state_known: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted normalised action chunk (B, H, Da).
+        """Predicted normalised action chunk (B, H, Da); see :meth:`predict` for the arguments."""
+        return self.predict(latents, state, state_known)["action"]
+
+    def predict(self, latents: torch.Tensor, state: torch.Tensor | None = None,
+                state_known: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every head's output for a batch of clips.
 
         Args:
             latents: (B, F, N, C, h, w) clip latents, F = ``len(cfg.frame_offsets)``.
             state: (B, Ds) normalised state at the clip's first frame, or None (not observed).
             state_known: (B,) bool, False where ``state`` is to be ignored (the "state unknown"
                 token instead); None: every given state is known.
+
+        Returns:
+            ``action`` (B, H, Da) normalised; with ``predict_state`` also ``state`` (B, H, Ds), the
+            normalised state after each action (frames t + 1 .. t + H); with ``predict_success``
+            ``success_logit`` (B, H), the logit of ``next.success`` after each action.
 
         Raises:
             ValueError: latents of another clip length, camera count or latent grid.
@@ -165,25 +190,56 @@ class InverseDynamicsModel(StateActionNormalization, nn.Module):
         cond = self.cond.expand(B, -1, -1)  # (B, 1, D)
         for blk in self.blocks:
             x, _ = blk(x, blk.modulate(cond))
-        return self.head(x[:, -cfg.horizon:], self.head.modulate(cond))  # (B, H, Da)
+        y = self.head(x[:, -cfg.horizon:], self.head.modulate(cond))  # (B, H, out_dim)
+        Da, Ds = cfg.action_dim, cfg.state_dim
+        out = {"action": y[..., :Da]}
+        if cfg.predict_state:
+            out["state"] = y[..., Da:Da + Ds]
+        if cfg.predict_success:
+            out["success_logit"] = y[..., -1]
+        return out
 
     def loss(self, latents: torch.Tensor, state: torch.Tensor, actions: torch.Tensor,
-             action_is_pad: torch.Tensor | None = None,
+             action_is_pad: torch.Tensor | None = None, next_state: torch.Tensor | None = None,
+             next_state_is_pad: torch.Tensor | None = None, success: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Regression loss (``cfg.loss``) on normalised actions (B, H, Da), with the state dropped
-        (``cfg.state_dropout``, drawn from ``generator``); ``action_is_pad`` (B, H) bool marks steps
-        past the episode end (excluded). Returns the scalar loss and ``{"loss": ...}``."""
+        """Training loss, with the state dropped (``cfg.state_dropout``, drawn from ``generator``).
+
+        The regression loss (``cfg.loss``) on normalised actions (B, H, Da), steps past the
+        episode end (``action_is_pad`` (B, H) bool) excluded; plus, for the heads the config
+        enables and whose targets are given, ``state_loss_weight`` x the same loss on the
+        normalised next states (B, H, Ds) (``next_state_is_pad`` (B, H): no next frame in the
+        episode) and ``success_loss_weight`` x the binary cross-entropy of ``success`` (B, H)
+        (float 0/1, padded steps excluded). Returns the scalar loss and its parts as floats.
+        """
+        cfg = self.cfg
         B = latents.shape[0]
-        known = torch.rand(B, generator=generator) >= self.cfg.state_dropout  # (B,) on CPU: device-independent
-        pred = self(latents, state, known.to(latents.device))
-        err = (pred.float() - actions).abs() if self.cfg.loss == "l1" else (pred.float() - actions).pow(2)
-        err = err.mean(-1)  # (B, H)
-        if action_is_pad is not None:
-            w = (~action_is_pad).float()
-            loss = (err * w).sum() / w.sum().clamp_min(1.0)
-        else:
-            loss = err.mean()
-        return loss, {"loss": float(loss.detach())}
+        known = torch.rand(B, generator=generator) >= cfg.state_dropout  # (B,) on CPU: device-independent
+        pred = self.predict(latents, state, known.to(latents.device))
+
+        def masked_mean(err: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:  # err (B, H)
+            if pad is None:
+                return err.mean()
+            w = (~pad).float()
+            return (err * w).sum() / w.sum().clamp_min(1.0)
+
+        def regression(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # (B, H, D) -> (B, H)
+            d = p.float() - target
+            return (d.abs() if cfg.loss == "l1" else d.pow(2)).mean(-1)
+
+        loss = masked_mean(regression(pred["action"], actions), action_is_pad)
+        parts = {"action_loss": float(loss.detach())}
+        if cfg.predict_state and next_state is not None:
+            state_loss = masked_mean(regression(pred["state"], next_state), next_state_is_pad)
+            loss = loss + cfg.state_loss_weight * state_loss
+            parts["state_loss"] = float(state_loss.detach())
+        if cfg.predict_success and success is not None:
+            bce = nn.functional.binary_cross_entropy_with_logits(pred["success_logit"].float(), success.float(),
+                                                                 reduction="none")
+            success_loss = masked_mean(bce, action_is_pad)
+            loss = loss + cfg.success_loss_weight * success_loss
+            parts["success_loss"] = float(success_loss.detach())
+        return loss, {"loss": float(loss.detach()), **parts}
 
 
 @torch.no_grad()
@@ -214,6 +270,24 @@ def label(idm: InverseDynamicsModel, latents: torch.Tensor, state0: torch.Tensor
     Raises:
         ValueError: ``latents`` not 5-D or with another camera count or latent grid than the model.
     """
+    return label_video(idm, latents, state0, batch_size)["action"]
+
+
+@torch.no_grad()
+def label_video(idm: InverseDynamicsModel, latents: torch.Tensor, state0: torch.Tensor | None = None,
+                batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """:func:`label` with every head the model has: actions, states and success.
+
+    Windows as in :func:`label`. Returns, on ``latents.device``, float32:
+        ``action`` (T, Da) in action units;
+        with ``predict_state`` and ``state0``: ``state`` (T, Ds) in state units, ``state[0] = state0`` and
+        ``state[t]`` for t >= 1 the predicted state after action t - 1;
+        with ``predict_success``: ``success_prob`` (T,), the probability that the task reports
+        success after action t (``next.success``).
+
+    Raises:
+        ValueError: as :func:`label`.
+    """
     cfg = idm.cfg
     if latents.dim() != 5:
         raise ValueError(f"latents must be (T, N, C, h, w), got shape {tuple(latents.shape)}")
@@ -224,9 +298,18 @@ def label(idm: InverseDynamicsModel, latents: torch.Tensor, state0: torch.Tensor
     state = None
     if state0 is not None:
         state = idm.normalize_state(torch.as_tensor(state0, dtype=torch.float32, device=dev)).expand(len(starts), -1)
-    chunks = []
+    parts: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(starts), batch_size):
         sl = slice(i, i + batch_size)
-        chunks.append(idm(latents[frames[sl]].float(), None if state is None else state[sl], known[sl]))
-    pred = idm.unnormalize_action(torch.cat(chunks).float())  # (W, H, Da)
-    return pred.reshape(-1, cfg.action_dim)[:T]
+        out = idm.predict(latents[frames[sl]].float(), None if state is None else state[sl], known[sl])
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.float())
+    pred = {k: torch.cat(v) for k, v in parts.items()}  # (W, H, ...)
+    result = {"action": idm.unnormalize_action(pred["action"]).reshape(-1, cfg.action_dim)[:T]}
+    if "state" in pred and state0 is not None:  # without the state at frame 0 no row 0
+        after = idm.unnormalize_state(pred["state"]).reshape(-1, cfg.state_dim)[:T]  # after action t
+        first = torch.as_tensor(state0, dtype=torch.float32, device=dev).reshape(1, -1)
+        result["state"] = torch.cat([first, after[:T - 1]])
+    if "success_logit" in pred:
+        result["success_prob"] = torch.sigmoid(pred["success_logit"]).reshape(-1)[:T]
+    return result

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from robodream.data.collect import record_provenance
+from robodream.data.collect import record_provenance, require_real
 from robodream.data.latents import check_datasets, encode_run_data
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.windows import EpisodeTable
@@ -65,7 +65,7 @@ def train_idm(cfg: IDMRunConfig, out: str | os.PathLike, *, resume: bool = False
     ``mean_action_mse``: the training-mean baseline on the same windows).
 
     Raises:
-        DatasetError: missing/foreign datasets, camera/image-size/dimension mismatches, a
+        DatasetError: missing/foreign or synthetic datasets, camera/image-size/dimension mismatches, a
             dataset without observation.state or action, non-finite states or actions.
         CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``.
         ConfigError: no dataset, bad settings, or a ``--resume`` that changes the run.
@@ -77,6 +77,8 @@ def train_idm(cfg: IDMRunConfig, out: str | os.PathLike, *, resume: bool = False
         device = resolve_device(cfg.train.device)
         tokenizer = load_tokenizer(cfg.tokenizer, device=device)
         datasets = [LeRobotDataset(p) for p in cfg.data]
+        for ds in datasets:  # labels of generated video must come from a model of real motion
+            require_real(ds, "an IDM")
         cameras, state_dim, action_dim = check_datasets(datasets, tokenizer)
         _, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction,
                                                  seed=cfg.train.seed)
@@ -125,13 +127,26 @@ def train_idm(cfg: IDMRunConfig, out: str | os.PathLike, *, resume: bool = False
 def clip_batch(model: InverseDynamicsModel, table: EpisodeTable, idx: torch.Tensor, device) -> dict[str, torch.Tensor]:
     """Clips anchored at ``idx`` (B,) as keyword arguments of :meth:`InverseDynamicsModel.loss`:
     latents (B, F, N, C, h, w), normalised state at t (B, Ds), normalised actions (B, H, Da) and
-    action_is_pad (B, H) (:meth:`EpisodeTable.clips`: frames past the episode end repeat its last)."""
-    c = table.clips(idx, model.cfg.frame_offsets)
-    B = len(idx)
-    return {"latents": c["latents"].to(device),
-            "state": model.normalize_state(table.state[idx].to(device)),
-            "actions": model.normalize_action(c["actions"].reshape(B, model.cfg.horizon, -1).to(device)),
-            "action_is_pad": c["action_is_pad"].reshape(B, model.cfg.horizon).to(device)}
+    action_is_pad (B, H) (:meth:`EpisodeTable.clips`: frames past the episode end repeat its last);
+    for the state head the normalised next states (B, H, Ds) with next_state_is_pad (B, H) (the
+    step or its next frame past the episode end), and for the success head ``success`` (B, H)
+    (``next.success``; only when the table records it)."""
+    cfg = model.cfg
+    c = table.clips(idx, cfg.frame_offsets)
+    B, H = len(idx), cfg.horizon
+    out = {"latents": c["latents"].to(device),
+           "state": model.normalize_state(table.state[idx].to(device)),
+           "actions": model.normalize_action(c["actions"].reshape(B, H, -1).to(device)),
+           "action_is_pad": c["action_is_pad"].reshape(B, H).to(device)}
+    steps = idx[:, None] + torch.arange(H)  # (B, H) the env step of each action
+    last = table.episode_end[idx, None] - 1  # (B, 1)
+    if cfg.predict_state:
+        nxt = (steps + 1).clamp_max(last)
+        out["next_state"] = model.normalize_state(table.state[nxt].to(device))  # (B, H, Ds)
+        out["next_state_is_pad"] = (steps + 1 > last).to(device)
+    if cfg.predict_success and table.success is not None:
+        out["success"] = table.success[steps.clamp_max(last)].to(device)
+    return out
 
 
 @torch.no_grad()
@@ -141,7 +156,8 @@ def validate_idm(model: InverseDynamicsModel, table: EpisodeTable, device, n: in
     process's part, ``"n"`` its size): the training loss, and the mean squared error per action
     number in action units, with the state at t known (``action_mse``), unknown
     (``action_mse_no_state``) and for the training-mean action (``mean_action_mse``); padded
-    steps excluded."""
+    steps excluded. With the state head ``next_state_mse`` (state units), with the success head
+    and labels ``success_accuracy`` (logit > 0 against ``next.success``)."""
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(table), (min(n, len(table)),), generator=gen)
     idx = idx[shard(len(idx), *shard_of)]
@@ -156,12 +172,22 @@ def validate_idm(model: InverseDynamicsModel, table: EpisodeTable, device, n: in
     def mse(pred_norm: torch.Tensor) -> float:
         return float(((model.unnormalize_action(pred_norm.float()) - truth).pow(2) * valid).sum() / denom)
 
-    pred = model(b["latents"], b["state"]).float()  # (B, H, Da), state at t known
-    err = (pred - b["actions"]).abs() if model.cfg.loss == "l1" else (pred - b["actions"]).pow(2)
-    return {"loss": float((err.mean(-1) * valid.squeeze(-1)).sum() / valid.sum().clamp_min(1.0)),
-            "action_mse": mse(pred),
-            "action_mse_no_state": mse(model(b["latents"], None)),
-            "mean_action_mse": mse(torch.zeros_like(b["actions"])), "n": len(idx)}
+    pred = model.predict(b["latents"], b["state"])  # state at t known
+    act = pred["action"].float()
+    err = (act - b["actions"]).abs() if model.cfg.loss == "l1" else (act - b["actions"]).pow(2)
+    out = {"loss": float((err.mean(-1) * valid.squeeze(-1)).sum() / valid.sum().clamp_min(1.0)),
+           "action_mse": mse(act),
+           "action_mse_no_state": mse(model(b["latents"], None)),
+           "mean_action_mse": mse(torch.zeros_like(b["actions"])), "n": len(idx)}
+    if "state" in pred:  # state units, after each action; the mean of the next frame's position error
+        ok = (~b["next_state_is_pad"]).float().unsqueeze(-1)
+        d = model.unnormalize_state(pred["state"].float()) - model.unnormalize_state(b["next_state"])
+        out["next_state_mse"] = float((d.pow(2) * ok).sum() / (ok.sum() * model.cfg.state_dim).clamp_min(1.0))
+    if "success_logit" in pred and "success" in b:
+        ok = valid.squeeze(-1)
+        hit = ((pred["success_logit"] > 0) == b["success"]).float()
+        out["success_accuracy"] = float((hit * ok).sum() / ok.sum().clamp_min(1.0))
+    return out
 
 
 def load_idm(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -34,6 +34,9 @@ class StateActionNormalization:
     def normalize_state(self, s: torch.Tensor) -> torch.Tensor:
         return (s - self.state_mean) / self.state_std
 
+    def unnormalize_state(self, s: torch.Tensor) -> torch.Tensor:
+        return s * self.state_std + self.state_mean
+
     def normalize_action(self, a: torch.Tensor) -> torch.Tensor:
         return (a - self.action_mean) / self.action_std
 

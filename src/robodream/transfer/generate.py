@@ -54,7 +54,7 @@ from robodream.transfer.warp import forward_warp
 from robodream.utils.progress import progress_bar
 from robodream.utils.run import code_version, now
 
-#: Kinds of synthetic data ``robodream generate`` writes (``dream`` comes with the world-model dreams).
+#: Kinds of transferred data (``robodream generate --kind dream`` is :mod:`robodream.world_model.dreams`).
 KINDS = ("appearance", "view")
 
 
