@@ -266,7 +266,9 @@ def test_generate_dreams_writes_a_labelled_synthetic_dataset(work, tmp_path):
         "--n-action-steps", 4, "--video-stride", 4, "--action-expert-dim", 16, "--batch-size", 8)
     # refused: a synthetic dataset for the IDM, a world model that predicts every other step, bad options
     one_line_error(run("train", "idm", "--data", tmp_path / "d", "--tokenizer", work / "tok", "--out",
-                       tmp_path / "i2", code=2), "synthetic (dream", "real demonstrations")
+                       tmp_path / "i2", code=2), "synthetic (dream", "an IDM needs real demonstrations")
+    one_line_error(run("train", "world-model", "--data", tmp_path / "d", "--tokenizer", work / "tok", "--out",
+                       tmp_path / "i2", *wm_args, code=2), "synthetic (dream", "a world model needs real")
     run("train", "world-model", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "wm2",
         "--frame-stride", 2, "--action-drop-prob", 0.3, *wm_args)
     one_line_error(run("generate", "--kind", "dream", "--world-model", tmp_path / "wm2", "--idm", work / "idm",

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from robodream.data.collect import require_real
 from robodream.data.latents import check_datasets, encode_run_data
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.windows import EpisodeTable
@@ -71,8 +72,8 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
     encoded once (rank 0) and shared.
 
     Raises:
-        DatasetError: missing/foreign datasets, camera/image-size/dimension mismatches, a
-            dataset without actions, non-finite actions.
+        DatasetError: missing/foreign or synthetic datasets, camera/image-size/dimension
+            mismatches, a dataset without actions, non-finite actions.
         CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``.
         ConfigError: no dataset, an inconsistent model configuration, or a ``--resume`` that
             changes the run.
@@ -84,6 +85,8 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
         device = resolve_device(cfg.train.device)
         tokenizer = load_tokenizer(cfg.tokenizer, device=device)
         datasets = [LeRobotDataset(p) for p in cfg.data]
+        for ds in datasets:  # the data engine's generator learns from real video only
+            require_real(ds, "a world model")
         cameras, _, action_dim = check_datasets(datasets, tokenizer, needs=("action",))
 
         tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction)
