@@ -106,6 +106,24 @@ def test_shifted_frames_replicate_the_edges():
     np.testing.assert_array_equal(left[:, :, :2], f[:, :, 2:])
 
 
+def test_color_jitter():
+    """Identity factors keep the frames; brightness scales; saturation and hue leave grey pixels
+    grey; an augmented copy is one draw per episode and deterministic per rng seed."""
+    from robodream.data.latents import augmented, color_jittered
+
+    rng = np.random.default_rng(0)
+    f = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(color_jittered(f, 1.0, 1.0, 1.0, 0.0), f)
+    half = color_jittered(f, 0.5, 1.0, 1.0, 0.0).astype(int)
+    assert np.abs(half - np.round(f / 2)).max() <= 1
+    grey = np.repeat(rng.integers(0, 256, (1, 8, 8, 1), dtype=np.uint8), 3, axis=-1)
+    for out in (color_jittered(grey, 1.0, 1.0, 0.3, 0.0), color_jittered(grey, 1.0, 1.0, 1.0, 0.2)):
+        assert np.abs(out.astype(int) - grey).max() <= 1  # no colour to change
+    a = augmented(f, np.random.default_rng(5), 2, 0.4)
+    assert a.shape == f.shape and a.dtype == np.uint8 and not np.array_equal(a, f)
+    np.testing.assert_array_equal(a, augmented(f, np.random.default_rng(5), 2, 0.4))
+
+
 def test_windows_take_one_shifted_copy_per_sample():
     """Random-shift augmentation: a sample's reference and future frames come from the same
     shifted copy (view k - 1), view 0 is the original."""

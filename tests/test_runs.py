@@ -177,8 +177,8 @@ def test_library_resume_ignores_fields_filled_in_from_the_data(work, tmp_path):
     assert train_policy(cfg, tmp_path / "pol", resume=True)["steps"] == 5
 
 
-def test_random_shift_augmentation_is_seeded(work, tmp_path):
-    """Shifted copies of the training episodes are encoded once, from the run's seed: the same
+def test_image_augmentation_is_seeded(work, tmp_path):
+    """Augmented (shifted, colour-jittered) copies of the training episodes are encoded once, from the run's seed: the same
     seed gives the same copies, another seed others; held-out episodes are never augmented."""
     from robodream.data.latents import encode_run_data
     from robodream.data.lerobot import LeRobotDataset
@@ -199,9 +199,19 @@ def test_random_shift_augmentation_is_seeded(work, tmp_path):
     res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "bad",
               "--augment-views", 2, "--augment-pad", 0, "--model.pixel-stem-width", 0, code=2)
     one_line_error(res, "augment_pad")
-    res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "bad2",
-              "--augment-views", 2, "--pixel-stem-width", 8, code=2)
-    one_line_error(res, "pixel stem")
+    # colour jitter with a pixel stem: the stem sees the same augmented copy as the latents
+    _, d, _ = encode_run_data(ds, tok, ds[0].cameras, 0.34, views=2, pad=0, seed=0, keep_frames=True, color=0.4)
+    T = len(d[0]["action"])
+    assert d[0]["view_frames"].shape == (T, 2, *d[0]["frames"].shape[1:]) and d[0]["view_frames"].dtype == torch.uint8
+    assert not torch.equal(d[0]["view_frames"][:, 0], d[0]["frames"])
+    from robodream.data.windows import EpisodeTable
+
+    table = EpisodeTable.from_episodes(d)
+    w = table.windows(torch.tensor([0, 1]), 4, [], view=torch.tensor([0, 2]))
+    assert torch.equal(w["ref_frames"][0], table.frames[0]) and torch.equal(w["ref_frames"][1], table.view_frames[1, 1])
+    run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "aug2", "--steps", 2,
+        "--augment-views", 1, "--augment-pad", 2, "--augment-color", 0.3, "--pixel-stem-width", 8, *TINY_POLICY)
+    assert json.loads((tmp_path / "aug2" / "config.json").read_text())["augment_color"] == 0.3
 
 
 def test_policy_with_pixel_stem_and_data_weights(work, tmp_path):

@@ -46,8 +46,9 @@ class Recipe:
     proprio: tuple[str, ...] = DEFAULT_PROPRIO  # parts of the proprioceptive state (envs.meta_world.PROPRIO_PARTS)
     workers: int = 1  # rollout processes of collection and evaluation (the results do not depend on it)
     expert_target: str = "tcp"  # the point the reach experts steer to the goal: tcp or hand (CollectConfig)
-    augment_views: int = 0  # random-shift augmentation: shifted copies per training episode (PolicyRunConfig)
-    augment_pad: int = 4  # its maximum shift, pixels
+    augment_views: int = 0  # image augmentation: augmented copies per training episode (PolicyRunConfig)
+    augment_pad: int = 4  # their maximum shift, pixels
+    augment_color: float = 0.0  # their colour jitter strength
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TrainConfig = field(default_factory=default_tokenizer_train)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -123,7 +124,8 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         model = replace(recipe.policy, **(policy_overrides or {}))
         train_cfg = replace(recipe.policy_train, seed=train_seed)
         train_policy(PolicyRunConfig(data=tuple(datasets), tokenizer=str(tok), model=model, train=train_cfg,
-                                     augment_views=recipe.augment_views, augment_pad=recipe.augment_pad),
+                                     augment_views=recipe.augment_views, augment_pad=recipe.augment_pad,
+                                     augment_color=recipe.augment_color),
                      pol, resume=pol.exists())
     timings["policy_s"] = time.perf_counter() - t0
 

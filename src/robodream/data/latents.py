@@ -12,16 +12,19 @@ An encoded episode is a dict::
     action      (T, Da) float32
     task_index  int                            row in the run's task vocabulary
     task        str                            the instruction
-    views       (T, K, n_cam, C, h, w) float32 K shifted copies (random-shift augmentation), if asked
+    views       (T, K, n_cam, C, h, w) float32 K augmented copies (random shift, colour jitter), if asked
     frames      (T, n_cam, 3, H, W) uint8      the raw frames, if asked (models with a pixel stem)
+    view_frames (T, K, n_cam, 3, H, W) uint8   the augmented copies' raw frames, with both
     source      int                            index of the episode's dataset in the run's list
     success     (T,) bool                      next.success, when the dataset records it
 
-Random-shift augmentation (DrQ, Kostrikov et al. 2020; the random crop of Diffusion Policy):
-frames are translated by up to ``pad`` pixels (edges replicated) before encoding. Since frames
-are encoded once, ``K`` shifted copies of every episode are encoded, each copy with one
-random shift per camera for the whole episode (so a training window's reference and future
-frames move together, as a camera shift would).
+Image augmentation, the standard pair of visuomotor policy learning: random shift (DrQ,
+Kostrikov et al. 2020; the random crop of Diffusion Policy): frames are translated by up to
+``pad`` pixels (edges replicated); and colour jitter (torchvision's ColorJitter with brightness
+= contrast = saturation = ``color`` and hue = ``color / 2``, written here in numpy because
+there is no CPU torchvision). Since frames are encoded once, ``K`` augmented copies of every
+episode are encoded, each copy with one draw per camera for the whole episode (so a training
+window's reference and future frames change together, as a camera or lighting change would).
 """
 
 from __future__ import annotations
@@ -97,15 +100,55 @@ def shifted(frames: np.ndarray, dy: int, dx: int, pad: int) -> np.ndarray:
     return p[:, pad + dy:pad + dy + H, pad + dx:pad + dx + W]
 
 
+#: Luminance weights (ITU-R BT.601), as torchvision's rgb_to_grayscale.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def color_jittered(frames: np.ndarray, brightness: float, contrast: float, saturation: float,
+                   hue: float) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 with torchvision ColorJitter's four operations, in its default
+    order: brightness (x b), contrast (blend with the mean grey level, factor c), saturation
+    (blend with the grey image, factor s), hue (rotation by ``hue`` turns, in [-0.5, 0.5],
+    about the grey axis in YIQ space, a close linear stand-in for torchvision's HSV shift).
+    Factors of 1 and hue 0 return the frames unchanged."""
+    x = frames.astype(np.float32) / 255.0
+    x = np.clip(x * brightness, 0, 1)
+    grey = x @ _LUMA  # (T, H, W)
+    x = np.clip((x - grey.mean(axis=(1, 2), keepdims=True)[..., None]) * contrast
+                + grey.mean(axis=(1, 2), keepdims=True)[..., None], 0, 1)
+    grey = (x @ _LUMA)[..., None]
+    x = np.clip(grey + (x - grey) * saturation, 0, 1)
+    if hue:
+        to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+        a = 2 * np.pi * hue
+        rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]], np.float32)
+        m = np.linalg.inv(to_yiq) @ rot @ to_yiq
+        x = np.clip(x @ m.T.astype(np.float32), 0, 1)
+    return (x * 255).round().astype(np.uint8)
+
+
+def augmented(frames: np.ndarray, rng: np.random.Generator, pad: int, color: float) -> np.ndarray:
+    """One augmented copy of a camera's frames (T, H, W, 3) uint8: a random shift of at most
+    ``pad`` pixels, then colour jitter of strength ``color`` (factors in [1 - color, 1 + color],
+    hue in [-color / 2, color / 2] turns); one draw from ``rng`` for all T frames."""
+    dy, dx = rng.integers(-pad, pad + 1, 2) if pad else (0, 0)
+    out = shifted(frames, int(dy), int(dx), pad) if pad else frames
+    if color:
+        b, c, s = rng.uniform(max(0.0, 1 - color), 1 + color, 3)
+        out = color_jittered(out, b, c, s, rng.uniform(-color / 2, color / 2))
+    return np.ascontiguousarray(out)
+
+
 def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[str], episodes: list[int],
                    batch: int = 512, progress=None, task_offset: dict[str, int] | None = None,
                    views: int = 0, pad: int = 4, rng: np.random.Generator | None = None,
-                   keep_frames: bool = False) -> list[dict]:
+                   keep_frames: bool = False, color: float = 0.0) -> list[dict]:
     """Encode the frames of ``episodes`` with the tokenizer (see the module docstring for the dicts).
 
-    ``views`` > 0 also encodes that many randomly shifted copies of each episode (shifts of at
-    most ``pad`` pixels drawn from ``rng``, one per copy and camera). ``keep_frames`` also keeps
-    the raw frames (``frames``, uint8).
+    ``views`` > 0 also encodes that many augmented copies of each episode (:func:`augmented`:
+    shifts of at most ``pad`` pixels and colour jitter of strength ``color``, drawn from
+    ``rng``, one draw per copy and camera). ``keep_frames`` also keeps the raw frames
+    (``frames``, and ``view_frames`` of the copies; uint8).
 
     Raises:
         DatasetError: a non-finite state or action value (named by dataset, episode and frame).
@@ -124,9 +167,12 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
         if keep_frames:
             e["frames"] = torch.from_numpy(np.stack([frames[c][i] for c in cameras], 1)).permute(0, 1, 4, 2, 3).contiguous()
         if views:
-            copies = [torch.stack([encode_frames(tokenizer, shifted(frames[c][i], *rng.integers(-pad, pad + 1, 2), pad),
-                                                 batch).cpu() for c in cameras], 1) for _ in range(views)]
-            e["views"] = torch.stack(copies, 1)  # (T, K, n_cam, C, h, w)
+            raw = [[augmented(frames[c][i], rng, pad, color) for c in cameras] for _ in range(views)]
+            e["views"] = torch.stack([torch.stack([encode_frames(tokenizer, f, batch).cpu() for f in copy], 1)
+                                      for copy in raw], 1)  # (T, K, n_cam, C, h, w)
+            if keep_frames:
+                e["view_frames"] = torch.from_numpy(np.stack([np.stack(copy, 1) for copy in raw], 1)).permute(
+                    0, 1, 2, 5, 3, 4).contiguous()  # (T, K, n_cam, 3, H, W)
         out.append(e)
         if progress is not None:
             progress()
@@ -135,14 +181,16 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
 
 def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, cameras: list[str],
                     heldout_fraction: float, views: int = 0, pad: int = 4,
-                    seed: int = 0, keep_frames: bool = False) -> tuple[list[str], list[dict], list[dict]]:
+                    seed: int = 0, keep_frames: bool = False,
+                    color: float = 0.0) -> tuple[list[str], list[dict], list[dict]]:
     """Task vocabulary and tokenizer-encoded episodes of a training run, split per dataset.
 
     Returns ``(tasks, train_episodes, heldout_episodes)``: the instruction strings in
     first-seen order (index = task-embedding row) and :func:`encode_dataset` episodes; the
     last ``heldout_fraction`` of each dataset's episodes is held out (never trained on).
-    ``views`` shifted copies (at most ``pad`` pixels, shifts from ``seed``) of the training
-    episodes only are encoded too (random-shift augmentation, see the module docstring);
+    ``views`` augmented copies (shifts of at most ``pad`` pixels, colour jitter of strength
+    ``color``, draws from ``seed``) of the training episodes only are encoded too (see the
+    module docstring);
     ``keep_frames`` keeps every episode's raw frames too.
     Under torchrun rank 0 encodes and shares the result (the others must call this too).
 
@@ -167,7 +215,8 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
                 for d, ds in enumerate(datasets):
                     tr, he = split_episodes(ds.num_episodes, heldout_fraction)
                     tr_eps = encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab,
-                                            views=views, pad=pad, rng=rng, keep_frames=keep_frames)
+                                            views=views, pad=pad, rng=rng, keep_frames=keep_frames,
+                                            color=color)
                     he_eps = encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab,
                                             keep_frames=keep_frames)
                     for e in tr_eps + he_eps:
@@ -199,7 +248,7 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
         return episodes
     meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source")) for e in episodes]
                             if is_main() else None)
-    keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "success")
+    keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "view_frames", "success")
                              if k in episodes[0]]
                             if is_main() and episodes else None)
     shapes = broadcast_object([(tuple(episodes[0][k].shape[1:]), episodes[0][k].dtype) for k in keys]

@@ -32,6 +32,7 @@ class EpisodeTable:
     views: (N, K, n_cam, C, h, w) float32, K randomly shifted copies of the latents
         (random-shift augmentation, :mod:`robodream.data.latents`), or None.
     frames: (N, n_cam, 3, H, W) uint8 raw frames (for models with a pixel stem), or None.
+    view_frames: (N, K, n_cam, 3, H, W) uint8 raw frames of the augmented copies, or None.
     source: (N,) int64 index of each frame's dataset (for per-source sampling weights), or None.
     success: (N,) bool ``next.success`` of each frame (the task reported success after its
         action), or None (labels for the IDM's success head).
@@ -47,6 +48,7 @@ class EpisodeTable:
     frames: torch.Tensor | None = None
     source: torch.Tensor | None = None
     success: torch.Tensor | None = None
+    view_frames: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -67,8 +69,9 @@ class EpisodeTable:
     @classmethod
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
         """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``
-        (and optionally ``views``, ``frames``, ``source``, ``success``: kept when every episode has them)."""
-        lat, st, ac, ti, s0, s1, vw, fr, so, su = [], [], [], [], [], [], [], [], [], []
+        (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``: kept when every
+        episode has them)."""
+        lat, st, ac, ti, s0, s1, vw, fr, so, su, vf = [], [], [], [], [], [], [], [], [], [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
@@ -76,6 +79,8 @@ class EpisodeTable:
             if "frames" in ep:
                 fr.append(torch.as_tensor(ep["frames"], dtype=torch.uint8))
             T = len(ep["action"])
+            if "view_frames" in ep:
+                vf.append(torch.as_tensor(ep["view_frames"], dtype=torch.uint8))
             if "success" in ep:
                 su.append(torch.as_tensor(ep["success"], dtype=torch.bool).reshape(-1))
             if "source" in ep:
@@ -91,8 +96,9 @@ class EpisodeTable:
         frames = torch.cat(fr) if fr and len(fr) == len(episodes) else None
         source = torch.cat(so) if so and len(so) == len(episodes) else None
         success = torch.cat(su) if su and len(su) == len(episodes) else None
+        view_frames = torch.cat(vf) if vf and len(vf) == len(episodes) else None
         return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
-                   frames, source, success)
+                   frames, source, success, view_frames)
 
     def __len__(self) -> int:
         return len(self.action)
@@ -195,8 +201,8 @@ class EpisodeTable:
                 view: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Gather the windows anchored at frame indices ``idx`` (B,). See module docstring.
 
-        ``view`` (B,): 0 the original frames, k > 0 shifted copy k - 1 (see :meth:`latents_at`).
-        With raw frames in the table, ``ref_frames`` (B, n_cam, 3, H, W) uint8 too.
+        ``view`` (B,): 0 the original frames, k > 0 augmented copy k - 1 (see :meth:`latents_at`).
+        With raw frames in the table, ``ref_frames`` (B, n_cam, 3, H, W) uint8 too (of the same copy).
         """
         end = self.episode_end[idx]  # (B,)
         steps = idx.unsqueeze(1) + torch.arange(horizon)  # (B, H)
@@ -211,6 +217,9 @@ class EpisodeTable:
         }
         if self.frames is not None:
             out["ref_frames"] = self.frames[idx]
+            if view is not None and self.view_frames is not None and bool((view > 0).any()):
+                aug = self.view_frames[idx, (view - 1).clamp_min(0)]
+                out["ref_frames"] = torch.where((view == 0).view(-1, 1, 1, 1, 1), out["ref_frames"], aug)
         if future_offsets:
             fut = torch.minimum(idx.unsqueeze(1) + torch.tensor(future_offsets), end.unsqueeze(1) - 1)  # (B, F)
             out["future_latents"] = self.latents_at(fut, view)

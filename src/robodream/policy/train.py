@@ -49,10 +49,12 @@ class PolicyRunConfig:
     # Sampling weight per --data dataset (e.g. real vs synthetic): a sample comes from dataset d
     # with probability w_d / sum(w), replacing task balancing. Empty: task balancing.
     data_weight: tuple[float, ...] = ()
-    # Random-shift image augmentation (DrQ): shifted copies of every training episode encoded
-    # once (a sample uses the original or one copy, for its reference and future frames alike).
-    augment_views: int = 0  # shifted copies per episode (0: no augmentation)
-    augment_pad: int = 4  # maximum shift, pixels
+    # Image augmentation: random shift (DrQ) and colour jitter; augmented copies of every training
+    # episode encoded once (a sample uses the original or one copy, for its reference and future
+    # frames alike; data.latents).
+    augment_views: int = 0  # augmented copies per episode (0: no augmentation)
+    augment_pad: int = 4  # maximum shift, pixels (0: no shift)
+    augment_color: float = 0.0  # colour jitter strength: brightness/contrast/saturation factors in 1 +- it, hue +- it/2
     # Filled in from the datasets: instruction -> Meta-World task name, and the env seeds
     # (per Meta-World task) of the training episodes, so evaluation can avoid them.
     env_tasks: dict = field(default_factory=dict)
@@ -63,19 +65,17 @@ class PolicyRunConfig:
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("env_tasks", "train_seeds", "env", "model_type")
 
     def __post_init__(self) -> None:
-        if self.augment_views < 0 or self.augment_pad < 0:
-            raise ConfigError(f"augment_views and augment_pad must be >= 0, got {self.augment_views}, "
-                              f"{self.augment_pad}")
-        if self.augment_views and not self.augment_pad:
-            raise ConfigError("augment_views needs augment_pad >= 1 (a shift of 0 pixels copies the frames)")
+        if self.augment_views < 0 or self.augment_pad < 0 or not 0 <= self.augment_color <= 1:
+            raise ConfigError(f"augment_views and augment_pad must be >= 0 and augment_color in [0, 1], got "
+                              f"{self.augment_views}, {self.augment_pad}, {self.augment_color}")
+        if self.augment_views and not (self.augment_pad or self.augment_color):
+            raise ConfigError("augment_views needs augment_pad >= 1 or augment_color > 0 (otherwise the copies are "
+                              "the frames)")
         self.data_weight = tuple(float(w) for w in self.data_weight)
         if self.data_weight and (len(self.data_weight) != len(self.data) or min(self.data_weight) < 0
                                  or not sum(self.data_weight) > 0):
             raise ConfigError(f"data_weight needs one weight >= 0 per dataset ({len(self.data)}), not all 0, "
                               f"got {list(self.data_weight)}")
-        if self.augment_views and self.model.pixel_stem_width:
-            raise ConfigError("random-shift augmentation shifts the latents only; it cannot be combined with a "
-                              "pixel stem (pixel_stem_width > 0)")
 
 
 def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
@@ -101,7 +101,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
 
         tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction,
                                                      views=cfg.augment_views, pad=cfg.augment_pad, seed=cfg.train.seed,
-                                                     keep_frames=bool(cfg.model.pixel_stem_width))
+                                                     keep_frames=bool(cfg.model.pixel_stem_width),
+                                                     color=cfg.augment_color)
         m = cfg.model
         m.state_dim, m.action_dim, m.cameras, m.tasks = state_dim, action_dim, tuple(cameras), tuple(tasks)
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
