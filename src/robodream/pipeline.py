@@ -150,13 +150,13 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         "recipe": to_dict(recipe), "policy": str(pol), "policy_overrides": policy_overrides or {},
         "per_task": per_task, "mean_success_rate": sum(rates) / len(rates), "min_success_rate": min(rates),
         "policy_results": pol_meta, "timings_s": timings,
-        "training_s": _training_seconds(tok) + _training_seconds(pol),
+        "training_s": training_seconds(tok) + training_seconds(pol),
     }
     atomic_write_json(work / f"{policy_name}_summary.json", summary)
     return summary
 
 
-def _training_seconds(run: Path) -> float:
+def training_seconds(run: Path) -> float:
     """Wall time of a run's training loop from its metrics.jsonl (sum of logged intervals)."""
     path = run / "metrics.jsonl"
     if not path.is_file():

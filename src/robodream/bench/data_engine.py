@@ -1,0 +1,395 @@
+"""``robodream bench data-engine``: does generated data improve a policy under shift?
+
+GigaWorld-0 (arXiv 2511.19861) claims a video world model is a data engine: it turns a few real
+demonstrations into many, re-textured (AppearanceTransfer), seen from new cameras (ViewTransfer)
+or imagined from new initial states (dreams labelled by an inverse-dynamics model, as DreamGen,
+arXiv 2505.12705). This benchmark trains one multi-task GigaWorld-Policy per arm on the same
+real demonstrations plus each kind of extra data, and evaluates every arm in closed loop on
+unseen seeds at three conditions:
+
+========================  ==================================================================
+arm                       training data
+========================  ==================================================================
+``real``                  ``demos`` real demonstrations per task, default appearance and camera
+``real_aug``              the same, with random-shift + colour-jitter augmentation
+``real_transfer``         + ``transfer_copies`` appearance- and as many view-transferred copies
+``real_dreams``           + ``dreams_per_task`` IDM-labelled, success-filtered dreams per task
+``oracle``                ``demos`` demonstrations per task collected under random appearance
+                          and camera (the upper bound the transfer arm tries to reach)
+``real_no_video``         ``real`` with ``video_stride = 0`` (item 8: the WAM's video supervision)
+``low_*``                 ``real``, ``real_dreams`` and ``real_no_video`` at ``low_demos`` per task
+========================  ==================================================================
+
+Conditions: ``default``, ``appearance_shift`` (random appearances drawn from
+``eval_shift_seed``: never used in training) and ``camera_shift`` (random static-camera poses,
+the same seed); the low-data arms are evaluated at ``default`` only.
+
+What each generator may see: the transfer models and the tokenizer's shifted frames come from
+``other_tasks`` only (never the evaluated tasks under a shift); the world models and IDMs train
+on the arm's own real demonstrations plus the other tasks' real demonstrations (the same robot);
+the 5-demo arm's generators never see the 20-demo data. Every stage writes its outputs under
+``work`` and is skipped when they are complete, so the same command continues an interrupted
+benchmark (stage wall times accumulate in ``work/timings.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from robodream.config import replace as config_replace
+from robodream.config import to_dict
+from robodream.data.collect import CollectConfig, collect
+from robodream.data.lerobot import LeRobotDataset
+from robodream.envs.meta_world import check_task
+from robodream.envs.shift import ShiftConfig
+from robodream.errors import ConfigError, DatasetError
+from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
+from robodream.idm.modeling import IDMConfig
+from robodream.pipeline import training_seconds
+from robodream.policy.configuration import PolicyConfig
+from robodream.tokenizer.model import TokenizerConfig
+from robodream.train.loop import TrainConfig
+from robodream.transfer.modeling import TransferConfig
+from robodream.transfer.pairs import WRIST_CAMERAS
+from robodream.utils.io import atomic_write_json
+from robodream.utils.run import code_version, environment_info, now
+from robodream.world_model.configuration import WorldModelConfig
+
+ARMS = ("real", "real_aug", "real_transfer", "real_dreams", "oracle")
+CONDITIONS = ("default", "appearance_shift", "camera_shift")
+
+
+def _train(steps: int, batch_size: int, lr: float, **kw) -> Callable[[], TrainConfig]:
+    return lambda: TrainConfig(steps=steps, batch_size=batch_size, lr=lr, val_every=0,
+                               checkpoint_every=max(1, min(500, steps)), **kw)
+
+
+@dataclass
+class DataEngineBench:
+    """Settings of the data-engine benchmark (``--config`` JSON overrides any field)."""
+
+    # 3 of the 5 bench tasks, for the 6-hour budget: reach (a small goal marker), push (an object
+    # on the table) and drawer-open (an articulated body); button and door already reach 1.0 and
+    # 0.98 with 50 demos (benchmarks/RESULTS.md), so they would tell the arms apart least.
+    tasks: tuple[str, ...] = ("reach-v3", "push-v3", "drawer-open-v3")
+    other_tasks: tuple[str, ...] = ("window-open-v3", "door-close-v3", "button-press-v3")  # generators' extra data
+    demos: int = 20  # real demonstrations per task
+    low_demos: int = 5  # the low-data arms' demonstrations per task (the first ``low_demos`` of the 20)
+    other_demos: int = 20  # demonstrations per other task
+    image_size: int = 64
+    workers: int = 2  # rollout processes of collection and evaluation
+    # Shift strength: the random draws' width (envs.shift), for the eval conditions, the oracle data
+    # and the generators' training targets alike.
+    appearance_scale: float = 1.0
+    camera_shift_scale: float = 1.0
+    eval_shift_seed: int = 7000  # the conditions' draws (never used in training)
+    oracle_shift_seed: int = 5000
+    generate_shift_seed: int = 2000  # copy c of the transferred data draws from generate_shift_seed + c
+    transfer_copies: int = 2  # appearance copies and view copies per real episode
+    dreams_per_task: int = 40
+    dream_steps: int = 128  # frames per dream, the rendered first one included
+    dream_filter: str = "success"
+    dream_sample_steps: int | None = None  # Euler steps per dreamed chunk (default: the world model's)
+    transfer_eval_episodes: int = 5  # held-out real episodes the transfer models are scored on
+    idm_test_demos: int = 10  # fresh real episodes per task for the IDM's replay success
+    eval_episodes: int = 30
+    eval_max_steps: int = 500
+    augment_views: int = 2  # real_aug: augmented copies per episode
+    augment_pad: int = 4
+    augment_color: float = 0.3
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer_train: TrainConfig = field(default_factory=_train(1500, 64, 2e-3, min_lr_ratio=0.05, ema_decay=0.995))
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    transfer_train: TrainConfig = field(default_factory=_train(2000, 32, 5e-4, weight_decay=0.01, ema_decay=0.995))
+    transfer_sample_steps: int = 1  # Euler steps of generation (1: the conditional mean)
+    world_model: WorldModelConfig = field(default_factory=lambda: WorldModelConfig(
+        frame_stride=1, n_future_frames=8, action_drop_prob=0.3))
+    world_model_train: TrainConfig = field(default_factory=_train(3200, 8, 5e-4, weight_decay=0.01, ema_decay=0.999))
+    idm: IDMConfig = field(default_factory=IDMConfig)
+    idm_train: TrainConfig = field(default_factory=_train(2000, 64, 5e-4, weight_decay=0.01, ema_decay=0.995))
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policy_train: TrainConfig = field(default_factory=_train(1500, 64, 5e-4, weight_decay=0.01, ema_decay=0.999,
+                                                             warmup_steps=200))
+
+    def __post_init__(self) -> None:
+        self.tasks, self.other_tasks = tuple(self.tasks), tuple(self.other_tasks)
+        for t in (*self.tasks, *self.other_tasks):
+            check_task(t)
+        if set(self.tasks) & set(self.other_tasks):
+            raise ConfigError(f"other_tasks must not include evaluated tasks: {sorted(set(self.tasks) & set(self.other_tasks))}")
+        if not 1 <= self.low_demos <= self.demos or self.other_demos < 2 or self.eval_episodes < 1:
+            raise ConfigError("need 1 <= low_demos <= demos, other_demos >= 2 and eval_episodes >= 1")
+
+
+#: ``--quick``: every stage on tiny settings (CI, under a minute of work on 2 cores).
+QUICK = {
+    "tasks": ["reach-v3"], "other_tasks": ["window-open-v3"], "demos": 2, "low_demos": 1, "other_demos": 2,
+    "image_size": 32, "workers": 1, "transfer_copies": 1, "dreams_per_task": 1, "dream_steps": 6,
+    "dream_filter": "none", "dream_sample_steps": 2, "transfer_eval_episodes": 1, "idm_test_demos": 1, "eval_episodes": 1, "eval_max_steps": 8, "augment_views": 1,
+    "tokenizer_train": {"steps": 2, "batch_size": 8},
+    "transfer": {"dim": 16, "depth": 1, "n_heads": 2, "control_width": 8},
+    "transfer_train": {"steps": 1, "batch_size": 4},
+    "world_model": {"dim": 24, "depth": 1, "n_heads": 2, "n_future_frames": 2, "window": [0, 3, 3],
+                    "text_encoder": ""},
+    "world_model_train": {"steps": 1, "batch_size": 2},
+    "idm": {"dim": 16, "depth": 1, "n_heads": 2, "horizon": 2},
+    "idm_train": {"steps": 1, "batch_size": 4},
+    "policy": {"dim": 32, "depth": 1, "horizon": 8, "n_action_steps": 4, "action_expert_dim": 16,
+               "pixel_stem_width": 8},
+    "policy_train": {"steps": 1, "batch_size": 4, "warmup_steps": 0},
+}
+
+
+def bench_config(overrides: dict[str, Any] | None = None, quick: bool = False) -> DataEngineBench:
+    """The benchmark's settings: defaults, then :data:`QUICK` (``quick``), then ``overrides``.
+
+    Raises:
+        ConfigError: an unknown key or a bad value.
+    """
+    cfg = DataEngineBench()
+    if quick:
+        cfg = config_replace(cfg, QUICK)
+    return config_replace(cfg, overrides or {}) if overrides else cfg
+
+
+class _Stages:
+    """Runs named stages once: a stage whose outputs are complete is skipped; wall times of the
+    stages that ran accumulate in ``work/timings.json`` across invocations."""
+
+    def __init__(self, work: Path, log) -> None:
+        self.work, self.log = work, log
+        self.path = work / "timings.json"
+        self.timings: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def run(self, name: str, done: Callable[[], bool], fn: Callable[[], Any]) -> None:
+        if done():
+            return
+        self.log(name)
+        t0 = time.perf_counter()
+        fn()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        atomic_write_json(self.path, self.timings)
+
+
+def _dataset_done(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        LeRobotDataset(path)
+        return True
+    except DatasetError:
+        return False
+
+
+def _run_done(path: Path) -> bool:
+    return (path / "model.safetensors").is_file() and (path / "results.json").is_file()
+
+
+def _results_done(path: Path) -> bool:
+    return (path / "results.json").is_file()
+
+
+def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) -> dict[str, Any]:
+    """Run (or continue) the benchmark in ``work``; returns the result dict (module docstring;
+    keys as :func:`summarize`).
+
+    Raises:
+        ConfigError, DatasetError, CheckpointError: from the stages (bad settings, a failed
+        collection, a run of another kind in the way).
+    """
+    from robodream.idm.evaluate import evaluate_idm
+    from robodream.idm.train import IDMRunConfig, train_idm
+    from robodream.policy.train import PolicyRunConfig, train_policy
+    from robodream.tokenizer.train import TokenizerRunConfig, train_tokenizer
+    from robodream.transfer.evaluate import evaluate_transfer
+    from robodream.transfer.generate import generate_transfer
+    from robodream.transfer.train import TransferRunConfig, train_transfer
+    from robodream.world_model.dreams import generate_dreams
+    from robodream.world_model.train import WorldModelRunConfig, train_world_model
+
+    work = Path(work)
+    settings = json.loads(json.dumps(to_dict(cfg)))
+    saved = work / "config.json"
+    if saved.is_file() and json.loads(saved.read_text()) != settings:
+        changed = sorted(k for k, v in settings.items() if json.loads(saved.read_text()).get(k) != v)
+        raise ConfigError(f"{work} holds a data-engine benchmark with other settings ({', '.join(changed)}); "
+                          "continue it with the same settings or use another --work")
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved, settings)
+    st = _Stages(work, log)
+    D = work / "data"
+    cams = tuple(cfg.policy.cameras)
+    static = [c for c in cams if c not in WRIST_CAMERAS]
+    app_shift = ShiftConfig(appearance="random", appearance_scale=cfg.appearance_scale)
+    cam_shift = ShiftConfig(camera_shift="random", camera_shift_scale=cfg.camera_shift_scale)
+
+    # ------------------------------------------------------------------ data
+    def collect_into(path: Path, task: str, episodes: int, seed: int = 0, shift: ShiftConfig | None = None,
+                     depth: bool = False) -> None:
+        st.run(f"collect {path.relative_to(work)}", lambda: _dataset_done(path), lambda: collect(
+            CollectConfig(task=task, episodes=episodes, image_size=cfg.image_size, cameras=cams, seed=seed,
+                          shift=shift or ShiftConfig(), with_depth=depth, with_segmentation=depth),
+            path, overwrite=path.exists(), workers=cfg.workers))
+
+    both = replace(app_shift, camera_shift="random", camera_shift_scale=cfg.camera_shift_scale)
+    for t in cfg.tasks:
+        collect_into(D / "real" / t, t, cfg.demos, depth=True)
+        collect_into(D / "real_low" / t, t, cfg.low_demos)  # the same seeds: the first low_demos of real
+        collect_into(D / "oracle" / t, t, cfg.demos, shift=replace(both, seed=cfg.oracle_shift_seed))
+        collect_into(D / "idm_test" / t, t, cfg.idm_test_demos, seed=10_000)
+    for t in cfg.other_tasks:
+        collect_into(D / "other" / t, t, cfg.other_demos, depth=True)
+        collect_into(D / "other_shifted" / t, t, cfg.other_demos, shift=replace(both, seed=cfg.oracle_shift_seed + 1))
+    real = [str(D / "real" / t) for t in cfg.tasks]
+    low = [str(D / "real_low" / t) for t in cfg.tasks]
+    other = [str(D / "other" / t) for t in cfg.other_tasks]
+
+    # ------------------------------------------------------------------ tokenizer (shared by every model)
+    tok = work / "tokenizer"
+    tok_data = (*real, *other, *[str(D / "other_shifted" / t) for t in cfg.other_tasks])
+    st.run("tokenizer", lambda: _run_done(tok), lambda: train_tokenizer(TokenizerRunConfig(
+        data=tok_data, model=replace(cfg.tokenizer, image_size=cfg.image_size), train=replace(cfg.tokenizer_train)),
+        tok, resume=tok.exists()))
+
+    # ------------------------------------------------------------------ transfer models, their scores, their data
+    R = work / "runs"
+    transfer_runs = {("appearance", c): R / f"transfer_appearance_{c}" for c in cams}
+    transfer_runs.update({("view", c): R / f"transfer_view_{c}" for c in static})
+    for (kind, cam), path in transfer_runs.items():
+        scale = cfg.appearance_scale if kind == "appearance" else cfg.camera_shift_scale
+        st.run(f"train transfer {kind} {cam}", lambda p=path: _run_done(p), lambda k=kind, c=cam, p=path, s=scale:
+               train_transfer(TransferRunConfig(data=tuple(other), tokenizer=str(tok), camera=c,
+                                                model=replace(cfg.transfer, kind=k), train=replace(cfg.transfer_train),
+                                                shift_scale=s), p, resume=p.exists()))
+        ev = work / "eval" / "transfer" / path.name
+        st.run(f"eval transfer {kind} {cam}", lambda e=ev: _results_done(e), lambda p=path, e=ev: evaluate_transfer(
+            p, real[0], e, episodes=min(cfg.transfer_eval_episodes, cfg.demos), sample_steps=cfg.transfer_sample_steps, overwrite=True))
+    S = D / "synthetic"
+    for t, src in zip(cfg.tasks, real):
+        for kind in ("appearance", "view"):
+            out = S / kind / t
+            runs = [str(p) for (k, _), p in transfer_runs.items() if k == kind]
+            st.run(f"generate {kind} {t}", lambda o=out: _dataset_done(o), lambda k=kind, s=src, r=runs, o=out:
+                   generate_transfer(k, s, r, o, copies=cfg.transfer_copies, shift_seed=cfg.generate_shift_seed,
+                                     sample_steps=cfg.transfer_sample_steps, overwrite=o.exists()))
+
+    # ------------------------------------------------------------------ IDMs, world models, dreams (per data size)
+    for size, demos in (("", real), ("_low", low)):
+        idm, wm = R / f"idm{size}", R / f"world_model{size}"
+        st.run(f"train idm{size}", lambda p=idm: _run_done(p), lambda d=demos, p=idm: train_idm(IDMRunConfig(
+            data=(*d, *other), tokenizer=str(tok), model=replace(cfg.idm), train=replace(cfg.idm_train)),
+            p, resume=p.exists()))
+        st.run(f"train world model{size}", lambda p=wm: _run_done(p), lambda d=demos, p=wm: train_world_model(
+            WorldModelRunConfig(data=(*d, *other), tokenizer=str(tok), model=replace(cfg.world_model),
+                                train=replace(cfg.world_model_train)), p, resume=p.exists()))
+        for t in cfg.tasks:
+            out = S / f"dream{size}" / t
+            st.run(f"dream{size} {t}", lambda o=out: _dataset_done(o), lambda t=t, o=out, i=idm, w=wm: generate_dreams(
+                w, i, t, o, episodes=cfg.dreams_per_task, steps=cfg.dream_steps, filter=cfg.dream_filter,
+                sample_steps=cfg.dream_sample_steps, overwrite=o.exists()))
+    for t in cfg.tasks:
+        ev = work / "eval" / "idm" / t
+        st.run(f"eval idm {t}", lambda e=ev: _results_done(e), lambda t=t, e=ev: evaluate_idm(
+            R / "idm", D / "idm_test" / t, t, cfg.idm_test_demos, e, workers=cfg.workers, overwrite=True))
+
+    # ------------------------------------------------------------------ policies
+    synth = {k: [str(S / k / t) for t in cfg.tasks] for k in ("appearance", "view", "dream", "dream_low")}
+    arms: dict[str, dict[str, Any]] = {
+        "real": {"data": real},
+        "real_aug": {"data": real, "augment_views": cfg.augment_views, "augment_pad": cfg.augment_pad,
+                     "augment_color": cfg.augment_color},
+        "real_transfer": {"data": real + synth["appearance"] + synth["view"]},
+        "real_dreams": {"data": real + synth["dream"]},
+        "oracle": {"data": [str(D / "oracle" / t) for t in cfg.tasks]},
+        "real_no_video": {"data": real, "video_stride": 0},
+        "low_real": {"data": low},
+        "low_real_dreams": {"data": low + synth["dream_low"]},
+        "low_real_no_video": {"data": low, "video_stride": 0},
+    }
+    conditions = {"default": None, "appearance_shift": replace(app_shift, seed=cfg.eval_shift_seed),
+                  "camera_shift": replace(cam_shift, seed=cfg.eval_shift_seed)}
+    evals: dict[str, dict[str, dict[str, dict]]] = {}
+    for arm, spec in arms.items():
+        pol = R / f"policy_{arm}"
+        data = spec["data"]
+        model = replace(cfg.policy, video_stride=spec.get("video_stride", cfg.policy.video_stride))
+        # synthetic data: every dataset drawn equally often (real and generated alike, tasks balanced)
+        weights = tuple(1.0 for _ in data) if len(data) > len(cfg.tasks) else ()
+        st.run(f"train policy {arm}", lambda p=pol: _run_done(p), lambda p=pol, d=data, m=model, s=spec, w=weights:
+               train_policy(PolicyRunConfig(data=tuple(d), tokenizer=str(tok), model=m, train=replace(cfg.policy_train),
+                                            data_weight=w, augment_views=s.get("augment_views", 0),
+                                            augment_pad=s.get("augment_pad", 4),
+                                            augment_color=s.get("augment_color", 0.0)), p, resume=p.exists()))
+        conds = ("default",) if arm.startswith("low_") else CONDITIONS
+        for cond in conds:
+            for t in cfg.tasks:
+                ev = work / "eval" / "policy" / arm / cond / t
+                st.run(f"eval {arm} {cond} {t}", lambda e=ev: _results_done(e), lambda p=pol, t=t, e=ev, c=cond:
+                       evaluate_policy(p, t, cfg.eval_episodes, e, seed_start=DEFAULT_EVAL_SEED,
+                                       max_steps=cfg.eval_max_steps, n_videos=1, workers=cfg.workers,
+                                       overwrite=True, shift=conditions[c]))
+                evals.setdefault(arm, {}).setdefault(cond, {})[t] = json.loads((ev / "results.json").read_text())
+    return summarize(cfg, work, evals, st.timings)
+
+
+def summarize(cfg: DataEngineBench, work: Path, evals: dict, timings: dict[str, float]) -> dict[str, Any]:
+    """The result dict: ``mean_success`` ``{arm: {condition: rate}}``, ``per_task`` (rates with
+    Wilson 95% intervals and episode counts), ``gap_closed`` (share of the real -> oracle gap the
+    transfer arm closes per shifted condition), ``real_drop`` (points ``real`` loses under each
+    shift), ``transfer_psnr_db`` / ``transfer_baseline_psnr_db`` ``{appearance, view}``,
+    ``idm_replay_success`` / ``true_action_replay_success``, ``low_data``, ``video_supervision``,
+    ``training_s`` per run, ``stage_s``, ``wall_s`` (sum of the stages over every invocation),
+    ``peak_rss_gib`` and ``code``."""
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    mean_success = {arm: {c: mean([r["success_rate"] for r in per.values()]) for c, per in conds.items()}
+                    for arm, conds in evals.items()}
+    per_task = {arm: {c: {t: {"success_rate": r["success_rate"], "ci95": r["ci95"], "n_episodes": r["n_episodes"]}
+                          for t, r in per.items()} for c, per in conds.items()} for arm, conds in evals.items()}
+    ms = mean_success
+    gap = {}
+    real_drop = {}
+    for c in ("appearance_shift", "camera_shift"):
+        r, o, x = ms["real"][c], ms["oracle"][c], ms["real_transfer"][c]
+        gap[c] = (x - r) / (o - r) if o - r > 1e-9 else None
+        real_drop[c] = ms["real"]["default"] - r
+    tr = {}
+    for path in sorted((work / "eval" / "transfer").glob("*/results.json")):
+        r = json.loads(path.read_text())
+        kind = "appearance" if "appearance" in path.parent.name else "view"
+        tr.setdefault(kind, []).append(r)
+    idm = [json.loads((work / "eval" / "idm" / t / "results.json").read_text()) for t in cfg.tasks]
+    runs = work / "runs"
+    training_s = {p.name: training_seconds(p) for p in sorted([work / "tokenizer", *runs.iterdir()])
+                  if (p / "results.json").is_file()}
+    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return {
+        "benchmark": "data-engine", "created": now(), "code": code_version(), "environment": environment_info(),
+        "config": to_dict(cfg), "tasks": list(cfg.tasks),
+        "mean_success": {a: ms[a] for a in ARMS},
+        "per_task": per_task,
+        "gap_closed": gap, "real_drop": real_drop,
+        "shift_hard_enough": {c: d >= 0.20 for c, d in real_drop.items()},
+        "transfer_psnr_db": {k: mean([r["model"]["psnr"] for r in v]) for k, v in tr.items()},
+        "transfer_baseline_psnr_db": {k: mean([r["baseline"]["psnr"] for r in v]) for k, v in tr.items()},
+        "idm_replay_success": mean([r["replay"]["idm_actions"]["success_rate"] for r in idm]),
+        "true_action_replay_success": mean([r["replay"]["true_actions"]["success_rate"] for r in idm]),
+        "idm_action_mse": mean([r["action_mse"] for r in idm]),
+        "low_data": {"demos_per_task": cfg.low_demos, "real": ms["low_real"]["default"],
+                     "real_dreams": ms["low_real_dreams"]["default"]},
+        "video_supervision": {
+            str(cfg.demos): {"video": ms["real"], "no_video": ms["real_no_video"]},
+            str(cfg.low_demos): {"video": ms["low_real"], "no_video": ms["low_real_no_video"]},
+        },
+        "dreams_kept": {p.parent.name + "/" + p.name: len(json.loads((p / "meta" / "robodream.json").read_text())["seeds"])
+                        for p in sorted((work / "data" / "synthetic").glob("dream*/*"))},
+        "training_s": training_s, "stage_s": timings, "wall_s": sum(timings.values()),
+        "peak_rss_gib": rss / 2**20,
+    }

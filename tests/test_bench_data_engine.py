@@ -1,0 +1,62 @@
+"""bench data-engine --quick: every stage (collection under shifts, tokenizer, transfer models and
+their scores, transferred data, IDMs, world models, dreams, nine policies, evaluations at three
+conditions) on tiny settings; a second run resumes and redoes nothing; bad settings are one-line
+errors."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from robodream.cli import app
+
+runner = CliRunner()
+
+
+def run(*args, code: int = 0):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
+    return res
+
+
+def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
+    w, out = tmp_path / "w", tmp_path / "r.json"
+    run("bench", "data-engine", "--quick", "--work", w, "--out", out)
+    r = json.loads(out.read_text())
+    arms, conds = ("real", "real_aug", "real_transfer", "real_dreams", "oracle"), ("default", "appearance_shift",
+                                                                                   "camera_shift")
+    assert set(r["mean_success"]) == set(arms)
+    for a in arms:
+        assert set(r["mean_success"][a]) == set(conds) and all(0 <= v <= 1 for v in r["mean_success"][a].values())
+    t = r["per_task"]["real"]["appearance_shift"]["reach-v3"]
+    assert t["n_episodes"] == 1 and len(t["ci95"]) == 2
+    assert set(r["transfer_psnr_db"]) == set(r["transfer_baseline_psnr_db"]) == {"appearance", "view"}
+    assert r["true_action_replay_success"] == 1.0 and 0 <= r["idm_replay_success"] <= 1
+    assert set(r["low_data"]) == {"demos_per_task", "real", "real_dreams"} and r["low_data"]["demos_per_task"] == 1
+    assert set(r["video_supervision"]) == {"2", "1"} and set(r["video_supervision"]["1"]) == {"video", "no_video"}
+    assert r["code"]["git_commit"] is not None or "git_commit" in r["code"]
+    assert r["wall_s"] > 0 and r["peak_rss_gib"] > 0 and r["dreams_kept"] == {"dream/reach-v3": 1,
+                                                                             "dream_low/reach-v3": 1}
+    prov = json.loads((w / "data" / "synthetic" / "view" / "reach-v3" / "meta" / "robodream.json").read_text())
+    assert prov["synthetic"] == "view"
+    timings = json.loads((w / "timings.json").read_text())
+    res = run("bench", "data-engine", "--quick", "--work", w, "--out", out)  # resumes: every stage is complete
+    assert json.loads((w / "timings.json").read_text()) == timings and "train policy" not in res.output
+    assert json.loads(out.read_text())["mean_success"] == r["mean_success"]
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"eval_episodes": 2}))
+    res = run("bench", "data-engine", "--quick", "--work", w, "--out", out, "--config", cfg, code=2)
+    assert res.output.startswith("error:") and "eval_episodes" in res.output
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    cfg = tmp_path / "c.json"
+    for bad, needle in (({"tasks": ["reach-v9"]}, "reach-v9"), ({"other_tasks": ["reach-v3"]}, "other_tasks"),
+                        ({"demoz": 3}, "demoz")):
+        cfg.write_text(json.dumps(bad))
+        res = run("bench", "data-engine", "--quick", "--work", tmp_path / "w", "--config", cfg, "--out",
+                  tmp_path / "r.json", code=2)
+        err = res.output.strip()
+        assert err.startswith("error:") and len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r.json").exists()
