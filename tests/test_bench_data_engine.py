@@ -22,11 +22,20 @@ def run(*args, code: int = 0):
 
 def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
     w, out = tmp_path / "w", tmp_path / "r.json"
-    run("bench", "data-engine", "--quick", "--work", w, "--out", out)
+    shift_arms = ("real", "real_aug", "real_transfer", "oracle")
+    res = run("bench", "data-engine", "--quick", "--work", w, "--out", out, "--arms", ",".join(shift_arms))
+    r = json.loads(out.read_text())  # only the shift arms and their stages
+    assert set(r["missing"]) == {"real_dreams", "real_no_video", "low_real", "low_real_dreams", "low_real_no_video"}
+    assert r["mean_success"]["real_dreams"] == {"default": None, "appearance_shift": None, "camera_shift": None}
+    assert r["idm_replay_success"] is None and r["low_data"]["real"] is None and r["transfer_psnr_db"]["view"] > 0
+    assert not (w / "runs" / "idm").exists() and not (w / "data" / "real_low").exists()
+    assert "train policy real_dreams" not in res.output
+
+    run("bench", "data-engine", "--quick", "--work", w, "--out", out)  # the rest, in the same directory
     r = json.loads(out.read_text())
     arms, conds = ("real", "real_aug", "real_transfer", "real_dreams", "oracle"), ("default", "appearance_shift",
                                                                                    "camera_shift")
-    assert set(r["mean_success"]) == set(arms)
+    assert r["missing"] == [] and len(r["invocations"]) == 1  # the same working directory: one invocation
     for a in arms:
         assert set(r["mean_success"][a]) == set(conds) and all(0 <= v <= 1 for v in r["mean_success"][a].values())
     t = r["per_task"]["real"]["appearance_shift"]["reach-v3"]
@@ -35,7 +44,7 @@ def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
     assert r["true_action_replay_success"] == 1.0 and 0 <= r["idm_replay_success"] <= 1
     assert set(r["low_data"]) == {"demos_per_task", "real", "real_dreams"} and r["low_data"]["demos_per_task"] == 1
     assert set(r["video_supervision"]) == {"2", "1"} and set(r["video_supervision"]["1"]) == {"video", "no_video"}
-    assert r["code"]["git_commit"] is not None or "git_commit" in r["code"]
+    assert "git_commit" in r["code"] and len(r["invocations"][0]["tokenizer_sha256"]) == 64
     assert r["wall_s"] > 0 and r["peak_rss_gib"] > 0 and r["dreams_kept"] == {"dream/reach-v3": 1,
                                                                              "dream_low/reach-v3": 1}
     prov = json.loads((w / "data" / "synthetic" / "view" / "reach-v3" / "meta" / "robodream.json").read_text())
@@ -44,10 +53,23 @@ def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
     res = run("bench", "data-engine", "--quick", "--work", w, "--out", out)  # resumes: every stage is complete
     assert json.loads((w / "timings.json").read_text()) == timings and "train policy" not in res.output
     assert json.loads(out.read_text())["mean_success"] == r["mean_success"]
+
+    # another working directory (a later session): one arm again, merged beside the first invocation
+    w2 = tmp_path / "w2"
+    run("bench", "data-engine", "--quick", "--work", w2, "--out", out, "--arms", "real_no_video")
+    r2 = json.loads(out.read_text())
+    assert [i["arms"] for i in r2["invocations"]] == [list(r["invocations"][0]["arms"]), ["real_no_video"]]
+    assert r2["wall_s"] > r["wall_s"] and r2["per_task"]["real"] == r["per_task"]["real"]
+    assert r2["transfer_psnr_db"] == r["transfer_psnr_db"]  # kept from the invocation that measured it
+    # the tokenizer is recomputed from the same seeds: the hash tells whether both saw the same latents
+    assert all(len(i["tokenizer_sha256"]) == 64 for i in r2["invocations"])
+
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"eval_episodes": 2}))
     res = run("bench", "data-engine", "--quick", "--work", w, "--out", out, "--config", cfg, code=2)
     assert res.output.startswith("error:") and "eval_episodes" in res.output
+    res = run("bench", "data-engine", "--quick", "--work", tmp_path / "w3", "--out", out, "--config", cfg, code=2)
+    assert res.output.startswith("error:") and "--out" in res.output and not (tmp_path / "w3").exists()
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
@@ -59,4 +81,11 @@ def test_bad_settings_are_one_line_errors(tmp_path):
                   tmp_path / "r.json", code=2)
         err = res.output.strip()
         assert err.startswith("error:") and len(err.splitlines()) == 1 and needle in err, err
+    res = run("bench", "data-engine", "--quick", "--work", tmp_path / "w", "--out", tmp_path / "r.json",
+              "--arms", "real,dreamz", code=2)
+    assert "dreamz" in res.output and "real_dreams" in res.output
+    for text in ("{not json", json.dumps({"benchmark": "success"})):  # a corrupt or foreign result file
+        (tmp_path / "other.json").write_text(text)
+        res = run("bench", "data-engine", "--quick", "--work", tmp_path / "w", "--out", tmp_path / "other.json", code=2)
+        assert res.output.startswith("error:") and (tmp_path / "other.json").read_text() == text
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.json").exists()

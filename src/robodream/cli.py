@@ -197,35 +197,53 @@ def bench_success_cmd(
 @bench_app.command("data-engine")
 @user_errors
 def bench_data_engine_cmd(
-    out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/data_engine.json"),
+    out: Annotated[Path, typer.Option(help="JSON file to write; an existing one of the same settings is merged into")] = Path("benchmarks/data_engine.json"),
     work: Annotated[Path, typer.Option(help="working directory (datasets, runs, evaluations)")] = Path("outputs/bench_data_engine"),
     config: Annotated[Optional[Path], typer.Option(help="JSON overriding benchmark fields (bench.data_engine.DataEngineBench)")] = None,
+    arms: Annotated[str, typer.Option(help="comma-separated arms to train and evaluate (only the stages they need run), or all")] = "all",
     quick: Annotated[bool, typer.Option(help="every stage on tiny settings (a smoke test, not a measurement)")] = False,
 ) -> None:
     """Does generated data improve a policy under shift? Arms real, real+augmentation, real+transfer,
     real+dreams and oracle, evaluated at default, appearance-shift and camera-shift conditions.
 
-    Resumable in stages: run the same command again to continue after an interruption.
+    Resumable in stages: run the same command again to continue after an interruption. With
+    --arms, a run measures some arms and merges them into --out, so the table can be built over
+    several sessions.
     """
-    from robodream.bench.data_engine import ARMS, CONDITIONS, bench_config, run_data_engine_bench
+    from robodream.bench.data_engine import ALL_ARMS, CONDITIONS, bench_config, parse_arms, run_data_engine_bench
     from robodream.config import load_config_file
-    from robodream.utils.io import atomic_write_json
+    from robodream.errors import ConfigError
+    from robodream.utils.io import atomic_write_json, read_json
 
     cfg = bench_config(load_config_file(config) if config else None, quick=quick)
-    r = run_data_engine_bench(cfg, work, log=log)
+    chosen = parse_arms(arms)
+    previous = None
+    if out.is_file():
+        try:
+            previous = read_json(out)
+        except ValueError as e:
+            raise ConfigError(f"{out} is not valid JSON ({e}); write to another --out") from None
+        if not isinstance(previous, dict) or previous.get("benchmark") != "data-engine":
+            raise ConfigError(f"{out} is not a data-engine result; write to another --out")
+    r = run_data_engine_bench(cfg, work, arms=chosen, previous=previous, log=log)
     atomic_write_json(out, r)
     ms = r["mean_success"]
     print_table(f"data engine: mean success over {', '.join(r['tasks'])}", ["arm", *CONDITIONS],
-                [[a, *[ms[a].get(c) for c in CONDITIONS]] for a in ARMS])
-    print_table("low data, video supervision, generators", ["measure", "value"], [
-        [f"real at {r['low_data']['demos_per_task']} demos/task", r["low_data"]["real"]],
-        [f"real + dreams at {r['low_data']['demos_per_task']} demos/task", r["low_data"]["real_dreams"]],
-        *[[f"{k} transfer PSNR (baseline) dB",
-           f"{r['transfer_psnr_db'][k]:.2f} ({r['transfer_baseline_psnr_db'][k]:.2f})"] for k in r["transfer_psnr_db"]],
-        ["IDM replay success (true actions)", f"{r['idm_replay_success']:.2f} ({r['true_action_replay_success']:.2f})"],
+                [[a, *[ms[a].get(c) for c in CONDITIONS]] for a in ALL_ARMS])
+
+    def pair(a, b, fmt="{:.2f}"):
+        return None if a is None else f"{fmt.format(a)} ({fmt.format(b)})"
+
+    tp, tb = r["transfer_psnr_db"] or {}, r["transfer_baseline_psnr_db"] or {}
+    print_table("generators and derived measures", ["measure", "value"], [
+        *[[f"{k} transfer PSNR (baseline) dB", pair(tp[k], tb[k])] for k in tp],
+        ["IDM replay success (true actions)", pair(r["idm_replay_success"], r["true_action_replay_success"])],
         ["gap closed by transfer (appearance, camera)", f"{r['gap_closed']['appearance_shift']}, "
                                                         f"{r['gap_closed']['camera_shift']}"],
-        ["wall h (all stages)", r["wall_s"] / 3600], ["peak RSS GiB", r["peak_rss_gib"]]])
+        ["real's drop under shift (appearance, camera)", f"{r['real_drop']['appearance_shift']}, "
+                                                         f"{r['real_drop']['camera_shift']}"],
+        ["arms not measured yet", ", ".join(r["missing"]) or "none"],
+        ["wall h (all stages, all invocations)", r["wall_s"] / 3600], ["peak RSS GiB", r["peak_rss_gib"]]])
     out_console.print(f"written to {out}")
 
 

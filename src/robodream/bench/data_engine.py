@@ -30,13 +30,22 @@ on the arm's own real demonstrations plus the other tasks' real demonstrations (
 the 5-demo arm's generators never see the 20-demo data. Every stage writes its outputs under
 ``work`` and is skipped when they are complete, so the same command continues an interrupted
 benchmark (stage wall times accumulate in ``work/timings.json``).
+
+A run may train a subset of the arms (``arms``) and runs only the stages those arms need. Its
+results are merged into an earlier result file of the same settings (:func:`merge_results`), so
+the whole table can be built over several sessions whose working directories do not survive.
+Every invocation is listed with its code version, host, arms and the SHA-256 of its tokenizer's
+weights: the data and the tokenizer are recomputed from the same seeds in each working directory,
+and equal hashes show that arms measured in different invocations saw the same latents.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -56,12 +65,32 @@ from robodream.tokenizer.model import TokenizerConfig
 from robodream.train.loop import TrainConfig
 from robodream.transfer.modeling import TransferConfig
 from robodream.transfer.pairs import WRIST_CAMERAS
-from robodream.utils.io import atomic_write_json
+from robodream.utils.io import atomic_write_json, atomic_write_text
 from robodream.utils.run import code_version, environment_info, now
 from robodream.world_model.configuration import WorldModelConfig
 
-ARMS = ("real", "real_aug", "real_transfer", "real_dreams", "oracle")
+ARMS = ("real", "real_aug", "real_transfer", "real_dreams", "oracle")  # the main table's arms
 CONDITIONS = ("default", "appearance_shift", "camera_shift")
+#: Every arm the benchmark can train: the main table's, item 8's ``video_stride = 0`` arm and the
+#: low-data arms (evaluated at ``default`` only).
+ALL_ARMS = (*ARMS, "real_no_video", "low_real", "low_real_dreams", "low_real_no_video")
+def parse_arms(spec: str) -> tuple[str, ...]:
+    """Arms from a comma-separated list of arm names (``all``: every arm), in :data:`ALL_ARMS` order.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    arms: set[str] = set()
+    for name in (x.strip() for x in spec.split(",") if x.strip()):
+        if name == "all":
+            arms.update(ALL_ARMS)
+        elif name in ALL_ARMS:
+            arms.add(name)
+        else:
+            raise ConfigError(f"unknown arm {name!r}; arms: {', '.join(ALL_ARMS)}, all")
+    if not arms:
+        raise ConfigError("no arms given")
+    return tuple(a for a in ALL_ARMS if a in arms)
 
 
 def _train(steps: int, batch_size: int, lr: float, **kw) -> Callable[[], TrainConfig]:
@@ -194,13 +223,17 @@ def _results_done(path: Path) -> bool:
     return (path / "results.json").is_file()
 
 
-def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) -> dict[str, Any]:
-    """Run (or continue) the benchmark in ``work``; returns the result dict (module docstring;
-    keys as :func:`summarize`).
+def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple[str, ...] = ALL_ARMS,
+                          previous: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+    """Run (or continue) the benchmark in ``work`` for ``arms`` (a subset of :data:`ALL_ARMS`;
+    only the stages they need run); returns the result dict (:func:`merge_results`), merged into
+    ``previous`` (an earlier result dict of the same settings, or None).
 
     Raises:
-        ConfigError, DatasetError, CheckpointError: from the stages (bad settings, a failed
-        collection, a run of another kind in the way).
+        ConfigError: ``previous`` or ``work`` holds a benchmark of other settings (checked before
+            any stage runs).
+        DatasetError, CheckpointError: from the stages (a failed collection, a run of another
+            kind in the way).
     """
     from robodream.idm.evaluate import evaluate_idm
     from robodream.idm.train import IDMRunConfig, train_idm
@@ -212,6 +245,8 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
     from robodream.world_model.dreams import generate_dreams
     from robodream.world_model.train import WorldModelRunConfig, train_world_model
 
+    arms = parse_arms(",".join(arms))
+    low_arms = any(a.startswith("low_") for a in arms)
     work = Path(work)
     settings = json.loads(json.dumps(to_dict(cfg)))
     saved = work / "config.json"
@@ -219,8 +254,12 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
         changed = sorted(k for k, v in settings.items() if json.loads(saved.read_text()).get(k) != v)
         raise ConfigError(f"{work} holds a data-engine benchmark with other settings ({', '.join(changed)}); "
                           "continue it with the same settings or use another --work")
+    if previous is not None:
+        merge_results(previous, cfg, {}, {}, check_only=True)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, settings)
+    if not (work / "work_id").is_file():  # tells this directory's invocations apart from other directories'
+        atomic_write_text(work / "work_id", uuid.uuid4().hex)
     st = _Stages(work, log)
     D = work / "data"
     cams = tuple(cfg.policy.cameras)
@@ -239,9 +278,12 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
     both = replace(app_shift, camera_shift="random", camera_shift_scale=cfg.camera_shift_scale)
     for t in cfg.tasks:
         collect_into(D / "real" / t, t, cfg.demos, depth=True)
-        collect_into(D / "real_low" / t, t, cfg.low_demos)  # the same seeds: the first low_demos of real
-        collect_into(D / "oracle" / t, t, cfg.demos, shift=replace(both, seed=cfg.oracle_shift_seed))
-        collect_into(D / "idm_test" / t, t, cfg.idm_test_demos, seed=10_000)
+        if low_arms:
+            collect_into(D / "real_low" / t, t, cfg.low_demos)  # the same seeds: the first low_demos of real
+        if "oracle" in arms:
+            collect_into(D / "oracle" / t, t, cfg.demos, shift=replace(both, seed=cfg.oracle_shift_seed))
+        if "real_dreams" in arms:
+            collect_into(D / "idm_test" / t, t, cfg.idm_test_demos, seed=10_000)
     for t in cfg.other_tasks:
         collect_into(D / "other" / t, t, cfg.other_demos, depth=True)
         collect_into(D / "other_shifted" / t, t, cfg.other_demos, shift=replace(both, seed=cfg.oracle_shift_seed + 1))
@@ -260,6 +302,8 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
     R = work / "runs"
     transfer_runs = {("appearance", c): R / f"transfer_appearance_{c}" for c in cams}
     transfer_runs.update({("view", c): R / f"transfer_view_{c}" for c in static})
+    if "real_transfer" not in arms:
+        transfer_runs = {}
     for (kind, cam), path in transfer_runs.items():
         scale = cfg.appearance_scale if kind == "appearance" else cfg.camera_shift_scale
         st.run(f"train transfer {kind} {cam}", lambda p=path: _run_done(p), lambda k=kind, c=cam, p=path, s=scale:
@@ -271,7 +315,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
             p, real[0], e, episodes=min(cfg.transfer_eval_episodes, cfg.demos), sample_steps=cfg.transfer_sample_steps, overwrite=True))
     S = D / "synthetic"
     for t, src in zip(cfg.tasks, real):
-        for kind in ("appearance", "view"):
+        for kind in ("appearance", "view") if transfer_runs else ():
             out = S / kind / t
             runs = [str(p) for (k, _), p in transfer_runs.items() if k == kind]
             st.run(f"generate {kind} {t}", lambda o=out: _dataset_done(o), lambda k=kind, s=src, r=runs, o=out:
@@ -279,7 +323,9 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
                                      sample_steps=cfg.transfer_sample_steps, overwrite=o.exists()))
 
     # ------------------------------------------------------------------ IDMs, world models, dreams (per data size)
-    for size, demos in (("", real), ("_low", low)):
+    dream_sizes = [(size, d) for size, d, arm in (("", real, "real_dreams"), ("_low", low, "low_real_dreams"))
+                   if arm in arms]
+    for size, demos in dream_sizes:
         idm, wm = R / f"idm{size}", R / f"world_model{size}"
         st.run(f"train idm{size}", lambda p=idm: _run_done(p), lambda d=demos, p=idm: train_idm(IDMRunConfig(
             data=(*d, *other), tokenizer=str(tok), model=replace(cfg.idm), train=replace(cfg.idm_train)),
@@ -292,14 +338,14 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
             st.run(f"dream{size} {t}", lambda o=out: _dataset_done(o), lambda t=t, o=out, i=idm, w=wm: generate_dreams(
                 w, i, t, o, episodes=cfg.dreams_per_task, steps=cfg.dream_steps, filter=cfg.dream_filter,
                 sample_steps=cfg.dream_sample_steps, overwrite=o.exists()))
-    for t in cfg.tasks:
+    for t in cfg.tasks if "real_dreams" in arms else ():
         ev = work / "eval" / "idm" / t
         st.run(f"eval idm {t}", lambda e=ev: _results_done(e), lambda t=t, e=ev: evaluate_idm(
             R / "idm", D / "idm_test" / t, t, cfg.idm_test_demos, e, workers=cfg.workers, overwrite=True))
 
     # ------------------------------------------------------------------ policies
     synth = {k: [str(S / k / t) for t in cfg.tasks] for k in ("appearance", "view", "dream", "dream_low")}
-    arms: dict[str, dict[str, Any]] = {
+    specs: dict[str, dict[str, Any]] = {
         "real": {"data": real},
         "real_aug": {"data": real, "augment_views": cfg.augment_views, "augment_pad": cfg.augment_pad,
                      "augment_color": cfg.augment_color},
@@ -314,7 +360,8 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
     conditions = {"default": None, "appearance_shift": replace(app_shift, seed=cfg.eval_shift_seed),
                   "camera_shift": replace(cam_shift, seed=cfg.eval_shift_seed)}
     evals: dict[str, dict[str, dict[str, dict]]] = {}
-    for arm, spec in arms.items():
+    for arm in arms:
+        spec = specs[arm]
         pol = R / f"policy_{arm}"
         data = spec["data"]
         model = replace(cfg.policy, video_stride=spec.get("video_stride", cfg.policy.video_stride))
@@ -334,62 +381,120 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, log=print) 
                                        max_steps=cfg.eval_max_steps, n_videos=1, workers=cfg.workers,
                                        overwrite=True, shift=conditions[c]))
                 evals.setdefault(arm, {}).setdefault(cond, {})[t] = json.loads((ev / "results.json").read_text())
-    return summarize(cfg, work, evals, st.timings)
+    return summarize(cfg, work, evals, st.timings, arms, previous)
 
 
-def summarize(cfg: DataEngineBench, work: Path, evals: dict, timings: dict[str, float]) -> dict[str, Any]:
-    """The result dict: ``mean_success`` ``{arm: {condition: rate}}``, ``per_task`` (rates with
-    Wilson 95% intervals and episode counts), ``gap_closed`` (share of the real -> oracle gap the
-    transfer arm closes per shifted condition), ``real_drop`` (points ``real`` loses under each
-    shift), ``transfer_psnr_db`` / ``transfer_baseline_psnr_db`` ``{appearance, view}``,
-    ``idm_replay_success`` / ``true_action_replay_success``, ``low_data``, ``video_supervision``,
-    ``training_s`` per run, ``stage_s``, ``wall_s`` (sum of the stages over every invocation),
-    ``peak_rss_gib`` and ``code``."""
-    def mean(xs):
-        xs = [x for x in xs if x is not None]
-        return sum(xs) / len(xs) if xs else None
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    mean_success = {arm: {c: mean([r["success_rate"] for r in per.values()]) for c, per in conds.items()}
-                    for arm, conds in evals.items()}
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _conditions(arm: str) -> tuple[str, ...]:
+    return ("default",) if arm.startswith("low_") else CONDITIONS
+
+
+def summarize(cfg: DataEngineBench, work: Path, evals: dict, timings: dict[str, float],
+              arms: tuple[str, ...] = ALL_ARMS, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What this invocation measured in ``work`` (``evals``: ``{arm: {condition: {task:
+    eval results.json}}}``), merged into ``previous`` (an earlier result of the same settings,
+    or None) by :func:`merge_results`.
+
+    Raises:
+        ConfigError: ``previous`` holds results of other settings.
+    """
     per_task = {arm: {c: {t: {"success_rate": r["success_rate"], "ci95": r["ci95"], "n_episodes": r["n_episodes"]}
                           for t, r in per.items()} for c, per in conds.items()} for arm, conds in evals.items()}
-    ms = mean_success
-    gap = {}
-    real_drop = {}
-    for c in ("appearance_shift", "camera_shift"):
-        r, o, x = ms["real"][c], ms["oracle"][c], ms["real_transfer"][c]
-        gap[c] = (x - r) / (o - r) if o - r > 1e-9 else None
-        real_drop[c] = ms["real"]["default"] - r
-    tr = {}
+    tr: dict[str, list] = {}
     for path in sorted((work / "eval" / "transfer").glob("*/results.json")):
         r = json.loads(path.read_text())
-        kind = "appearance" if "appearance" in path.parent.name else "view"
-        tr.setdefault(kind, []).append(r)
-    idm = [json.loads((work / "eval" / "idm" / t / "results.json").read_text()) for t in cfg.tasks]
+        tr.setdefault("appearance" if "appearance" in path.parent.name else "view", []).append(r)
+    idm_paths = [work / "eval" / "idm" / t / "results.json" for t in cfg.tasks]
+    idm = [json.loads(p.read_text()) for p in idm_paths] if all(p.is_file() for p in idm_paths) else []
     runs = work / "runs"
-    training_s = {p.name: training_seconds(p) for p in sorted([work / "tokenizer", *runs.iterdir()])
-                  if (p / "results.json").is_file()}
+    run_dirs = [work / "tokenizer", *(sorted(runs.iterdir()) if runs.is_dir() else [])]
+    tok_weights = work / "tokenizer" / "model.safetensors"
     rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {
-        "benchmark": "data-engine", "created": now(), "code": code_version(), "environment": environment_info(),
-        "config": to_dict(cfg), "tasks": list(cfg.tasks),
-        "mean_success": {a: ms[a] for a in ARMS},
+    measured = {
         "per_task": per_task,
+        "transfer_psnr_db": {k: _mean([r["model"]["psnr"] for r in v]) for k, v in tr.items()} or None,
+        "transfer_baseline_psnr_db": {k: _mean([r["baseline"]["psnr"] for r in v]) for k, v in tr.items()} or None,
+        "idm_replay_success": _mean([r["replay"]["idm_actions"]["success_rate"] for r in idm]),
+        "true_action_replay_success": _mean([r["replay"]["true_actions"]["success_rate"] for r in idm]),
+        "idm_action_mse": _mean([r["action_mse"] for r in idm]),
+        "training_s": {p.name: training_seconds(p) for p in run_dirs if (p / "results.json").is_file()},
+        "dreams_kept": {p.parent.name + "/" + p.name: len(json.loads((p / "meta" / "robodream.json").read_text())["seeds"])
+                        for p in sorted((work / "data" / "synthetic").glob("dream*/*"))},
+    }
+    invocation = {
+        "created": now(), "code": code_version(), "environment": environment_info(), "work": str(work.resolve()),
+        "work_id": (work / "work_id").read_text().strip(),
+        "arms": list(arms), "tokenizer_sha256": _sha256(tok_weights) if tok_weights.is_file() else None,
+        "stage_s": timings, "wall_s": sum(timings.values()), "peak_rss_gib": rss / 2**20,
+    }
+    return merge_results(previous, cfg, measured, invocation)
+
+
+def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measured: dict[str, Any],
+                  invocation: dict[str, Any], *, check_only: bool = False) -> dict[str, Any]:
+    """One result dict from an earlier result (``previous``, or None) and this invocation's.
+
+    An arm's numbers come from the latest invocation that evaluated it; the transfer and IDM
+    metrics from the latest that measured them; invocations of the same working directory
+    replace each other (its stage times accumulate), so ``wall_s`` sums distinct directories.
+    Derived numbers (``mean_success`` over tasks, ``gap_closed``, ``real_drop``, ``low_data``,
+    ``video_supervision``) are recomputed from the merged per-task table; arms not measured yet
+    read None, and ``missing`` lists them. ``check_only``: only check that ``previous`` may be
+    merged into (returns it).
+
+    Raises:
+        ConfigError: ``previous`` was measured with other settings or tasks.
+    """
+    settings = json.loads(json.dumps(to_dict(cfg)))
+    prev = previous or {}
+    if previous is not None and prev.get("config") != settings:
+        changed = sorted(k for k, v in settings.items() if (prev.get("config") or {}).get(k) != v)
+        raise ConfigError(f"the result file holds a data-engine benchmark with other settings ({', '.join(changed)}); "
+                          "write to another --out")
+    if check_only:
+        return prev
+    per_task = {**prev.get("per_task", {}), **measured["per_task"]}
+    later = {k: measured[k] if measured[k] is not None else prev.get(k)
+             for k in ("transfer_psnr_db", "transfer_baseline_psnr_db", "idm_replay_success",
+                       "true_action_replay_success", "idm_action_mse")}
+    invocations = [i for i in prev.get("invocations", []) if i["work_id"] != invocation["work_id"]] + [invocation]
+    ms = {a: {c: _mean([r["success_rate"] for r in per_task.get(a, {}).get(c, {}).values()]) for c in _conditions(a)}
+          for a in ALL_ARMS}
+
+    def diff(a: str, b: str, c: str) -> float | None:
+        return None if ms[a][c] is None or ms[b][c] is None else ms[a][c] - ms[b][c]
+
+    gap, real_drop = {}, {}
+    for c in ("appearance_shift", "camera_shift"):
+        closed, full = diff("real_transfer", "real", c), diff("oracle", "real", c)
+        gap[c] = closed / full if closed is not None and full is not None and full > 1e-9 else None
+        d, x = ms["real"]["default"], ms["real"][c]
+        real_drop[c] = None if d is None or x is None else d - x
+    return {
+        "benchmark": "data-engine", "created": invocation["created"], "code": invocation["code"],
+        "environment": invocation["environment"], "config": settings, "tasks": list(cfg.tasks),
+        "mean_success": ms, "per_task": per_task,
+        "missing": [a for a in ALL_ARMS if a not in per_task],
         "gap_closed": gap, "real_drop": real_drop,
-        "shift_hard_enough": {c: d >= 0.20 for c, d in real_drop.items()},
-        "transfer_psnr_db": {k: mean([r["model"]["psnr"] for r in v]) for k, v in tr.items()},
-        "transfer_baseline_psnr_db": {k: mean([r["baseline"]["psnr"] for r in v]) for k, v in tr.items()},
-        "idm_replay_success": mean([r["replay"]["idm_actions"]["success_rate"] for r in idm]),
-        "true_action_replay_success": mean([r["replay"]["true_actions"]["success_rate"] for r in idm]),
-        "idm_action_mse": mean([r["action_mse"] for r in idm]),
+        "shift_hard_enough": {c: None if d is None else d >= 0.20 for c, d in real_drop.items()},
+        **later,
         "low_data": {"demos_per_task": cfg.low_demos, "real": ms["low_real"]["default"],
                      "real_dreams": ms["low_real_dreams"]["default"]},
         "video_supervision": {
             str(cfg.demos): {"video": ms["real"], "no_video": ms["real_no_video"]},
             str(cfg.low_demos): {"video": ms["low_real"], "no_video": ms["low_real_no_video"]},
         },
-        "dreams_kept": {p.parent.name + "/" + p.name: len(json.loads((p / "meta" / "robodream.json").read_text())["seeds"])
-                        for p in sorted((work / "data" / "synthetic").glob("dream*/*"))},
-        "training_s": training_s, "stage_s": timings, "wall_s": sum(timings.values()),
-        "peak_rss_gib": rss / 2**20,
+        "dreams_kept": {**prev.get("dreams_kept", {}), **measured["dreams_kept"]},
+        "training_s": {**prev.get("training_s", {}), **measured["training_s"]},
+        "invocations": invocations,
+        "wall_s": sum(i["wall_s"] for i in invocations),
+        "peak_rss_gib": max(i["peak_rss_gib"] for i in invocations),
     }
