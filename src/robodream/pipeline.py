@@ -74,7 +74,8 @@ DEMO = Recipe(
 SUCCESS_BENCH = Recipe(name="success", policy_train=replace(default_policy_train(), steps=3000))
 
 
-def _dataset_complete(path: Path) -> bool:
+def dataset_complete(path: Path) -> bool:
+    """Whether ``path`` holds a readable LeRobot dataset (a stage's output is complete)."""
     if not path.exists():
         return False
     try:
@@ -84,7 +85,8 @@ def _dataset_complete(path: Path) -> bool:
         return False
 
 
-def _run_complete(path: Path) -> bool:
+def run_complete(path: Path) -> bool:
+    """Whether ``path`` holds a finished training run (weights and results.json)."""
     return (path / "model.safetensors").is_file() and (path / "results.json").is_file()
 
 
@@ -101,7 +103,7 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
     t0 = time.perf_counter()
     for task in recipe.tasks:
         path = work / "data" / task
-        if not _dataset_complete(path):
+        if not dataset_complete(path):
             log(f"collecting {recipe.demos_per_task} expert episodes of {task} -> {path}")
             collect(CollectConfig(task=task, episodes=recipe.demos_per_task, image_size=recipe.image_size,
                                   cameras=recipe.cameras, proprio=recipe.proprio, expert_target=recipe.expert_target),
@@ -111,7 +113,7 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
 
     tok = work / "tokenizer"
     t0 = time.perf_counter()
-    if not _run_complete(tok):
+    if not run_complete(tok):
         log(f"training the tokenizer -> {tok}")
         train_tokenizer(TokenizerRunConfig(data=tuple(datasets), model=replace(recipe.tokenizer),
                                            train=replace(recipe.tokenizer_train)), tok, resume=tok.exists())
@@ -119,7 +121,7 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
 
     pol = work / policy_name
     t0 = time.perf_counter()
-    if not _run_complete(pol):
+    if not run_complete(pol):
         log(f"training the policy -> {pol}")
         model = replace(recipe.policy, **(policy_overrides or {}))
         train_cfg = replace(recipe.policy_train, seed=train_seed)

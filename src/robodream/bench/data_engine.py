@@ -53,13 +53,12 @@ from typing import Any, Callable
 from robodream.config import replace as config_replace
 from robodream.config import to_dict
 from robodream.data.collect import CollectConfig, collect
-from robodream.data.lerobot import LeRobotDataset
 from robodream.envs.meta_world import check_task
 from robodream.envs.shift import ShiftConfig
-from robodream.errors import ConfigError, DatasetError
+from robodream.errors import ConfigError
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 from robodream.idm.modeling import IDMConfig
-from robodream.pipeline import training_seconds
+from robodream.pipeline import dataset_complete, run_complete, training_seconds
 from robodream.policy.configuration import PolicyConfig
 from robodream.tokenizer.model import TokenizerConfig
 from robodream.train.loop import TrainConfig
@@ -205,20 +204,6 @@ class _Stages:
         atomic_write_json(self.path, self.timings)
 
 
-def _dataset_done(path: Path) -> bool:
-    if not path.exists():
-        return False
-    try:
-        LeRobotDataset(path)
-        return True
-    except DatasetError:
-        return False
-
-
-def _run_done(path: Path) -> bool:
-    return (path / "model.safetensors").is_file() and (path / "results.json").is_file()
-
-
 def _results_done(path: Path) -> bool:
     return (path / "results.json").is_file()
 
@@ -270,7 +255,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
     # ------------------------------------------------------------------ data
     def collect_into(path: Path, task: str, episodes: int, seed: int = 0, shift: ShiftConfig | None = None,
                      depth: bool = False) -> None:
-        st.run(f"collect {path.relative_to(work)}", lambda: _dataset_done(path), lambda: collect(
+        st.run(f"collect {path.relative_to(work)}", lambda: dataset_complete(path), lambda: collect(
             CollectConfig(task=task, episodes=episodes, image_size=cfg.image_size, cameras=cams, seed=seed,
                           shift=shift or ShiftConfig(), with_depth=depth, with_segmentation=depth),
             path, overwrite=path.exists(), workers=cfg.workers))
@@ -294,7 +279,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
     # ------------------------------------------------------------------ tokenizer (shared by every model)
     tok = work / "tokenizer"
     tok_data = (*real, *other, *[str(D / "other_shifted" / t) for t in cfg.other_tasks])
-    st.run("tokenizer", lambda: _run_done(tok), lambda: train_tokenizer(TokenizerRunConfig(
+    st.run("tokenizer", lambda: run_complete(tok), lambda: train_tokenizer(TokenizerRunConfig(
         data=tok_data, model=replace(cfg.tokenizer, image_size=cfg.image_size), train=replace(cfg.tokenizer_train)),
         tok, resume=tok.exists()))
 
@@ -306,7 +291,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
         transfer_runs = {}
     for (kind, cam), path in transfer_runs.items():
         scale = cfg.appearance_scale if kind == "appearance" else cfg.camera_shift_scale
-        st.run(f"train transfer {kind} {cam}", lambda p=path: _run_done(p), lambda k=kind, c=cam, p=path, s=scale:
+        st.run(f"train transfer {kind} {cam}", lambda p=path: run_complete(p), lambda k=kind, c=cam, p=path, s=scale:
                train_transfer(TransferRunConfig(data=tuple(other), tokenizer=str(tok), camera=c,
                                                 model=replace(cfg.transfer, kind=k), train=replace(cfg.transfer_train),
                                                 shift_scale=s), p, resume=p.exists()))
@@ -318,7 +303,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
         for kind in ("appearance", "view") if transfer_runs else ():
             out = S / kind / t
             runs = [str(p) for (k, _), p in transfer_runs.items() if k == kind]
-            st.run(f"generate {kind} {t}", lambda o=out: _dataset_done(o), lambda k=kind, s=src, r=runs, o=out:
+            st.run(f"generate {kind} {t}", lambda o=out: dataset_complete(o), lambda k=kind, s=src, r=runs, o=out:
                    generate_transfer(k, s, r, o, copies=cfg.transfer_copies, shift_seed=cfg.generate_shift_seed,
                                      sample_steps=cfg.transfer_sample_steps, overwrite=o.exists()))
 
@@ -327,15 +312,15 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
                    if arm in arms]
     for size, demos in dream_sizes:
         idm, wm = R / f"idm{size}", R / f"world_model{size}"
-        st.run(f"train idm{size}", lambda p=idm: _run_done(p), lambda d=demos, p=idm: train_idm(IDMRunConfig(
+        st.run(f"train idm{size}", lambda p=idm: run_complete(p), lambda d=demos, p=idm: train_idm(IDMRunConfig(
             data=(*d, *other), tokenizer=str(tok), model=replace(cfg.idm), train=replace(cfg.idm_train)),
             p, resume=p.exists()))
-        st.run(f"train world model{size}", lambda p=wm: _run_done(p), lambda d=demos, p=wm: train_world_model(
+        st.run(f"train world model{size}", lambda p=wm: run_complete(p), lambda d=demos, p=wm: train_world_model(
             WorldModelRunConfig(data=(*d, *other), tokenizer=str(tok), model=replace(cfg.world_model),
                                 train=replace(cfg.world_model_train)), p, resume=p.exists()))
         for t in cfg.tasks:
             out = S / f"dream{size}" / t
-            st.run(f"dream{size} {t}", lambda o=out: _dataset_done(o), lambda t=t, o=out, i=idm, w=wm: generate_dreams(
+            st.run(f"dream{size} {t}", lambda o=out: dataset_complete(o), lambda t=t, o=out, i=idm, w=wm: generate_dreams(
                 w, i, t, o, episodes=cfg.dreams_per_task, steps=cfg.dream_steps, filter=cfg.dream_filter,
                 sample_steps=cfg.dream_sample_steps, overwrite=o.exists()))
     for t in cfg.tasks if "real_dreams" in arms else ():
@@ -367,7 +352,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
         model = replace(cfg.policy, video_stride=spec.get("video_stride", cfg.policy.video_stride))
         # synthetic data: every dataset drawn equally often (real and generated alike, tasks balanced)
         weights = tuple(1.0 for _ in data) if len(data) > len(cfg.tasks) else ()
-        st.run(f"train policy {arm}", lambda p=pol: _run_done(p), lambda p=pol, d=data, m=model, s=spec, w=weights:
+        st.run(f"train policy {arm}", lambda p=pol: run_complete(p), lambda p=pol, d=data, m=model, s=spec, w=weights:
                train_policy(PolicyRunConfig(data=tuple(d), tokenizer=str(tok), model=m, train=replace(cfg.policy_train),
                                             data_weight=w, augment_views=s.get("augment_views", 0),
                                             augment_pad=s.get("augment_pad", 4),
