@@ -242,7 +242,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
         raise ConfigError(f"{work} holds a data-engine benchmark with other settings ({', '.join(changed)}); "
                           "continue it with the same settings or use another --work")
     if previous is not None:
-        merge_results(previous, cfg, {}, {}, check_only=True)
+        check_mergeable(previous, cfg)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, settings)
     if not (work / "work_id").is_file():  # tells this directory's invocations apart from other directories'
@@ -425,8 +425,23 @@ def summarize(cfg: DataEngineBench, work: Path, evals: dict, timings: dict[str, 
     return merge_results(previous, cfg, measured, invocation)
 
 
+def check_mergeable(previous: dict[str, Any] | None, cfg: DataEngineBench) -> dict[str, Any]:
+    """``cfg``'s settings as JSON, after checking that ``previous`` (a result dict, or None) was
+    measured with them.
+
+    Raises:
+        ConfigError: ``previous`` was measured with other settings or tasks.
+    """
+    settings = json.loads(json.dumps(to_dict(cfg)))
+    if previous is not None and previous.get("config") != settings:
+        changed = sorted(k for k, v in settings.items() if (previous.get("config") or {}).get(k) != v)
+        raise ConfigError(f"the result file holds a data-engine benchmark with other settings ({', '.join(changed)}); "
+                          "write to another --out")
+    return settings
+
+
 def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measured: dict[str, Any],
-                  invocation: dict[str, Any], *, check_only: bool = False) -> dict[str, Any]:
+                  invocation: dict[str, Any]) -> dict[str, Any]:
     """One result dict from an earlier result (``previous``, or None) and this invocation's.
 
     An arm's numbers come from the latest invocation that evaluated it; the transfer and IDM
@@ -434,20 +449,13 @@ def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measure
     replace each other (its stage times accumulate), so ``wall_s`` sums distinct directories.
     Derived numbers (``mean_success`` over tasks, ``gap_closed``, ``real_drop``, ``low_data``,
     ``video_supervision``) are recomputed from the merged per-task table; arms not measured yet
-    read None, and ``missing`` lists them. ``check_only``: only check that ``previous`` may be
-    merged into (returns it).
+    read None, and ``missing`` lists them.
 
     Raises:
         ConfigError: ``previous`` was measured with other settings or tasks.
     """
-    settings = json.loads(json.dumps(to_dict(cfg)))
+    settings = check_mergeable(previous, cfg)
     prev = previous or {}
-    if previous is not None and prev.get("config") != settings:
-        changed = sorted(k for k, v in settings.items() if (prev.get("config") or {}).get(k) != v)
-        raise ConfigError(f"the result file holds a data-engine benchmark with other settings ({', '.join(changed)}); "
-                          "write to another --out")
-    if check_only:
-        return prev
     per_task = {**prev.get("per_task", {}), **measured["per_task"]}
     later = {k: measured[k] if measured[k] is not None else prev.get(k)
              for k in ("transfer_psnr_db", "transfer_baseline_psnr_db", "idm_replay_success",
