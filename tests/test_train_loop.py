@@ -88,3 +88,20 @@ def test_load_weights_of_another_model_fails(tmp_path):
     save_tensors(tmp_path / "x.safetensors", {"encoder.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model_weights(small, tmp_path / "x.safetensors")
+
+
+def test_precision_auto_is_bf16_only_with_native_bf16(monkeypatch):
+    """"auto" autocasts to bf16 only where the CPU computes bf16 natively (emulated bf16 measured
+    ~9x slower than fp32 on an AVX2-only host); explicit choices pass through."""
+    from robodream.train.loop import autocast_context, resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native, raising=False)
+        assert resolve_precision(cpu, "auto") == want
+        with autocast_context(cpu, "auto"):
+            assert torch.is_autocast_enabled("cpu") == (want == "bf16")
+        assert resolve_precision(cpu, "bf16") == "bf16" and resolve_precision(cpu, "fp32") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision(cpu, "fp16")

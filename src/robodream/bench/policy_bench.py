@@ -25,6 +25,7 @@ import torch
 
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
+from robodream.train.loop import resolve_precision
 from robodream.utils.progress import progress_bar
 from robodream.utils.run import code_version, environment_info, now
 
@@ -111,6 +112,7 @@ def latency(cfg: PolicyConfig, repeats: int = 50, warmup: int = 5, threads: int 
 
 def _train_worker(cfg: PolicyConfig, batch: int, steps: int, warmup: int, threads: int, precision: str, q) -> None:
     torch.set_num_threads(threads)
+    precision = resolve_precision(torch.device("cpu"), precision)
     torch.manual_seed(0)
     model = GigaWorldPolicy(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -136,8 +138,9 @@ def _train_worker(cfg: PolicyConfig, batch: int, steps: int, warmup: int, thread
 
 
 def train_throughput(cfg: PolicyConfig, batch: int = 64, steps: int = 10, warmup: int = 3, threads: int = 2,
-                     precision: str = "bf16") -> dict[str, Any]:
-    """Training samples/s (median step) and peak RSS (MiB) of a fresh process."""
+                     precision: str = "auto") -> dict[str, Any]:
+    """Training samples/s (median step) and peak RSS (MiB) of a fresh process, in ``precision``
+    as training resolves it (``"auto"``: bf16 only on a CPU with native bf16)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_train_worker, args=(cfg, batch, steps, warmup, threads, precision, q))

@@ -51,6 +51,8 @@ def environment_info() -> dict[str, Any]:
     """Python, torch and machine description for provenance."""
     import torch
 
+    from robodream.train.loop import native_bf16
+
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -59,6 +61,7 @@ def environment_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_native_bf16": native_bf16(torch.device("cpu")),  # decides precision "auto" (train.loop)
     }
     return info
 

@@ -32,7 +32,7 @@ import torch
 from robodream.models.moe import MoEMLP
 from robodream.models.neighborhood import neighborhood_attention
 from robodream.models.transformer import full_attention
-from robodream.train.loop import autocast_context, resolve_device
+from robodream.train.loop import autocast_context, resolve_device, resolve_precision
 from robodream.utils.run import code_version, environment_info, now
 from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.modeling import VideoWorldModel
@@ -155,6 +155,7 @@ def time_attention(cfg: WorldModelConfig, batch_size: int, repeats: int, device:
     precision (bf16 autocast unless ``precision="fp32"``): neighbourhood vs full, interleaved.
     Queries, keys and values come in the dtype the model gives the kernel (bf16 under
     autocast: they leave a bf16 projection and RoPE keeps their dtype)."""
+    precision = resolve_precision(device, precision)
     hd, L = cfg.dim // cfg.n_heads, cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
     g = torch.Generator().manual_seed(0)
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
@@ -204,6 +205,7 @@ def bench_world_model(base: WorldModelConfig, *, train_steps: int = 10, batch_si
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
+    precision = resolve_precision(dev, precision)
     res: dict = {"benchmark": "world_model", "created": now(), "device": str(dev), "threads": torch.get_num_threads(),
                  "precision": precision, "batch_size": batch_size, "train_steps_timed": train_steps,
                  "grid": list(base.grid), "window": list(base.window), "code": code_version(),
