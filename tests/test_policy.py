@@ -330,10 +330,12 @@ def test_kv_only_last_block_loads_weights_written_before_it():
         torch.testing.assert_close(fresh.state_dict()[k], v)
 
 
-def test_pixel_stem_sees_the_raw_frames():
-    """A pixel-stem policy needs the raw frames, its fast sampler equals the reference one, and
-    a few changed pixels (a goal marker the latents would lose) change its actions."""
-    cfg = tiny_cfg(pixel_stem_width=8, image_size=16)  # 16 px -> 2x2 token grid: 3 halvings
+@pytest.mark.parametrize("keypoints", [0, 3])
+def test_pixel_stem_sees_the_raw_frames(keypoints):
+    """A pixel-stem policy (with or without spatial-softmax keypoints) needs the raw frames, its
+    fast sampler equals the reference one, and a few changed pixels (a goal marker the latents
+    would lose) change its actions."""
+    cfg = tiny_cfg(pixel_stem_width=8, image_size=16, stem_keypoints=keypoints)  # 16 px -> 2x2 grid: 3 halvings
     assert cfg.stem_halvings == 3
     m = random_policy(cfg)
     state, ref, task, actions, fut = inputs(cfg)
@@ -355,9 +357,32 @@ def test_pixel_stem_sees_the_raw_frames():
     loss, _ = m.train()(state, ref, actions, task, fut, ref_frames=frames)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.pixel_stem.parameters())
+    if keypoints:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in [*m.keypoints.parameters(), *m.keypoint_in.parameters()])
 
 
-@pytest.mark.parametrize("bad", [dict(pixel_stem_width=-1), dict(pixel_stem_width=8, image_size=24)])
+def test_spatial_softmax_finds_a_bright_spot():
+    """With a sharp temperature, the keypoint of a map that is high at one pixel is that pixel's
+    coordinates in [-1, 1] (x to the right, y down)."""
+    from robodream.models.stem import SpatialSoftmax
+
+    ss = SpatialSoftmax(1, 1)
+    with torch.no_grad():
+        ss.proj.weight.fill_(1.0)
+        ss.proj.bias.zero_()
+        ss.log_temperature.fill_(-5.0)
+    x = torch.zeros(2, 1, 9, 17)
+    x[0, 0, 2, 13] = 1.0
+    x[1, 0, 8, 0] = 1.0
+    kp = ss(x)
+    assert kp.shape == (2, 1, 2)
+    torch.testing.assert_close(kp[:, 0], torch.tensor([[13 / 16 * 2 - 1, 2 / 8 * 2 - 1], [-1.0, 1.0]]), atol=1e-3,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("bad", [dict(pixel_stem_width=-1), dict(pixel_stem_width=8, image_size=24),
+                                 dict(pixel_stem_width=0, stem_keypoints=4), dict(pixel_stem_width=8, stem_keypoints=-1)])
 def test_pixel_stem_config_errors(bad):
     with pytest.raises(ConfigError, match="pixel"):
         tiny_cfg(**bad)

@@ -34,3 +34,37 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(self.net(x), "b d y x -> b (y x) d")
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens as :meth:`forward`, plus the feature map after the first halving
+        (B, width, H / 2, W / 2): the finest map with a receptive field beyond one 3x3 conv
+        (what :class:`SpatialSoftmax` reads). Needs ``halvings >= 1``."""
+        h = self.net[:4](x)
+        return rearrange(self.net[4:](h), "b d y x -> b (y x) d"), h
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature map (B, C, H, W) -> K keypoints (B, K, 2): image coordinates in [-1, 1] (x, y).
+
+    A 1x1 conv gives K maps; each becomes a distribution over pixels by a softmax with a learned
+    temperature, and its keypoint is the expected pixel position. Position is read explicitly
+    rather than left to be inferred from which token a feature sits in: a small object (reach's
+    goal marker, 2-5 px at 64x64) gets a sub-token position. Levine et al. 2016, "End-to-end
+    training of deep visuomotor policies" (JMLR 17), Sec. 4.2; used by robomimic and Diffusion
+    Policy (Chi et al. 2023) image encoders.
+    """
+
+    def __init__(self, in_channels: int, n_keypoints: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, n_keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        logits = self.proj(x).flatten(2).float() / self.log_temperature.float().exp()  # (B, K, H*W)
+        prob = logits.softmax(-1)
+        ys = torch.linspace(-1.0, 1.0, H, device=x.device)
+        xs = torch.linspace(-1.0, 1.0, W, device=x.device)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        coords = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)  # (H*W, 2)
+        return (prob @ coords).to(x.dtype)  # (B, K, 2)

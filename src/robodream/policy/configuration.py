@@ -49,6 +49,10 @@ class PolicyConfig:
     # 2-5 pixel goal marker, reaches the policy. 0 = latents only (benchmarks/RESULTS.md: reach
     # 0.42 -> 0.76 on the same data and tokenizer).
     pixel_stem_width: int = 32
+    # Keypoints per camera read from the pixel stem's half-resolution features by a spatial
+    # softmax (models.stem.SpatialSoftmax); their (x, y) image coordinates are embedded into the
+    # state token. 0 = none. Needs a pixel stem.
+    stem_keypoints: int = 0
 
     # --- rectified flow -----------------------------------------------------------------------
     time_shift: float = 5.0  # s in t' = s t / (1 + (s - 1) t)
@@ -87,6 +91,9 @@ class PolicyConfig:
         if self.pixel_stem_width and self.stem_halvings < 0:
             raise ConfigError(f"a pixel stem needs image_size / token grid to be a power of two, got "
                               f"{self.image_size} / {self.latent_size // self.patch_size}")
+        if self.stem_keypoints < 0 or (self.stem_keypoints and not (self.pixel_stem_width and self.stem_halvings >= 1)):
+            raise ConfigError(f"stem_keypoints must be >= 0 and needs a pixel stem with at least one halving, got "
+                              f"stem_keypoints={self.stem_keypoints}, pixel_stem_width={self.pixel_stem_width}")
         if self.mask == "full" and self.video_stride == 0:
             raise ConfigError("mask='full' (joint model) needs video tokens: set video_stride > 0")
 

@@ -27,6 +27,8 @@ Tensor conventions (B = batch, N = cameras, C/h/w = tokenizer latent grid):
 ``pixel_stem_width > 0`` adds a conv stem over the raw reference frames whose features are
 added to the reference tokens (same grid, so the token count and latency barely change): the
 tokenizer's latents lose 2-5 pixel objects such as reach's goal marker (benchmarks/RESULTS.md).
+``stem_keypoints > 0`` adds a spatial softmax on the stem's half-resolution features: K (x, y)
+keypoints per camera, embedded into the state token.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from einops import rearrange
 
 from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
 from robodream.models.normalization import StateActionNormalization
-from robodream.models.stem import ConvStem
+from robodream.models.stem import ConvStem, SpatialSoftmax
 from robodream.models.transformer import (
     KV,
     AdaLNBlock,
@@ -94,6 +96,8 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         self.state_in = nn.Linear(cfg.state_dim, D)
         self.latent_in = nn.Linear(cfg.patch_dim, D)
         self.pixel_stem = ConvStem(3, cfg.pixel_stem_width, D, cfg.stem_halvings) if cfg.pixel_stem_width else None
+        self.keypoints = SpatialSoftmax(cfg.pixel_stem_width, cfg.stem_keypoints) if cfg.stem_keypoints else None
+        self.keypoint_in = nn.Linear(n_cam * cfg.stem_keypoints * 2, D) if cfg.stem_keypoints else None
         self.action_in = nn.Linear(cfg.action_dim, Da)
         self.pos_state = nn.Parameter(torch.zeros(1, D))
         self.pos_ref = nn.Parameter(torch.zeros(n_cam * cfg.tokens_per_frame, D))
@@ -161,7 +165,13 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             if ref_frames is None:
                 raise ValueError("this policy has a pixel stem: ref_frames (B, N, 3, H, W) are required")
             x = ref_frames.flatten(0, 1).to(r.dtype) * (2.0 / 255.0) - 1.0  # (B*N, 3, H, W) in [-1, 1]
-            r = r + self.pixel_stem(x).reshape(r.shape)  # (B*N, T, D) -> (B, N*T, D), camera-major
+            if self.keypoints is None:
+                r = r + self.pixel_stem(x).reshape(r.shape)  # (B*N, T, D) -> (B, N*T, D), camera-major
+            else:
+                tokens, feats = self.pixel_stem.forward_with_features(x)
+                r = r + tokens.reshape(r.shape)
+                kp = self.keypoints(feats).reshape(state.shape[0], -1)  # (B*N, K, 2) -> (B, N*K*2)
+                s = s + self.keypoint_in(kp).unsqueeze(1)
         return torch.cat([s, r], dim=1)
 
     def _embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
