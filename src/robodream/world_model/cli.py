@@ -81,7 +81,7 @@ def bench_world_model_cmd(
     batch_size: Annotated[Optional[int], typer.Option(help="training batch (default: the world model's training batch)")] = None,
     repeats: Annotated[int, typer.Option(help="timed sampling calls per variant")] = 3,
     threads: Annotated[int, typer.Option(help="torch threads (0 = torch default)")] = 0,
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast), bf16 or fp32")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the device has native bf16, else fp32), bf16 or fp32")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
     data: Annotated[Optional[list[Path]], typer.Option(help="datasets for the held-out PSNR comparison")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="tokenizer run for the PSNR comparison")] = None,
