@@ -25,7 +25,7 @@ import torch
 
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
-from robodream.train.loop import resolve_precision
+from robodream.train.loop import autocast_context, resolve_precision
 from robodream.utils.progress import progress_bar
 from robodream.utils.run import code_version, environment_info, now
 
@@ -124,7 +124,7 @@ def _train_worker(cfg: PolicyConfig, batch: int, steps: int, warmup: int, thread
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast_context(torch.device("cpu"), precision):
             loss, _ = model(state, ref, actions, task, fut, generator=g, ref_frames=frames)
         opt.zero_grad()
         loss.backward()

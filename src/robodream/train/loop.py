@@ -48,6 +48,7 @@ from robodream.utils.io import read_json
 from robodream.utils.progress import progress_bar
 
 PARALLEL = ("ddp", "fsdp")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -86,7 +87,7 @@ class TrainConfig:
                               f"warmup_steps={self.warmup_steps}, val_every={self.val_every}, grad_clip={self.grad_clip}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.precision not in ("auto", "bf16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"train.parallel must be one of {PARALLEL}, got {self.parallel!r}")
@@ -135,7 +136,7 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     Raises:
         ValueError: a precision other than auto, bf16 or fp32.
     """
-    if precision not in ("auto", "bf16", "fp32"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
@@ -256,6 +257,7 @@ class Trainer:
         self.micro_batch_size = micro_batch_size(cfg, self.world)
         self.local_batch_size = self.micro_batch_size * cfg.grad_accum_steps
         self.fsdp = self.world > 1 and cfg.parallel == "fsdp"
+        self.precision = resolve_precision(self.device, cfg.precision)  # "auto" resolved once, not every step
         if self.fsdp and model_factory is None:
             raise ConfigError("FSDP2 training needs a model_factory for the evaluation model")
         self.model_factory = model_factory
@@ -443,7 +445,7 @@ class Trainer:
         elif self.fsdp:
             self.model.set_requires_gradient_sync(last)
         with sync:
-            with autocast_context(self.device, cfg.precision):
+            with autocast_context(self.device, self.precision):
                 loss, logs = self.loss_fn(self.train_model, batch, gen)
             (loss * scale).backward()
         return float(loss.detach()), logs

@@ -152,7 +152,8 @@ def time_variants(cfgs: dict[str, WorldModelConfig], *, train_steps: int, batch_
 def time_attention(cfg: WorldModelConfig, batch_size: int, repeats: int, device: torch.device,
                    precision: str = "auto") -> dict:
     """The self-attention kernel alone at the clip grid, forward + backward in the training
-    precision (bf16 autocast unless ``precision="fp32"``): neighbourhood vs full, interleaved.
+    precision (``precision`` as training resolves it, :func:`resolve_precision`): neighbourhood
+    vs full, interleaved.
     Queries, keys and values come in the dtype the model gives the kernel (bf16 under
     autocast: they leave a bf16 projection and RoPE keeps their dtype)."""
     precision = resolve_precision(device, precision)
