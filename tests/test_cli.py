@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fixtures.lerobot_v30 import make_lerobot_v30_fixture
 from typer.testing import CliRunner
@@ -46,6 +47,14 @@ def test_collect_train_outputs(work):
     for i in range(ds.num_episodes):  # recording goes on 16 steps past the first success
         flags = ds.episode(i).extra["next.success"]
         assert flags.any() and len(flags) == int(flags.argmax()) + 1 + 16
+        extra = ds.episode(i).extra  # the RAMP/RECAP reward columns read back (robodream.rl.rewards)
+        first = int(flags.argmax())
+        reward = np.asarray(extra["next.reward"]).reshape(-1)
+        assert (reward[:first] == -1).all() and (reward[first:] == 0).all()
+        done = np.asarray(extra["next.done"]).reshape(-1)
+        assert done[-1] and not done[:-1].any()
+        assert not np.asarray(extra["complementary_info.is_intervention"]).any()
+        assert np.asarray(extra["complementary_info.dense_reward"]).reshape(-1)[-1] > 0
     for run_dir in ("tok", "pol"):
         for name in ("config.json", "meta.json", "metrics.jsonl", "model.safetensors", "results.json"):
             assert (work / run_dir / name).is_file(), (run_dir, name)

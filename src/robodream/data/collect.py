@@ -3,7 +3,10 @@
 ``robodream collect --task TASK --episodes N --out DIR`` calls :func:`collect`. Episode
 ``i`` of attempt order uses env seed ``seed + i``; by default only successful episodes are
 kept (recording stops at the step the task reports success) and the number discarded is
-reported. Provenance (env settings, the seed of every kept and discarded episode) goes to
+reported. Per frame it writes the RAMP/RECAP reward ``next.reward`` (-1 a step, 0 once solved,
+``-fail_penalty`` on the last step of a failed episode), ``next.done``, ``next.success``,
+``complementary_info.is_intervention`` (all False: a demonstration) and Meta-World's shaped
+reward ``complementary_info.dense_reward`` (:mod:`robodream.rl.rewards`). Provenance (env settings, the seed of every kept and discarded episode) goes to
 ``DIR/meta/robodream.json`` so that evaluation can pick seeds never used for training.
 ``--workers N`` rolls out on N processes (``--ray-address``: on a Ray cluster) and writes
 the same dataset as one worker.
@@ -53,6 +56,7 @@ from robodream.envs.meta_world import (
 from robodream.envs.parallel import RolloutPool, check_parallelism
 from robodream.envs.shift import SEG_CLASSES, ShiftConfig
 from robodream.errors import ConfigError, DatasetError
+from robodream.rl.rewards import DEFAULT_FAIL_PENALTY, REWARD_FEATURES, episode_reward_columns
 from robodream.utils.io import read_json
 from robodream.utils.progress import progress_bar
 from robodream.utils.run import code_version, now
@@ -85,6 +89,10 @@ class CollectConfig:
     shift: ShiftConfig = field(default_factory=ShiftConfig)  # appearance and static-camera shift
     with_depth: bool = False  # also record each camera's depth (uint16 millimetres)
     with_segmentation: bool = False  # also record each camera's segmentation (uint8 SEG_CLASSES ids)
+    # C_fail of the RAMP/RECAP reward in next.reward (-1 a step, 0 once solved, -C_fail on the last
+    # step of a failed episode; robodream.rl.rewards). Meta-World's shaped reward is kept as
+    # complementary_info.dense_reward.
+    fail_penalty: float = DEFAULT_FAIL_PENALTY
     extra: dict = field(default_factory=dict)  # free-form notes carried into meta/robodream.json
 
 
@@ -125,8 +133,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
     env_cfg = EnvConfig(task=cfg.task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps,
                         proprio=cfg.proprio, shift=cfg.shift, depth=cfg.with_depth, segmentation=cfg.with_segmentation)
     hw = [cfg.image_size, cfg.image_size]
-    extra = {"next.reward": {"dtype": "float32", "shape": [1], "names": None},
-             "next.success": {"dtype": "bool", "shape": [1], "names": None}}
+    extra = dict(REWARD_FEATURES)
     for cam in cfg.cameras if cfg.with_depth else ():
         extra[DEPTH_PREFIX + cam] = {"dtype": "uint16", "shape": hw, "names": ["height", "width"],
                                      "info": {"unit": "mm", "nothing_seen": 65535}}
@@ -150,7 +157,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
         bar = progress.add_task(f"collect {cfg.task}", total=cfg.episodes)
         for seed, ep in zip(attempts, pool.imap(attempts)):
             if ep["success"] or cfg.keep_failures:
-                arrays = {"next.reward": ep["reward"], "next.success": ep["success_flags"]}
+                arrays = episode_reward_columns(ep["success_flags"], ep["reward"], fail_penalty=cfg.fail_penalty)
                 for i, c in enumerate(cfg.cameras):
                     if cfg.with_depth:
                         arrays[DEPTH_PREFIX + c] = depth_to_mm(ep["depth"][:, i])

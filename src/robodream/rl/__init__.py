@@ -1,0 +1,1 @@
+"""Reinforcement learning with a world model (RAMP, GigaBrain-0.5M*): rewards, values, advantages."""
