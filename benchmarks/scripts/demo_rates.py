@@ -1,0 +1,60 @@
+"""Training rates of the demo's two trained stages on this CPU (benchmarks/RESULTS.md, issue 18):
+the image tokenizer (default TokenizerConfig, batch 64 frames) in seconds a step, and the policy
+(the demo's PolicyConfig, batch 32) in samples/s, both fp32 and in the precision "auto" resolves
+to, 2 threads, median of the steps after warm-up.
+
+Run it twice to see an AVX2-only host's rates on an AVX-512 one: oneDNN and ATen read their
+instruction-set caps from the environment (bf16 there is forced off with --fp32-only):
+
+    python benchmarks/scripts/demo_rates.py
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/scripts/demo_rates.py --fp32-only
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from robodream.bench.policy_bench import train_throughput
+from robodream.pipeline import DEMO
+from robodream.tokenizer.model import ImageTokenizer, TokenizerConfig
+from robodream.train.loop import autocast_context, resolve_precision
+
+
+def tokenizer_step_s(precision: str, steps: int = 5) -> float:
+    torch.manual_seed(0)
+    model = ImageTokenizer(TokenizerConfig()).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    frames = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8)  # (N, H, W, 3)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with autocast_context(torch.device("cpu"), precision):
+            loss, _ = model(frames)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--fp32-only", action="store_true", help="skip the 'auto' precision rows")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    auto = resolve_precision(torch.device("cpu"), "auto")
+    precisions = ["fp32"] if args.fp32_only or auto == "fp32" else ["fp32", auto]
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print("| stage | precision | rate |\n|---|---|---|")
+    for prec in precisions:
+        print(f"| tokenizer, batch 64 | {prec} | {tokenizer_step_s(prec):.2f} s/step |", flush=True)
+    for prec in precisions:
+        r = train_throughput(DEMO.policy, batch=DEMO.policy_train.batch_size, steps=8, warmup=3, precision=prec)
+        print(f"| policy, batch {DEMO.policy_train.batch_size} | {prec} | {r['train_samples_per_s']:.1f} samples/s |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
