@@ -23,17 +23,16 @@ _state = mw.MetaWorldEnv.state
 
 
 def state_with_goal(self) -> np.ndarray:
+    """The unpatched state of the other parts, then the goal xyz (metres) when "goal" is asked for."""
     if "goal" not in self.cfg.proprio:
         return _state(self)
-    parts = [p for p in self.cfg.proprio if p != "goal"]
-    base = _state(replace_proprio(self, tuple(parts)))
-    return np.concatenate([base, np.asarray(self._mw._target_pos, np.float32)]).astype(np.float32)
-
-
-class replace_proprio:  # a view of env with other proprio parts, for the unpatched state()
-    def __init__(self, env, proprio):
-        self.__dict__.update(env.__dict__)
-        self.cfg = replace(env.cfg, proprio=proprio)
+    cfg = self.cfg
+    self.cfg = replace(cfg, proprio=tuple(p for p in cfg.proprio if p != "goal"))
+    try:
+        base = _state(self)
+    finally:
+        self.cfg = cfg
+    return np.concatenate([base, np.asarray(self._mw._target_pos, np.float32)])
 
 
 mw.MetaWorldEnv.state = state_with_goal

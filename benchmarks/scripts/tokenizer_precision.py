@@ -13,14 +13,21 @@ import torch
 from robodream.tokenizer.model import ImageTokenizer, TokenizerConfig
 from robodream.train.loop import autocast_context
 
-torch.set_num_threads(2)
-torch.manual_seed(0)
-model = ImageTokenizer(TokenizerConfig()).train()
-opt = torch.optim.AdamW(model.parameters(), 1e-3)
-frames = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8)  # (N, H, W, 3)
-for precision in ("fp32", "bf16", "fp32"):
+
+def tokenizer_setup() -> tuple[ImageTokenizer, torch.optim.Optimizer, torch.Tensor]:
+    """The default tokenizer (seed 0), its AdamW and a batch of 64 random (64, 64, 3) uint8 frames."""
+    torch.manual_seed(0)
+    model = ImageTokenizer(TokenizerConfig()).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    frames = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8)  # (N, H, W, 3)
+    return model, opt, frames
+
+
+def step_times(model: ImageTokenizer, opt: torch.optim.Optimizer, frames: torch.Tensor, precision: str,
+               steps: int) -> list[float]:
+    """Wall seconds of each of ``steps`` training steps (forward, backward, AdamW) in ``precision``."""
     times = []
-    for _ in range(4):
+    for _ in range(steps):
         t0 = time.perf_counter()
         with autocast_context(torch.device("cpu"), precision):
             loss, _ = model(frames)
@@ -28,4 +35,12 @@ for precision in ("fp32", "bf16", "fp32"):
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    print(precision, "step s p50 of last 3:", round(statistics.median(times[1:]), 2), flush=True)
+    return times
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    setup = tokenizer_setup()
+    for precision in ("fp32", "bf16", "fp32"):
+        times = step_times(*setup, precision, steps=4)
+        print(precision, "step s p50 of last 3:", round(statistics.median(times[1:]), 2), flush=True)
