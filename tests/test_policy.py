@@ -387,3 +387,32 @@ def test_pixel_stem_config_errors(bad):
     with pytest.raises(ConfigError, match="pixel"):
         tiny_cfg(**bad)
 
+
+
+def test_auxiliary_state_head_is_a_training_loss_only():
+    """With aux_state_weight the loss adds the weighted MSE of the state token's environment-state
+    prediction (and requires the target); every parameter gets a gradient; sampling never reads the
+    environment state, and the head does not exist at weight 0 (DDP: no unused parameters)."""
+    cfg = tiny_cfg(aux_state_weight=0.5, aux_state_dim=5)
+    m = random_policy(cfg).train()
+    state, ref, task, actions, fut = inputs(cfg)
+    env = torch.randn(3, 5)
+    with pytest.raises(ValueError, match="env_state"):
+        m(state, ref, actions, task, future_latents=fut)
+    loss, logs = m(state, ref, actions, task, future_latents=fut, env_state=env,
+                   generator=torch.Generator().manual_seed(0))
+    base, base_logs = m(state, ref, actions, task, future_latents=fut, env_state=env + 1.0,
+                        generator=torch.Generator().manual_seed(0))
+    assert logs["loss_action"] == base_logs["loss_action"] and logs["loss_aux_state"] != base_logs["loss_aux_state"]
+    torch.testing.assert_close(loss - base, torch.tensor(0.5 * (logs["loss_aux_state"] - base_logs["loss_aux_state"])),
+                               rtol=1e-4, atol=1e-4)
+    loss.backward()
+    assert not [n for n, p in m.named_parameters() if p.grad is None]
+    m.set_normalization({"observation.state": {"mean": [0.0] * 4, "std": [1.0] * 4},
+                         "action": {"mean": [0.0] * 4, "std": [1.0] * 4},
+                         "observation.environment_state": {"mean": [1.0] * 5, "std": [2.0, 2.0, 2.0, 2.0, 0.0]}})
+    torch.testing.assert_close(m.normalize_env_state(torch.full((1, 5), 3.0)),
+                               torch.tensor([[1.0, 1.0, 1.0, 1.0, 2000.0]]))  # std clamped to MIN_STD
+    assert GigaWorldPolicy(tiny_cfg(aux_state_weight=0.0, aux_state_dim=5)).aux_head is None
+    with pytest.raises(ConfigError, match="aux_state"):
+        tiny_cfg(aux_state_weight=-1.0)

@@ -5,8 +5,11 @@
 kept (recording stops at the step the task reports success) and the number discarded is
 reported. Per frame it writes the RAMP/RECAP reward ``next.reward`` (-1 a step, 0 once solved,
 ``-fail_penalty`` on the last step of a failed episode), ``next.done``, ``next.success``,
-``complementary_info.is_intervention`` (all False: a demonstration) and Meta-World's shaped
-reward ``complementary_info.dense_reward`` (:mod:`robodream.rl.rewards`). Provenance (env settings, the seed of every kept and discarded episode) goes to
+``complementary_info.is_intervention`` (all False: a demonstration), Meta-World's shaped
+reward ``complementary_info.dense_reward`` (:mod:`robodream.rl.rewards`) and the privileged
+object and goal state ``observation.environment_state`` (LeRobot's name for simulator state;
+17 numbers, :data:`~robodream.envs.meta_world.ENV_STATE_NAMES`: a training target, never a
+policy input). Provenance (env settings, the seed of every kept and discarded episode) goes to
 ``DIR/meta/robodream.json`` so that evaluation can pick seeds never used for training.
 ``--workers N`` rolls out on N processes (``--ray-address``: on a Ray cluster) and writes
 the same dataset as one worker.
@@ -40,11 +43,12 @@ import numpy as np
 
 from robodream.config import to_dict
 from robodream.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
-from robodream.data.lerobot_format import DEPTH_PREFIX, SEGMENTATION_PREFIX
+from robodream.data.lerobot_format import DEPTH_PREFIX, ENV_STATE, SEGMENTATION_PREFIX
 from robodream.envs.meta_world import (
     ACTION_NAMES,
     DEFAULT_CAMERAS,
     DEFAULT_PROPRIO,
+    ENV_STATE_NAMES,
     EXPERT_TARGETS,
     FPS,
     EnvConfig,
@@ -134,6 +138,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
                         proprio=cfg.proprio, shift=cfg.shift, depth=cfg.with_depth, segmentation=cfg.with_segmentation)
     hw = [cfg.image_size, cfg.image_size]
     extra = dict(REWARD_FEATURES)
+    extra[ENV_STATE] = {"dtype": "float32", "shape": [len(ENV_STATE_NAMES)], "names": list(ENV_STATE_NAMES)}
     for cam in cfg.cameras if cfg.with_depth else ():
         extra[DEPTH_PREFIX + cam] = {"dtype": "uint16", "shape": hw, "names": ["height", "width"],
                                      "info": {"unit": "mm", "nothing_seen": 65535}}
@@ -158,6 +163,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
         for seed, ep in zip(attempts, pool.imap(attempts)):
             if ep["success"] or cfg.keep_failures:
                 arrays = episode_reward_columns(ep["success_flags"], ep["reward"], fail_penalty=cfg.fail_penalty)
+                arrays[ENV_STATE] = ep["env_state"]
                 for i, c in enumerate(cfg.cameras):
                     if cfg.with_depth:
                         arrays[DEPTH_PREFIX + c] = depth_to_mm(ep["depth"][:, i])
@@ -192,13 +198,13 @@ def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0
     after the first success, or the step limit.
 
     Returns arrays over the T recorded steps: images (T, n_cam, H, W, 3) uint8, state (T, 4),
-    action (T, 4) (clipped to [-1, 1], as applied), reward (T,), success_flags (T,) bool,
+    env_state (T, 17) (:meth:`MetaWorldEnv.environment_state`), action (T, 4) (clipped to [-1, 1], as applied), reward (T,), success_flags (T,) bool,
     ``success`` (whether the task was ever solved) and ``success_step`` (steps to first success);
     with the env's depth / segmentation also depth (T, n_cam, H, W) float32 metres and
     segmentation (T, n_cam, H, W) uint8.
     """
     obs = env.reset(seed)
-    images, states, actions, rewards, flags, depth, seg = [], [], [], [], [], [], []
+    images, states, env_states, actions, rewards, flags, depth, seg = [], [], [], [], [], [], [], []
     first_success: int | None = None
     while True:
         a = np.clip(env.expert_action(expert_target), -1.0, 1.0).astype(np.float32)
@@ -208,6 +214,7 @@ def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0
         if obs.segmentation is not None:
             seg.append(obs.segmentation)
         states.append(obs.state)
+        env_states.append(env.environment_state())
         actions.append(a)
         obs = env.step(a)
         rewards.append(obs.reward)
@@ -216,7 +223,8 @@ def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0
             first_success = len(actions)
         if obs.truncated or (first_success is not None and len(actions) >= first_success + post_success_steps):
             break
-    ep = {"images": np.stack(images), "state": np.stack(states), "action": np.stack(actions),
+    ep = {"images": np.stack(images), "state": np.stack(states), "env_state": np.stack(env_states),
+          "action": np.stack(actions),
           "reward": np.asarray(rewards, np.float32), "success_flags": np.asarray(flags, bool),
           "success": first_success is not None, "success_step": first_success}
     if depth:

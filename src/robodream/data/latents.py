@@ -17,6 +17,8 @@ An encoded episode is a dict::
     view_frames (T, K, n_cam, 3, H, W) uint8   the augmented copies' raw frames, with both
     source      int                            index of the episode's dataset in the run's list
     success     (T,) bool                      next.success, when the dataset records it
+    env_state   (T, De) float32                observation.environment_state (privileged object and
+                                               goal state: auxiliary training targets), when recorded
 
 Image augmentation, the standard pair of visuomotor policy learning: random shift (DrQ,
 Kostrikov et al. 2020; the random crop of Diffusion Policy): frames are translated by up to
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from robodream.data.lerobot import LeRobotDataset
+from robodream.data.lerobot_format import ENV_STATE
 from robodream.errors import DatasetError
 from robodream.tokenizer.model import ImageTokenizer, encode_frames
 from robodream.train.distributed import broadcast_object, broadcast_tensors, is_main, world_size
@@ -164,6 +167,8 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
              "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task}
         if "next.success" in ep.extra:
             e["success"] = torch.as_tensor(np.asarray(ep.extra["next.success"], dtype=bool).reshape(-1))
+        if ENV_STATE in ep.extra:
+            e["env_state"] = torch.as_tensor(np.asarray(ep.extra[ENV_STATE], dtype=np.float32).reshape(len(ep.action), -1))
         if keep_frames:
             e["frames"] = torch.from_numpy(np.stack([frames[c][i] for c in cameras], 1)).permute(0, 1, 4, 2, 3).contiguous()
         if views:
@@ -241,14 +246,15 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
     """Rank 0's encoded episodes on every process (a collective; one process: returned as is).
 
     The tensors travel as one concatenated buffer per key (latents, state, action, and views,
-    frames or success when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
+    frames, success or env_state when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
     sources go as objects.
     """
     if world_size() == 1:
         return episodes
     meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source")) for e in episodes]
                             if is_main() else None)
-    keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "view_frames", "success")
+    keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "view_frames", "success",
+                                                     "env_state")
                              if k in episodes[0]]
                             if is_main() and episodes else None)
     shapes = broadcast_object([(tuple(episodes[0][k].shape[1:]), episodes[0][k].dtype) for k in keys]

@@ -23,6 +23,8 @@ IMAGE_PREFIX = "observation.images."
 #: Per-camera depth and segmentation: data-file columns of ``(H, W)`` arrays (see :mod:`robodream.data.collect`).
 DEPTH_PREFIX = "observation.depth."
 SEGMENTATION_PREFIX = "observation.segmentation."
+#: Privileged simulator state (objects, goal) per frame, LeRobot's feature name; see data.collect.
+ENV_STATE = "observation.environment_state"
 DEFAULT_FEATURES = {
     "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     "frame_index": {"dtype": "int64", "shape": [1], "names": None},

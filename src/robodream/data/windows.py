@@ -36,6 +36,8 @@ class EpisodeTable:
     source: (N,) int64 index of each frame's dataset (for per-source sampling weights), or None.
     success: (N,) bool ``next.success`` of each frame (the task reported success after its
         action), or None (labels for the IDM's success head).
+    env_state: (N, De) float32 ``observation.environment_state`` (privileged object and goal
+        state: auxiliary targets, never a model input), or None.
     """
 
     latents: torch.Tensor
@@ -49,6 +51,7 @@ class EpisodeTable:
     source: torch.Tensor | None = None
     success: torch.Tensor | None = None
     view_frames: torch.Tensor | None = None
+    env_state: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -69,9 +72,9 @@ class EpisodeTable:
     @classmethod
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
         """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``
-        (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``: kept when every
-        episode has them)."""
-        lat, st, ac, ti, s0, s1, vw, fr, so, su, vf = [], [], [], [], [], [], [], [], [], [], []
+        (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``, ``env_state``:
+        kept when every episode has them)."""
+        lat, st, ac, ti, s0, s1, vw, fr, so, su, vf, es = [], [], [], [], [], [], [], [], [], [], [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
@@ -83,6 +86,8 @@ class EpisodeTable:
                 vf.append(torch.as_tensor(ep["view_frames"], dtype=torch.uint8))
             if "success" in ep:
                 su.append(torch.as_tensor(ep["success"], dtype=torch.bool).reshape(-1))
+            if "env_state" in ep:
+                es.append(torch.as_tensor(ep["env_state"], dtype=torch.float32))
             if "source" in ep:
                 so.append(torch.full((T,), int(ep["source"]), dtype=torch.long))
             lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
@@ -97,8 +102,9 @@ class EpisodeTable:
         source = torch.cat(so) if so and len(so) == len(episodes) else None
         success = torch.cat(su) if su and len(su) == len(episodes) else None
         view_frames = torch.cat(vf) if vf and len(vf) == len(episodes) else None
+        env_state = torch.cat(es) if es and len(es) == len(episodes) else None
         return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
-                   frames, source, success, view_frames)
+                   frames, source, success, view_frames, env_state)
 
     def __len__(self) -> int:
         return len(self.action)
@@ -202,7 +208,8 @@ class EpisodeTable:
         """Gather the windows anchored at frame indices ``idx`` (B,). See module docstring.
 
         ``view`` (B,): 0 the original frames, k > 0 augmented copy k - 1 (see :meth:`latents_at`).
-        With raw frames in the table, ``ref_frames`` (B, n_cam, 3, H, W) uint8 too (of the same copy).
+        With raw frames in the table, ``ref_frames`` (B, n_cam, 3, H, W) uint8 too (of the same copy);
+        with environment states, ``env_state`` (B, De) of the anchor frames.
         """
         end = self.episode_end[idx]  # (B,)
         steps = idx.unsqueeze(1) + torch.arange(horizon)  # (B, H)
@@ -220,20 +227,26 @@ class EpisodeTable:
             if view is not None and self.view_frames is not None and bool((view > 0).any()):
                 aug = self.view_frames[idx, (view - 1).clamp_min(0)]
                 out["ref_frames"] = torch.where((view == 0).view(-1, 1, 1, 1, 1), out["ref_frames"], aug)
+        if self.env_state is not None:
+            out["env_state"] = self.env_state[idx]
         if future_offsets:
             fut = torch.minimum(idx.unsqueeze(1) + torch.tensor(future_offsets), end.unsqueeze(1) - 1)  # (B, F)
             out["future_latents"] = self.latents_at(fut, view)
         return out
 
     def mean_std(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per-dimension mean and std of ``state`` or ``action`` over all frames."""
+        """Per-dimension mean and std of ``state``, ``action`` or ``env_state`` over all frames."""
         x = getattr(self, key).double()
         return x.mean(0).numpy(), x.std(0, unbiased=False).numpy()
 
     def normalization(self) -> dict[str, dict[str, list[float]]]:
         """Mean/std of state and action over all frames, as ``normalization.json`` holds them:
         ``{"observation.state": {"mean": [...], "std": [...]}, "action": {...}}`` (std unclamped;
-        models clamp it when they load it)."""
-        (s_mean, s_std), (a_mean, a_std) = self.mean_std("state"), self.mean_std("action")
-        return {"observation.state": {"mean": s_mean.tolist(), "std": s_std.tolist()},
-                "action": {"mean": a_mean.tolist(), "std": a_std.tolist()}}
+        models clamp it when they load it), and ``observation.environment_state`` when the table
+        has environment states."""
+        out = {}
+        for key, name in (("observation.state", "state"), ("action", "action"), ("observation.environment_state", "env_state")):
+            if getattr(self, name) is not None:
+                mean, std = self.mean_std(name)
+                out[key] = {"mean": mean.tolist(), "std": std.tolist()}
+        return out

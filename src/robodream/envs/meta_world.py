@@ -64,6 +64,12 @@ def state_names(proprio: tuple[str, ...] = DEFAULT_PROPRIO) -> tuple[str, ...]:
 
 #: Names of the default proprioceptive state's numbers.
 STATE_NAMES = state_names(DEFAULT_PROPRIO)
+#: Names of ``observation.environment_state`` (:meth:`MetaWorldEnv.environment_state`): the
+#: object part of Meta-World's observation (two objects' positions in metres and orientations as
+#: quaternions w, x, y, z; zeros where a task has one object) and the goal position (metres).
+#: Privileged: a training target (``PolicyConfig.aux_state_weight``), never a policy input.
+ENV_STATE_NAMES = tuple(f"obj{k}_{c}" for k in (0, 1) for c in ("x", "y", "z", "qw", "qx", "qy", "qz")) + (
+    "goal_x", "goal_y", "goal_z")
 #: Meta-World action: end-effector displacement command in [-1, 1] (x 1 cm per step after
 #: the env's action scale) and gripper effort in [-1, 1] (positive closes).
 ACTION_NAMES = ("delta_x", "delta_y", "delta_z", "gripper")
@@ -256,6 +262,13 @@ class MetaWorldEnv:
         assert self._raw_obs is not None
         parts = {"hand": self._raw_obs[:3], "gripper": self._raw_obs[3:4], "tcp": np.asarray(self._mw.tcp_center)}
         return np.concatenate([parts[p] for p in self.cfg.proprio]).astype(np.float32)
+
+    def environment_state(self) -> np.ndarray:
+        """Privileged object and goal state (17,) float32, :data:`ENV_STATE_NAMES`: objects from
+        Meta-World's observation (entries 4-17), the goal from the task's target position (the
+        observation hides it in partially observable mode). For training targets and analysis only."""
+        assert self._raw_obs is not None
+        return np.concatenate([self._raw_obs[4:18], np.asarray(self._mw._target_pos, dtype=np.float64)]).astype(np.float32)
 
     def expert_action(self, target: str = "tcp") -> np.ndarray:
         """The task's scripted expert action (4,) float32 for the current (privileged) state.

@@ -53,6 +53,14 @@ class PolicyConfig:
     # softmax (models.stem.SpatialSoftmax); their (x, y) image coordinates are embedded into the
     # state token. 0 = none. Needs a pixel stem.
     stem_keypoints: int = 0
+    # Auxiliary state prediction: a linear head on the state token's output (after all but the
+    # last block) regresses the privileged object and goal state (observation.environment_state,
+    # normalised), added to the loss with this weight. A training signal only: the environment
+    # state is never an input, and inference does not run the head. It makes the prefix encode
+    # where the objects and the goal are (reach's 2-5 px goal marker, benchmarks/RESULTS.md).
+    # 0 = off. Needs datasets that record observation.environment_state (robodream collect does).
+    aux_state_weight: float = 0.0
+    aux_state_dim: int = 0  # size of the predicted environment state (from the datasets; 0 = no head)
 
     # --- rectified flow -----------------------------------------------------------------------
     time_shift: float = 5.0  # s in t' = s t / (1 + (s - 1) t)
@@ -63,7 +71,7 @@ class PolicyConfig:
 
     #: Fields filled in from the datasets and the tokenizer at training time (not options).
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("state_dim", "action_dim", "cameras", "latent_channels",
-                                                 "latent_size", "image_size", "tasks")
+                                                 "latent_size", "image_size", "tasks", "aux_state_dim")
 
     #: Values for fields a run's config.json lacks because it was written before the field
     #: existed (their defaults have changed since): such runs load as they were trained.
@@ -94,6 +102,9 @@ class PolicyConfig:
         if self.stem_keypoints < 0 or (self.stem_keypoints and not (self.pixel_stem_width and self.stem_halvings >= 1)):
             raise ConfigError(f"stem_keypoints must be >= 0 and needs a pixel stem with at least one halving, got "
                               f"stem_keypoints={self.stem_keypoints}, pixel_stem_width={self.pixel_stem_width}")
+        if self.aux_state_weight < 0 or self.aux_state_dim < 0:
+            raise ConfigError(f"aux_state_weight and aux_state_dim must be >= 0, got {self.aux_state_weight}, "
+                              f"{self.aux_state_dim}")
         if self.mask == "full" and self.video_stride == 0:
             raise ConfigError("mask='full' (joint model) needs video tokens: set video_stride > 0")
 

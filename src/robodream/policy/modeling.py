@@ -29,6 +29,11 @@ added to the reference tokens (same grid, so the token count and latency barely 
 tokenizer's latents lose 2-5 pixel objects such as reach's goal marker (benchmarks/RESULTS.md).
 ``stem_keypoints > 0`` adds a spatial softmax on the stem's half-resolution features: K (x, y)
 keypoints per camera, embedded into the state token.
+
+``aux_state_weight > 0`` adds auxiliary state prediction: a linear head regresses the
+privileged object and goal state (``observation.environment_state``, normalised) from the state
+token's output, a training loss only (Jaderberg et al. 2017's auxiliary tasks; the privileged
+targets of asymmetric actor-critic, Pinto et al. 2018). Inputs never include that state.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
-from robodream.models.normalization import StateActionNormalization
+from robodream.models.normalization import MIN_STD, StateActionNormalization
 from robodream.models.stem import ConvStem, SpatialSoftmax
 from robodream.models.transformer import (
     KV,
@@ -98,6 +103,8 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         self.pixel_stem = ConvStem(3, cfg.pixel_stem_width, D, cfg.stem_halvings) if cfg.pixel_stem_width else None
         self.keypoints = SpatialSoftmax(cfg.pixel_stem_width, cfg.stem_keypoints) if cfg.stem_keypoints else None
         self.keypoint_in = nn.Linear(n_cam * cfg.stem_keypoints * 2, D) if cfg.stem_keypoints else None
+        has_aux = bool(cfg.aux_state_weight and cfg.aux_state_dim)
+        self.aux_head = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, cfg.aux_state_dim)) if has_aux else None
         self.action_in = nn.Linear(cfg.action_dim, Da)
         self.pos_state = nn.Parameter(torch.zeros(1, D))
         self.pos_ref = nn.Parameter(torch.zeros(n_cam * cfg.tokens_per_frame, D))
@@ -132,6 +139,26 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         self.register_buffer("train_mask", block_causal_mask(groups, groups, cfg.mask), persistent=False)
         # Normalisation statistics travel with the weights (also written to normalization.json).
         self.init_normalization(cfg.state_dim, cfg.action_dim)
+        if has_aux:
+            self.register_buffer("env_state_mean", torch.zeros(cfg.aux_state_dim))
+            self.register_buffer("env_state_std", torch.ones(cfg.aux_state_dim))
+
+    def set_normalization(self, stats: dict[str, dict[str, list[float]]]) -> None:
+        """State and action statistics (:class:`StateActionNormalization`), and those of
+        ``observation.environment_state`` for a model with an auxiliary state head.
+
+        Raises:
+            KeyError: an auxiliary head and no ``observation.environment_state`` statistics.
+        """
+        super().set_normalization(stats)
+        if self.aux_head is not None:
+            env = stats["observation.environment_state"]
+            self.env_state_mean.copy_(torch.as_tensor(env["mean"], dtype=torch.float32))
+            self.env_state_std.copy_(torch.as_tensor(env["std"], dtype=torch.float32).clamp_min(MIN_STD))
+
+    def normalize_env_state(self, e: torch.Tensor) -> torch.Tensor:
+        """(B, De) environment state -> normalised (a model with an auxiliary state head)."""
+        return (e - self.env_state_mean) / self.env_state_std
 
     def upgrade_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Weights saved by earlier versions, made to fit: the kv-only last block of a no-video
@@ -235,6 +262,14 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         Returns:
             action velocity (B, H, action_dim) and future-token velocity (B, F*N*T, C*p*p) or None.
         """
+        v_a, v_f, _ = self._velocity_and_prefix(state, ref_latents, noisy_actions, task_index, t, noisy_future,
+                                                ref_frames)
+        return v_a, v_f
+
+    def _velocity_and_prefix(self, state, ref_latents, noisy_actions, task_index, t, noisy_future=None,
+                             ref_frames=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """:meth:`velocity`, plus the prefix tokens (B, P, D) after all but the last block (the
+        last one gives the prefix only keys and values)."""
         xs = [self._embed_prefix(state, ref_latents, ref_frames), self._embed_actions(noisy_actions)]
         segments: tuple[int, ...] = (PREFIX, ACTION)
         if noisy_future is not None:
@@ -247,7 +282,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         xs = self._blocks(xs, segments, self._modulations(segments, conds), mask=self.train_mask[:L, :L])
         v_a = self.action_out(xs[1], self.action_out.modulate(cond[:, 1:]))
         v_f = None if noisy_future is None else self.latent_out(xs[2], self.latent_out.modulate(cond[:, 1:]))
-        return v_a, v_f
+        return v_a, v_f, xs[0]
 
     def forward(
         self,
@@ -259,13 +294,19 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         action_is_pad: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         ref_frames: torch.Tensor | None = None,
+        env_state: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Rectified-flow training loss ``L_video + lambda * L_action`` (Sec. 3.2).
+        """Rectified-flow training loss ``L_video + lambda * L_action`` (Sec. 3.2), plus
+        ``aux_state_weight * L_aux`` with an auxiliary state head.
 
         Inputs are normalised (see module docstring); ``action_is_pad`` (B, H) bool marks
         chunk steps past the episode end, excluded from the action loss; ``ref_frames`` (B, N, 3,
-        H, W) uint8 are required by pixel-stem models. Returns the scalar
-        loss and a dict of its parts.
+        H, W) uint8 are required by pixel-stem models; ``env_state`` (B, De) is the normalised
+        environment state, the auxiliary head's target (ignored by a model without one). Returns
+        the scalar loss and a dict of its parts.
+
+        Raises:
+            ValueError: missing future latents (video models), or ``env_state`` (auxiliary head).
         """
         cfg = self.cfg
         B = state.shape[0]
@@ -280,7 +321,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             x0_f = self._patchify(future_latents)  # (B, F*N*T, C*p*p)
             eps_f = torch.randn(x0_f.shape, generator=generator, device="cpu").to(dev)
             f_t = interpolate(x0_f, eps_f, t)
-        v_a, v_f = self.velocity(state, ref_latents, a_t, task_index, t, f_t, ref_frames)
+        v_a, v_f, prefix = self._velocity_and_prefix(state, ref_latents, a_t, task_index, t, f_t, ref_frames)
         err_a = (v_a.float() - velocity_target(actions, eps_a)).pow(2).mean(-1)  # (B, H)
         if action_is_pad is not None:
             w = (~action_is_pad).float()
@@ -293,6 +334,12 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             loss_video = F.mse_loss(v_f.float(), velocity_target(x0_f, eps_f))
             loss = loss + loss_video
             logs["loss_video"] = float(loss_video.detach())
+        if self.aux_head is not None:
+            if env_state is None:
+                raise ValueError("this policy has an auxiliary state head: env_state (B, De) is required in training")
+            loss_aux = F.mse_loss(self.aux_head(prefix[:, 0]).float(), env_state.float())
+            loss = loss + cfg.aux_state_weight * loss_aux
+            logs["loss_aux_state"] = float(loss_aux.detach())
         logs["loss"] = float(loss.detach())
         return loss, logs
 

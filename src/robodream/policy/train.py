@@ -21,7 +21,7 @@ from robodream.data.collect import record_provenance
 from robodream.data.latents import check_datasets, encode_run_data
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.windows import EpisodeTable
-from robodream.errors import ConfigError
+from robodream.errors import ConfigError, DatasetError
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
 from robodream.tokenizer.train import load_tokenizer
@@ -107,11 +107,18 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         m.state_dim, m.action_dim, m.cameras, m.tasks = state_dim, action_dim, tuple(cameras), tuple(tasks)
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
         m.image_size = tokenizer.cfg.image_size
-        m.__post_init__()
-        record_provenance(cfg, datasets)
-
         train_table = EpisodeTable.from_episodes(train_eps)
         held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
+        if m.aux_state_weight:
+            if train_table.env_state is None or (held_table is not None and held_table.env_state is None):
+                raise DatasetError(f"aux_state_weight={m.aux_state_weight} needs observation.environment_state in "
+                                   f"every dataset ({', '.join(map(str, cfg.data))}); collect them with a current "
+                                   "robodream collect, or set --model.aux-state-weight 0")
+            m.aux_state_dim = train_table.env_state.shape[1]
+        else:
+            m.aux_state_dim = 0
+        m.__post_init__()
+        record_provenance(cfg, datasets)
 
         torch.manual_seed(cfg.train.seed)
         model = GigaWorldPolicy(m)
@@ -152,6 +159,10 @@ def _prepare(model: GigaWorldPolicy, w: dict[str, torch.Tensor], device) -> dict
     w = {k: v.to(device) for k, v in w.items()}
     w["state"] = model.normalize_state(w["state"])
     w["actions"] = model.normalize_action(w["actions"])
+    if model.aux_head is not None:
+        w["env_state"] = model.normalize_env_state(w["env_state"])
+    else:
+        w.pop("env_state", None)
     if not model.cfg.n_future:
         w.pop("future_latents", None)
     return w
