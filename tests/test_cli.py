@@ -55,6 +55,10 @@ def test_collect_train_outputs(work):
         assert done[-1] and not done[:-1].any()
         assert not np.asarray(extra["complementary_info.is_intervention"]).any()
         assert np.asarray(extra["complementary_info.dense_reward"]).reshape(-1)[-1] > 0
+        env = np.asarray(extra["observation.environment_state"])  # objects + goal (ENV_STATE_NAMES)
+        assert env.shape == (len(flags), 17) and np.ptp(env[:, -3:], axis=0).max() == 0  # the goal stays put
+    goals = [tuple(np.asarray(ds.episode(i).extra["observation.environment_state"])[0, -3:]) for i in range(3)]
+    assert len(set(goals)) == 3  # a new goal per episode seed
     for run_dir in ("tok", "pol"):
         for name in ("config.json", "meta.json", "metrics.jsonl", "model.safetensors", "results.json"):
             assert (work / run_dir / name).is_file(), (run_dir, name)
@@ -96,6 +100,20 @@ def test_resume_and_existing_run(work):
     assert (work / "pol" / "model.safetensors").is_file()
     run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", work / "pol", "--steps", 6,
         *TINY_POLICY, "--resume")  # already complete: nothing to do, still fine
+
+
+def test_policy_with_auxiliary_state_head(tmp_path, work):
+    """--aux-state-weight trains a state-token head on observation.environment_state (a logged,
+    held-out loss); the run's config records the target size and the policy evaluates as any other."""
+    run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "aux", "--steps",
+        4, *TINY_POLICY, "--aux-state-weight", 1)
+    cfg = json.loads((tmp_path / "aux" / "config.json").read_text())
+    assert cfg["model"]["aux_state_dim"] == 17 and cfg["model"]["aux_state_weight"] == 1
+    assert json.loads((tmp_path / "aux" / "results.json").read_text())["loss_aux_state"] > 0
+    norm = json.loads((tmp_path / "aux" / "normalization.json").read_text())
+    assert len(norm["observation.environment_state"]["mean"]) == 17
+    run("eval", "policy", "--policy", tmp_path / "aux", "--task", "reach-v3", "--episodes", 1, "--out",
+        tmp_path / "ev", "--max-steps", 4)
 
 
 def test_run_written_before_the_action_expert_loads_as_trained(tmp_path, work):
@@ -167,6 +185,11 @@ def test_foreign_lerobot_dataset_trains(tmp_path):
         tmp_path / "pol", "--steps", 3, *TINY_POLICY)
     cfg = json.loads((tmp_path / "pol" / "config.json").read_text())
     assert cfg["model"]["action_dim"] == 6 and cfg["model"]["cameras"] == ["front", "wrist"]
+    # Auxiliary state prediction needs observation.environment_state, which this dataset lacks.
+    res = run("train", "policy", "--data", tmp_path / "foreign", "--tokenizer", tmp_path / "tok", "--out",
+              tmp_path / "aux", "--steps", 3, *TINY_POLICY, "--aux-state-weight", 1, code=2)
+    _one_line_error(res, "observation.environment_state", "aux-state-weight 0")
+    assert not (tmp_path / "aux" / "model.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------- bad input

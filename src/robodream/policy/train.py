@@ -20,6 +20,7 @@ import torch
 from robodream.data.collect import record_provenance
 from robodream.data.latents import check_datasets, encode_run_data
 from robodream.data.lerobot import LeRobotDataset
+from robodream.data.lerobot_format import ENV_STATE
 from robodream.data.windows import EpisodeTable
 from robodream.errors import ConfigError, DatasetError
 from robodream.policy.configuration import PolicyConfig
@@ -98,6 +99,7 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         tokenizer = load_tokenizer(cfg.tokenizer, device=device)
         datasets = [LeRobotDataset(p) for p in cfg.data]
         cameras, state_dim, action_dim = check_datasets(datasets, tokenizer)
+        cfg.model.aux_state_dim = aux_state_dim(datasets, cfg.model.aux_state_weight)
 
         tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction,
                                                      views=cfg.augment_views, pad=cfg.augment_pad, seed=cfg.train.seed,
@@ -107,18 +109,11 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         m.state_dim, m.action_dim, m.cameras, m.tasks = state_dim, action_dim, tuple(cameras), tuple(tasks)
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
         m.image_size = tokenizer.cfg.image_size
-        train_table = EpisodeTable.from_episodes(train_eps)
-        held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
-        if m.aux_state_weight:
-            if train_table.env_state is None or (held_table is not None and held_table.env_state is None):
-                raise DatasetError(f"aux_state_weight={m.aux_state_weight} needs observation.environment_state in "
-                                   f"every dataset ({', '.join(map(str, cfg.data))}); collect them with a current "
-                                   "robodream collect, or set --model.aux-state-weight 0")
-            m.aux_state_dim = train_table.env_state.shape[1]
-        else:
-            m.aux_state_dim = 0
         m.__post_init__()
         record_provenance(cfg, datasets)
+
+        train_table = EpisodeTable.from_episodes(train_eps)
+        held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
 
         torch.manual_seed(cfg.train.seed)
         model = GigaWorldPolicy(m)
@@ -152,6 +147,25 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         results = run.finish(trainer, val, n_train_frames=len(train_table),
                              n_heldout_frames=len(held_table) if held_table else 0)
     return results
+
+
+def aux_state_dim(datasets: list[LeRobotDataset], weight: float) -> int:
+    """Size of the auxiliary state target (``observation.environment_state``) of a run with
+    auxiliary weight ``weight``: 0 when the weight is 0.
+
+    Raises:
+        DatasetError: a positive weight and a dataset without the feature, or different sizes.
+    """
+    if not weight:
+        return 0
+    missing = [str(ds.root) for ds in datasets if ENV_STATE not in ds.features]
+    if missing:
+        raise DatasetError(f"aux_state_weight={weight} needs {ENV_STATE} in every dataset, and {', '.join(missing)} "
+                           "has none; record it with robodream collect, or set --model.aux-state-weight 0")
+    dims = {ds.features[ENV_STATE]["shape"][0] for ds in datasets}
+    if len(dims) != 1:
+        raise DatasetError(f"datasets have different {ENV_STATE} sizes {sorted(dims)}")
+    return dims.pop()
 
 
 def _prepare(model: GigaWorldPolicy, w: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
