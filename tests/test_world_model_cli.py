@@ -92,6 +92,25 @@ def test_eval(work):
     assert (work / "ev" / "metrics_by_horizon.png").is_file() and (work / "ev" / "samples.png").is_file()
 
 
+def test_value_frame_train_and_eval(work, tmp_path):
+    """--value-frame state_value on a collected dataset (which carries next.reward): the run stores the
+    value statistics, logs the value frame's loss, and eval reports the values' Kendall tau."""
+    run("collect", "--task", "reach-v3", "--episodes", 3, "--out", tmp_path / "ds", "--image-size", 32)
+    run("train", "world-model", "--data", tmp_path / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "wm",
+        "--steps", 2, *TINY, "--value-frame", "state_value", "--gamma", 0.99)
+    cfg = json.loads((tmp_path / "wm" / "config.json").read_text())["model"]
+    assert cfg["value_frame"] == "state_value" and cfg["gamma"] == 0.99 and cfg["state_dim"] == 4
+    norm = json.loads((tmp_path / "wm" / "normalization.json").read_text())
+    assert norm["value"]["mean"][0] < 0 and len(norm["observation.state"]["mean"]) == 4
+    rows = [json.loads(ln) for ln in (tmp_path / "wm" / "metrics.jsonl").read_text().splitlines()]
+    assert "loss_value_frame" in rows[-1] and "val/value_mae" in rows[-1]
+    res = run("eval", "world-model", "--world-model", tmp_path / "wm", "--data", tmp_path / "ds", "--out",
+              tmp_path / "ev", "--anchors", 1, "--sampling-steps", 2)
+    r = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert r["value_n_frames"] > 10 and -1 <= r["value_kendall_tau"] <= 1 and r["value_mae"] >= 0
+    assert "Kendall tau" in res.output
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_inputs(work, tmp_path):
     wm, ds = work / "wm", work / "ds"
@@ -117,6 +136,9 @@ def test_bad_inputs(work, tmp_path):
     res = run("train", "world-model", "--data", ds, "--tokenizer", work / "tok", "--out", tmp_path / "w",
               "--window", "0,1,2", "--dim", "24", "--n-heads", "2", code=2)
     _one_line_error(res, "window")
+    res = run("train", "world-model", "--data", ds, "--tokenizer", work / "tok", "--out", tmp_path / "v",
+              "--value-frame", "value", *TINY, code=2)
+    _one_line_error(res, "value_frame='value' learns values from next.reward", str(ds))
 
 
 def test_action_dimension_mismatch():

@@ -17,6 +17,7 @@ An encoded episode is a dict::
     view_frames (T, K, n_cam, 3, H, W) uint8   the augmented copies' raw frames, with both
     source      int                            index of the episode's dataset in the run's list
     success     (T,) bool                      next.success, when the dataset records it
+    reward      (T,) float32                   next.reward (RAMP's reward: value targets), when recorded
     env_state   (T, De) float32                observation.environment_state (privileged object and
                                                goal state: auxiliary training targets), when recorded
 
@@ -167,6 +168,8 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
              "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task}
         if "next.success" in ep.extra:
             e["success"] = torch.as_tensor(np.asarray(ep.extra["next.success"], dtype=bool).reshape(-1))
+        if "next.reward" in ep.extra:
+            e["reward"] = torch.as_tensor(np.asarray(ep.extra["next.reward"], dtype=np.float32).reshape(-1))
         if ENV_STATE in ep.extra:
             e["env_state"] = torch.as_tensor(np.asarray(ep.extra[ENV_STATE], dtype=np.float32).reshape(len(ep.action), -1))
         if keep_frames:
@@ -246,7 +249,7 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
     """Rank 0's encoded episodes on every process (a collective; one process: returned as is).
 
     The tensors travel as one concatenated buffer per key (latents, state, action, and views,
-    frames, success or env_state when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
+    frames, success, env_state or reward when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
     sources go as objects.
     """
     if world_size() == 1:
@@ -254,7 +257,7 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
     meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source")) for e in episodes]
                             if is_main() else None)
     keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "view_frames", "success",
-                                                     "env_state")
+                                         "env_state", "reward")
                              if k in episodes[0]]
                             if is_main() and episodes else None)
     shapes = broadcast_object([(tuple(episodes[0][k].shape[1:]), episodes[0][k].dtype) for k in keys]

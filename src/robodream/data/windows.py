@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from robodream.rl.advantages import discounted_returns
+
 
 @dataclass
 class EpisodeTable:
@@ -38,6 +40,9 @@ class EpisodeTable:
         action), or None (labels for the IDM's success head).
     env_state: (N, De) float32 ``observation.environment_state`` (privileged object and goal
         state: auxiliary targets, never a model input), or None.
+    reward: (N,) float32 ``next.reward`` of each frame (RAMP's reward, :mod:`robodream.rl.rewards`), or None.
+    returns: (N,) float32 discounted Monte-Carlo returns of each frame within its episode (the
+        value targets), filled by :meth:`set_returns`, or None.
     """
 
     latents: torch.Tensor
@@ -52,6 +57,8 @@ class EpisodeTable:
     success: torch.Tensor | None = None
     view_frames: torch.Tensor | None = None
     env_state: torch.Tensor | None = None
+    reward: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -72,9 +79,9 @@ class EpisodeTable:
     @classmethod
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
         """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``
-        (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``, ``env_state``:
-        kept when every episode has them)."""
-        lat, st, ac, ti, s0, s1, vw, fr, so, su, vf, es = [], [], [], [], [], [], [], [], [], [], [], []
+        (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``, ``env_state``,
+        ``reward``: kept when every episode has them)."""
+        lat, st, ac, ti, s0, s1, vw, fr, so, su, vf, es, rw = [], [], [], [], [], [], [], [], [], [], [], [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
@@ -88,6 +95,8 @@ class EpisodeTable:
                 su.append(torch.as_tensor(ep["success"], dtype=torch.bool).reshape(-1))
             if "env_state" in ep:
                 es.append(torch.as_tensor(ep["env_state"], dtype=torch.float32))
+            if "reward" in ep:
+                rw.append(torch.as_tensor(ep["reward"], dtype=torch.float32).reshape(-1))
             if "source" in ep:
                 so.append(torch.full((T,), int(ep["source"]), dtype=torch.long))
             lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
@@ -103,11 +112,27 @@ class EpisodeTable:
         success = torch.cat(su) if su and len(su) == len(episodes) else None
         view_frames = torch.cat(vf) if vf and len(vf) == len(episodes) else None
         env_state = torch.cat(es) if es and len(es) == len(episodes) else None
+        reward = torch.cat(rw) if rw and len(rw) == len(episodes) else None
         return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
-                   frames, source, success, view_frames, env_state)
+                   frames, source, success, view_frames, env_state, reward)
 
     def __len__(self) -> int:
         return len(self.action)
+
+    def set_returns(self, gamma: float) -> None:
+        """Fill ``returns``: the discounted returns ``G_t = sum_k gamma^k r_{t+k}`` of every frame,
+        each episode terminal at its last frame (:func:`~robodream.rl.advantages.discounted_returns`).
+
+        Raises:
+            ValueError: a table without rewards, or ``gamma`` outside (0, 1].
+        """
+        if self.reward is None:
+            raise ValueError("the table has no rewards (next.reward) to compute returns from")
+        r = self.reward.numpy()
+        out = np.empty(len(self), np.float32)
+        for s0, s1 in torch.unique_consecutive(torch.stack([self.episode_start, self.episode_end], 1), dim=0).tolist():
+            out[s0:s1] = discounted_returns(r[s0:s1], gamma)
+        self.returns = torch.from_numpy(out)
 
     def sample_anchors(self, n: int, generator: torch.Generator, balance_tasks: bool = True,
                        margin: tuple[int, int] | None = None,
@@ -180,6 +205,9 @@ class EpisodeTable:
                 (env steps ``idx + o_k ... idx + o_k + S - 1``), clamped like the frames.
             action_is_pad: (B, T - 1, S) bool, True where that step lies outside the episode.
             task_index: (B,).
+            state: (B, T, Ds) observation.state of the clip's frames (clamped like the frames).
+            returns: (B, T) discounted returns of the clip's frames (clamped like the frames),
+                when the table has them (:meth:`set_returns`).
         """
         offsets = torch.tensor(frame_offsets)
         gaps = offsets.diff()
@@ -192,12 +220,17 @@ class EpisodeTable:
         is_pad = (steps < start) | (steps > last)
         steps = torch.minimum(torch.maximum(steps, start), last)
         B, T = pos.shape
-        return {
-            "latents": self.latents[torch.minimum(torch.maximum(pos, start), last)],
+        frames = torch.minimum(torch.maximum(pos, start), last)  # (B, T)
+        out = {
+            "latents": self.latents[frames],
             "actions": self.action[steps].view(B, T - 1, S, -1),
             "action_is_pad": is_pad.view(B, T - 1, S),
             "task_index": self.task_index[idx],
+            "state": self.state[frames],
         }
+        if self.returns is not None:
+            out["returns"] = self.returns[frames]
+        return out
 
     @property
     def n_episodes(self) -> int:
@@ -235,7 +268,7 @@ class EpisodeTable:
         return out
 
     def mean_std(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per-dimension mean and std of ``state``, ``action`` or ``env_state`` over all frames."""
+        """Per-dimension mean and std of ``state``, ``action``, ``env_state`` or ``returns`` over all frames."""
         x = getattr(self, key).double()
         return x.mean(0).numpy(), x.std(0, unbiased=False).numpy()
 

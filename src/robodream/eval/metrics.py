@@ -28,6 +28,22 @@ def percentile(values, q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
 
 
+def kendall_tau(pred, true) -> float | None:
+    """Kendall's rank correlation (tau-b, ties accounted) of two equally long sequences, in [-1, 1].
+
+    The value-quality metric of GigaBrain-0.5M* (RAMP, arXiv 2602.12099): predicted values vs
+    Monte-Carlo returns. None where it is undefined (fewer than two pairs, or a constant input).
+    """
+    from scipy.stats import kendalltau
+
+    x, y = np.asarray(pred, dtype=np.float64).reshape(-1), np.asarray(true, dtype=np.float64).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"kendall_tau needs sequences of equal length, got {len(x)} and {len(y)}")
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(kendalltau(x, y).statistic)
+
+
 # ----------------------------------------------------------------------------- image metrics
 # The one definition of PSNR and SSIM in robodream (tokenizer, world models, Gaussian
 # splatting alike): images in [0, 1]; PSNR is computed per image and then averaged.

@@ -81,8 +81,12 @@ def _random_batch(cfg: WorldModelConfig, batch: int, device, seed: int = 0) -> d
     lat = torch.randn(batch, cfg.n_frames, len(cfg.cameras), cfg.latent_channels, cfg.latent_size, cfg.latent_size,
                       generator=g)
     act = torch.randn(batch, cfg.n_frames - 1, cfg.frame_stride, cfg.action_dim, generator=g)
-    return {"latents": lat.to(device), "frame_actions": act.to(device),
-            "task_index": torch.zeros(batch, dtype=torch.long, device=device)}
+    out = {"latents": lat.to(device), "frame_actions": act.to(device),
+           "task_index": torch.zeros(batch, dtype=torch.long, device=device)}
+    if cfg.n_value_frames:  # the value frame's targets: returns (and states) of the chunks' last frames
+        out["returns"] = torch.randn(batch, generator=g).to(device)
+        out["state"] = torch.randn(batch, cfg.state_dim, generator=g).to(device)
+    return out
 
 
 def _saved_activation_bytes(model: VideoWorldModel, batch: dict, precision: str, device) -> int:

@@ -59,7 +59,8 @@ def eval_world_model_cmd(
     seed: SeedOpt = 0,
     device: EvalDeviceOpt = "cpu",
 ) -> None:
-    """PSNR/SSIM per horizon vs copy-last-frame, and action controllability, on held-out episodes."""
+    """PSNR/SSIM per horizon vs copy-last-frame, and action controllability, on held-out episodes
+    (and, with a value frame, the values' Kendall tau and MAE vs Monte-Carlo returns)."""
     from robodream.world_model.evaluate import evaluate_world_model
 
     r = evaluate_world_model(world_model, data, out, max_episodes=episodes, anchors_per_episode=anchors,
@@ -69,6 +70,11 @@ def eval_world_model_cmd(
                 [[h, p, s, c, f] for h, p, s, c, f in zip(
                     r["horizons_steps"], r["psnr_by_horizon"], r["ssim_by_horizon"],
                     r["copy_last_frame_psnr_by_horizon"], r["foreign_actions_psnr_by_horizon"])])
+    if "value_kendall_tau" in r:
+        tau = "n/a" if r["value_kendall_tau"] is None else f"{r['value_kendall_tau']:.3f}"
+        mae = "n/a" if r["value_mae"] is None else f"{r['value_mae']:.2f}"
+        out_console.print(f"value frame: Kendall tau {tau} vs Monte-Carlo returns, MAE {mae} (return units) on "
+                          f"{r['value_n_frames']} frames")
     out_console.print(f"controllability gap {r['controllability_gap_db']:.2f} dB; tokenizer ceiling "
                       f"{r['tokenizer_psnr']:.1f} dB; written to {out}")
 

@@ -1,4 +1,5 @@
-"""Configuration of the action-conditioned video world model (GigaWorld-0-Video, arXiv 2511.19861)."""
+"""Configuration of the action-conditioned video world model (GigaWorld-0-Video, arXiv 2511.19861),
+and of its value frame (GigaBrain-0.5M*'s value world model, RAMP, arXiv 2602.12099)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from robodream.models.text import DEFAULT_TEXT_ENCODER, TEXT_DIMS
 
 MLPS = ("moe", "dense")
 ATTENTIONS = ("neighborhood", "full")
+#: "none": video only; "state_value": the value and the proprioceptive state tiled as an extra
+#: latent frame (RAMP's design); "value": the value alone in that frame (RAMP's ablation).
+VALUE_FRAMES = ("none", "state_value", "value")
 
 
 @dataclass
@@ -19,6 +23,9 @@ class WorldModelConfig:
     A clip is ``n_context_frames`` clean frames followed by ``n_future_frames`` predicted
     frames, ``frame_stride`` env steps apart; the cameras of a frame lie side by side, so a
     clip is a token grid ``(T, H, W) = (frames, latent_size / p, n_cameras * latent_size / p)``.
+    With ``value_frame != "none"`` one more frame follows the future frames: the value (and the
+    proprioceptive state) of the chunk's last frame, tiled over a latent frame
+    (:meth:`VideoWorldModel.value_frame_target`).
     """
 
     # --- inputs (filled from the datasets and tokenizer at training time) -------------------
@@ -29,6 +36,7 @@ class WorldModelConfig:
     image_size: int = 64  # frame side the tokenizer expects
     fps: int = 80  # env steps per second of the datasets (for videos)
     tasks: tuple[str, ...] = ("reach-v3",)  # task vocabulary (instructions); index = task embedding row
+    state_dim: int = 0  # observation.state size tiled into the value frame (0 unless value_frame = state_value)
 
     # --- clip ---------------------------------------------------------------------------------
     n_context_frames: int = 1  # clean conditioning frames (image-to-video), the last one at the anchor step
@@ -69,11 +77,18 @@ class WorldModelConfig:
     n_sampling_steps: int = 16  # Euler steps
     guidance_scale: float = 1.0  # CFG scale at sampling (1 = conditional only, one forward per step)
 
+    # --- value frame (GigaBrain-0.5M*, RAMP) ---------------------------------------------------------
+    # "none", "state_value" (value + proprioceptive state of the chunk's last frame tiled as one more
+    # generated latent frame, the paper's design) or "value" (the value alone, its ablation). Needs
+    # next.reward in the datasets (robodream collect writes it).
+    value_frame: str = "none"
+    gamma: float = 0.99  # discount of the value targets (Monte-Carlo returns of next.reward)
+
     extra: dict = field(default_factory=dict)  # free-form notes carried into config.json
 
     #: Fields filled in from the datasets and the tokenizer at training time (not options).
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("action_dim", "cameras", "latent_channels", "latent_size",
-                                                 "image_size", "fps", "tasks")
+                                                 "image_size", "fps", "tasks", "state_dim")
 
     def __post_init__(self) -> None:
         self.cameras, self.tasks, self.window = tuple(self.cameras), tuple(self.tasks), tuple(self.window)
@@ -97,12 +112,24 @@ class WorldModelConfig:
             raise ConfigError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if not 0.0 <= self.action_drop_prob < 1.0:
             raise ConfigError(f"action_drop_prob must be in [0, 1), got {self.action_drop_prob}")
+        if self.value_frame not in VALUE_FRAMES:
+            raise ConfigError(f"value_frame must be one of {VALUE_FRAMES}, got {self.value_frame!r}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.value_frame == "state_value" and 1 + self.state_dim > self.latent_channels:
+            raise ConfigError(f"value_frame 'state_value' tiles the value and the {self.state_dim}-dim state into "
+                              f"{self.latent_channels} latent channels, which needs state_dim + 1 <= latent_channels")
 
     # ------------------------------------------------------------------ derived sizes
     @property
     def n_frames(self) -> int:
         """Frames per clip (context + future)."""
         return self.n_context_frames + self.n_future_frames
+
+    @property
+    def n_value_frames(self) -> int:
+        """Generated value frames after the future frames: 1 with a value frame, else 0."""
+        return int(self.value_frame != "none")
 
     @property
     def frame_offsets(self) -> list[int]:
@@ -116,9 +143,9 @@ class WorldModelConfig:
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        """Token grid (T, H, W) of a clip: cameras side by side along W."""
+        """Token grid (T, H, W) of a clip: cameras side by side along W; T counts the value frame."""
         g = self.latent_size // self.patch_size
-        return (self.n_frames, g, len(self.cameras) * g)
+        return (self.n_frames + self.n_value_frames, g, len(self.cameras) * g)
 
     @property
     def tokens_per_frame(self) -> int:

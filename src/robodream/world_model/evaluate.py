@@ -7,7 +7,9 @@
   and SSIM of the predicted frames against the real frames per prediction horizon, the
   copy-last-frame baseline, and *action controllability*: the same start frames rolled out
   with the true actions and with another episode's actions; the gap (dB) says how much the
-  prediction depends on the actions.
+  prediction depends on the actions. For a model with a value frame (GigaBrain-0.5M*'s value
+  world model, RAMP, arXiv 2602.12099) also the value quality (:func:`value_quality`): Kendall
+  tau and mean absolute error between predicted values and Monte-Carlo returns.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import torch
 from robodream.data.latents import split_episodes
 from robodream.data.lerobot import LeRobotDataset
 from robodream.errors import ConfigError, DatasetError
-from robodream.eval.metrics import psnr_per_image, ssim
+from robodream.eval.metrics import kendall_tau, psnr_per_image, ssim
 from robodream.eval.video import write_mp4
-from robodream.tokenizer.model import decode_latents, encode_frames
+from robodream.rl.advantages import discounted_returns
+from robodream.tokenizer.model import ImageTokenizer, decode_latents, encode_frames
 from robodream.utils.io import atomic_write_json
 from robodream.utils.run import code_version, environment_info, now
 from robodream.world_model.modeling import VideoWorldModel
-from robodream.world_model.train import load_world_model
+from robodream.world_model.train import check_rewards, load_world_model
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -72,6 +75,15 @@ def task_condition(model: VideoWorldModel, task: str, device) -> tuple[torch.Ten
 
         text = encode_texts([task], model.cfg.text_encoder).to(device)
     return torch.tensor([len(tasks)], device=device), text
+
+
+def batch_condition(model: VideoWorldModel, tasks: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(task_index (B,), text_emb (B, text_dim) or None) of a batch of instructions (:func:`task_condition`)."""
+    cond = [task_condition(model, t, device) for t in tasks]
+    task_index = torch.cat([c[0] for c in cond])
+    text = None if all(c[1] is None for c in cond) else torch.cat([
+        c[1] if c[1] is not None else model.text_table[c[0]] for c in cond])
+    return task_index, text
 
 
 def clamped(x: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -196,9 +208,13 @@ def evaluate_world_model(run_dir: str | os.PathLike, data: list[str | os.PathLik
     prediction horizon (env steps ``S, 2S, ...``) against the real frames (cameras side by
     side). ``controllability_gap_db`` = mean over horizons of PSNR(true) - PSNR(foreign).
 
+    With a value frame, ``value_kendall_tau``, ``value_mae`` and ``value_n_frames`` of
+    :func:`value_quality` on every frame of the same episodes where a clip fits.
+
     Raises:
         DatasetError: a dataset the model cannot read (cameras, action dimension, image
-            size), or no held-out episode long enough for one clip.
+            size, no next.reward for a value-frame model), or no held-out episode long enough
+            for one clip.
     """
     t0 = time.perf_counter()
     model, tokenizer, run_cfg = load_world_model(run_dir, device=device)
@@ -210,6 +226,7 @@ def evaluate_world_model(run_dir: str | os.PathLike, data: list[str | os.PathLik
     for d in data:
         ds = LeRobotDataset(d)
         check_dataset(ds, model)
+        check_rewards([ds], cfg)
         per_ds.append((ds, heldout_episodes(ds, run_cfg)))
     while len(episodes) < max_episodes and any(eps for _, eps in per_ds):  # round-robin over datasets
         for ds, eps in per_ds:
@@ -225,6 +242,8 @@ def evaluate_world_model(run_dir: str | os.PathLike, data: list[str | os.PathLik
         ep = ds.episode(i)
         eps_data.append({"ds": ds, "index": i, "task": ep.task, "action": ep.action,
                          "frames": episode_frames(ds, i, cfg.cameras)})
+        if cfg.n_value_frames:
+            eps_data[-1]["returns"] = discounted_returns(ep.extra["next.reward"].reshape(-1), cfg.gamma)
     clips = []  # (episode position, anchor step)
     for e, ed in enumerate(eps_data):
         T = len(ed["action"])
@@ -250,10 +269,7 @@ def evaluate_world_model(run_dir: str | os.PathLike, data: list[str | os.PathLik
                       for e, a in part]
         true_a = torch.from_numpy(np.stack([actions_of(e, a) for e, a in part])).to(device)
         foreign_a = torch.from_numpy(np.stack([actions_of(f, a) for f, a in zip(foreign_ep, foreign_at)])).to(device)
-        cond = [task_condition(model, eps_data[e]["task"], device) for e, _ in part]
-        task_index = torch.cat([c[0] for c in cond])
-        text = None if all(c[1] is None for c in cond) else torch.cat([
-            c[1] if c[1] is not None else model.text_table[c[0]] for c in cond])
+        task_index, text = batch_condition(model, [eps_data[e]["task"] for e, _ in part], device)
         preds = []
         for acts in (true_a, foreign_a):
             gen = torch.Generator().manual_seed(gen_seed)  # the same noise for both action sequences
@@ -294,15 +310,59 @@ def evaluate_world_model(run_dir: str | os.PathLike, data: list[str | os.PathLik
         "n_episodes": n_ep, "n_clips": len(clips), "n_chunks": n_chunks,
         "n_sampling_steps": n_steps or cfg.n_sampling_steps,
         "guidance_scale": cfg.guidance_scale if guidance_scale is None else guidance_scale,
-        "seed": seed, "device": str(device), "wall_s": time.perf_counter() - t0,
-        "code": code_version(), "environment": environment_info(),
+        "seed": seed, "device": str(device),
     }
+    if cfg.n_value_frames:
+        results.update(value_quality(model, tokenizer, eps_data, n_steps=n_steps, guidance_scale=guidance_scale,
+                                     seed=seed, device=device, batch_size=batch_size))
+    results.update({"wall_s": time.perf_counter() - t0, "code": code_version(), "environment": environment_info()})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
     plot_metrics(results, out / "metrics_by_horizon.png")
     save_sample_grid(samples, out / "samples.png")
     return results
+
+
+@torch.no_grad()
+def value_quality(model: VideoWorldModel, tokenizer: ImageTokenizer, episodes: list[dict], *,
+                  n_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                  device: str = "cpu", batch_size: int = 32) -> dict:
+    """Value quality of a value-frame world model, the metric of GigaBrain-0.5M* (RAMP, arXiv 2602.12099).
+
+    On every frame ``t`` of ``episodes`` where a clip fits (``t - (n_context_frames - 1) S >= 0``
+    and ``t + n`` inside the episode, ``n = chunk_steps``), the model predicts ``V(s_{t+n})``
+    from the real context frames and actions (:meth:`VideoWorldModel.predict_value`, the full
+    denoising, batched); the truth is the Monte-Carlo return ``G_{t+n}``.
+
+    Args:
+        episodes: dicts with ``frames`` (T, N, H, W, 3) uint8, ``action`` (T, Da), ``task`` and
+            ``returns`` (T,) discounted returns (``gamma`` of the model).
+
+    Returns:
+        ``value_kendall_tau`` (None when undefined: fewer than two frames or constant values),
+        ``value_mae`` (return units; None without frames), ``value_n_frames``.
+    """
+    cfg = model.cfg
+    S, n = cfg.frame_stride, cfg.chunk_steps
+    hist = (cfg.n_context_frames - 1) * S
+    latents = [encode_frames(tokenizer, ed["frames"]) for ed in episodes]  # (T, N, C, h, w) each
+    items = [(e, t) for e, ed in enumerate(episodes) for t in range(hist, len(ed["action"]) - n)]
+    gen = torch.Generator().manual_seed(seed)
+    pred, true = [], []
+    for b0 in range(0, len(items), batch_size):
+        part = items[b0:b0 + batch_size]
+        context = torch.stack([latents[e][t - hist:t + 1:S] for e, t in part])  # (B, n_ctx, N, C, h, w)
+        acts = torch.from_numpy(np.stack([episodes[e]["action"][t - hist:t + n] for e, t in part])).to(device)
+        acts = model.normalize_action(acts).reshape(len(part), cfg.n_frames - 1, S, cfg.action_dim)
+        task_index, text = batch_condition(model, [episodes[e]["task"] for e, _ in part], device)
+        pred.append(model.predict_value(context, acts, task_index, text, n_steps=n_steps,
+                                        guidance_scale=guidance_scale, generator=gen).cpu())
+        true += [float(episodes[e]["returns"][t + n]) for e, t in part]
+    p = torch.cat(pred).double().numpy() if pred else np.zeros(0)
+    g = np.asarray(true, dtype=np.float64)
+    return {"value_kendall_tau": kendall_tau(p, g), "value_mae": float(np.abs(p - g).mean()) if len(g) else None,
+            "value_n_frames": len(g)}
 
 
 def plot_metrics(r: dict, path: Path) -> None:

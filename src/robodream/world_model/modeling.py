@@ -22,6 +22,14 @@ text kept), which trains the action-free mode: ``sample(..., frame_actions=None)
 the task goes on from the first frame and the instruction alone (the dreams of GigaWorld-0's
 data engine, labelled afterwards by an inverse-dynamics model).
 
+Value frame (GigaBrain-0.5M*'s value world model, RAMP, arXiv 2602.12099): with
+``value_frame != "none"`` the clip gets one more frame after the future frames, generated
+jointly with them by the same flow and sampler (mask channel 0, RoPE time index ``T``, its own
+learned per-frame token in place of an action token). Its target tiles numbers over a latent
+frame (:meth:`VideoWorldModel.value_frame_target`): the normalised value and, with
+``"state_value"``, the normalised proprioceptive state of the chunk's *last* frame (anchor +
+``chunk_steps``). See :meth:`VideoWorldModel.predict_value` for why that frame.
+
 Tensor conventions (B = batch, T = clip frames, N = cameras, C/h/w = latent grid, S =
 ``frame_stride``, Da = action size):
     latents:        (B, T, N, C, h, w)   context frames first, then future frames
@@ -29,6 +37,8 @@ Tensor conventions (B = batch, T = clip frames, N = cameras, C/h/w = latent grid
     task_index:     (B,) long            row of the task vocabulary; ``len(tasks)`` = unknown task
     text_emb:       (B, text_dim)        sentence embedding of the instruction (default: the
                                          stored embedding of ``task_index``)
+    returns:        (B,)                 discounted return of the chunk's last frame (value frame only)
+    state:          (B, Ds)              observation.state of that frame (``"state_value"`` only)
 """
 
 from __future__ import annotations
@@ -80,10 +90,20 @@ class VideoWorldModel(nn.Module):
         self.final = FinalLayer(D, cfg.patch_dim)
         self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
         self.register_buffer("action_std", torch.ones(cfg.action_dim))
+        self.value_token = None
+        if cfg.n_value_frames:  # a "none" model has no parameter or buffer of its own here
+            self.value_token = nn.Parameter(0.02 * torch.randn(D))  # the value frame's per-frame token
+            # Value (return units) and state normalisation: statistics of the training returns and
+            # states (set_normalization), so a run is self-contained.
+            self.register_buffer("value_mean", torch.zeros(1))
+            self.register_buffer("value_std", torch.ones(1))
+            if cfg.value_frame == "state_value":
+                self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
+                self.register_buffer("state_std", torch.ones(cfg.state_dim))
 
         # Rotary angles of the fixed clip grid: self-attention rotates with (t, h, w); cross-
         # attention with time only, so a frame's queries align with its own action token.
-        T = cfg.n_frames
+        T = cfg.grid[0]  # context + future (+ value) frames
         rope = RotaryEmbedding(D // cfg.n_heads, theta=cfg.rope_theta)
         pos = grid_positions(cfg.grid)  # (L, 3)
         n_global = 1 + int(bool(cfg.text_dim))
@@ -94,15 +114,63 @@ class VideoWorldModel(nn.Module):
             self.register_buffer(f"{name}_cos", c, persistent=False)
             self.register_buffer(f"{name}_sin", s, persistent=False)
         self.register_buffer("is_context", torch.arange(T) < cfg.n_context_frames, persistent=False)  # (T,)
+        # Latent channels whose number is the value (the others hold the state): decoded by their mean.
+        n_numbers = 1 + cfg.state_dim if cfg.value_frame == "state_value" else 1
+        self.value_channels = [0, *range(n_numbers, cfg.latent_channels)]
 
     # ------------------------------------------------------------------ normalisation
     def set_normalization(self, stats: dict[str, dict[str, list[float]]]) -> None:
-        """Set mean/std of ``action`` from a stats dict (same layout as the policy's normalization.json)."""
+        """Set mean/std of ``action`` from a stats dict (same layout as the policy's normalization.json),
+        and with a value frame of ``value`` (discounted returns, one number each; std clamped to >= 1,
+        one step's reward) and, for ``"state_value"``, ``observation.state``."""
         self.action_mean.copy_(torch.as_tensor(stats["action"]["mean"], dtype=torch.float32))
         self.action_std.copy_(torch.as_tensor(stats["action"]["std"], dtype=torch.float32).clamp_min(1e-3))
+        if self.cfg.n_value_frames:
+            self.value_mean.copy_(torch.as_tensor(stats["value"]["mean"], dtype=torch.float32))
+            self.value_std.copy_(torch.as_tensor(stats["value"]["std"], dtype=torch.float32).clamp_min(1.0))
+        if self.cfg.value_frame == "state_value":
+            self.state_mean.copy_(torch.as_tensor(stats["observation.state"]["mean"], dtype=torch.float32))
+            self.state_std.copy_(torch.as_tensor(stats["observation.state"]["std"], dtype=torch.float32).clamp_min(1e-3))
 
     def normalize_action(self, a: torch.Tensor) -> torch.Tensor:
         return (a - self.action_mean) / self.action_std
+
+    def value_frame_target(self, returns: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """The value frame that rectified flow learns to generate after the future frames.
+
+        Channel ``c`` holds one number, repeated over (h, w) and every camera. ``"value"``: every
+        channel holds the normalised value ``(G - value_mean) / value_std``. ``"state_value"``
+        (RAMP's layout): channel 0 the value, channels ``1 .. Ds`` the normalised state
+        ``(s - state_mean) / state_std``, the remaining channels the value again (so the value
+        has the most weight).
+
+        Args:
+            returns: (B,) discounted return ``G`` of the chunk's last frame, return units.
+            state: (B, Ds) observation.state of that frame; needed for ``"state_value"`` only.
+
+        Returns:
+            (B, N, C, h, w) float32.
+
+        Raises:
+            ValueError: a model without a value frame, or ``"state_value"`` without ``state``.
+        """
+        cfg = self.cfg
+        if not cfg.n_value_frames:
+            raise ValueError("this world model has no value frame (value_frame = 'none')")
+        v = ((returns.float() - self.value_mean) / self.value_std)[:, None]  # (B, 1)
+        per_channel = v.expand(-1, cfg.latent_channels)  # (B, C)
+        if cfg.value_frame == "state_value":
+            if state is None:
+                raise ValueError("a 'state_value' frame needs the state of the chunk's last frame")
+            s = (state.float() - self.state_mean) / self.state_std  # (B, Ds)
+            per_channel = torch.cat([v, s, v.expand(-1, cfg.latent_channels - 1 - cfg.state_dim)], 1)
+        B, N, h = len(returns), len(cfg.cameras), cfg.latent_size
+        return per_channel[:, None, :, None, None].expand(B, N, cfg.latent_channels, h, h)
+
+    def decode_value(self, frame: torch.Tensor) -> torch.Tensor:
+        """Value of a generated value frame (B, N, C, h, w): the mean of its value channels, in return units. (B,)"""
+        v = frame[:, :, self.value_channels].float().mean(dim=(1, 2, 3, 4))
+        return v * self.value_std + self.value_mean
 
     def set_text_table(self, emb: torch.Tensor) -> None:
         """Store the sentence embeddings (len(tasks), text_dim) of the task vocabulary."""
@@ -160,7 +228,8 @@ class VideoWorldModel(nn.Module):
         """Predicted velocity of every frame.
 
         Args:
-            x: (B, T, N, C, h, w) clip: clean context frames, then future frames at flow time t.
+            x: (B, T, N, C, h, w) clip: clean context frames, then future frames (and the value
+                frame, ``T = cfg.grid[0]``) at flow time t.
             t_frame: (B, T) flow time of each frame (0 on context frames).
             frame_actions, task_index, text_emb: see the module docstring.
             drop: (B,) bool, conditions replaced by null tokens (classifier-free guidance).
@@ -175,6 +244,8 @@ class VideoWorldModel(nn.Module):
         mask = self.is_context.to(x.dtype).view(1, T, 1, 1, 1, 1).expand(B, T, x.shape[2], 1, *x.shape[-2:])
         h = self.patch_in(self.patchify(torch.cat([x, mask], 3)))  # (B, L, D)
         act = self.action_tokens(frame_actions, drop if drop_actions is None else drop | drop_actions)  # (B, T, D)
+        if self.value_token is not None:  # the value frame's token in place of an action token
+            act = torch.cat([act, self.value_token.to(act.dtype).expand(B, 1, -1)], 1)  # (B, T, D)
         ctx = self.context_tokens(task_index, text_emb, act, drop)  # (B, M, D)
         cond = self.time_embedding(t_frame) + act.to(torch.float32)  # (B, T, D), one AdaLN vector per frame
         rope = (self.rope_self_cos, self.rope_self_sin)
@@ -190,29 +261,46 @@ class VideoWorldModel(nn.Module):
     # ------------------------------------------------------------------ training
     def forward(self, latents: torch.Tensor, frame_actions: torch.Tensor, task_index: torch.Tensor,
                 text_emb: torch.Tensor | None = None, action_is_pad: torch.Tensor | None = None,
+                returns: torch.Tensor | None = None, state: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Rectified-flow loss on the future frames plus ``moe_aux_weight`` x the load-balance losses.
+        """Rectified-flow loss on the future (and value) frames plus ``moe_aux_weight`` x the load-balance losses.
 
-        ``action_is_pad`` (B, T-1, S) zeroes actions past the episode ends. Returns the scalar
-        loss and its parts (``loss_flow``, ``loss_balance``, ``expert_fraction_min``).
+        ``action_is_pad`` (B, T-1, S) zeroes actions past the episode ends. With a value frame,
+        ``returns`` (B,) and, for ``"state_value"``, ``state`` (B, Ds) of the chunk's last frame
+        build its target (:meth:`value_frame_target`). Returns the scalar loss and its parts
+        (``loss_flow`` over every generated frame, ``loss_value_frame`` its value-frame part,
+        ``loss_balance``, ``expert_fraction_min``).
+
+        Raises:
+            ValueError: a value-frame model without ``returns`` (or ``state``).
         """
         cfg = self.cfg
-        B, T, dev = latents.shape[0], latents.shape[1], latents.device
+        B, dev = latents.shape[0], latents.device
         if action_is_pad is not None:
             frame_actions = frame_actions.masked_fill(action_is_pad.unsqueeze(-1), 0.0)
+        x0 = latents  # (B, T, N, C, h, w): context + future (+ value) frames
+        if cfg.n_value_frames:
+            if returns is None:
+                raise ValueError("a value-frame world model needs the returns of the chunks' last frames")
+            value_frame = self.value_frame_target(returns, state).unsqueeze(1)  # (B, 1, N, C, h, w)
+            x0 = torch.cat([latents, value_frame.to(latents.dtype)], 1)
+        T = x0.shape[1]
         t = sample_time(B, cfg.time_shift, generator=generator, device=dev)  # (B,)
-        eps = torch.randn(latents.shape, generator=generator, device="cpu").to(dev)
+        eps = torch.randn(x0.shape, generator=generator, device="cpu").to(dev)
         drop = (torch.rand(B, generator=generator) < cfg.cond_drop_prob).to(dev) if self.training else None
         drop_actions = None  # drawn only when used, so runs without it keep their random stream
         if self.training and cfg.action_drop_prob > 0:
             drop_actions = (torch.rand(B, generator=generator) < cfg.action_drop_prob).to(dev)
         ctx = self.is_context.view(1, T, 1, 1, 1, 1)
-        x_t = torch.where(ctx, latents, interpolate(latents, eps, t))
+        x_t = torch.where(ctx, x0, interpolate(x0, eps, t))
         t_frame = torch.where(self.is_context, 0.0, t[:, None])  # (B, T)
         v = self.velocity(x_t, t_frame, frame_actions, task_index, text_emb, drop, drop_actions)
         n_ctx = cfg.n_context_frames
-        loss_flow = F.mse_loss(v[:, n_ctx:].float(), velocity_target(latents[:, n_ctx:], eps[:, n_ctx:]))
+        loss_flow = F.mse_loss(v[:, n_ctx:].float(), velocity_target(x0[:, n_ctx:], eps[:, n_ctx:]))
         loss, logs = loss_flow, {"loss_flow": float(loss_flow.detach())}
+        if cfg.n_value_frames:
+            loss_value = F.mse_loss(v[:, -1].detach().float(), velocity_target(x0[:, -1], eps[:, -1]))
+            logs["loss_value_frame"] = float(loss_value)
         moe = self.moe_layers()
         if moe:
             balance = torch.stack([m.aux_loss for m in moe]).mean()
@@ -225,10 +313,38 @@ class VideoWorldModel(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, context: torch.Tensor, frame_actions: torch.Tensor | None, task_index: torch.Tensor,
-               text_emb: torch.Tensor | None = None, *, n_steps: int | None = None,
-               guidance_scale: float | None = None, noise: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Generate one chunk by ``n_steps`` Euler steps from t = 1 to t = 0.
+               text_emb: torch.Tensor | None = None, **sample_kw) -> torch.Tensor:
+        """Generate one chunk: :meth:`sample_with_value` without the value. (B, T, N, C, h, w)"""
+        return self.sample_with_value(context, frame_actions, task_index, text_emb, **sample_kw)[0]
+
+    @torch.no_grad()
+    def predict_value(self, context: torch.Tensor, frame_actions: torch.Tensor | None, task_index: torch.Tensor,
+                      text_emb: torch.Tensor | None = None, **sample_kw) -> torch.Tensor:
+        """The value ``V(s_{t+n})`` of the state at the end of the chunk, ``n = chunk_steps``, in return units. (B,)
+
+        ``t`` is the anchor (the last context frame). The value frame is generated jointly with
+        the chunk (:meth:`sample_with_value`, the full ``n_sampling_steps`` denoising). Why the
+        chunk's last frame and not the anchor: the model is conditioned on the chunk's actions,
+        so a value of the anchor would be ``Q(s_t, a_{t:t+n})`` and the n-step TD advantage
+        ``A_t = sum_{k<n} gamma^k r_{t+k} + gamma^n V(s_{t+n}) - V(s_t)`` (RAMP) would lose the
+        actions' effect; the value of the frame the actions lead to is a function of them,
+        is what RAMP tiles (the value and state of a predicted frame), and is exactly the
+        bootstrap term of ``A_t``. ``V(s_t)`` itself is the previous chunk's prediction (the
+        clip anchored at ``t - n``). Targets past an episode's end are its last frame's return.
+
+        Raises:
+            ValueError: a model without a value frame, or what :meth:`sample_with_value` raises.
+        """
+        if not self.cfg.n_value_frames:
+            raise ValueError("this world model has no value frame (value_frame = 'none'); train with --value-frame")
+        return self.sample_with_value(context, frame_actions, task_index, text_emb, **sample_kw)[1]
+
+    @torch.no_grad()
+    def sample_with_value(self, context: torch.Tensor, frame_actions: torch.Tensor | None, task_index: torch.Tensor,
+                          text_emb: torch.Tensor | None = None, *, n_steps: int | None = None,
+                          guidance_scale: float | None = None, noise: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Generate one chunk (and its value frame) by ``n_steps`` Euler steps from t = 1 to t = 0.
 
         Args:
             context: (B, n_context_frames, N, C, h, w) clean conditioning latents.
@@ -236,10 +352,13 @@ class VideoWorldModel(nn.Module):
                 None: action-free (null action tokens; meaningful for models trained with
                 ``action_drop_prob > 0``).
             guidance_scale: ``v = v_uncond + g (v_cond - v_uncond)``; 1 = conditional only.
-            noise: (B, n_future_frames, N, C, h, w) initial noise; drawn from ``generator`` if None.
+            noise: (B, n_future_frames + n_value_frames, N, C, h, w) initial noise; drawn from
+                ``generator`` if None.
 
         Returns:
-            (B, T, N, C, h, w): the context frames exactly as given, then the generated frames.
+            clip: (B, T, N, C, h, w), the context frames exactly as given, then the generated frames.
+            value: (B,) ``V(s_{t+n})`` in return units (:meth:`predict_value`), or None without a
+                value frame.
         """
         cfg = self.cfg
         n_ctx, n_fut = cfg.n_context_frames, cfg.n_future_frames
@@ -247,7 +366,8 @@ class VideoWorldModel(nn.Module):
             raise ValueError(f"expected {n_ctx} context frames, got {context.shape[1]}")
         B, dev = context.shape[0], context.device
         g = cfg.guidance_scale if guidance_scale is None else guidance_scale
-        x = noise if noise is not None else torch.randn((B, n_fut, *context.shape[2:]), generator=generator).to(dev)
+        n_gen = n_fut + cfg.n_value_frames
+        x = noise if noise is not None else torch.randn((B, n_gen, *context.shape[2:]), generator=generator).to(dev)
         x = x.to(context.dtype)
         guided = g != 1.0
         rep = (lambda a: torch.cat([a, a])) if guided else (lambda a: a)  # noqa: E731
@@ -268,7 +388,8 @@ class VideoWorldModel(nn.Module):
                 v_cond, v_uncond = v.chunk(2)
                 v = v_uncond + g * (v_cond - v_uncond)
             x = euler_step(x, v.to(x.dtype), t, t_next)
-        return torch.cat([context, x], 1)
+        value = self.decode_value(x[:, n_fut]) if cfg.n_value_frames else None
+        return torch.cat([context, x[:, :n_fut]], 1), value
 
     @torch.no_grad()
     def rollout(self, context: torch.Tensor, actions: torch.Tensor | None, task_index: torch.Tensor, n_chunks: int,

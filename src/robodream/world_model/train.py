@@ -6,6 +6,12 @@ frames are encoded once by the frozen tokenizer, the last ``heldout_fraction`` o
 dataset's episodes are held out, the shared :class:`~robodream.train.loop.Trainer` does
 checkpoints, exact resume and ``metrics.jsonl``, and the run directory is self-contained
 (``config.json``, ``normalization.json``, ``model.safetensors``, a copy of the tokenizer).
+
+With a value frame (``--value-frame state_value`` or ``value``, GigaBrain-0.5M*'s value world
+model, RAMP, arXiv 2602.12099) the datasets must carry ``next.reward``: every frame's discounted
+return (``--gamma``) is computed once per episode, and the mean/std of the training returns
+(and states) normalise the value frame's numbers (stored in ``normalization.json`` and the
+model's buffers).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from robodream.data.collect import require_real
 from robodream.data.latents import check_datasets, encode_run_data
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.windows import EpisodeTable
-from robodream.errors import ConfigError
+from robodream.errors import ConfigError, DatasetError
 from robodream.eval.metrics import psnr
 from robodream.models.text import encode_texts
 from robodream.tokenizer.model import ImageTokenizer
@@ -59,10 +65,29 @@ def clip_margin(cfg: WorldModelConfig) -> tuple[int, int]:
 
 
 def clip_batch(model: VideoWorldModel, table: EpisodeTable, idx: torch.Tensor, device) -> dict[str, torch.Tensor]:
-    """Clips anchored at ``idx`` as keyword arguments of :meth:`VideoWorldModel.forward` (actions normalised)."""
-    c = table.clips(idx, model.cfg.frame_offsets)
-    return {"latents": c["latents"].to(device), "frame_actions": model.normalize_action(c["actions"].to(device)),
-            "task_index": c["task_index"].to(device), "action_is_pad": c["action_is_pad"].to(device)}
+    """Clips anchored at ``idx`` as keyword arguments of :meth:`VideoWorldModel.forward` (actions
+    normalised); with a value frame also ``returns`` (B,) (and ``state`` (B, Ds) for
+    ``"state_value"``) of the chunk's last frame, unnormalised (the model normalises them)."""
+    cfg = model.cfg
+    c = table.clips(idx, cfg.frame_offsets)
+    batch = {"latents": c["latents"].to(device), "frame_actions": model.normalize_action(c["actions"].to(device)),
+             "task_index": c["task_index"].to(device), "action_is_pad": c["action_is_pad"].to(device)}
+    if cfg.n_value_frames:
+        batch["returns"] = c["returns"][:, -1].to(device)
+        if cfg.value_frame == "state_value":
+            batch["state"] = c["state"][:, -1].to(device)
+    return batch
+
+
+def check_rewards(datasets: list[LeRobotDataset], cfg: WorldModelConfig) -> None:
+    """A value-frame model learns from ``next.reward``: raise a one-line DatasetError naming the
+    datasets without it (checked on the metadata, before any encoding)."""
+    if not cfg.n_value_frames:
+        return
+    missing = [str(ds.root) for ds in datasets if "next.reward" not in ds.features]
+    if missing:
+        raise DatasetError(f"value_frame={cfg.value_frame!r} learns values from next.reward, and {', '.join(missing)} "
+                           "has none; record the dataset with robodream collect, or set --value-frame none")
 
 
 def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
@@ -73,7 +98,8 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
 
     Raises:
         DatasetError: missing/foreign or synthetic datasets, camera/image-size/dimension
-            mismatches, a dataset without actions, non-finite actions.
+            mismatches, a dataset without actions, non-finite actions; with a value frame, a
+            dataset without next.reward (or observation.state, for ``"state_value"``).
         CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``.
         ConfigError: no dataset, an inconsistent model configuration, or a ``--resume`` that
             changes the run.
@@ -87,14 +113,18 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
         datasets = [LeRobotDataset(p) for p in cfg.data]
         for ds in datasets:  # the data engine's generator learns from real video only
             require_real(ds, "a world model")
-        cameras, _, action_dim = check_datasets(datasets, tokenizer, needs=("action",))
-
-        tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction)
         m = cfg.model
-        m.action_dim, m.cameras, m.tasks = action_dim, tuple(cameras), tuple(tasks)
+        needs = ("action", "observation.state") if m.value_frame == "state_value" else ("action",)
+        cameras, state_dim, action_dim = check_datasets(datasets, tokenizer, needs=needs)
+        check_rewards(datasets, m)
+        m.action_dim, m.cameras = action_dim, tuple(cameras)
+        m.state_dim = state_dim if m.value_frame == "state_value" else 0
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
         m.image_size, m.fps = tokenizer.cfg.image_size, datasets[0].fps
-        m.__post_init__()
+        m.__post_init__()  # before encoding: a configuration the data cannot fit fails fast
+
+        tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction)
+        m.tasks = tuple(tasks)
 
         train_table = EpisodeTable.from_episodes(train_eps)
         held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
@@ -103,6 +133,15 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
         model = VideoWorldModel(m)
         a_mean, a_std = train_table.mean_std("action")
         norm = {"action": {"mean": a_mean.tolist(), "std": a_std.tolist()}}
+        if m.n_value_frames:  # value targets: discounted returns, normalised by the training frames' statistics
+            for table in (train_table, held_table):
+                if table is not None:
+                    table.set_returns(m.gamma)
+            r_mean, r_std = train_table.mean_std("returns")
+            norm["value"] = {"mean": [float(r_mean)], "std": [float(r_std)]}
+        if m.value_frame == "state_value":
+            s_mean, s_std = train_table.mean_std("state")
+            norm["observation.state"] = {"mean": s_mean.tolist(), "std": s_std.tolist()}
         model.set_normalization(norm)
         text_table = encode_texts(list(tasks), m.text_encoder) if m.text_dim else None
         if text_table is not None:
@@ -143,7 +182,9 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
 def validate_world_model(model: VideoWorldModel, tokenizer: ImageTokenizer, table: EpisodeTable, device,
                          n_loss: int = 64, n_sample: int = 16, seed: int = 0,
                          shard_of: tuple[int, int] = (0, 1)) -> dict[str, float]:
-    """Held-out flow loss on fixed clips, and the latent MSE / decoded PSNR of sampled chunks.
+    """Held-out flow loss on fixed clips, and the latent MSE / decoded PSNR of sampled chunks
+    (with a value frame also ``loss_value_frame`` and ``value_mae``, the mean absolute error of
+    the sampled values in return units).
 
     PSNR here compares decoded predictions with the *decoded* true latents (the tokenizer's
     reconstruction), so it measures the world model alone; ``robodream eval world-model``
@@ -161,11 +202,15 @@ def validate_world_model(model: VideoWorldModel, tokenizer: ImageTokenizer, tabl
     _, logs = model(**batch, generator=gen)
     n_ctx, k = model.cfg.n_context_frames, min(-(-n_sample // shard_of[1]), len(idx))  # the shard's share
     b = {key: v[:k] for key, v in batch.items()}
-    pred = model.sample(b["latents"][:, :n_ctx], b["frame_actions"], b["task_index"], generator=gen)[:, n_ctx:]
-    true = b["latents"][:, n_ctx:]
+    clip, value = model.sample_with_value(b["latents"][:, :n_ctx], b["frame_actions"], b["task_index"], generator=gen)
+    pred, true = clip[:, n_ctx:], b["latents"][:, n_ctx:]
     dec = lambda z: tokenizer.decode(z.reshape(-1, *z.shape[-3:]).float())  # noqa: E731
-    return {"loss_flow": logs["loss_flow"], "latent_mse": float((pred - true).pow(2).mean()),
-            "psnr_vs_tokenizer": psnr(dec(pred), dec(true)), "n": len(idx)}
+    out = {"loss_flow": logs["loss_flow"], "latent_mse": float((pred - true).pow(2).mean()),
+           "psnr_vs_tokenizer": psnr(dec(pred), dec(true)), "n": len(idx)}
+    if value is not None:
+        out["loss_value_frame"] = logs["loss_value_frame"]
+        out["value_mae"] = float((value - b["returns"]).abs().mean())
+    return out
 
 
 def load_world_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
