@@ -113,6 +113,45 @@ def eval_policy_cmd(
                   r["mean_steps_to_success"], r["latency_ms_p50"], r["latency_ms_p90"], str(out)]])
 
 
+# ----------------------------------------------------------------------------- rollout
+def rollout(
+    overrides: dict,
+    policy: Annotated[Path, typer.Option(help="trained policy run directory")],
+    task: Annotated[str, typer.Option(help="Meta-World task the policy was trained on, e.g. push-v3")],
+    out: Annotated[Path, typer.Option(help="output LeRobotDataset v3.0 directory")],
+    episodes: Annotated[int, typer.Option(help="rollouts, all kept (failures too)")] = 10,
+    takeover: Annotated[str, typer.Option(help="who acts when the policy goes wrong: expert (scripted, "
+                                               "automatic trigger), keyboard (a person) or none")] = "expert",
+    seed: Annotated[Optional[int], typer.Option(help="first env seed (default: above the policy's training "
+                                                     "and the evaluation seeds, from 2000000)")] = None,
+    max_steps: Annotated[int, typer.Option(help="episode step limit (an episode also ends at success)")] = 500,
+    fail_penalty: Annotated[float, typer.Option(help="C_fail of next.reward on a failed episode's last step")] = 500.0,
+    workers: Annotated[int, typer.Option(help="rollout processes, each with its own env, policy and source "
+                                              "(same dataset for any N)")] = 1,
+    mode: Annotated[Optional[str], typer.Option(help="action_only, with_video or joint")] = None,
+    n_action_steps: Annotated[Optional[int], typer.Option(
+        help="actions executed per predicted chunk (receding horizon K; default: the run's)")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(
+        help="torch threads of each rollout process (default: 2 with one worker, 1 with several)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing dataset at --out")] = False,
+) -> None:
+    """Policy rollouts with takeover (HG-DAgger), recorded as a dataset with intervention flags."""
+    from robodream.config import from_dict
+    from robodream.rl.rollout import record_rollouts
+    from robodream.rl.takeover import TakeoverConfig
+
+    cfg = from_dict(TakeoverConfig, {**overrides, "source": takeover})
+    if threads is None and workers == 1:
+        threads = 2
+    r = record_rollouts(policy, task, episodes, out, takeover=cfg, seed=seed, max_steps=max_steps,
+                        fail_penalty=fail_penalty, mode=mode, n_action_steps=n_action_steps, device=device,
+                        threads=threads, workers=workers, overwrite=overwrite)
+    print_table(f"rollout {task}, takeover {cfg.source}, seeds {r['seeds'][0]}..{r['seeds'][-1]}",
+                ["episodes", "success", "95% CI", "mean intervention fraction", "takeovers", "dataset"],
+                [[r["n_episodes"], r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
+                  r["mean_intervention_fraction"], sum(e["interventions"] for e in r["episodes"]), str(out)]])
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 
@@ -305,8 +344,10 @@ def _register_systems() -> None:
     import importlib
 
     from robodream.data.collect import CollectConfig
+    from robodream.rl.takeover import TakeoverConfig
 
     app.command("collect")(user_errors(config_verb(CollectConfig)(collect)))
+    app.command("rollout")(user_errors(config_verb(TakeoverConfig, exclude=("source",))(rollout)))
     apps = Apps(root=app, train=train_app, eval=eval_app, bench=bench_app)
     for name in SYSTEM_CLIS:
         importlib.import_module(name).register(apps)

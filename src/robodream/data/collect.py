@@ -136,19 +136,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
     check_parallelism(workers, ray_address)
     env_cfg = EnvConfig(task=cfg.task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps,
                         proprio=cfg.proprio, shift=cfg.shift, depth=cfg.with_depth, segmentation=cfg.with_segmentation)
-    hw = [cfg.image_size, cfg.image_size]
-    extra = dict(REWARD_FEATURES)
-    extra[ENV_STATE] = {"dtype": "float32", "shape": [len(ENV_STATE_NAMES)], "names": list(ENV_STATE_NAMES)}
-    for cam in cfg.cameras if cfg.with_depth else ():
-        extra[DEPTH_PREFIX + cam] = {"dtype": "uint16", "shape": hw, "names": ["height", "width"],
-                                     "info": {"unit": "mm", "nothing_seen": 65535}}
-    for cam in cfg.cameras if cfg.with_segmentation else ():
-        extra[SEGMENTATION_PREFIX + cam] = {"dtype": "uint8", "shape": hw, "names": ["height", "width"],
-                                            "info": {"classes": list(SEG_CLASSES)}}
-    writer = LeRobotDatasetWriter(
-        out, fps=FPS, robot_type="sawyer", state_names=list(state_names(cfg.proprio)), action_names=list(ACTION_NAMES),
-        cameras=list(cfg.cameras), image_size=(cfg.image_size, cfg.image_size), video_codec=cfg.video_codec,
-        extra_features=extra, overwrite=overwrite)
+    writer = open_episode_writer(out, env_cfg, video_codec=cfg.video_codec, overwrite=overwrite)
     seeds: list[int] = []
     discarded: list[int] = []
     lengths: list[int] = []
@@ -162,15 +150,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
         bar = progress.add_task(f"collect {cfg.task}", total=cfg.episodes)
         for seed, ep in zip(attempts, pool.imap(attempts)):
             if ep["success"] or cfg.keep_failures:
-                arrays = episode_reward_columns(ep["success_flags"], ep["reward"], fail_penalty=cfg.fail_penalty)
-                arrays[ENV_STATE] = ep["env_state"]
-                for i, c in enumerate(cfg.cameras):
-                    if cfg.with_depth:
-                        arrays[DEPTH_PREFIX + c] = depth_to_mm(ep["depth"][:, i])
-                    if cfg.with_segmentation:
-                        arrays[SEGMENTATION_PREFIX + c] = np.ascontiguousarray(ep["segmentation"][:, i])
-                writer.add_episode(task=task_instruction(cfg.task), state=ep["state"], action=ep["action"],
-                                   images={c: ep["images"][:, i] for i, c in enumerate(cfg.cameras)}, extra=arrays)
+                write_episode(writer, env_cfg, task_instruction(cfg.task), ep, fail_penalty=cfg.fail_penalty)
                 seeds.append(seed)
                 lengths.append(len(ep["action"]))
                 progress.update(bar, advance=1)
@@ -189,6 +169,61 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, *, overwrite: bool = Fal
             "shift": {**to_dict(cfg.shift), "episode_seeds": [attempts[0], seed]},  # random draws come from these
         })
     return CollectResult(Path(out), len(seeds), len(discarded), seeds, discarded, float(np.mean(lengths)))
+
+
+def open_episode_writer(out: str | os.PathLike, env_cfg: EnvConfig, *, video_codec: str = "h264",
+                        overwrite: bool = False) -> LeRobotDatasetWriter:
+    """The dataset writer of every robodream episode dataset recorded in ``env_cfg``'s env
+    (``collect``'s expert demonstrations, ``rollout``'s policy rollouts): the same features
+    for both, so that one policy trains on them together.
+
+    Features: ``observation.state`` (:func:`state_names` of ``env_cfg.proprio``), ``action``
+    (:data:`ACTION_NAMES`), ``observation.images.{cam}`` per camera (``image_size`` square),
+    :data:`REWARD_FEATURES`, ``observation.environment_state`` (17,) and, with the env's depth /
+    segmentation, ``observation.depth.{cam}`` / ``observation.segmentation.{cam}`` (H, W).
+
+    Raises:
+        DatasetError: ``out`` exists (and not ``overwrite``), or bad writer arguments.
+    """
+    hw = [env_cfg.image_size, env_cfg.image_size]
+    extra = dict(REWARD_FEATURES)
+    extra[ENV_STATE] = {"dtype": "float32", "shape": [len(ENV_STATE_NAMES)], "names": list(ENV_STATE_NAMES)}
+    for cam in env_cfg.cameras if env_cfg.depth else ():
+        extra[DEPTH_PREFIX + cam] = {"dtype": "uint16", "shape": hw, "names": ["height", "width"],
+                                     "info": {"unit": "mm", "nothing_seen": 65535}}
+    for cam in env_cfg.cameras if env_cfg.segmentation else ():
+        extra[SEGMENTATION_PREFIX + cam] = {"dtype": "uint8", "shape": hw, "names": ["height", "width"],
+                                            "info": {"classes": list(SEG_CLASSES)}}
+    return LeRobotDatasetWriter(
+        out, fps=FPS, robot_type="sawyer", state_names=list(state_names(env_cfg.proprio)),
+        action_names=list(ACTION_NAMES), cameras=list(env_cfg.cameras), image_size=(env_cfg.image_size,) * 2,
+        video_codec=video_codec, extra_features=extra, overwrite=overwrite)
+
+
+def write_episode(writer: LeRobotDatasetWriter, env_cfg: EnvConfig, task: str, ep: dict, *,
+                  fail_penalty: float = DEFAULT_FAIL_PENALTY) -> int:
+    """Append one recorded episode to a writer from :func:`open_episode_writer`; returns its index.
+
+    ``ep`` holds what :func:`run_expert_episode` returns over T steps: images (T, n_cam, H, W, 3)
+    uint8, state (T, Ds), env_state (T, 17), action (T, 4) as applied, reward (T,) Meta-World's
+    shaped reward, success_flags (T,) bool, with the env's depth (T, n_cam, H, W) metres /
+    segmentation (T, n_cam, H, W) uint8; and optionally ``intervention`` (T,) bool, the steps a
+    takeover source acted (:mod:`robodream.rl.takeover`; all False when absent).
+    ``task`` is the instruction stored as the episode's task.
+
+    Raises:
+        DatasetError: arrays of the wrong shape or dtype (nothing is written).
+    """
+    arrays = episode_reward_columns(ep["success_flags"], ep["reward"], intervention=ep.get("intervention"),
+                                    fail_penalty=fail_penalty)
+    arrays[ENV_STATE] = ep["env_state"]
+    for i, c in enumerate(env_cfg.cameras):
+        if env_cfg.depth:
+            arrays[DEPTH_PREFIX + c] = depth_to_mm(ep["depth"][:, i])
+        if env_cfg.segmentation:
+            arrays[SEGMENTATION_PREFIX + c] = np.ascontiguousarray(ep["segmentation"][:, i])
+    return writer.add_episode(task=task, state=ep["state"], action=ep["action"],
+                              images={c: ep["images"][:, i] for i, c in enumerate(env_cfg.cameras)}, extra=arrays)
 
 
 def run_expert_episode(env: MetaWorldEnv, seed: int, post_success_steps: int = 0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from robodream.envs.shift import ShiftConfig
 from robodream.errors import ConfigError
 from robodream.eval.metrics import percentile, wilson_interval
 from robodream.eval.video import write_mp4
+from robodream.policy.configuration import PolicyConfig
 from robodream.policy.runner import PolicyRunner
 from robodream.policy.train import load_policy
 from robodream.utils.io import atomic_directory, atomic_write_json
@@ -98,27 +100,10 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     check_parallelism(workers, ray_address)
     out = Path(out)
     check_eval_dir(out, overwrite)
-    policy, tokenizer, run_cfg = load_policy(run_dir, device=device)
-    if n_action_steps is not None:
-        if not 1 <= n_action_steps <= policy.cfg.horizon:
-            raise ConfigError(f"--n-action-steps must be in [1, horizon={policy.cfg.horizon}], got {n_action_steps}")
-        policy.cfg.n_action_steps = n_action_steps
-    instruction = next((k for k, v in run_cfg.get("env_tasks", {}).items() if v == task), task_instruction(task))
     seeds = list(range(seed_start, seed_start + episodes))
-    overlap = sorted(set(seeds) & set(run_cfg.get("train_seeds", {}).get(task, [])))
-    if overlap:
-        raise ConfigError(f"evaluation seeds overlap the training seeds of {task} (e.g. {overlap[:3]}); "
-                          f"choose another --seed-start")
-    mode = PolicyRunner(policy, tokenizer, instruction, mode=mode).mode  # checks task and mode
-    cfg = policy.cfg
-    del policy, tokenizer  # every worker loads its own copy
-    proprio = tuple(run_cfg.get("env", {}).get("proprio", DEFAULT_PROPRIO))  # the training data's state layout
-    if len(state_names(proprio)) != cfg.state_dim:
-        raise ConfigError(f"the policy expects a {cfg.state_dim}-number state, but its data's proprioception "
-                          f"{proprio} gives {len(state_names(proprio))}")
-    shift = shift or ShiftConfig()
-    env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps,
-                        proprio=proprio, shift=shift)
+    ps = prepare_policy_rollouts(run_dir, task, seeds, max_steps=max_steps, mode=mode, device=device,
+                                 n_action_steps=n_action_steps, shift=shift)
+    instruction, mode, env_cfg, cfg = ps.instruction, ps.mode, ps.env_cfg, ps.cfg
     setup = partial(_Evaluator, str(run_dir), instruction, env_cfg, mode=mode, device=device, compile=compile,
                     n_action_steps=n_action_steps)
     workers = min(workers, episodes)
@@ -156,7 +141,7 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
             "workers": workers, "backend": pool.backend,
             "n_chunks": len(lat), "n_action_steps": cfg.n_action_steps, "horizon": cfg.horizon,
             "seeds": seeds, "max_steps": max_steps,
-            "shift": {**to_dict(shift), "episode_seeds": [seeds[0], seeds[-1]]}, "wall_s": time.perf_counter() - t_start,
+            "shift": {**to_dict(env_cfg.shift), "episode_seeds": [seeds[0], seeds[-1]]}, "wall_s": time.perf_counter() - t_start,
             "policy_run": str(run_dir), "episodes": per_episode, "created": now(), "code": code_version(),
             "environment": environment_info(),
         }
@@ -184,20 +169,84 @@ def check_eval_dir(out: Path, overwrite: bool, outputs: set[str] = EVAL_OUTPUTS,
                           f"which is not part of {what}")
 
 
+@dataclass
+class PolicyRollouts:
+    """What :func:`prepare_policy_rollouts` resolves for rollouts of a trained policy."""
+
+    instruction: str  # the task's instruction as in the policy's training data
+    mode: str  # the inference mode (resolve_mode)
+    env_cfg: EnvConfig  # the env of the rollouts: the training data's cameras, image size, proprioception
+    cfg: PolicyConfig  # the policy's model config (n_action_steps overridden when given)
+    run_cfg: dict  # the policy run's config.json (train_seeds, env_tasks, env, ...)
+
+
+def prepare_policy_rollouts(run_dir: str | os.PathLike, task: str, seeds: list[int], *, max_steps: int = 500,
+                            mode: str | None = None, device: str = "cpu", n_action_steps: int | None = None,
+                            shift: ShiftConfig | None = None, what: str = "evaluation",
+                            seed_flag: str = "--seed-start") -> PolicyRollouts:
+    """Check that a trained policy can roll out ``task`` on env ``seeds``, and resolve its env.
+
+    Shared by ``eval policy`` and ``rollout``. The env uses the policy's cameras and image size
+    and its training data's proprioception (run config ``env``), so its observations are the
+    training data's. ``what`` / ``seed_flag`` name the rollouts and their seed option in errors.
+
+    Raises:
+        UnknownTaskError: not a Meta-World task.
+        CheckpointError: ``run_dir`` is not a policy run.
+        ConfigError: a task the policy was not trained on (its task set is in the error), a
+            seed among the policy's training seeds of ``task``, ``n_action_steps`` outside
+            [1, horizon], a mode the model cannot run, or a state layout that does not match.
+    """
+    check_task(task)
+    policy, tokenizer, run_cfg = load_policy(run_dir, device=device)
+    if n_action_steps is not None:
+        if not 1 <= n_action_steps <= policy.cfg.horizon:
+            raise ConfigError(f"--n-action-steps must be in [1, horizon={policy.cfg.horizon}], got {n_action_steps}")
+        policy.cfg.n_action_steps = n_action_steps
+    env_tasks = run_cfg.get("env_tasks", {})  # instruction -> Meta-World task
+    instruction = next((k for k, v in env_tasks.items() if v == task), task_instruction(task))
+    if instruction not in policy.cfg.tasks:
+        known = ", ".join(env_tasks.get(t, repr(t)) for t in policy.cfg.tasks)
+        raise ConfigError(f"the policy in {run_dir} was not trained on task {task}; it knows {known}")
+    overlap = sorted(set(seeds) & set(run_cfg.get("train_seeds", {}).get(task, [])))
+    if overlap:
+        raise ConfigError(f"{what} seeds overlap the training seeds of {task} (e.g. {overlap[:3]}); "
+                          f"choose another {seed_flag}")
+    mode = PolicyRunner(policy, tokenizer, instruction, mode=mode).mode  # checks task and mode
+    cfg = policy.cfg
+    proprio = tuple(run_cfg.get("env", {}).get("proprio", DEFAULT_PROPRIO))  # the training data's state layout
+    if len(state_names(proprio)) != cfg.state_dim:
+        raise ConfigError(f"the policy expects a {cfg.state_dim}-number state, but its data's proprioception "
+                          f"{proprio} gives {len(state_names(proprio))}")
+    env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps,
+                        proprio=proprio, shift=shift or ShiftConfig())
+    return PolicyRollouts(instruction, mode, env_cfg, cfg, run_cfg)
+
+
+def load_runner(run_dir: str | os.PathLike, instruction: str, *, mode: str, device: str = "cpu",
+                n_action_steps: int | None = None, compile: bool = False) -> PolicyRunner:
+    """A rollout worker's :class:`PolicyRunner`: its own copy of the policy in ``run_dir``
+    (``n_action_steps`` overrides the run's receding horizon K; ``compile``: compiled and run
+    once now, so compilation is not counted in the chunk latency)."""
+    policy, tokenizer, _ = load_policy(run_dir, device=device)
+    if n_action_steps is not None:
+        policy.cfg.n_action_steps = n_action_steps
+    runner = PolicyRunner(policy, tokenizer, instruction, mode=mode)
+    cfg = policy.cfg
+    if compile:
+        policy.compile_inference()
+        runner.predict_chunk(np.zeros((len(cfg.cameras), cfg.image_size, cfg.image_size, 3), np.uint8),
+                             np.zeros(cfg.state_dim, np.float32))
+    return runner
+
+
 class _Evaluator:
     """A rollout worker's state: its own env and copy of the policy (see :class:`RolloutPool`)."""
 
     def __init__(self, run_dir: str, instruction: str, env_cfg: EnvConfig, *, mode: str, device: str,
                  compile: bool, n_action_steps: int | None) -> None:
-        policy, tokenizer, _ = load_policy(run_dir, device=device)
-        if n_action_steps is not None:
-            policy.cfg.n_action_steps = n_action_steps
-        self.runner = PolicyRunner(policy, tokenizer, instruction, mode=mode)
-        cfg = policy.cfg
-        if compile:  # compile now, outside the timed chunks
-            policy.compile_inference()
-            self.runner.predict_chunk(np.zeros((len(cfg.cameras), cfg.image_size, cfg.image_size, 3), np.uint8),
-                                      np.zeros(cfg.state_dim, np.float32))
+        self.runner = load_runner(run_dir, instruction, mode=mode, device=device, n_action_steps=n_action_steps,
+                                  compile=compile)
         self.env = MetaWorldEnv(env_cfg)
 
     def episode(self, job: tuple[int, bool]) -> dict[str, Any]:
