@@ -66,6 +66,9 @@ def _shift_help() -> dict[str, str]:
 
 
 _SHIFT_HELP = _shift_help()
+_MODE_HELP = ("action_only, with_video or joint; a RAMP-conditioned policy: efficient (no future latent) or standard "
+              "(one world-model step predicts z)")
+_WORLD_MODEL_HELP = "world-model run of --mode standard's z (default: the one recorded in the policy run)"
 
 
 @eval_app.command("policy")
@@ -78,7 +81,8 @@ def eval_policy_cmd(
     seed_start: Annotated[Optional[int], typer.Option(help="first evaluation env seed")] = None,
     max_steps: Annotated[int, typer.Option(help="episode step limit")] = 500,
     videos: Annotated[int, typer.Option(help="rollouts saved as MP4")] = 3,
-    mode: Annotated[Optional[str], typer.Option(help="action_only, with_video or joint")] = None,
+    mode: Annotated[Optional[str], typer.Option(help=_MODE_HELP)] = None,
+    world_model: Annotated[Optional[Path], typer.Option(help=_WORLD_MODEL_HELP)] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     threads: Annotated[Optional[int], typer.Option(
         help="torch threads of each rollout process (default: 2 with one worker, 1 with several)")] = None,
@@ -106,9 +110,9 @@ def eval_policy_cmd(
     r = evaluate_policy(policy, task, episodes, out, seed_start=DEFAULT_EVAL_SEED if seed_start is None else seed_start,
                         max_steps=max_steps, n_videos=videos, mode=mode, device=device, threads=threads,
                         compile=compile, n_action_steps=n_action_steps, workers=workers, ray_address=ray_address,
-                        overwrite=overwrite, shift=shift)
-    print_table(f"eval {task}", ["success", "95% CI", "episodes", "steps to success", "latency p50 ms",
-                                 "latency p90 ms", "out"],
+                        overwrite=overwrite, shift=shift, world_model=world_model)
+    print_table(f"eval {task} ({r['mode']})", ["success", "95% CI", "episodes", "steps to success",
+                                               "latency p50 ms", "latency p90 ms", "out"],
                 [[r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", r["n_episodes"],
                   r["mean_steps_to_success"], r["latency_ms_p50"], r["latency_ms_p90"], str(out)]])
 
@@ -128,7 +132,8 @@ def rollout(
     fail_penalty: Annotated[float, typer.Option(help="C_fail of next.reward on a failed episode's last step")] = 500.0,
     workers: Annotated[int, typer.Option(help="rollout processes, each with its own env, policy and source "
                                               "(same dataset for any N)")] = 1,
-    mode: Annotated[Optional[str], typer.Option(help="action_only, with_video or joint")] = None,
+    mode: Annotated[Optional[str], typer.Option(help=_MODE_HELP)] = None,
+    world_model: Annotated[Optional[Path], typer.Option(help=_WORLD_MODEL_HELP)] = None,
     n_action_steps: Annotated[Optional[int], typer.Option(
         help="actions executed per predicted chunk (receding horizon K; default: the run's)")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
@@ -146,7 +151,7 @@ def rollout(
         threads = 2
     r = record_rollouts(policy, task, episodes, out, takeover=cfg, seed=seed, max_steps=max_steps,
                         fail_penalty=fail_penalty, mode=mode, n_action_steps=n_action_steps, device=device,
-                        threads=threads, workers=workers, overwrite=overwrite)
+                        threads=threads, workers=workers, overwrite=overwrite, world_model=world_model)
     print_table(f"rollout {task}, takeover {cfg.source}, seeds {r['seeds'][0]}..{r['seeds'][-1]}",
                 ["episodes", "success", "95% CI", "mean intervention fraction", "takeovers", "dataset"],
                 [[r["n_episodes"], r["success_rate"], f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
@@ -337,7 +342,7 @@ def bench_cameras_cmd(
 #: Modules whose ``register(apps)`` adds a system's verbs (see :mod:`robodream.utils.cli`).
 SYSTEM_CLIS = ("robodream.tokenizer.cli", "robodream.policy.cli", "robodream.world_model.cli",
                "robodream.gaussians.cli", "robodream.viz.cli", "robodream.idm.cli",
-               "robodream.transfer.cli")
+               "robodream.transfer.cli", "robodream.rl.cli")
 
 
 def _register_systems() -> None:

@@ -16,6 +16,7 @@ An encoded episode is a dict::
     frames      (T, n_cam, 3, H, W) uint8      the raw frames, if asked (models with a pixel stem)
     view_frames (T, K, n_cam, 3, H, W) uint8   the augmented copies' raw frames, with both
     source      int                            index of the episode's dataset in the run's list
+    episode_index int                          the episode's index in its dataset
     success     (T,) bool                      next.success, when the dataset records it
     reward      (T,) float32                   next.reward (RAMP's reward: value targets), when recorded
     env_state   (T, De) float32                observation.environment_state (privileged object and
@@ -165,7 +166,7 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
         ep = ds.episode(i)
         lats = [encode_frames(tokenizer, frames[c][i], batch).cpu() for c in cameras]
         e = {"latents": torch.stack(lats, 1), "state": torch.as_tensor(ep.state), "action": torch.as_tensor(ep.action),
-             "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task}
+             "task_index": (task_offset or {}).get(ep.task, ep.task_index), "task": ep.task, "episode_index": i}
         if "next.success" in ep.extra:
             e["success"] = torch.as_tensor(np.asarray(ep.extra["next.success"], dtype=bool).reshape(-1))
         if "next.reward" in ep.extra:
@@ -250,12 +251,12 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
 
     The tensors travel as one concatenated buffer per key (latents, state, action, and views,
     frames, success, env_state or reward when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
-    sources go as objects.
+    sources and episode indices go as objects.
     """
     if world_size() == 1:
         return episodes
-    meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source")) for e in episodes]
-                            if is_main() else None)
+    meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source"),
+                             e.get("episode_index")) for e in episodes] if is_main() else None)
     keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "view_frames", "success",
                                          "env_state", "reward")
                              if k in episodes[0]]
@@ -271,10 +272,12 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
         bufs = [torch.empty(total, *s, dtype=dt) for s, dt in shapes]
     broadcast_tensors(bufs)
     out, pos = [], 0
-    for T, task_index, task, source in meta:
+    for T, task_index, task, source, episode_index in meta:
         e = {**{k: b[pos:pos + T] for k, b in zip(keys, bufs)}, "task_index": task_index, "task": task}
         if source is not None:
             e["source"] = source
+        if episode_index is not None:
+            e["episode_index"] = episode_index
         out.append(e)
         pos += T
     return out

@@ -43,6 +43,10 @@ class EpisodeTable:
     reward: (N,) float32 ``next.reward`` of each frame (RAMP's reward, :mod:`robodream.rl.rewards`), or None.
     returns: (N,) float32 discounted Monte-Carlo returns of each frame within its episode (the
         value targets), filled by :meth:`set_returns`, or None.
+    indicator: (N,) uint8 RAMP's advantage indicator ``I = [A > eps]`` of each frame
+        (:mod:`robodream.rl.labels`), or None.
+    z_latents: (N, n_cam, C, h, w) float16 the world model's predicted future latent of each
+        frame (RAMP's ``z``, :mod:`robodream.rl.labels`), or None.
     """
 
     latents: torch.Tensor
@@ -59,6 +63,8 @@ class EpisodeTable:
     env_state: torch.Tensor | None = None
     reward: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    indicator: torch.Tensor | None = None
+    z_latents: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -80,8 +86,9 @@ class EpisodeTable:
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
         """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``
         (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``, ``env_state``,
-        ``reward``: kept when every episode has them)."""
+        ``reward``, ``indicator``, ``z`` (the table's ``z_latents``): kept when every episode has them)."""
         lat, st, ac, ti, s0, s1, vw, fr, so, su, vf, es, rw = [], [], [], [], [], [], [], [], [], [], [], [], []
+        ind, zl = [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
@@ -97,6 +104,10 @@ class EpisodeTable:
                 es.append(torch.as_tensor(ep["env_state"], dtype=torch.float32))
             if "reward" in ep:
                 rw.append(torch.as_tensor(ep["reward"], dtype=torch.float32).reshape(-1))
+            if "indicator" in ep:
+                ind.append(torch.as_tensor(ep["indicator"], dtype=torch.uint8).reshape(-1))
+            if "z" in ep:
+                zl.append(torch.as_tensor(ep["z"], dtype=torch.float16))
             if "source" in ep:
                 so.append(torch.full((T,), int(ep["source"]), dtype=torch.long))
             lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
@@ -113,8 +124,10 @@ class EpisodeTable:
         view_frames = torch.cat(vf) if vf and len(vf) == len(episodes) else None
         env_state = torch.cat(es) if es and len(es) == len(episodes) else None
         reward = torch.cat(rw) if rw and len(rw) == len(episodes) else None
+        indicator = torch.cat(ind) if ind and len(ind) == len(episodes) else None
+        z_latents = torch.cat(zl) if zl and len(zl) == len(episodes) else None
         return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
-                   frames, source, success, view_frames, env_state, reward)
+                   frames, source, success, view_frames, env_state, reward, indicator=indicator, z_latents=z_latents)
 
     def __len__(self) -> int:
         return len(self.action)
@@ -242,7 +255,9 @@ class EpisodeTable:
 
         ``view`` (B,): 0 the original frames, k > 0 augmented copy k - 1 (see :meth:`latents_at`).
         With raw frames in the table, ``ref_frames`` (B, n_cam, 3, H, W) uint8 too (of the same copy);
-        with environment states, ``env_state`` (B, De) of the anchor frames.
+        with environment states, ``env_state`` (B, De) of the anchor frames; with RAMP's labels,
+        ``indicator`` (B,) long and ``z_latents`` (B, n_cam, C, h, w) float32 of the anchor frames
+        (the original frames' ``z`` whatever the view).
         """
         end = self.episode_end[idx]  # (B,)
         steps = idx.unsqueeze(1) + torch.arange(horizon)  # (B, H)
@@ -262,6 +277,10 @@ class EpisodeTable:
                 out["ref_frames"] = torch.where((view == 0).view(-1, 1, 1, 1, 1), out["ref_frames"], aug)
         if self.env_state is not None:
             out["env_state"] = self.env_state[idx]
+        if self.indicator is not None:
+            out["indicator"] = self.indicator[idx].long()
+        if self.z_latents is not None:
+            out["z_latents"] = self.z_latents[idx].float()
         if future_offsets:
             fut = torch.minimum(idx.unsqueeze(1) + torch.tensor(future_offsets), end.unsqueeze(1) - 1)  # (B, F)
             out["future_latents"] = self.latents_at(fut, view)

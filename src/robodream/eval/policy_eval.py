@@ -8,7 +8,10 @@ latency, and ``DIR/results.json``, a few rollout MP4s and ``DIR/evaluation.png``
 the same per-episode results as one worker: each episode's chunk noise is seeded by its env
 seed. ``--appearance`` / ``--camera-shift`` evaluate under a shift in the environment
 (:mod:`robodream.envs.shift`; ``random``: a new draw per evaluation seed, so appearances never
-seen in training), recorded in results.json with the seed range.
+seen in training), recorded in results.json with the seed range. A RAMP-conditioned policy
+(GigaBrain-0.5M*) runs ``--mode efficient`` (no future latent) or ``--mode standard`` (one
+world-model step predicts ``z`` per chunk, counted in the chunk latency; the world model is the
+policy run's ``world_model``, or ``--world-model``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from robodream.errors import ConfigError
 from robodream.eval.metrics import percentile, wilson_interval
 from robodream.eval.video import write_mp4
 from robodream.policy.configuration import PolicyConfig
-from robodream.policy.runner import PolicyRunner
+from robodream.policy.runner import PolicyRunner, resolve_mode
 from robodream.policy.train import load_policy
 from robodream.utils.io import atomic_directory, atomic_write_json
 from robodream.utils.progress import progress_bar
@@ -53,7 +56,7 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
                     mode: str | None = None, device: str = "cpu", threads: int | None = None,
                     compile: bool = False, n_action_steps: int | None = None, workers: int = 1,
                     ray_address: str | None = None, overwrite: bool = False,
-                    shift: ShiftConfig | None = None) -> dict[str, Any]:
+                    shift: ShiftConfig | None = None, world_model: str | os.PathLike | None = None) -> dict[str, Any]:
     """Roll out the policy ``episodes`` times and write the evaluation to ``out``.
 
     ``out`` (results.json, evaluation.png, rollouts/*.mp4) appears atomically when the
@@ -67,7 +70,9 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
             noise, so its result does not depend on the episodes before it.
         max_steps: episode step limit (Meta-World's own limit is 500), >= 1.
         n_videos: number of rollouts saved as MP4 (the first ones, in seed order).
-        mode: inference mode (default: action_only, or joint for mask="full" models).
+        mode: inference mode (default: action_only, or joint for mask="full" models; for
+            RAMP-conditioned policies efficient or standard, default standard with future
+            conditioning).
         threads: torch intra-op threads of each rollout process (default: unchanged with one
             worker, 1 per worker with several). Per-episode results are identical for any
             ``workers`` at the same ``threads``.
@@ -82,10 +87,13 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
         overwrite: replace an existing non-empty ``out`` (only an evaluation directory is
             ever replaced, and only once the new one is complete).
         shift: appearance and static-camera shift of the evaluation env (default: none).
+        world_model: the world-model run of standard mode's ``z`` (default: the policy run's
+            ``world_model``, the one that made its labels).
 
     Returns:
         The content of results.json: success_rate, ci95, per-episode results (seed,
-        success, steps), latency percentiles (ms per chunk), ...
+        success, steps), latency percentiles (ms per chunk; standard mode: including the
+        world-model step), mode, world_model_run (standard mode), ...
 
     Raises:
         UnknownTaskError, CheckpointError, ConfigError (task not trained, seed overlap, bad
@@ -102,10 +110,10 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     check_eval_dir(out, overwrite)
     seeds = list(range(seed_start, seed_start + episodes))
     ps = prepare_policy_rollouts(run_dir, task, seeds, max_steps=max_steps, mode=mode, device=device,
-                                 n_action_steps=n_action_steps, shift=shift)
+                                 n_action_steps=n_action_steps, shift=shift, world_model=world_model)
     instruction, mode, env_cfg, cfg = ps.instruction, ps.mode, ps.env_cfg, ps.cfg
     setup = partial(_Evaluator, str(run_dir), instruction, env_cfg, mode=mode, device=device, compile=compile,
-                    n_action_steps=n_action_steps)
+                    n_action_steps=n_action_steps, world_model=ps.world_model)
     workers = min(workers, episodes)
     per_episode: list[dict[str, Any]] = []
     lat: list[float] = []  # ms per chunk, all episodes
@@ -135,8 +143,9 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
             "n_successes": n_ok, "ci95": list(wilson_interval(n_ok, episodes)),
             "mean_steps_to_success": float(np.mean(steps_ok)) if steps_ok else None,
             "latency_ms_p50": percentile(lat, 50), "latency_ms_p90": percentile(lat, 90),
-            "latency_includes": "tokenizer encode + chunk sampling, batch 1",
-            "mode": mode, "compiled": compile,
+            "latency_includes": ("tokenizer encode + world-model z step + chunk sampling, batch 1" if mode == "standard"
+                                 else "tokenizer encode + chunk sampling, batch 1"),
+            "mode": mode, "world_model_run": ps.world_model, "compiled": compile,
             "threads": threads or (torch.get_num_threads() if pool.backend == "in-process" else 1),
             "workers": workers, "backend": pool.backend,
             "n_chunks": len(lat), "n_action_steps": cfg.n_action_steps, "horizon": cfg.horizon,
@@ -178,21 +187,25 @@ class PolicyRollouts:
     env_cfg: EnvConfig  # the env of the rollouts: the training data's cameras, image size, proprioception
     cfg: PolicyConfig  # the policy's model config (n_action_steps overridden when given)
     run_cfg: dict  # the policy run's config.json (train_seeds, env_tasks, env, ...)
+    world_model: str | None = None  # the world-model run of standard mode's z (None in the other modes)
 
 
 def prepare_policy_rollouts(run_dir: str | os.PathLike, task: str, seeds: list[int], *, max_steps: int = 500,
                             mode: str | None = None, device: str = "cpu", n_action_steps: int | None = None,
                             shift: ShiftConfig | None = None, what: str = "evaluation",
-                            seed_flag: str = "--seed-start") -> PolicyRollouts:
+                            seed_flag: str = "--seed-start",
+                            world_model: str | os.PathLike | None = None) -> PolicyRollouts:
     """Check that a trained policy can roll out ``task`` on env ``seeds``, and resolve its env.
 
     Shared by ``eval policy`` and ``rollout``. The env uses the policy's cameras and image size
     and its training data's proprioception (run config ``env``), so its observations are the
     training data's. ``what`` / ``seed_flag`` name the rollouts and their seed option in errors.
+    In standard mode the world model of ``z`` is ``world_model``, or the run's ``world_model``.
 
     Raises:
         UnknownTaskError: not a Meta-World task.
-        CheckpointError: ``run_dir`` is not a policy run.
+        CheckpointError: ``run_dir`` is not a policy run; standard mode's world model is not a
+            world-model run.
         ConfigError: a task the policy was not trained on (its task set is in the error), a
             seed among the policy's training seeds of ``task``, ``n_action_steps`` outside
             [1, horizon], a mode the model cannot run, or a state layout that does not match.
@@ -212,7 +225,16 @@ def prepare_policy_rollouts(run_dir: str | os.PathLike, task: str, seeds: list[i
     if overlap:
         raise ConfigError(f"{what} seeds overlap the training seeds of {task} (e.g. {overlap[:3]}); "
                           f"choose another {seed_flag}")
-    mode = PolicyRunner(policy, tokenizer, instruction, mode=mode).mode  # checks task and mode
+    mode = resolve_mode(policy.cfg, mode)
+    wm = None
+    if mode == "standard":
+        wm = str(world_model or run_cfg.get("world_model") or "")
+        if not wm:
+            raise ConfigError(f"mode 'standard' needs the world model that predicts z, and {run_dir} records none; "
+                              "pass --world-model")
+        from robodream.train.run_dir import read_run_config
+
+        read_run_config(wm, "video_world_model")  # fail before any rollout starts
     cfg = policy.cfg
     proprio = tuple(run_cfg.get("env", {}).get("proprio", DEFAULT_PROPRIO))  # the training data's state layout
     if len(state_names(proprio)) != cfg.state_dim:
@@ -220,18 +242,28 @@ def prepare_policy_rollouts(run_dir: str | os.PathLike, task: str, seeds: list[i
                           f"{proprio} gives {len(state_names(proprio))}")
     env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps,
                         proprio=proprio, shift=shift or ShiftConfig())
-    return PolicyRollouts(instruction, mode, env_cfg, cfg, run_cfg)
+    return PolicyRollouts(instruction, mode, env_cfg, cfg, run_cfg, wm)
 
 
 def load_runner(run_dir: str | os.PathLike, instruction: str, *, mode: str, device: str = "cpu",
-                n_action_steps: int | None = None, compile: bool = False) -> PolicyRunner:
+                n_action_steps: int | None = None, compile: bool = False,
+                world_model: str | os.PathLike | None = None) -> PolicyRunner:
     """A rollout worker's :class:`PolicyRunner`: its own copy of the policy in ``run_dir``
     (``n_action_steps`` overrides the run's receding horizon K; ``compile``: compiled and run
-    once now, so compilation is not counted in the chunk latency)."""
-    policy, tokenizer, _ = load_policy(run_dir, device=device)
+    once now, so compilation is not counted in the chunk latency; ``world_model``: the run of
+    standard mode's ``z``, default the policy run's)."""
+    policy, tokenizer, run_cfg = load_policy(run_dir, device=device)
     if n_action_steps is not None:
         policy.cfg.n_action_steps = n_action_steps
-    runner = PolicyRunner(policy, tokenizer, instruction, mode=mode)
+    future = None
+    if mode == "standard":
+        from robodream.rl.labels import load_world_model_future
+
+        cfg = policy.cfg
+        future = load_world_model_future(world_model or run_cfg.get("world_model", ""), instruction,
+                                         cameras=cfg.cameras, device=device, policy_tokenizer=tokenizer,
+                                         latent_shape=(cfg.latent_channels, cfg.latent_size, cfg.latent_size))
+    runner = PolicyRunner(policy, tokenizer, instruction, mode=mode, future=future)
     cfg = policy.cfg
     if compile:
         policy.compile_inference()
@@ -244,9 +276,9 @@ class _Evaluator:
     """A rollout worker's state: its own env and copy of the policy (see :class:`RolloutPool`)."""
 
     def __init__(self, run_dir: str, instruction: str, env_cfg: EnvConfig, *, mode: str, device: str,
-                 compile: bool, n_action_steps: int | None) -> None:
+                 compile: bool, n_action_steps: int | None, world_model: str | None = None) -> None:
         self.runner = load_runner(run_dir, instruction, mode=mode, device=device, n_action_steps=n_action_steps,
-                                  compile=compile)
+                                  compile=compile, world_model=world_model)
         self.env = MetaWorldEnv(env_cfg)
 
     def episode(self, job: tuple[int, bool]) -> dict[str, Any]:

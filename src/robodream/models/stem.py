@@ -60,11 +60,33 @@ class SpatialSoftmax(nn.Module):
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_log_prob(x)[0]
+
+    def forward_with_log_prob(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints (B, K, 2) and the log-probabilities (B, K, H * W) float32 of the K
+        distributions over pixels (row-major), for a loss that supervises where they look."""
         B, _, H, W = x.shape
         logits = self.proj(x).flatten(2).float() / self.log_temperature.float().exp()  # (B, K, H*W)
-        prob = logits.softmax(-1)
+        log_prob = logits.log_softmax(-1)
         ys = torch.linspace(-1.0, 1.0, H, device=x.device)
         xs = torch.linspace(-1.0, 1.0, W, device=x.device)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         coords = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)  # (H*W, 2)
-        return (prob @ coords).to(x.dtype)  # (B, K, 2)
+        return (log_prob.exp() @ coords).to(x.dtype), log_prob  # (B, K, 2), (B, K, H*W)
+
+
+def keypoint_target(segmentation: torch.Tensor, class_ids: list[int], size: tuple[int, int]) -> torch.Tensor:
+    """Where supervised keypoints should look: per class, the share of each cell of a ``size``
+    grid covered by that class, normalised to sum to 1 (all zeros where the class is not seen).
+
+    Args:
+        segmentation: (B, H, W) uint8 class ids (robodream.envs.shift.SEG_CLASSES).
+        class_ids: K class ids, one per supervised keypoint.
+        size: (h, w) of the keypoint maps; H and W must be multiples of them.
+
+    Returns:
+        (B, K, h * w) float32 target distributions (rows of zeros: class absent).
+    """
+    masks = torch.stack([segmentation == c for c in class_ids], 1).float()  # (B, K, H, W)
+    cells = torch.nn.functional.adaptive_avg_pool2d(masks, size).flatten(2)  # (B, K, h*w)
+    return cells / cells.sum(-1, keepdim=True).clamp_min(1e-12)

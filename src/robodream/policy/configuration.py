@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from robodream.envs.shift import SEG_CLASSES
 from robodream.errors import ConfigError
 
 MASKS = ("block_causal", "full")
@@ -15,7 +16,8 @@ class PolicyConfig:
     """Architecture, objective and inference settings of :class:`GigaWorldPolicy`.
 
     Token layout per sample: ``[state (1) | reference latents (n_cameras x tokens_per_frame) |
-    action chunk (horizon) | future latents (n_future x n_cameras x tokens_per_frame)]``.
+    z latents (n_cameras x tokens_per_frame, with future_conditioning) | action chunk (horizon) |
+    future latents (n_future x n_cameras x tokens_per_frame)]``.
     """
 
     # --- inputs (filled from the dataset and tokenizer at training time) -------------------
@@ -53,6 +55,13 @@ class PolicyConfig:
     # softmax (models.stem.SpatialSoftmax); their (x, y) image coordinates are embedded into the
     # state token. 0 = none. Needs a pixel stem.
     stem_keypoints: int = 0
+    # Supervised keypoints: keypoint k of every camera is trained to look at segmentation class
+    # keypoint_targets[k] (e.g. "goal", "object"; robodream.envs.shift.SEG_CLASSES): a cross-entropy
+    # between its softmax map and the class's pixels in the reference frame, weighted by
+    # keypoint_loss_weight; frames where the class is not seen add nothing. A training signal from
+    # the simulator's segmentation (collect --with-segmentation); inputs stay images + proprio.
+    keypoint_targets: tuple[str, ...] = ()
+    keypoint_loss_weight: float = 1.0
     # Auxiliary state prediction: a linear head on the state token's output (after all but the
     # last block) regresses the privileged object and goal state (observation.environment_state,
     # normalised), added to the loss with this weight. A training signal only: the environment
@@ -61,6 +70,20 @@ class PolicyConfig:
     # 0 = off. Needs datasets that record observation.environment_state (robodream collect does).
     aux_state_weight: float = 0.0
     aux_state_dim: int = 0  # size of the predicted environment state (from the datasets; 0 = no head)
+
+    # --- RAMP conditioning (GigaBrain-0.5M*, arXiv 2602.12099) -------------------------------
+
+    # Condition on the advantage indicator I = [A > eps] of each frame (labels of robodream relabel,
+    # train with --labels): an embedding (rows negative / positive / unknown) added to the state
+    # token. Inference asks for I = 1 (an advantageous action), RECAP's and RAMP's rule.
+    advantage_conditioning: bool = False
+    # Condition on the world model's predicted future latent z (the chunk's last frame, from the
+    # labels; at inference --mode standard runs one world-model step for it, --mode efficient drops
+    # it): its tokens join the clean prefix, so action-only inference still caches it.
+    future_conditioning: bool = False
+    # Training drops I and z, each independently per sample, with this probability (I becomes
+    # "unknown", z a learned null token), so the same model also runs without them (RAMP: 0.2).
+    condition_dropout: float = 0.2
 
     # --- rectified flow -----------------------------------------------------------------------
     time_shift: float = 5.0  # s in t' = s t / (1 + (s - 1) t)
@@ -75,7 +98,8 @@ class PolicyConfig:
 
     #: Values for fields a run's config.json lacks because it was written before the field
     #: existed (their defaults have changed since): such runs load as they were trained.
-    LEGACY_DEFAULTS: ClassVar[dict[str, object]] = {"action_expert_dim": 0, "pixel_stem_width": 0}
+    LEGACY_DEFAULTS: ClassVar[dict[str, object]] = {"action_expert_dim": 0, "pixel_stem_width": 0,
+                                                    "advantage_conditioning": False, "future_conditioning": False}
 
     def __post_init__(self) -> None:
         self.cameras = tuple(self.cameras)
@@ -102,9 +126,17 @@ class PolicyConfig:
         if self.stem_keypoints < 0 or (self.stem_keypoints and not (self.pixel_stem_width and self.stem_halvings >= 1)):
             raise ConfigError(f"stem_keypoints must be >= 0 and needs a pixel stem with at least one halving, got "
                               f"stem_keypoints={self.stem_keypoints}, pixel_stem_width={self.pixel_stem_width}")
+        self.keypoint_targets = tuple(self.keypoint_targets)
+        unknown = [c for c in self.keypoint_targets if c not in SEG_CLASSES]
+        if unknown or len(self.keypoint_targets) > self.stem_keypoints or self.keypoint_loss_weight < 0:
+            raise ConfigError(f"keypoint_targets must be segmentation classes ({', '.join(SEG_CLASSES)}), at most "
+                              f"stem_keypoints={self.stem_keypoints} of them, with keypoint_loss_weight >= 0; got "
+                              f"{list(self.keypoint_targets)}, weight {self.keypoint_loss_weight}")
         if self.aux_state_weight < 0 or self.aux_state_dim < 0:
             raise ConfigError(f"aux_state_weight and aux_state_dim must be >= 0, got {self.aux_state_weight}, "
                               f"{self.aux_state_dim}")
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ConfigError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
         if self.mask == "full" and self.video_stride == 0:
             raise ConfigError("mask='full' (joint model) needs video tokens: set video_stride > 0")
 
@@ -140,9 +172,19 @@ class PolicyConfig:
         return self.latent_channels * self.patch_size**2
 
     @property
+    def n_z_tokens(self) -> int:
+        """Tokens of the future latent z (one frame of every camera; 0 without future conditioning)."""
+        return len(self.cameras) * self.tokens_per_frame if self.future_conditioning else 0
+
+    @property
+    def ramp_conditioned(self) -> bool:
+        """Conditioned on RAMP's advantage indicator or future latent (runs modes efficient / standard)."""
+        return self.advantage_conditioning or self.future_conditioning
+
+    @property
     def n_prefix_tokens(self) -> int:
-        """State and reference tokens (clean, t = 0)."""
-        return 1 + len(self.cameras) * self.tokens_per_frame
+        """State, reference and z tokens (clean, t = 0)."""
+        return 1 + len(self.cameras) * self.tokens_per_frame + self.n_z_tokens
 
     @property
     def n_future_tokens(self) -> int:

@@ -6,7 +6,8 @@ training-path velocity). This mixin computes the same numbers faster, as the pap
 action-only mode does (arXiv 2603.17240, Sec. 3.3) plus latency engineering measured on a CPU
 (``robodream bench policy``; numbers and what was tried in benchmarks/RESULTS.md):
 
-* the clean prefix (state + reference frames) is encoded once per chunk and its keys/values
+* the clean prefix (state + reference frames, and RAMP's indicator and future latent ``z``
+  when the model is conditioned on them) is encoded once per chunk and its keys/values
   cached for every denoising step (:meth:`GigaWorldPolicy.encode_prefix`);
 * in action-only mode only the action tokens run, through the (narrow) action expert;
 * every AdaLN modulation depends only on the task, the step times and the weights, so they
@@ -34,7 +35,8 @@ class FastInference:
     @torch.no_grad()
     def sample_fast(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
                     a: torch.Tensor, f: torch.Tensor | None, times: torch.Tensor, mode: str,
-                    ref_frames: torch.Tensor | None = None):
+                    ref_frames: torch.Tensor | None = None, indicator: torch.Tensor | None = None,
+                    z_latents: torch.Tensor | None = None):
         """:meth:`sample_reference` with the prefix cached, modulations cached and (after
         :meth:`compile_inference`) compiled chunks; same arguments plus the ``mode``."""
         from robodream.policy.modeling import PolicyOutput, block_causal_mask
@@ -48,17 +50,20 @@ class FastInference:
             kind = "action_stacked" if "_compiled_action_only_chunk" in self.__dict__ else "action_split"
             prefix_mods, step_mods, step_act = self._inference_modulations(task_index, times, kind)
             return PolicyOutput(actions=self._step("_action_only_chunk")(
-                state, ref_latents, task_index, a, prefix_mods, step_mods, step_act, dts, ref_frames))
+                state, ref_latents, task_index, a, prefix_mods, step_mods, step_act, dts, ref_frames, indicator,
+                z_latents))
         # With-video and joint: every step's modulations from the cache ("joint" holds the
         # prefix segment's too: the joint model recomputes its prefix every step).
         P, n_noisy = cfg.n_prefix_tokens, cfg.horizon + cfg.n_future_tokens
         kind = "joint" if mode == "joint" else "with_video"
         prefix_mods, step_mods, act_mods, lat_mods = self._inference_modulations(task_index, times, kind)
         if kind == "with_video":  # actions and future tokens denoised on the cached prefix
-            kv, prefix = self._step("encode_prefix")(state, ref_latents, task_index, prefix_mods, ref_frames), None
+            kv = self._step("encode_prefix")(state, ref_latents, task_index, prefix_mods, ref_frames, indicator,
+                                             z_latents)
+            prefix = None
             mask = block_causal_mask(self.groups[P:P + n_noisy], self.groups[:P + n_noisy], cfg.mask).to(dev)
         else:  # joint: actions see the future video, nothing can be cached but the modulations
-            kv, prefix = None, self._embed_prefix(state, ref_latents, ref_frames)
+            kv, prefix = None, self._embed_prefix(state, ref_latents, ref_frames, indicator, z_latents)
             groups = self.groups[:P + n_noisy]
             mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
         a, f = self._step("_video_chunk")(a, f, prefix, kv, step_mods, mask, act_mods, lat_mods, dts)
@@ -79,15 +84,17 @@ class FastInference:
 
     def _action_only_chunk(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
                            a: torch.Tensor, prefix_mods: list | torch.Tensor, step_mods: list, step_act: list,
-                           dts: torch.Tensor, ref_frames: torch.Tensor | None = None) -> torch.Tensor:
+                           dts: torch.Tensor, ref_frames: torch.Tensor | None = None,
+                           indicator: torch.Tensor | None = None, z_latents: torch.Tensor | None = None) -> torch.Tensor:
         """Action-only inference of one chunk: encode the clean prefix once, then ``len(step_mods)``
         Euler steps of the action tokens on its cached keys/values. a: (B, H, action_dim) noise
         -> the denoised chunk; ``prefix_mods``, ``step_mods``, ``step_act`` from
         :meth:`_inference_modulations` (indexed ``prefix_mods[layer]``, ``step_mods[k][layer]``,
         ``step_act[k]``); dts: (n, 1, 1, 1); ref_frames: (B, N, 3, H, W) uint8 raw frames of
-        pixel-stem models, else None. One function so that :meth:`compile_inference` compiles it
+        pixel-stem models, else None; indicator (B,), z_latents (B, N, C, h, w): RAMP's conditions
+        (None: unknown / dropped). One function so that :meth:`compile_inference` compiles it
         whole."""
-        kv = self.encode_prefix(state, ref_latents, task_index, prefix_mods, ref_frames)
+        kv = self.encode_prefix(state, ref_latents, task_index, prefix_mods, ref_frames, indicator, z_latents)
         for k in range(len(step_mods)):
             a = self._action_only_step(a, kv, step_mods[k], step_act[k], dts[k])
         return a

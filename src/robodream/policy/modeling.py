@@ -34,6 +34,19 @@ keypoints per camera, embedded into the state token.
 privileged object and goal state (``observation.environment_state``, normalised) from the state
 token's output, a training loss only (Jaderberg et al. 2017's auxiliary tasks; the privileged
 targets of asymmetric actor-critic, Pinto et al. 2018). Inputs never include that state.
+
+RAMP conditioning (GigaBrain-0.5M*, arXiv 2602.12099; :mod:`robodream.rl.labels` makes the
+labels): ``advantage_conditioning`` adds an embedding of the advantage indicator ``I`` to the
+state token (rows 0 negative, 1 positive, 2 unknown / dropped); ``future_conditioning``
+appends the world model's predicted future latent ``z`` (one frame) to the clean prefix as
+its own tokens (``z_in`` + positions; a learned null token where dropped). Both are prefix,
+so the block-causal mask, the cached prefix and action-only inference work unchanged. In
+training each is dropped per sample with probability ``condition_dropout`` (RAMP: 0.2), so
+the model is also the unconditioned policy; inference asks for ``I = 1`` (RECAP's and
+RAMP's rule) with ``z`` ("standard") or without ("efficient").
+
+    indicator:      (B,) long in {0, 1, 2}    advantage indicator (2 = unknown); None = unknown
+    z_latents:      (B, N, C, h, w)           the world model's future latent; None = dropped
 """
 
 from __future__ import annotations
@@ -45,9 +58,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from robodream.envs.shift import SEG_CLASSES
 from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
 from robodream.models.normalization import MIN_STD, StateActionNormalization
-from robodream.models.stem import ConvStem, SpatialSoftmax
+from robodream.models.stem import ConvStem, SpatialSoftmax, keypoint_target
 from robodream.models.transformer import (
     KV,
     AdaLNBlock,
@@ -62,6 +76,8 @@ from robodream.policy.inference import FastInference
 
 # Token groups of the block-causal mask, in sequence order.
 PREFIX, ACTION, FUTURE = 0, 1, 2
+# Rows of the advantage-indicator embedding: I = 0, I = 1, and unknown (dropped in training).
+NEGATIVE, POSITIVE, UNKNOWN = 0, 1, 2
 
 
 def block_causal_mask(group_of_query: torch.Tensor, group_of_key: torch.Tensor, mask: str) -> torch.Tensor:
@@ -128,6 +144,14 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         for p in (self.pos_state, self.pos_ref, self.pos_action, self.pos_future):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
+        # RAMP conditioning (created last: unconditioned models keep their initial weights).
+        self.indicator_embedding = nn.Embedding(3, D) if cfg.advantage_conditioning else None
+        self.z_in = nn.Linear(cfg.patch_dim, D) if cfg.future_conditioning else None
+        self.pos_z = nn.Parameter(torch.zeros(cfg.n_z_tokens, D)) if cfg.future_conditioning else None
+        self.z_null = nn.Parameter(torch.zeros(D)) if cfg.future_conditioning else None
+        for p in (self.pos_z, self.z_null, None if self.indicator_embedding is None else self.indicator_embedding.weight):
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
 
         # Group index of every token of a full training sequence [prefix | actions | future].
         groups = torch.cat([
@@ -184,10 +208,24 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             f=cfg.n_future, n=len(cfg.cameras), y=g, x=g, p=cfg.patch_size, q=cfg.patch_size,
         )
 
-    def _embed_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor,
-                      ref_frames: torch.Tensor | None = None) -> torch.Tensor:
+    def _embed_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, ref_frames: torch.Tensor | None = None,
+                      indicator: torch.Tensor | None = None, z_latents: torch.Tensor | None = None,
+                      z_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Prefix tokens (B, P, D): [state (+ keypoints, + indicator) | reference latents (+ stem) | z]."""
+        return self._embed_prefix_with_maps(state, ref_latents, ref_frames, indicator, z_latents, z_drop)[0]
+
+    def _embed_prefix_with_maps(self, state: torch.Tensor, ref_latents: torch.Tensor,
+                                ref_frames: torch.Tensor | None = None, indicator: torch.Tensor | None = None,
+                                z_latents: torch.Tensor | None = None,
+                                z_drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prefix tokens (B, P, D), and with keypoints the log-probabilities of their maps
+        (B * N, K, (H / 2) * (W / 2)) float32 (what supervised keypoints are trained on), else None.
+        ``indicator`` (B,) long (None: unknown), ``z_latents`` (B, N, C, h, w) (None: null tokens),
+        ``z_drop`` (B,) bool: null tokens for those samples."""
+        B = state.shape[0]
         s = self.state_in(state).unsqueeze(1) + self.pos_state  # (B, 1, D)
         r = self.latent_in(self._patchify(ref_latents)) + self.pos_ref  # (B, N*T, D)
+        log_prob = None
         if self.pixel_stem is not None:
             if ref_frames is None:
                 raise ValueError("this policy has a pixel stem: ref_frames (B, N, 3, H, W) are required")
@@ -197,9 +235,22 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             else:
                 tokens, feats = self.pixel_stem.forward_with_features(x)
                 r = r + tokens.reshape(r.shape)
-                kp = self.keypoints(feats).reshape(state.shape[0], -1)  # (B*N, K, 2) -> (B, N*K*2)
-                s = s + self.keypoint_in(kp).unsqueeze(1)
-        return torch.cat([s, r], dim=1)
+                kp, log_prob = self.keypoints.forward_with_log_prob(feats)  # (B*N, K, 2), (B*N, K, h*w)
+                s = s + self.keypoint_in(kp.reshape(B, -1)).unsqueeze(1)  # (B, N*K*2) -> (B, 1, D)
+        if self.indicator_embedding is not None:
+            ind = torch.full((B,), UNKNOWN, dtype=torch.long, device=s.device) if indicator is None else indicator.long()
+            s = s + self.indicator_embedding(ind.to(s.device)).unsqueeze(1)
+        parts = [s, r]
+        if self.z_in is not None:
+            null = (self.z_null.to(r.dtype) + self.pos_z).expand(B, -1, -1)  # (B, Z, D)
+            if z_latents is None:
+                z = null
+            else:
+                z = self.z_in(self._patchify(z_latents.to(r.dtype))) + self.pos_z
+                if z_drop is not None:
+                    z = torch.where(z_drop.to(z.device)[:, None, None], null, z)
+            parts.append(z)
+        return torch.cat(parts, dim=1), log_prob
 
     def _embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return self.action_in(actions) + self.pos_action  # (B, H, action_width)
@@ -251,6 +302,8 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         t: torch.Tensor,
         noisy_future: torch.Tensor | None = None,
         ref_frames: torch.Tensor | None = None,
+        indicator: torch.Tensor | None = None,
+        z_latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Predicted velocities on the full sequence with the configured mask (training path).
 
@@ -258,19 +311,24 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             noisy_actions: (B, H, action_dim) at flow time ``t`` (B,).
             noisy_future: (B, F*N*T, C*p*p) patchified future latents at time ``t``, or None.
             ref_frames: (B, N, 3, H, W) uint8 raw reference frames (pixel-stem models only).
+            indicator, z_latents: RAMP's conditions (module docstring; None: unknown / dropped).
 
         Returns:
             action velocity (B, H, action_dim) and future-token velocity (B, F*N*T, C*p*p) or None.
         """
-        v_a, v_f, _ = self._velocity_and_prefix(state, ref_latents, noisy_actions, task_index, t, noisy_future,
-                                                ref_frames)
+        v_a, v_f, _, _ = self._velocity_and_prefix(state, ref_latents, noisy_actions, task_index, t, noisy_future,
+                                                ref_frames, indicator, z_latents)
         return v_a, v_f
 
     def _velocity_and_prefix(self, state, ref_latents, noisy_actions, task_index, t, noisy_future=None,
-                             ref_frames=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                             ref_frames=None, indicator=None, z_latents=None,
+                             z_drop=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                   torch.Tensor | None]:
         """:meth:`velocity`, plus the prefix tokens (B, P, D) after all but the last block (the
-        last one gives the prefix only keys and values)."""
-        xs = [self._embed_prefix(state, ref_latents, ref_frames), self._embed_actions(noisy_actions)]
+        last one gives the prefix only keys and values) and the keypoint maps' log-probabilities
+        (:meth:`_embed_prefix_with_maps`); ``z_drop`` (B,) bool drops z per sample."""
+        prefix, log_prob = self._embed_prefix_with_maps(state, ref_latents, ref_frames, indicator, z_latents, z_drop)
+        xs = [prefix, self._embed_actions(noisy_actions)]
         segments: tuple[int, ...] = (PREFIX, ACTION)
         if noisy_future is not None:
             xs.append(self.latent_in(noisy_future) + self.pos_future)
@@ -282,7 +340,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         xs = self._blocks(xs, segments, self._modulations(segments, conds), mask=self.train_mask[:L, :L])
         v_a = self.action_out(xs[1], self.action_out.modulate(cond[:, 1:]))
         v_f = None if noisy_future is None else self.latent_out(xs[2], self.latent_out.modulate(cond[:, 1:]))
-        return v_a, v_f, xs[0]
+        return v_a, v_f, xs[0], log_prob
 
     def forward(
         self,
@@ -295,18 +353,28 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         generator: torch.Generator | None = None,
         ref_frames: torch.Tensor | None = None,
         env_state: torch.Tensor | None = None,
+        indicator: torch.Tensor | None = None,
+        z_latents: torch.Tensor | None = None,
+        ref_segmentation: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Rectified-flow training loss ``L_video + lambda * L_action`` (Sec. 3.2), plus
-        ``aux_state_weight * L_aux`` with an auxiliary state head.
+        ``aux_state_weight * L_aux`` with an auxiliary state head, plus ``keypoint_loss_weight *
+        L_keypoint`` with supervised keypoints: ``ref_segmentation`` (B, N, H, W) uint8 class ids
+        of the reference frames; the mean cross-entropy between a keypoint's map and its class's
+        pixels over the (sample, camera, keypoint) triples where the class is seen.
 
         Inputs are normalised (see module docstring); ``action_is_pad`` (B, H) bool marks
         chunk steps past the episode end, excluded from the action loss; ``ref_frames`` (B, N, 3,
         H, W) uint8 are required by pixel-stem models; ``env_state`` (B, De) is the normalised
-        environment state, the auxiliary head's target (ignored by a model without one). Returns
-        the scalar loss and a dict of its parts.
+        environment state, the auxiliary head's target (ignored by a model without one);
+        ``indicator`` (B,) long and ``z_latents`` (B, N, C, h, w) are RAMP's labels, required by
+        models conditioned on them (ignored by the others): in training mode each is dropped per
+        sample with probability ``condition_dropout`` (:meth:`condition_drops`; the logs hold the
+        dropped fractions). Returns the scalar loss and a dict of its parts.
 
         Raises:
-            ValueError: missing future latents (video models), or ``env_state`` (auxiliary head).
+            ValueError: missing future latents (video models), ``env_state`` (auxiliary head),
+                ``indicator`` (advantage conditioning) or ``z_latents`` (future conditioning).
         """
         cfg = self.cfg
         B = state.shape[0]
@@ -321,7 +389,24 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             x0_f = self._patchify(future_latents)  # (B, F*N*T, C*p*p)
             eps_f = torch.randn(x0_f.shape, generator=generator, device="cpu").to(dev)
             f_t = interpolate(x0_f, eps_f, t)
-        v_a, v_f, prefix = self._velocity_and_prefix(state, ref_latents, a_t, task_index, t, f_t, ref_frames)
+        logs: dict[str, float] = {}
+        z_drop = None
+        if cfg.ramp_conditioned:
+            if self.indicator_embedding is not None and indicator is None:
+                raise ValueError("this policy is advantage-conditioned: indicator (B,) is required in training")
+            if self.z_in is not None and z_latents is None:
+                raise ValueError("this policy is future-conditioned: z_latents (B, N, C, h, w) are required in training")
+            if self.training and cfg.condition_dropout > 0:  # drawn only here: other runs keep their random stream
+                drop_i, z_drop = (d.to(dev) for d in self.condition_drops(B, generator))
+                if indicator is not None:
+                    indicator = torch.where(drop_i, UNKNOWN, indicator.to(dev).long())
+                    logs["indicator_dropped"] = float(drop_i.float().mean())
+                if self.z_in is not None:
+                    logs["z_dropped"] = float(z_drop.float().mean())
+            elif self.training:  # no dropout: the null token still enters the graph (DDP: every parameter a gradient)
+                z_drop = torch.zeros(B, dtype=torch.bool, device=dev)
+        v_a, v_f, prefix, kp_log_prob = self._velocity_and_prefix(state, ref_latents, a_t, task_index, t, f_t,
+                                                                  ref_frames, indicator, z_latents, z_drop)
         err_a = (v_a.float() - velocity_target(actions, eps_a)).pow(2).mean(-1)  # (B, H)
         if action_is_pad is not None:
             w = (~action_is_pad).float()
@@ -329,7 +414,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         else:
             loss_action = err_a.mean()
         loss = cfg.action_loss_weight * loss_action
-        logs = {"loss_action": float(loss_action.detach())}
+        logs["loss_action"] = float(loss_action.detach())
         if cfg.n_future:
             loss_video = F.mse_loss(v_f.float(), velocity_target(x0_f, eps_f))
             loss = loss + loss_video
@@ -340,12 +425,30 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             loss_aux = F.mse_loss(self.aux_head(prefix[:, 0]).float(), env_state.float())
             loss = loss + cfg.aux_state_weight * loss_aux
             logs["loss_aux_state"] = float(loss_aux.detach())
+        if cfg.keypoint_targets:
+            if ref_segmentation is None:
+                raise ValueError("this policy has supervised keypoints: ref_segmentation (B, N, H, W) is required")
+            H, W = ref_segmentation.shape[-2:]
+            target = keypoint_target(ref_segmentation.flatten(0, 1), [SEG_CLASSES.index(c) for c in cfg.keypoint_targets],
+                                     (H // 2, W // 2))  # (B*N, K', h*w), the stem's half-resolution maps
+            seen = target.sum(-1) > 0  # (B*N, K')
+            ce = -(target * kp_log_prob[:, :len(cfg.keypoint_targets)]).sum(-1)  # (B*N, K')
+            loss_kp = (ce * seen).sum() / seen.sum().clamp_min(1)
+            loss = loss + cfg.keypoint_loss_weight * loss_kp
+            logs["loss_keypoint"] = float(loss_kp.detach())
         logs["loss"] = float(loss.detach())
         return loss, logs
 
+    def condition_drops(self, B: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RAMP's condition dropout: (drop the indicator, drop z), each (B,) bool, independent
+        Bernoulli(``condition_dropout``) draws per sample (on the CPU, from ``generator``)."""
+        u = torch.rand(2, B, generator=generator)
+        return u[0] < self.cfg.condition_dropout, u[1] < self.cfg.condition_dropout
+
     # ------------------------------------------------------------------ inference
     def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
-                      mods: list | torch.Tensor | None = None, ref_frames: torch.Tensor | None = None) -> list[KV]:
+                      mods: list | torch.Tensor | None = None, ref_frames: torch.Tensor | None = None,
+                      indicator: torch.Tensor | None = None, z_latents: torch.Tensor | None = None) -> list[KV]:
         """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd).
 
         ``mods``: the blocks' clean (t = 0) modulations, one per block as in
@@ -357,7 +460,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         if mods is None:
             cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
             mods = [blk.modulate(cond) for blk in self.blocks]
-        x = self._embed_prefix(state, ref_latents, ref_frames)
+        x = self._embed_prefix(state, ref_latents, ref_frames, indicator, z_latents)
         kvs: list[KV] = []
         for i, blk in enumerate(self.blocks):
             if i < len(self.blocks) - 1:
@@ -381,6 +484,8 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         use_cache: bool = True,
         n_steps: int | None = None,
         ref_frames: torch.Tensor | None = None,
+        indicator: torch.Tensor | None = None,
+        z_latents: torch.Tensor | None = None,
     ) -> PolicyOutput:
         """Predict a normalised action chunk by Euler integration from t = 1 to t = 0.
 
@@ -397,6 +502,10 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
                 the fast path is tested against.
             n_steps: Euler steps (default ``cfg.n_inference_steps``).
             ref_frames: (B, N, 3, H, W) uint8 raw current frames (required by pixel-stem models).
+            indicator: (B,) long advantage indicator of an advantage-conditioned model: RAMP's
+                inference asks for 1 (positive); None = unknown (the unconditioned policy).
+            z_latents: (B, N, C, h, w) the world model's future latent of a future-conditioned
+                model (RAMP's "standard" mode); None = null tokens ("efficient").
 
         Raises:
             ValueError: a mode the configuration cannot run (e.g. action_only with mask="full").
@@ -416,13 +525,14 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
                 B, cfg.n_future_tokens, cfg.patch_dim, device=dev)
         times = euler_timesteps(n_steps or cfg.n_inference_steps, cfg.time_shift)
         if use_cache:
-            return self.sample_fast(state, ref_latents, task_index, a, f, times, mode, ref_frames)
-        return self.sample_reference(state, ref_latents, task_index, a, f, times, ref_frames)
+            return self.sample_fast(state, ref_latents, task_index, a, f, times, mode, ref_frames, indicator, z_latents)
+        return self.sample_reference(state, ref_latents, task_index, a, f, times, ref_frames, indicator, z_latents)
 
     @torch.no_grad()
     def sample_reference(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
                          a: torch.Tensor, f: torch.Tensor | None, times: torch.Tensor,
-                         ref_frames: torch.Tensor | None = None) -> PolicyOutput:
+                         ref_frames: torch.Tensor | None = None, indicator: torch.Tensor | None = None,
+                         z_latents: torch.Tensor | None = None) -> PolicyOutput:
         """The plain sampler: Euler steps of :meth:`velocity`, the training path, from noise.
 
         a: (B, H, action_dim) initial noise; f: (B, F*N*T, C*p*p) initial future-token noise, or
@@ -434,7 +544,8 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         B, dev = state.shape[0], state.device
         for k in range(len(times) - 1):
             dt = float(times[k + 1] - times[k])  # negative
-            v_a, v_f = self.velocity(state, ref_latents, a, task_index, times[k].to(dev).expand(B), f, ref_frames)
+            v_a, v_f = self.velocity(state, ref_latents, a, task_index, times[k].to(dev).expand(B), f, ref_frames,
+                                     indicator, z_latents)
             a = a + dt * v_a
             if f is not None:
                 f = f + dt * v_f

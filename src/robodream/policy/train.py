@@ -7,6 +7,13 @@ episodes are held out for validation (flow loss and sampled-chunk action error).
 
 The policy run is self-contained: it copies the tokenizer (config and weights) into
 ``RUN/tokenizer/`` and writes ``RUN/normalization.json`` next to ``RUN/config.json``.
+
+A RAMP-conditioned policy (``--advantage-conditioning``, ``--future-conditioning``;
+GigaBrain-0.5M*, arXiv 2602.12099) trains on the per-frame labels of ``robodream relabel``
+(``--labels FILE``, covering every ``--data`` dataset): each window's anchor frame brings its
+advantage indicator and the world model's future latent. The run records the labels files
+and the world model that made them (``world_model`` in config.json: standard-mode inference
+loads it for ``z``); ``meta.json`` holds the labels' eps and positive fraction.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from robodream.data.windows import EpisodeTable
 from robodream.errors import ConfigError, DatasetError
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
+from robodream.rl.labels import attach_labels, match_labels
 from robodream.tokenizer.train import load_tokenizer
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
 from robodream.train.run_dir import Run, load_latent_run
@@ -61,9 +69,13 @@ class PolicyRunConfig:
     env_tasks: dict = field(default_factory=dict)
     train_seeds: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)  # env settings of the datasets (cameras, image size)
+    # RAMP labels (robodream relabel): one or more files that together label every --data dataset;
+    # required by advantage- or future-conditioned models, and only by them.
+    labels: tuple[str, ...] = ()
+    world_model: str = ""  # filled from the labels: the world-model run that made them (standard mode's z)
     model_type: str = MODEL_TYPE
 
-    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("env_tasks", "train_seeds", "env", "model_type")
+    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("env_tasks", "train_seeds", "env", "world_model", "model_type")
 
     def __post_init__(self) -> None:
         if self.augment_views < 0 or self.augment_pad < 0 or not 0 <= self.augment_color <= 1:
@@ -77,6 +89,21 @@ class PolicyRunConfig:
                                  or not sum(self.data_weight) > 0):
             raise ConfigError(f"data_weight needs one weight >= 0 per dataset ({len(self.data)}), not all 0, "
                               f"got {list(self.data_weight)}")
+        self.labels = tuple(self.labels)
+
+    def check_labels(self) -> None:
+        """Labels exactly when the model is RAMP-conditioned.
+
+        Raises:
+            ConfigError: a conditioned model without ``labels``, or ``labels`` for one that is not.
+        """
+        m = self.model
+        if m.ramp_conditioned and not self.labels:
+            raise ConfigError("advantage_conditioning / future_conditioning train on RAMP's labels: pass --labels FILE "
+                              "(made by robodream relabel --data ... --world-model RUN)")
+        if self.labels and not m.ramp_conditioned:
+            raise ConfigError("--labels are read only by a RAMP-conditioned policy: add --advantage-conditioning "
+                              "and/or --future-conditioning, or drop --labels")
 
 
 def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
@@ -87,12 +114,16 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
 
     Raises:
         DatasetError: missing/foreign datasets, camera/image-size/dimension mismatches, a
-            dataset without observation.state or action, non-finite states or actions.
+            dataset without observation.state or action, non-finite states or actions; labels
+            that miss a dataset, are stale (another frame count) or whose z does not fit the
+            tokenizer's latents.
         CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``.
-        ConfigError: no dataset, bad settings, or a ``--resume`` that changes the run.
+        ConfigError: no dataset, bad settings, a RAMP-conditioned model without ``labels`` (or
+            labels without one), or a ``--resume`` that changes the run.
     """
     if not cfg.data:
         raise ConfigError("at least one dataset is required (--data)")
+    cfg.check_labels()
     run = Run(out, cfg, resume=resume)
     with run.guard():
         device = resolve_device(cfg.train.device)
@@ -100,6 +131,11 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         datasets = [LeRobotDataset(p) for p in cfg.data]
         cameras, state_dim, action_dim = check_datasets(datasets, tokenizer)
         cfg.model.aux_state_dim = aux_state_dim(datasets, cfg.model.aux_state_weight)
+        labels, labels_info = None, {}
+        if cfg.labels:  # matched before any encoding: a stale file fails fast
+            labels, labels_info = match_labels(cfg.labels, datasets)
+            check_label_latents(labels, len(cameras), tokenizer.cfg.latent_shape)
+            cfg.world_model = labels_info.get("world_model", "")
 
         tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction,
                                                      views=cfg.augment_views, pad=cfg.augment_pad, seed=cfg.train.seed,
@@ -111,6 +147,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         m.image_size = tokenizer.cfg.image_size
         m.__post_init__()
         record_provenance(cfg, datasets)
+        if labels is not None:
+            attach_labels(train_eps + held_eps, labels)
 
         train_table = EpisodeTable.from_episodes(train_eps)
         held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
@@ -141,8 +179,11 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         trainer = Trainer(model, cfg.train, run.path, sample_batch, loss_fn,
                           validate=validate if held_table is not None else None, description="policy",
                           model_factory=factory)
-        val = run.fit(trainer, meta={"n_train_episodes": len(train_eps), "n_heldout_episodes": len(held_eps),
-                                     "n_train_frames": len(train_table)},
+        meta = {"n_train_episodes": len(train_eps), "n_heldout_episodes": len(held_eps),
+                "n_train_frames": len(train_table)}
+        if labels_info:
+            meta["labels"] = labels_info
+        val = run.fit(trainer, meta=meta,
                       json_files={"normalization.json": norm}, tokenizer=cfg.tokenizer)
         results = run.finish(trainer, val, n_train_frames=len(train_table),
                              n_heldout_frames=len(held_table) if held_table else 0)
@@ -168,8 +209,26 @@ def aux_state_dim(datasets: list[LeRobotDataset], weight: float) -> int:
     return dims.pop()
 
 
+def check_label_latents(labels: list, n_cameras: int, latent_shape: tuple[int, int, int]) -> None:
+    """The labels' future latents ``z`` (T, N, C, h, w) must have the policy's cameras and tokenizer latents.
+
+    Raises:
+        DatasetError: another shape (labels made by a world model on another tokenizer or cameras).
+    """
+    for lab in labels:
+        if tuple(lab.z.shape[1:]) != (n_cameras, *latent_shape):
+            raise DatasetError(f"the future latents in {lab.file} have shape {tuple(lab.z.shape[1:])} per frame, but the "
+                               f"policy's tokenizer gives {(n_cameras, *latent_shape)}; relabel with a world model on "
+                               "this tokenizer")
+
+
 def _prepare(model: GigaWorldPolicy, w: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    """Normalise state/actions of a window batch and move it to ``device``."""
+    """Normalise state/actions of a window batch and move it to ``device`` (RAMP's labels only for
+    a model conditioned on them)."""
+    if model.indicator_embedding is None:
+        w.pop("indicator", None)
+    if model.z_in is None:
+        w.pop("z_latents", None)
     w = {k: v.to(device) for k, v in w.items()}
     w["state"] = model.normalize_state(w["state"])
     w["actions"] = model.normalize_action(w["actions"])
@@ -201,7 +260,8 @@ def validate_policy(model: GigaWorldPolicy, table: EpisodeTable, device, n: int 
     mode = "joint" if model.cfg.mask == "full" else "action_only"
     noise = torch.randn(batch["actions"].shape, generator=gen).to(device)
     pred = model.sample(batch["state"], batch["ref_latents"], batch["task_index"], mode=mode, noise=noise,
-                        ref_frames=batch.get("ref_frames"))
+                        ref_frames=batch.get("ref_frames"), indicator=batch.get("indicator"),
+                        z_latents=batch.get("z_latents"))
     valid = (~batch["action_is_pad"]).float().unsqueeze(-1)
     mse = ((pred.actions - batch["actions"]).pow(2) * valid).sum() / (valid.sum() * model.cfg.action_dim)
     return {**logs, "action_mse": float(mse), "n": len(idx)}

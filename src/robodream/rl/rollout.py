@@ -72,7 +72,7 @@ def record_rollouts(run_dir: str | os.PathLike, task: str, episodes: int, out: s
                     fail_penalty: float = DEFAULT_FAIL_PENALTY, mode: str | None = None,
                     n_action_steps: int | None = None, device: str = "cpu", threads: int | None = None,
                     workers: int = 1, overwrite: bool = False, keys: KeySource | None = None,
-                    video_codec: str = "h264") -> dict[str, Any]:
+                    video_codec: str = "h264", world_model: str | os.PathLike | None = None) -> dict[str, Any]:
     """Roll out the policy ``episodes`` times with takeover and write them as a dataset at ``out``.
 
     Args:
@@ -84,7 +84,8 @@ def record_rollouts(run_dir: str | os.PathLike, task: str, episodes: int, out: s
             Each episode's chunk noise is seeded by its env seed.
         max_steps: episode step limit, >= 1; an episode also ends at its first success.
         fail_penalty: C_fail of the RAMP reward ``next.reward`` (:mod:`robodream.rl.rewards`), >= 0.
-        mode, n_action_steps, device, threads: the policy's inference (as ``eval policy``).
+        mode, n_action_steps, device, threads, world_model: the policy's inference (as ``eval
+            policy``; a RAMP-conditioned policy runs ``efficient`` or ``standard``).
         workers: rollout processes, each with its own env, policy and takeover source (the
             keyboard source needs 1).
         overwrite: replace an existing dataset at ``out`` (only once the new one is complete).
@@ -118,13 +119,14 @@ def record_rollouts(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     check_takeover(takeover, workers=workers, keys=keys)
     explicit = [] if seed is None else list(range(seed, seed + episodes))
     ps = prepare_policy_rollouts(run_dir, task, explicit, max_steps=max_steps, mode=mode, device=device,
-                                 n_action_steps=n_action_steps, what="rollout", seed_flag="--seed")
+                                 n_action_steps=n_action_steps, what="rollout", seed_flag="--seed",
+                                 world_model=world_model)
     start = default_rollout_seed(ps.run_cfg, task) if seed is None else seed
     seeds = list(range(start, start + episodes))
     env_cfg = ps.env_cfg
     writer = open_episode_writer(out, env_cfg, video_codec=video_codec, overwrite=overwrite)
     setup = partial(_RolloutWorker, str(run_dir), ps.instruction, env_cfg, takeover, mode=ps.mode, device=device,
-                    n_action_steps=n_action_steps, keys=keys)
+                    n_action_steps=n_action_steps, keys=keys, world_model=ps.world_model)
     workers = min(workers, episodes)
     per_episode: list[dict[str, Any]] = []
     t_start = time.perf_counter()
@@ -154,7 +156,8 @@ def record_rollouts(run_dir: str | os.PathLike, task: str, episodes: int, out: s
         writer.write_meta_json(PROVENANCE_FILE, {
             "created": now(), "code": code_version(), "source": "policy-rollout",
             "env": to_dict(env_cfg), "task": task, "seeds": seeds,
-            "policy": {"run": str(Path(run_dir).resolve()), "mode": ps.mode, "n_action_steps": ps.cfg.n_action_steps,
+            "policy": {"run": str(Path(run_dir).resolve()), "mode": ps.mode, "world_model": ps.world_model,
+                       "n_action_steps": ps.cfg.n_action_steps,
                        "horizon": ps.cfg.horizon, "tasks": list(ps.cfg.tasks), "device": device},
             "takeover": takeover_settings(takeover), "takeover_config": to_dict(takeover),
             "fail_penalty": fail_penalty, "max_steps": max_steps, "video_codec": video_codec,
@@ -169,8 +172,10 @@ class _RolloutWorker:
     :class:`~robodream.envs.parallel.RolloutPool`)."""
 
     def __init__(self, run_dir: str, instruction: str, env_cfg: EnvConfig, takeover: TakeoverConfig, *, mode: str,
-                 device: str, n_action_steps: int | None, keys: KeySource | None) -> None:
-        self.runner = load_runner(run_dir, instruction, mode=mode, device=device, n_action_steps=n_action_steps)
+                 device: str, n_action_steps: int | None, keys: KeySource | None,
+                 world_model: str | None = None) -> None:
+        self.runner = load_runner(run_dir, instruction, mode=mode, device=device, n_action_steps=n_action_steps,
+                                  world_model=world_model)
         self.env = MetaWorldEnv(env_cfg)
         self.source = make_takeover(takeover, keys)
 

@@ -340,6 +340,29 @@ class VideoWorldModel(nn.Module):
         return self.sample_with_value(context, frame_actions, task_index, text_emb, **sample_kw)[1]
 
     @torch.no_grad()
+    def predict_future_latent(self, current: torch.Tensor, task_index: torch.Tensor, text_emb: torch.Tensor | None = None,
+                              *, n_steps: int = 1, generator: torch.Generator | None = None,
+                              noise: torch.Tensor | None = None) -> torch.Tensor:
+        """RAMP's future latent ``z``: the action-free prediction of the chunk's *last* frame (B, N, C, h, w).
+
+        GigaBrain-0.5M* (RAMP, arXiv 2602.12099) conditions its policy on the world model's
+        predicted future; its "standard" inference mode runs one denoising step for it. Here:
+        ``n_steps`` Euler steps (default 1) of :meth:`sample` from ``noise`` (drawn from
+        ``generator`` if None) with ``frame_actions=None`` (null action tokens: what the task
+        does next from this frame, meaningful for models trained with ``action_drop_prob > 0``),
+        keeping only the last future frame (``chunk_steps`` env steps ahead, the frame whose
+        value the value frame predicts). The context is ``current`` repeated
+        ``n_context_frames`` times (the one frame a policy has at inference; the clamped history
+        of an episode's first frame), so labels and inference compute ``z`` alike.
+
+        Args:
+            current: (B, N, C, h, w) latents of the current frame (this model's tokenizer).
+            task_index, text_emb: see the module docstring.
+        """
+        context = current.unsqueeze(1).expand(-1, self.cfg.n_context_frames, *current.shape[1:])
+        return self.sample(context, None, task_index, text_emb, n_steps=n_steps, noise=noise, generator=generator)[:, -1]
+
+    @torch.no_grad()
     def sample_with_value(self, context: torch.Tensor, frame_actions: torch.Tensor | None, task_index: torch.Tensor,
                           text_emb: torch.Tensor | None = None, *, n_steps: int | None = None,
                           guidance_scale: float | None = None, noise: torch.Tensor | None = None,
