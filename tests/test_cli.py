@@ -116,6 +116,21 @@ def test_policy_with_auxiliary_state_head(tmp_path, work):
         tmp_path / "ev", "--max-steps", 4)
 
 
+def test_policy_with_supervised_keypoints(tmp_path, work):
+    """--keypoint-targets needs segmentation (a one-line error on a dataset without it, nothing
+    written) and trains on a dataset collected --with-segmentation, logging the keypoint loss."""
+    kp = ["--stem-keypoints", 2, "--keypoint-targets", "goal"]
+    res = run("train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--out", tmp_path / "no",
+              "--steps", 2, *TINY_POLICY, *kp, code=2)
+    _one_line_error(res, "observation.segmentation", "--with-segmentation")
+    assert not (tmp_path / "no" / "model.safetensors").exists()
+    run("collect", "--task", "reach-v3", "--episodes", 2, "--out", tmp_path / "seg", "--image-size", 32,
+        "--with-segmentation")
+    run("train", "policy", "--data", tmp_path / "seg", "--tokenizer", work / "tok", "--out", tmp_path / "kp",
+        "--steps", 2, *TINY_POLICY, *kp)
+    assert json.loads((tmp_path / "kp" / "results.json").read_text())["loss_keypoint"] > 0
+
+
 def test_run_written_before_the_action_expert_loads_as_trained(tmp_path, work):
     """A config.json without ``action_expert_dim`` (runs older than the field, whose default is
     now 64) means shared weights, and such a run still loads and acts."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -416,3 +417,46 @@ def test_auxiliary_state_head_is_a_training_loss_only():
     assert GigaWorldPolicy(tiny_cfg(aux_state_weight=0.0, aux_state_dim=5)).aux_head is None
     with pytest.raises(ConfigError, match="aux_state"):
         tiny_cfg(aux_state_weight=-1.0)
+
+
+def test_keypoint_target_is_the_class_share_of_each_cell():
+    """keypoint_target: per class, the share of each cell of the map covered by it, summing to 1;
+    zeros where the class is absent."""
+    from robodream.models.stem import keypoint_target
+
+    seg = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    seg[0, 0, 0] = 6  # one goal pixel in cell (0, 0) of a 2x2 map
+    seg[0, 2:4, 2] = 6  # two in cell (1, 1)
+    seg[1, 1, 3] = 5  # an object pixel only
+    t = keypoint_target(seg, [6, 5], (2, 2))
+    assert t.shape == (2, 2, 4)
+    torch.testing.assert_close(t[0, 0], torch.tensor([1 / 3, 0.0, 0.0, 2 / 3]))
+    torch.testing.assert_close(t[0, 1], torch.zeros(4))
+    torch.testing.assert_close(t[1, 1], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+
+
+def test_supervised_keypoints_loss():
+    """With keypoint_targets the loss adds the cross-entropy of each supervised keypoint's map
+    against its class's pixels (needs the segmentation; uniform maps give log(cells)), samples and
+    cameras where the class is absent add nothing, and the stem and keypoint weights get gradients."""
+    cfg = tiny_cfg(pixel_stem_width=8, image_size=16, stem_keypoints=2, keypoint_targets=("goal",))
+    m = random_policy(cfg).train()
+    state, ref, task, actions, fut = inputs(cfg)
+    frames = torch.randint(0, 256, (3, len(cfg.cameras), 3, 16, 16), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    with pytest.raises(ValueError, match="ref_segmentation"):
+        m(state, ref, actions, task, fut, ref_frames=frames)
+    seg = torch.zeros(3, len(cfg.cameras), 16, 16, dtype=torch.uint8)
+    seg[0, 0, 4:6, 4:6] = 6
+    with torch.no_grad():
+        m.keypoints.proj.weight.zero_()
+        m.keypoints.proj.bias.zero_()  # uniform maps over the 8x8 half-resolution grid
+    loss, logs = m(state, ref, actions, task, fut, ref_frames=frames, ref_segmentation=seg,
+                   generator=torch.Generator().manual_seed(0))
+    assert abs(logs["loss_keypoint"] - math.log(64)) < 1e-4  # only (sample 0, camera 0) counts
+    loss.backward()
+    assert all(p.grad is not None for p in [*m.pixel_stem.parameters(), *m.keypoints.parameters()])
+    with pytest.raises(ConfigError, match="keypoint_targets"):
+        tiny_cfg(pixel_stem_width=8, image_size=16, stem_keypoints=1, keypoint_targets=("goal", "object"))
+    with pytest.raises(ConfigError, match="keypoint_targets"):
+        tiny_cfg(pixel_stem_width=8, image_size=16, stem_keypoints=1, keypoint_targets=("puck",))

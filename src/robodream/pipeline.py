@@ -46,6 +46,7 @@ class Recipe:
     proprio: tuple[str, ...] = DEFAULT_PROPRIO  # parts of the proprioceptive state (envs.meta_world.PROPRIO_PARTS)
     workers: int = 1  # rollout processes of collection and evaluation (the results do not depend on it)
     expert_target: str = "tcp"  # the point the reach experts steer to the goal: tcp or hand (CollectConfig)
+    with_segmentation: bool = False  # record per-camera segmentation (needed by PolicyConfig.keypoint_targets)
     augment_views: int = 0  # image augmentation: augmented copies per training episode (PolicyRunConfig)
     augment_pad: int = 4  # their maximum shift, pixels
     augment_color: float = 0.0  # their colour jitter strength
@@ -106,7 +107,8 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         if not dataset_complete(path):
             log(f"collecting {recipe.demos_per_task} expert episodes of {task} -> {path}")
             collect(CollectConfig(task=task, episodes=recipe.demos_per_task, image_size=recipe.image_size,
-                                  cameras=recipe.cameras, proprio=recipe.proprio, expert_target=recipe.expert_target),
+                                  cameras=recipe.cameras, proprio=recipe.proprio, expert_target=recipe.expert_target,
+                                  with_segmentation=recipe.with_segmentation),
                     path, overwrite=path.exists(), workers=recipe.workers)
         datasets.append(str(path))
     timings["collect_s"] = time.perf_counter() - t0

@@ -19,6 +19,7 @@ An encoded episode is a dict::
     episode_index int                          the episode's index in its dataset
     success     (T,) bool                      next.success, when the dataset records it
     reward      (T,) float32                   next.reward (RAMP's reward: value targets), when recorded
+    segmentation (T, n_cam, H, W) uint8        per-camera segmentation class ids, if asked (supervised keypoints)
     env_state   (T, De) float32                observation.environment_state (privileged object and
                                                goal state: auxiliary training targets), when recorded
 
@@ -147,19 +148,21 @@ def augmented(frames: np.ndarray, rng: np.random.Generator, pad: int, color: flo
 def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[str], episodes: list[int],
                    batch: int = 512, progress=None, task_offset: dict[str, int] | None = None,
                    views: int = 0, pad: int = 4, rng: np.random.Generator | None = None,
-                   keep_frames: bool = False, color: float = 0.0) -> list[dict]:
+                   keep_frames: bool = False, color: float = 0.0, keep_segmentation: bool = False) -> list[dict]:
     """Encode the frames of ``episodes`` with the tokenizer (see the module docstring for the dicts).
 
     ``views`` > 0 also encodes that many augmented copies of each episode (:func:`augmented`:
     shifts of at most ``pad`` pixels and colour jitter of strength ``color``, drawn from
     ``rng``, one draw per copy and camera). ``keep_frames`` also keeps the raw frames
-    (``frames``, and ``view_frames`` of the copies; uint8).
+    (``frames``, and ``view_frames`` of the copies; uint8); ``keep_segmentation`` the cameras'
+    segmentation (``segmentation``, unaugmented: not with ``views``).
 
     Raises:
         DatasetError: a non-finite state or action value (named by dataset, episode and frame).
     """
     check_finite(ds, episodes)
     frames = {c: ds.all_frames(c) for c in cameras}
+    seg = {c: ds.all_segmentation(c) for c in cameras} if keep_segmentation else {}
     rng = rng if rng is not None else np.random.default_rng(0)
     out = []
     for i in episodes:
@@ -173,6 +176,8 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
             e["reward"] = torch.as_tensor(np.asarray(ep.extra["next.reward"], dtype=np.float32).reshape(-1))
         if ENV_STATE in ep.extra:
             e["env_state"] = torch.as_tensor(np.asarray(ep.extra[ENV_STATE], dtype=np.float32).reshape(len(ep.action), -1))
+        if keep_segmentation:
+            e["segmentation"] = torch.from_numpy(np.stack([seg[c][i] for c in cameras], 1))  # (T, n_cam, H, W)
         if keep_frames:
             e["frames"] = torch.from_numpy(np.stack([frames[c][i] for c in cameras], 1)).permute(0, 1, 4, 2, 3).contiguous()
         if views:
@@ -191,7 +196,7 @@ def encode_dataset(ds: LeRobotDataset, tokenizer: ImageTokenizer, cameras: list[
 def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, cameras: list[str],
                     heldout_fraction: float, views: int = 0, pad: int = 4,
                     seed: int = 0, keep_frames: bool = False,
-                    color: float = 0.0) -> tuple[list[str], list[dict], list[dict]]:
+                    color: float = 0.0, keep_segmentation: bool = False) -> tuple[list[str], list[dict], list[dict]]:
     """Task vocabulary and tokenizer-encoded episodes of a training run, split per dataset.
 
     Returns ``(tasks, train_episodes, heldout_episodes)``: the instruction strings in
@@ -200,7 +205,7 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
     ``views`` augmented copies (shifts of at most ``pad`` pixels, colour jitter of strength
     ``color``, draws from ``seed``) of the training episodes only are encoded too (see the
     module docstring);
-    ``keep_frames`` keeps every episode's raw frames too.
+    ``keep_frames`` keeps every episode's raw frames too, ``keep_segmentation`` their segmentation.
     Under torchrun rank 0 encodes and shares the result (the others must call this too).
 
     Raises:
@@ -225,9 +230,9 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
                     tr, he = split_episodes(ds.num_episodes, heldout_fraction)
                     tr_eps = encode_dataset(ds, tokenizer, cameras, tr, progress=adv, task_offset=vocab,
                                             views=views, pad=pad, rng=rng, keep_frames=keep_frames,
-                                            color=color)
+                                            color=color, keep_segmentation=keep_segmentation)
                     he_eps = encode_dataset(ds, tokenizer, cameras, he, progress=adv, task_offset=vocab,
-                                            keep_frames=keep_frames)
+                                            keep_frames=keep_frames, keep_segmentation=keep_segmentation)
                     for e in tr_eps + he_eps:
                         e["source"] = d
                     train_eps += tr_eps
@@ -258,7 +263,7 @@ def share_episodes(episodes: list[dict]) -> list[dict]:
     meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source"),
                              e.get("episode_index")) for e in episodes] if is_main() else None)
     keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "view_frames", "success",
-                                         "env_state", "reward")
+                                         "env_state", "reward", "segmentation")
                              if k in episodes[0]]
                             if is_main() and episodes else None)
     shapes = broadcast_object([(tuple(episodes[0][k].shape[1:]), episodes[0][k].dtype) for k in keys]

@@ -40,6 +40,7 @@ class EpisodeTable:
         action), or None (labels for the IDM's success head).
     env_state: (N, De) float32 ``observation.environment_state`` (privileged object and goal
         state: auxiliary targets, never a model input), or None.
+    segmentation: (N, n_cam, H, W) uint8 segmentation class ids (supervised keypoints), or None.
     reward: (N,) float32 ``next.reward`` of each frame (RAMP's reward, :mod:`robodream.rl.rewards`), or None.
     returns: (N,) float32 discounted Monte-Carlo returns of each frame within its episode (the
         value targets), filled by :meth:`set_returns`, or None.
@@ -65,6 +66,7 @@ class EpisodeTable:
     returns: torch.Tensor | None = None
     indicator: torch.Tensor | None = None
     z_latents: torch.Tensor | None = None
+    segmentation: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -88,7 +90,7 @@ class EpisodeTable:
         (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``, ``env_state``,
         ``reward``, ``indicator``, ``z`` (the table's ``z_latents``): kept when every episode has them)."""
         lat, st, ac, ti, s0, s1, vw, fr, so, su, vf, es, rw = [], [], [], [], [], [], [], [], [], [], [], [], []
-        ind, zl = [], []
+        ind, zl, sg = [], [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
@@ -100,6 +102,8 @@ class EpisodeTable:
                 vf.append(torch.as_tensor(ep["view_frames"], dtype=torch.uint8))
             if "success" in ep:
                 su.append(torch.as_tensor(ep["success"], dtype=torch.bool).reshape(-1))
+            if "segmentation" in ep:
+                sg.append(torch.as_tensor(ep["segmentation"], dtype=torch.uint8))
             if "env_state" in ep:
                 es.append(torch.as_tensor(ep["env_state"], dtype=torch.float32))
             if "reward" in ep:
@@ -123,11 +127,13 @@ class EpisodeTable:
         success = torch.cat(su) if su and len(su) == len(episodes) else None
         view_frames = torch.cat(vf) if vf and len(vf) == len(episodes) else None
         env_state = torch.cat(es) if es and len(es) == len(episodes) else None
+        segmentation = torch.cat(sg) if sg and len(sg) == len(episodes) else None
         reward = torch.cat(rw) if rw and len(rw) == len(episodes) else None
         indicator = torch.cat(ind) if ind and len(ind) == len(episodes) else None
         z_latents = torch.cat(zl) if zl and len(zl) == len(episodes) else None
         return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
-                   frames, source, success, view_frames, env_state, reward, indicator=indicator, z_latents=z_latents)
+                   frames, source, success, view_frames, env_state, reward, indicator=indicator, z_latents=z_latents,
+                   segmentation=segmentation)
 
     def __len__(self) -> int:
         return len(self.action)
@@ -281,6 +287,8 @@ class EpisodeTable:
             out["indicator"] = self.indicator[idx].long()
         if self.z_latents is not None:
             out["z_latents"] = self.z_latents[idx].float()
+        if self.segmentation is not None:
+            out["ref_segmentation"] = self.segmentation[idx]  # (B, n_cam, H, W) of the original frames
         if future_offsets:
             fut = torch.minimum(idx.unsqueeze(1) + torch.tensor(future_offsets), end.unsqueeze(1) - 1)  # (B, F)
             out["future_latents"] = self.latents_at(fut, view)

@@ -27,7 +27,7 @@ import torch
 from robodream.data.collect import record_provenance
 from robodream.data.latents import check_datasets, encode_run_data
 from robodream.data.lerobot import LeRobotDataset
-from robodream.data.lerobot_format import ENV_STATE
+from robodream.data.lerobot_format import ENV_STATE, SEGMENTATION_PREFIX
 from robodream.data.windows import EpisodeTable
 from robodream.errors import ConfigError, DatasetError
 from robodream.policy.configuration import PolicyConfig
@@ -136,11 +136,14 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
             labels, labels_info = match_labels(cfg.labels, datasets)
             check_label_latents(labels, len(cameras), tokenizer.cfg.latent_shape)
             cfg.world_model = labels_info.get("world_model", "")
+        if cfg.model.keypoint_targets:
+            check_segmentation(datasets, cameras, cfg)
 
         tasks, train_eps, held_eps = encode_run_data(datasets, tokenizer, cameras, cfg.heldout_fraction,
                                                      views=cfg.augment_views, pad=cfg.augment_pad, seed=cfg.train.seed,
                                                      keep_frames=bool(cfg.model.pixel_stem_width),
-                                                     color=cfg.augment_color)
+                                                     color=cfg.augment_color,
+                                                     keep_segmentation=bool(cfg.model.keypoint_targets))
         m = cfg.model
         m.state_dim, m.action_dim, m.cameras, m.tasks = state_dim, action_dim, tuple(cameras), tuple(tasks)
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
@@ -222,6 +225,22 @@ def check_label_latents(labels: list, n_cameras: int, latent_shape: tuple[int, i
                                "this tokenizer")
 
 
+def check_segmentation(datasets: list[LeRobotDataset], cameras: list[str], cfg: PolicyRunConfig) -> None:
+    """Supervised keypoints (``keypoint_targets``) learn from every camera's segmentation.
+
+    Raises:
+        DatasetError: a dataset without ``observation.segmentation.{cam}`` for some camera.
+        ConfigError: with image augmentation (the segmentation is not shifted with the frames).
+    """
+    missing = [SEGMENTATION_PREFIX + cam for ds in datasets for cam in cameras if SEGMENTATION_PREFIX + cam not in ds.features]
+    if missing:
+        without = sorted({str(ds.root) for ds in datasets if any(SEGMENTATION_PREFIX + c not in ds.features for c in cameras)})
+        raise DatasetError(f"keypoint_targets={list(cfg.model.keypoint_targets)} learn from {', '.join(sorted(set(missing)))}, "
+                           f"which {', '.join(without)} lacks; record it with robodream collect --with-segmentation")
+    if cfg.augment_views:
+        raise ConfigError("keypoint_targets and augment_views cannot be combined (segmentation is not augmented)")
+
+
 def _prepare(model: GigaWorldPolicy, w: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     """Normalise state/actions of a window batch and move it to ``device`` (RAMP's labels only for
     a model conditioned on them)."""
@@ -236,6 +255,8 @@ def _prepare(model: GigaWorldPolicy, w: dict[str, torch.Tensor], device) -> dict
         w["env_state"] = model.normalize_env_state(w["env_state"])
     else:
         w.pop("env_state", None)
+    if not model.cfg.keypoint_targets:
+        w.pop("ref_segmentation", None)
     if not model.cfg.n_future:
         w.pop("future_latents", None)
     return w
