@@ -48,6 +48,8 @@ class EpisodeTable:
         (:mod:`robodream.rl.labels`), or None.
     z_latents: (N, n_cam, C, h, w) float16 the world model's predicted future latent of each
         frame (RAMP's ``z``, :mod:`robodream.rl.labels`), or None.
+    sample_weight: (N,) float32 per-frame loss weight (AWR's ``min(exp(A / beta), w_max)``,
+        :func:`robodream.rl.labels.awr_weights`), or None.
     """
 
     latents: torch.Tensor
@@ -67,6 +69,7 @@ class EpisodeTable:
     indicator: torch.Tensor | None = None
     z_latents: torch.Tensor | None = None
     segmentation: torch.Tensor | None = None
+    sample_weight: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -90,7 +93,7 @@ class EpisodeTable:
         (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``, ``env_state``,
         ``reward``, ``indicator``, ``z`` (the table's ``z_latents``): kept when every episode has them)."""
         lat, st, ac, ti, s0, s1, vw, fr, so, su, vf, es, rw = [], [], [], [], [], [], [], [], [], [], [], [], []
-        ind, zl, sg = [], [], []
+        ind, zl, sg, sw = [], [], [], []
         pos = 0
         for ep in episodes:
             if "views" in ep:
@@ -110,6 +113,8 @@ class EpisodeTable:
                 rw.append(torch.as_tensor(ep["reward"], dtype=torch.float32).reshape(-1))
             if "indicator" in ep:
                 ind.append(torch.as_tensor(ep["indicator"], dtype=torch.uint8).reshape(-1))
+            if "sample_weight" in ep:
+                sw.append(torch.as_tensor(ep["sample_weight"], dtype=torch.float32).reshape(-1))
             if "z" in ep:
                 zl.append(torch.as_tensor(ep["z"], dtype=torch.float16))
             if "source" in ep:
@@ -131,9 +136,10 @@ class EpisodeTable:
         reward = torch.cat(rw) if rw and len(rw) == len(episodes) else None
         indicator = torch.cat(ind) if ind and len(ind) == len(episodes) else None
         z_latents = torch.cat(zl) if zl and len(zl) == len(episodes) else None
+        sample_weight = torch.cat(sw) if sw and len(sw) == len(episodes) else None
         return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
                    frames, source, success, view_frames, env_state, reward, indicator=indicator, z_latents=z_latents,
-                   segmentation=segmentation)
+                   segmentation=segmentation, sample_weight=sample_weight)
 
     def __len__(self) -> int:
         return len(self.action)
@@ -263,7 +269,8 @@ class EpisodeTable:
         With raw frames in the table, ``ref_frames`` (B, n_cam, 3, H, W) uint8 too (of the same copy);
         with environment states, ``env_state`` (B, De) of the anchor frames; with RAMP's labels,
         ``indicator`` (B,) long and ``z_latents`` (B, n_cam, C, h, w) float32 of the anchor frames
-        (the original frames' ``z`` whatever the view).
+        (the original frames' ``z`` whatever the view); with AWR weights, ``sample_weight`` (B,)
+        float32 of the anchor frames.
         """
         end = self.episode_end[idx]  # (B,)
         steps = idx.unsqueeze(1) + torch.arange(horizon)  # (B, H)
@@ -287,6 +294,8 @@ class EpisodeTable:
             out["indicator"] = self.indicator[idx].long()
         if self.z_latents is not None:
             out["z_latents"] = self.z_latents[idx].float()
+        if self.sample_weight is not None:
+            out["sample_weight"] = self.sample_weight[idx]
         if self.segmentation is not None:
             out["ref_segmentation"] = self.segmentation[idx]  # (B, n_cam, H, W) of the original frames
         if future_offsets:

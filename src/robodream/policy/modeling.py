@@ -356,6 +356,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         indicator: torch.Tensor | None = None,
         z_latents: torch.Tensor | None = None,
         ref_segmentation: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Rectified-flow training loss ``L_video + lambda * L_action`` (Sec. 3.2), plus
         ``aux_state_weight * L_aux`` with an auxiliary state head, plus ``keypoint_loss_weight *
@@ -370,7 +371,11 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         ``indicator`` (B,) long and ``z_latents`` (B, N, C, h, w) are RAMP's labels, required by
         models conditioned on them (ignored by the others): in training mode each is dropped per
         sample with probability ``condition_dropout`` (:meth:`condition_drops`; the logs hold the
-        dropped fractions). Returns the scalar loss and a dict of its parts.
+        dropped fractions). ``sample_weight`` (B,) >= 0 weights each sample's action loss (AWR,
+        Peng et al. 2019): ``L_action = sum_b w_b sum_h m_bh e_bh / sum_b w_b sum_h m_bh`` with
+        ``m`` the non-pad mask and ``e`` the per-step velocity error (the unweighted loss when all
+        ``w_b`` are equal); the video, auxiliary and keypoint losses stay unweighted. Returns the
+        scalar loss and a dict of its parts.
 
         Raises:
             ValueError: missing future latents (video models), ``env_state`` (auxiliary head),
@@ -408,11 +413,11 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         v_a, v_f, prefix, kp_log_prob = self._velocity_and_prefix(state, ref_latents, a_t, task_index, t, f_t,
                                                                   ref_frames, indicator, z_latents, z_drop)
         err_a = (v_a.float() - velocity_target(actions, eps_a)).pow(2).mean(-1)  # (B, H)
-        if action_is_pad is not None:
-            w = (~action_is_pad).float()
-            loss_action = (err_a * w).sum() / w.sum().clamp_min(1.0)
-        else:
-            loss_action = err_a.mean()
+        w = (~action_is_pad).float() if action_is_pad is not None else torch.ones_like(err_a)
+        if sample_weight is not None:
+            w = w * sample_weight.to(dev, torch.float32).unsqueeze(1)
+            logs["sample_weight_mean"] = float(sample_weight.float().mean())
+        loss_action = (err_a * w).sum() / w.sum().clamp_min(1e-8 if sample_weight is not None else 1.0)
         loss = cfg.action_loss_weight * loss_action
         logs["loss_action"] = float(loss_action.detach())
         if cfg.n_future:

@@ -32,7 +32,7 @@ from robodream.data.windows import EpisodeTable
 from robodream.errors import ConfigError, DatasetError
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
-from robodream.rl.labels import attach_labels, match_labels
+from robodream.rl.labels import DEFAULT_AWR_BETA, DEFAULT_AWR_MAX_WEIGHT, attach_labels, match_labels
 from robodream.tokenizer.train import load_tokenizer
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
 from robodream.train.run_dir import Run, load_latent_run
@@ -72,6 +72,11 @@ class PolicyRunConfig:
     # RAMP labels (robodream relabel): one or more files that together label every --data dataset;
     # required by advantage- or future-conditioned models, and only by them.
     labels: tuple[str, ...] = ()
+    # AWR (Peng et al. 2019): weight each sample's action loss by min(exp(A / awr_beta), awr_max_weight),
+    # A the labels' advantage (reads --labels; the model need not be RAMP-conditioned).
+    advantage_weighting: bool = False
+    awr_beta: float = DEFAULT_AWR_BETA  # temperature, reward units, > 0
+    awr_max_weight: float = DEFAULT_AWR_MAX_WEIGHT  # weight clip w_max, > 0
     world_model: str = ""  # filled from the labels: the world-model run that made them (standard mode's z)
     model_type: str = MODEL_TYPE
 
@@ -90,14 +95,22 @@ class PolicyRunConfig:
             raise ConfigError(f"data_weight needs one weight >= 0 per dataset ({len(self.data)}), not all 0, "
                               f"got {list(self.data_weight)}")
         self.labels = tuple(self.labels)
+        if not (self.awr_beta > 0 and self.awr_max_weight > 0):
+            raise ConfigError(f"awr_beta and awr_max_weight must be > 0, got {self.awr_beta}, {self.awr_max_weight}")
 
     def check_labels(self) -> None:
-        """Labels exactly when the model is RAMP-conditioned.
+        """Labels exactly when the model is RAMP-conditioned or advantage-weighted (AWR).
 
         Raises:
-            ConfigError: a conditioned model without ``labels``, or ``labels`` for one that is not.
+            ConfigError: a conditioned or weighted model without ``labels``, or ``labels`` for one
+                that is neither.
         """
         m = self.model
+        if self.advantage_weighting and not self.labels:
+            raise ConfigError("advantage_weighting (AWR) weights samples by the labels' advantages: pass --labels FILE "
+                              "(made by robodream relabel)")
+        if self.advantage_weighting:
+            return
         if m.ramp_conditioned and not self.labels:
             raise ConfigError("advantage_conditioning / future_conditioning train on RAMP's labels: pass --labels FILE "
                               "(made by robodream relabel --data ... --world-model RUN)")
@@ -150,8 +163,9 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         m.image_size = tokenizer.cfg.image_size
         m.__post_init__()
         record_provenance(cfg, datasets)
-        if labels is not None:
-            attach_labels(train_eps + held_eps, labels)
+        if labels is not None:  # validation windows carry the weights too: the held-out loss is the trained one
+            attach_labels(train_eps + held_eps, labels, conditioning=m.ramp_conditioned,
+                          awr=(cfg.awr_beta, cfg.awr_max_weight) if cfg.advantage_weighting else None)
 
         train_table = EpisodeTable.from_episodes(train_eps)
         held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
@@ -241,13 +255,15 @@ def check_segmentation(datasets: list[LeRobotDataset], cameras: list[str], cfg: 
         raise ConfigError("keypoint_targets and augment_views cannot be combined (segmentation is not augmented)")
 
 
-def _prepare(model: GigaWorldPolicy, w: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+def _prepare(model: GigaWorldPolicy, w: dict[str, torch.Tensor], device, keep_weight: bool = True) -> dict[str, torch.Tensor]:
     """Normalise state/actions of a window batch and move it to ``device`` (RAMP's labels only for
-    a model conditioned on them)."""
+    a model conditioned on them; AWR's ``sample_weight`` where the table has it and ``keep_weight``)."""
     if model.indicator_embedding is None:
         w.pop("indicator", None)
     if model.z_in is None:
         w.pop("z_latents", None)
+    if not keep_weight:
+        w.pop("sample_weight", None)
     w = {k: v.to(device) for k, v in w.items()}
     w["state"] = model.normalize_state(w["state"])
     w["actions"] = model.normalize_action(w["actions"])

@@ -1,4 +1,5 @@
-"""CLI verb of RAMP's labels: ``robodream relabel`` (convention: :mod:`robodream.utils.cli`)."""
+"""CLI verbs of RAMP: ``robodream relabel``, ``robodream train ramp`` (the loop and its baselines)
+and ``robodream bench rl`` (convention: :mod:`robodream.utils.cli`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from robodream.utils.cli import Apps, out_console, print_table, user_errors
+from robodream.utils.cli import Apps, config_verb, log, out_console, print_table, user_errors
 
 
 def relabel_cmd(
@@ -36,6 +37,75 @@ def relabel_cmd(
     out_console.print(f"{r['achieved_positive_fraction']:.1%} of {r['n_frames']} frames positive; written to {out}")
 
 
+def _loop_config(overrides: dict, data: list[Path], tokenizer: Path):
+    from robodream.config import deep_merge, from_dict, to_dict
+    from robodream.rl.loop import RampLoopConfig
+
+    base = to_dict(RampLoopConfig())
+    return from_dict(RampLoopConfig, deep_merge(base, {**overrides, "data": [str(d) for d in data],
+                                                       "tokenizer": str(tokenizer)}))
+
+
+def _ci(r: dict) -> str:
+    return f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+
+
+def train_ramp_cmd(
+    overrides: dict,
+    data: Annotated[list[Path], typer.Option(help="demonstration dataset with next.reward (repeat for several)")],
+    tokenizer: Annotated[Path, typer.Option(help="an existing tokenizer run (reused by every model of the loop)")],
+    out: Annotated[Path, typer.Option(help="loop directory (rerun the same command to continue)")],
+    overwrite: Annotated[bool, typer.Option(help="start over a loop directory that holds other settings (its rounds are removed)")] = False,
+) -> None:
+    """RAMP's loop (or a baseline, --method): pre-train, then per round rollouts with takeover ->
+    relabel -> retrain world model and policy on demos + all rollouts -> evaluate. Resumable."""
+    from robodream.rl.loop import run_ramp_loop
+
+    cfg = _loop_config(overrides, data, tokenizer)
+    s = run_ramp_loop(cfg, out, log=log, overwrite=overwrite)
+    print_table(f"train ramp ({s['method']}): success per round", ["task", *[f"round {k}" for k in
+                                                                             range(s["n_rounds_done"])], "final 95% CI"],
+                [[t, *ys, _ci(s["final"][t])] for t, ys in s["success"].items()]
+                + [["mean", *s["mean_success"], ""]])
+    out_console.print(f"{s['rollouts']} rollouts, {s['intervention_steps']} intervention steps; metrics "
+                      f"{out / 'metrics.json'}, curve {out / 'success_curve.png'}")
+
+
+def bench_rl_cmd(
+    overrides: dict,
+    data: Annotated[list[Path], typer.Option(help="demonstration dataset with next.reward (repeat for several)")],
+    tokenizer: Annotated[Path, typer.Option(help="an existing tokenizer run")],
+    out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/rl.json"),
+    work: Annotated[Path, typer.Option(help="loop directories, WORK/<method> (resumable)")] = Path("outputs/bench_rl"),
+    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "ramp,recap,awr,hgdagger",
+    quick: Annotated[bool, typer.Option(help="tiny settings, about a minute per method (a smoke test, "
+                                             "not a measurement)")] = False,
+) -> None:
+    """RAMP vs RECAP vs AWR vs HG-DAgger in one harness: same data, rounds, rollouts and evaluation."""
+    from robodream.rl.loop import run_rl_bench
+    from robodream.utils.io import atomic_write_json
+
+    cfg = _loop_config(overrides, data, tokenizer)
+    r = run_rl_bench(cfg, work, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), quick=quick,
+                     log=log)
+    atomic_write_json(out, r)
+    res = r["results"]
+    n = max(len(v["mean_success"]) for v in res.values())
+    print_table("bench rl: mean success per round" + (" (quick: not a measurement)" if quick else ""),
+                ["method", *[f"round {k}" for k in range(n)], "rollouts", "intervention steps"],
+                [[m, *v["mean_success"], v["rollouts"], v["intervention_steps"]] for m, v in res.items()],
+                label_column=True)
+    print_table("final success per task (95% CI)", ["method", *r["tasks"]],
+                [[m, *[f"{v['final'][t]['success_rate']:.2f} {_ci(v['final'][t])}" for t in r["tasks"]]]
+                 for m, v in res.items()], label_column=True)
+    out_console.print(f"written to {out}")
+
+
 def register(apps: Apps) -> None:
-    """Add ``relabel``."""
+    """Add ``relabel``, ``train ramp`` and ``bench rl``."""
+    from robodream.rl.loop import RampLoopConfig
+
     apps.root.command("relabel")(user_errors(relabel_cmd))
+    apps.train.command("ramp")(user_errors(config_verb(RampLoopConfig, exclude=("data", "tokenizer"))(train_ramp_cmd)))
+    apps.bench.command("rl")(user_errors(config_verb(RampLoopConfig, exclude=("data", "tokenizer", "method"))(
+        bench_rl_cmd)))

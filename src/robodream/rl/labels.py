@@ -282,6 +282,7 @@ class DatasetLabels:
     z: torch.Tensor  # (T, N, C, h, w) float16 future latents
     episode_lengths: list[int]
     file: str  # the labels file they come from
+    advantage: torch.Tensor | None = None  # (T,) float32 n-step TD advantages (AWR's weights)
 
 
 def match_labels(files: list[str | os.PathLike] | tuple[str, ...], datasets: list) -> tuple[list[DatasetLabels], dict]:
@@ -311,7 +312,8 @@ def match_labels(files: list[str | os.PathLike] | tuple[str, ...], datasets: lis
                 raise ConfigError(f"dataset {entry['root']} is labelled by both {found[entry['root']].file} and {file}")
             k = entry["key"]
             found[entry["root"]] = DatasetLabels(tensors[f"{k}.indicator"], tensors[f"{k}.z"],
-                                                 list(entry["episode_lengths"]), str(file))
+                                                 list(entry["episode_lengths"]), str(file),
+                                                 advantage=tensors.get(f"{k}.advantage"))
     if len(world_models) > 1:
         raise ConfigError(f"the labels files come from different world models {sorted(w for w, _ in world_models)}; "
                           "relabel every dataset with one")
@@ -332,16 +334,51 @@ def match_labels(files: list[str | os.PathLike] | tuple[str, ...], datasets: lis
     return out, summary
 
 
-def attach_labels(episodes: list[dict], labels: list[DatasetLabels]) -> None:
-    """Add ``indicator`` (T,) uint8 and ``z`` (T, N, C, h, w) float16 to encoded episodes (dicts
-    of :func:`~robodream.data.latents.encode_dataset` with ``source`` and ``episode_index``),
-    from ``labels[source]``; in place."""
+def attach_labels(episodes: list[dict], labels: list[DatasetLabels], *, conditioning: bool = True,
+                  awr: tuple[float, float] | None = None) -> None:
+    """Add ``indicator`` (T,) uint8 and ``z`` (T, N, C, h, w) float16 (``conditioning``) and, with
+    ``awr = (beta, w_max)``, ``sample_weight`` (T,) float32 = :func:`awr_weights` of the
+    advantages, to encoded episodes (dicts of :func:`~robodream.data.latents.encode_dataset` with
+    ``source`` and ``episode_index``), from ``labels[source]``; in place.
+
+    Raises:
+        DatasetError: ``awr`` and a labels file without advantages.
+    """
     starts = [np.concatenate([[0], np.cumsum(lab.episode_lengths)]) for lab in labels]
+    if awr is not None:
+        for lab in labels:
+            if lab.advantage is None:
+                raise DatasetError(f"{lab.file} holds no advantages (AWR weights); run robodream relabel again")
     for e in episodes:
         d, i = int(e["source"]), int(e["episode_index"])
         s0, T = int(starts[d][i]), len(e["action"])
-        e["indicator"] = labels[d].indicator[s0:s0 + T]
-        e["z"] = labels[d].z[s0:s0 + T]
+        if conditioning:
+            e["indicator"] = labels[d].indicator[s0:s0 + T]
+            e["z"] = labels[d].z[s0:s0 + T]
+        if awr is not None:
+            e["sample_weight"] = awr_weights(labels[d].advantage[s0:s0 + T], *awr)
+
+
+#: AWR's temperature and weight clip defaults (Peng et al. 2019, "Advantage-Weighted Regression",
+#: arXiv 1910.00177, use beta = 0.05 on normalised advantages and w_max = 20); our advantages are
+#: in reward units (RAMP's -1 per step, so |A| ~ 1 per step of progress), hence beta = 1.
+DEFAULT_AWR_BETA = 1.0
+DEFAULT_AWR_MAX_WEIGHT = 20.0
+
+
+def awr_weights(advantage: torch.Tensor, beta: float = DEFAULT_AWR_BETA,
+                max_weight: float = DEFAULT_AWR_MAX_WEIGHT) -> torch.Tensor:
+    """AWR's per-sample weights ``w = min(exp(A / beta), w_max)`` (Peng et al. 2019, Eq. 8 with
+    the weight clip of their implementation): ``advantage`` (T,) in reward units, ``beta`` > 0
+    (same units), ``max_weight`` > 0 -> (T,) float32.
+
+    Raises:
+        ConfigError: ``beta`` or ``max_weight`` <= 0.
+    """
+    if not (beta > 0 and max_weight > 0):
+        raise ConfigError(f"awr_beta and awr_max_weight must be > 0, got {beta}, {max_weight}")
+    a = torch.as_tensor(advantage, dtype=torch.float64)
+    return torch.clamp(torch.exp(a / beta), max=max_weight).float()
 
 
 # ----------------------------------------------------------------------------- inference

@@ -1,0 +1,394 @@
+"""The RAMP training loop and its baselines, in one resumable harness (issue 15, items 6-7).
+
+``robodream train ramp --data DEMOS --tokenizer TOK --out RUN`` calls :func:`run_ramp_loop`,
+GigaBrain-0.5M*'s RAMP loop (arXiv 2602.12099): pre-train on the demonstrations, then per round
+roll the current policy out with takeover, relabel every frame with the current value world
+model and co-train the world model and the policy on demos + all rollouts so far. The same
+harness, data budget, rounds and evaluation run the baselines (``method``):
+
+- ``ramp``: policy conditioned on the advantage indicator ``I`` and the world model's future
+  latent ``z`` (condition dropout), evaluated in ``mode="standard"`` (one world-model step per
+  chunk predicts ``z``), ``I = 1``.
+- ``recap``: pi*0.6's RECAP (Physical Intelligence 2025): advantage-indicator conditioning
+  without ``z``, evaluated ``mode="efficient"``, ``I = 1``.
+- ``awr``: advantage-weighted regression (Peng et al. 2019, arXiv 1910.00177): a plain policy
+  whose per-sample action loss is weighted ``min(exp(A / beta), w_max)``
+  (:func:`robodream.rl.labels.awr_weights`).
+- ``hgdagger``: HG-DAgger (Kelly et al., ICRA 2019): plain flow-matching BC on demos + every
+  rollout frame (the policy's own and the takeover's actions alike; the rollouts' intervention
+  flags are not used as a filter); no world model, no labels.
+
+Layout of ``RUN`` (every stage is skipped when its output is complete, so a killed loop is
+continued by running the same command again; training runs resume from their last checkpoint)::
+
+    loop.json                       the loop's config (another config in RUN is refused)
+    round_0/world_model/            value world model on the demos          (not hgdagger)
+    round_0/labels.safetensors      advantages / I / z of the demos         (not hgdagger)
+    round_0/policy/                 the pre-trained policy
+    round_0/eval/<task>/            evaluate_policy: results.json, MP4s
+    round_0/metrics.json
+    round_k/rollouts/<task>/        record_rollouts of round k-1's policy, with takeover
+    round_k/world_model/ ...        retrained on demos + rollouts of rounds 1..k (as round 0)
+    metrics.json, success_curve.png updated after every round
+
+World model and policy are retrained from scratch each round with fixed steps
+(``round_*_steps``): the training runs have no initialisation from other weights, so there is
+no cheaper fine-tune; every method gets the same steps, so the budget stays equal.
+
+Rollout seeds need no bookkeeping: :func:`~robodream.rl.rollout.default_rollout_seed` starts
+above every training seed of the policy, so round k's rollouts (made by a policy trained on
+rounds < k) are on new seeds; every method sees the same seeds in the same round. Evaluation:
+:func:`~robodream.eval.policy_eval.evaluate_policy` for every method, round and task, from
+``eval_seed`` (default ``DEFAULT_EVAL_SEED``), so all success rates are on the same episodes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from robodream.config import from_dict, to_dict
+from robodream.data.collect import dataset_provenance
+from robodream.data.lerobot import LeRobotDataset
+from robodream.errors import ConfigError, DatasetError
+from robodream.eval.metrics import wilson_interval
+from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
+from robodream.pipeline import dataset_complete, run_complete, training_seconds
+from robodream.policy.configuration import PolicyConfig
+from robodream.policy.train import PolicyRunConfig, default_policy_train, train_policy
+from robodream.rl.labels import (
+    DEFAULT_AWR_BETA,
+    DEFAULT_AWR_MAX_WEIGHT,
+    DEFAULT_POSITIVE_FRACTION,
+    read_labels,
+    relabel,
+)
+from robodream.rl.rollout import record_rollouts
+from robodream.rl.takeover import TakeoverConfig
+from robodream.train.loop import TrainConfig
+from robodream.utils.io import atomic_write_json, read_json
+from robodream.utils.run import code_version, environment_info, now
+from robodream.world_model.configuration import WorldModelConfig
+from robodream.world_model.train import WorldModelRunConfig, default_world_model_train, train_world_model
+
+METHODS = ("ramp", "recap", "awr", "hgdagger")
+#: The file of the loop's config in RUN.
+LOOP_FILE = "loop.json"
+
+
+def default_loop_world_model() -> WorldModelConfig:
+    """A value world model (``state_value`` frame) trained with action dropout (RAMP's action-free ``z``)."""
+    return WorldModelConfig(value_frame="state_value", action_drop_prob=0.3)
+
+
+@dataclass
+class RampLoopConfig:
+    """Everything a RAMP loop (or baseline) needs; saved as RUN/loop.json."""
+
+    data: tuple[str, ...] = ()  # demonstration datasets (robodream collect, with next.reward)
+    tokenizer: str = ""  # an existing tokenizer run (reused by every world model and policy)
+    tasks: tuple[str, ...] = ()  # Meta-World tasks rolled out and evaluated (default: the datasets' tasks)
+    method: str = "ramp"  # ramp, recap, awr or hgdagger
+    rounds: int = 3  # rounds of rollouts + retraining after the pre-training round 0
+    rollouts: int = 50  # rollout episodes per task and round
+    eval_episodes: int = 50  # evaluation episodes per task and round
+    eval_seed: int = DEFAULT_EVAL_SEED  # first evaluation env seed (the same for every method and round)
+    max_steps: int = 500  # episode step limit of rollouts and evaluation
+    videos: int = 2  # evaluation episodes per task saved as MP4
+    takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
+    world_model: WorldModelConfig = field(default_factory=default_loop_world_model)
+    world_model_train: TrainConfig = field(default_factory=default_world_model_train)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policy_train: TrainConfig = field(default_factory=default_policy_train)
+    round_world_model_steps: int = 0  # world-model steps of rounds >= 1 (0: world_model_train.steps)
+    round_policy_steps: int = 0  # policy steps of rounds >= 1 (0: policy_train.steps)
+    positive_fraction: float = DEFAULT_POSITIVE_FRACTION  # fraction of frames labelled I = 1 (sets eps)
+    value_steps: int = 0  # Euler steps of each value prediction in relabel (0: the world model's)
+    awr_beta: float = DEFAULT_AWR_BETA  # AWR temperature, reward units
+    awr_max_weight: float = DEFAULT_AWR_MAX_WEIGHT  # AWR weight clip w_max
+    condition_dropout: float = 0.2  # RAMP/RECAP: per-sample dropout of I and z in training
+    seed: int = 0  # training seed of every world model and policy, and relabel's noise seed
+    workers: int = 1  # rollout processes of rollouts and evaluation (results do not depend on it)
+    threads: int = 0  # torch threads per rollout process (0: 2 with one worker, 1 with several)
+
+    def __post_init__(self) -> None:
+        self.data, self.tasks = tuple(self.data), tuple(self.tasks)
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.rounds < 0 or self.rollouts < 1 or self.eval_episodes < 1 or self.max_steps < 1:
+            raise ConfigError(f"rounds must be >= 0 and rollouts, eval_episodes, max_steps >= 1, got {self.rounds}, "
+                              f"{self.rollouts}, {self.eval_episodes}, {self.max_steps}")
+        if not 0 < self.positive_fraction < 1:
+            raise ConfigError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
+        if self.round_world_model_steps < 0 or self.round_policy_steps < 0 or self.value_steps < 0:
+            raise ConfigError("round_world_model_steps, round_policy_steps and value_steps must be >= 0")
+
+    @property
+    def uses_world_model(self) -> bool:
+        return self.method != "hgdagger"
+
+    @property
+    def eval_mode(self) -> str | None:
+        """The inference mode of rollouts and evaluation (I = 1 for the conditioned methods)."""
+        return {"ramp": "standard", "recap": "efficient"}.get(self.method)
+
+    def policy_run_config(self, data: tuple[str, ...], labels: str | None, steps: int) -> PolicyRunConfig:
+        """The method's policy run on ``data`` (``labels``: the round's labels file)."""
+        m = self.method
+        model = replace(self.policy, advantage_conditioning=m in ("ramp", "recap"), future_conditioning=m == "ramp",
+                        condition_dropout=self.condition_dropout if m in ("ramp", "recap") else self.policy.condition_dropout)
+        return PolicyRunConfig(data=data, tokenizer=self.tokenizer, model=model,
+                               train=replace(self.policy_train, steps=steps, seed=self.seed),
+                               labels=(labels,) if labels and m != "hgdagger" else (),
+                               advantage_weighting=m == "awr", awr_beta=self.awr_beta,
+                               awr_max_weight=self.awr_max_weight)
+
+
+def infer_tasks(data: tuple[str, ...]) -> tuple[str, ...]:
+    """The Meta-World tasks of datasets, from their ``meta/robodream.json`` (in order, unique).
+
+    Raises:
+        DatasetError: a dataset without robodream provenance (pass ``tasks``).
+    """
+    tasks = []
+    for d in data:
+        prov = dataset_provenance(LeRobotDataset(d))
+        if not prov or "task" not in prov:
+            raise DatasetError(f"{d} has no robodream provenance naming its task; pass --tasks")
+        if prov["task"] not in tasks:
+            tasks.append(prov["task"])
+    return tuple(tasks)
+
+
+def check_loop_dir(out: Path, cfg: RampLoopConfig, overwrite: bool) -> None:
+    """Write ``loop.json`` or check it: the same config continues, another one is refused.
+
+    With ``overwrite`` a loop of other settings is started over: its rounds, metrics and curve
+    are removed first (nothing else in ``out``).
+
+    Raises:
+        ConfigError: ``out`` holds a loop of another config (and not ``overwrite``), or is a
+            non-empty directory that is no loop.
+    """
+    file = out / LOOP_FILE
+    new = to_dict(cfg)
+    if file.is_file():
+        old = read_json(file)
+        if old != new:
+            if not overwrite:
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise ConfigError(f"{out} holds a loop with other settings ({', '.join(diff)}); rerun with the same "
+                                  "settings to continue, choose another --out, or pass --overwrite to start it over")
+            for p in [*out.glob("round_*"), out / "metrics.json", out / "success_curve.png"]:
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not a RAMP loop; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(file, new)
+
+
+def labels_meta(file: Path) -> dict[str, Any]:
+    """The metadata of a labels file (eps, positive fractions, ...)."""
+    return read_labels(file)[0]
+
+
+def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or continue) the loop of ``cfg.method`` in ``out``; returns the content of RUN/metrics.json.
+
+    Returns:
+        ``{"method", "tasks", "rounds": [round metrics...], "mean_success": [per round],
+        "success": {task: [per round]}, "rollouts", "intervention_steps", "config", "code",
+        "environment"}``; a round's metrics (RUN/round_k/metrics.json) hold per task success_rate,
+        n_episodes, ci95 (Wilson), eval dir; the rollouts' episodes, frames, intervention steps
+        and fraction; the labels' eps and positive fraction; training wall seconds.
+
+    Raises:
+        ConfigError: bad settings, or ``out`` holds another loop (see :func:`check_loop_dir`).
+        DatasetError, CheckpointError: from the stages (datasets, tokenizer run).
+    """
+    out = Path(out)
+    if not cfg.data:
+        raise ConfigError("at least one demonstration dataset is required (--data)")
+    if not cfg.tokenizer:
+        raise ConfigError("--tokenizer RUN is required (the loop reuses an existing tokenizer run)")
+    if not cfg.tasks:
+        cfg = replace(cfg, tasks=infer_tasks(cfg.data))
+    check_loop_dir(out, cfg, overwrite)
+    rounds = []
+    for k in range(cfg.rounds + 1):
+        rounds.append(run_round(cfg, out, k, log=log))
+        write_summary(cfg, out, rounds)
+    return read_json(out / "metrics.json")
+
+
+def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str, Any]:
+    """Round ``k`` of the loop (see the module docstring); its stages skip complete outputs."""
+    rd = out / f"round_{k}"
+    rd.mkdir(parents=True, exist_ok=True)
+    old = read_json(rd / "metrics.json") if (rd / "metrics.json").is_file() else {}
+    # wall seconds of the stages run by this call; a skipped stage keeps its earlier time
+    metrics: dict[str, Any] = {"round": k, "method": cfg.method, "timings_s": dict(old.get("timings_s", {}))}
+    ran: set[str] = set()
+    threads = cfg.threads or (2 if cfg.workers == 1 else 1)
+    data = list(cfg.data)
+    for j in range(1, k + 1):  # every rollout so far; this round's are made here
+        data += [str(out / f"round_{j}" / "rollouts" / t) for t in cfg.tasks]
+
+    if k >= 1:  # rollouts of the previous round's policy, with takeover
+        t0 = time.perf_counter()
+        prev = out / f"round_{k - 1}" / "policy"
+        roll = {}
+        for task in cfg.tasks:
+            path = rd / "rollouts" / task
+            if not dataset_complete(path):
+                log(f"round {k}: {cfg.rollouts} rollouts of {task} with takeover -> {path}")
+                ran.add("rollouts")
+                record_rollouts(prev, task, cfg.rollouts, path, takeover=cfg.takeover, max_steps=cfg.max_steps,
+                                mode=cfg.eval_mode, threads=threads, workers=cfg.workers, overwrite=path.exists())
+            r = read_json(path / "meta" / "results.json")
+            roll[task] = {key: r.get(key) for key in ("n_episodes", "success_rate", "intervention_steps",
+                                                       "intervention_fraction", "mean_intervention_fraction")}
+            roll[task]["seeds"] = [r["seeds"][0], r["seeds"][-1]] if r.get("seeds") else None
+        metrics["rollouts"] = roll
+        if "rollouts" in ran or "rollouts" not in metrics["timings_s"]:
+            metrics["timings_s"]["rollouts"] = time.perf_counter() - t0
+
+    labels = None
+    if cfg.uses_world_model:
+        wm = rd / "world_model"
+        if not run_complete(wm):
+            steps = cfg.world_model_train.steps if k == 0 else (cfg.round_world_model_steps or cfg.world_model_train.steps)
+            log(f"round {k}: training the value world model on {len(data)} datasets -> {wm}")
+            train_world_model(WorldModelRunConfig(data=tuple(data), tokenizer=cfg.tokenizer,
+                                                  model=from_dict(WorldModelConfig, to_dict(cfg.world_model)),
+                                                  train=replace(cfg.world_model_train, steps=steps, seed=cfg.seed)),
+                              wm, resume=wm.exists())
+        metrics["timings_s"]["world_model_train"] = training_seconds(wm)
+        labels = rd / "labels.safetensors"
+        if not labels.is_file():
+            log(f"round {k}: relabelling {len(data)} datasets -> {labels}")
+            relabel(data, wm, labels, positive_fraction=cfg.positive_fraction, value_steps=cfg.value_steps or None,
+                    seed=cfg.seed)
+        meta = labels_meta(labels)
+        metrics["labels"] = {"eps": meta.get("eps"), "positive_fraction": meta.get("positive_fraction"),
+                             "achieved_positive_fraction": meta.get("achieved_positive_fraction")}
+
+    pol = rd / "policy"
+    if not run_complete(pol):
+        steps = cfg.policy_train.steps if k == 0 else (cfg.round_policy_steps or cfg.policy_train.steps)
+        log(f"round {k}: training the {cfg.method} policy on {len(data)} datasets -> {pol}")
+        train_policy(cfg.policy_run_config(tuple(data), str(labels) if labels else None, steps), pol,
+                     resume=pol.exists())
+    metrics["timings_s"]["policy_train"] = training_seconds(pol)
+
+    t0 = time.perf_counter()
+    per_task = {}
+    for task in cfg.tasks:
+        ev = rd / "eval" / task
+        if (ev / "results.json").is_file():
+            r = read_json(ev / "results.json")
+        else:
+            log(f"round {k}: evaluating on {task} ({cfg.eval_episodes} episodes) -> {ev}")
+            ran.add("eval")
+            r = evaluate_policy(pol, task, cfg.eval_episodes, ev, seed_start=cfg.eval_seed, max_steps=cfg.max_steps,
+                                n_videos=cfg.videos, mode=cfg.eval_mode, threads=threads, workers=cfg.workers,
+                                overwrite=ev.exists())
+        per_task[task] = {"success_rate": r["success_rate"], "n_episodes": r["n_episodes"],
+                          "ci95": list(r.get("ci95") or wilson_interval(round(r["success_rate"] * r["n_episodes"]),
+                                                                        r["n_episodes"])),
+                          "mode": r.get("mode"), "out": str(ev)}
+    if "eval" in ran or "eval" not in metrics["timings_s"]:
+        metrics["timings_s"]["eval"] = time.perf_counter() - t0
+    metrics["per_task"] = per_task
+    metrics["mean_success"] = sum(v["success_rate"] for v in per_task.values()) / len(per_task)
+    atomic_write_json(rd / "metrics.json", metrics)
+    return metrics
+
+
+def write_summary(cfg: RampLoopConfig, out: Path, rounds: list[dict[str, Any]]) -> None:
+    """RUN/metrics.json and RUN/success_curve.png from the rounds done so far."""
+    success = {t: [r["per_task"][t]["success_rate"] for r in rounds] for t in cfg.tasks}
+    roll = [r.get("rollouts", {}) for r in rounds]
+    summary = {
+        "method": cfg.method, "tasks": list(cfg.tasks), "n_rounds_done": len(rounds),
+        "mean_success": [r["mean_success"] for r in rounds], "success": success,
+        "final": rounds[-1]["per_task"],
+        "rollouts": sum(v.get("n_episodes") or 0 for r in roll for v in r.values()),
+        "intervention_steps": sum(v.get("intervention_steps") or 0 for r in roll for v in r.values()),
+        "rounds": rounds, "config": to_dict(cfg), "updated": now(), "code": code_version(),
+        "environment": environment_info(),
+    }
+    atomic_write_json(out / "metrics.json", summary)
+    plot_success_curve(summary, out / "success_curve.png")
+
+
+def plot_success_curve(summary: dict[str, Any], path: Path) -> None:
+    """Success rate vs round, one line per task and the mean (bold); written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for task, ys in summary["success"].items():
+        ax.plot(range(len(ys)), ys, marker="o", alpha=0.7, label=task)
+    ax.plot(range(len(summary["mean_success"])), summary["mean_success"], marker="s", color="k", lw=2.5, label="mean")
+    ax.set(xlabel="round", ylabel="success rate", ylim=(-0.02, 1.02), title=f"{summary['method']}: success per round")
+    ax.set_xticks(range(len(summary["mean_success"])))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- bench rl
+def quick_loop_config(cfg: RampLoopConfig) -> RampLoopConfig:
+    """``cfg`` on tiny settings that finish in about a minute per method on 2 CPU cores (a smoke
+    test of the harness, never a measurement): 1 round, 2 rollouts and 2 evaluation episodes of
+    at most 30 steps (or ``cfg.max_steps`` if lower) per task, 32-wide one-layer models trained for a few steps."""
+    wm = replace(cfg.world_model, dim=24, n_heads=2, depth=1, n_future_frames=2, frame_stride=2, window=(0, 3, 3),
+                 text_encoder="")
+    pol = replace(cfg.policy, dim=32, depth=1, horizon=8, n_action_steps=4, video_stride=4, action_expert_dim=16)
+    return replace(cfg, rounds=1, rollouts=2, eval_episodes=2, max_steps=min(cfg.max_steps, 30), videos=1, value_steps=2, world_model=wm,
+                   world_model_train=replace(cfg.world_model_train, steps=2, batch_size=4, warmup_steps=1,
+                                             val_every=0, checkpoint_every=1),
+                   policy=pol, policy_train=replace(cfg.policy_train, steps=3, batch_size=8, warmup_steps=1,
+                                                    val_every=0, checkpoint_every=1),
+                   round_world_model_steps=0, round_policy_steps=0)
+
+
+def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, ...] = METHODS, quick: bool = False,
+                 log=print) -> dict[str, Any]:
+    """Run the loop of every method in ``work/<method>`` with the same settings, data and budget.
+
+    Returns:
+        the benchmark JSON: ``benchmark = "rl"``, created, code, environment, quick, the settings
+        (``config``, without ``method``), and per method its round curve (``mean_success``),
+        final per-task success with CI, rollouts and intervention steps used, and RUN path.
+
+    Raises:
+        ConfigError: an unknown method, or bad settings (as :func:`run_ramp_loop`).
+    """
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods must name some of {', '.join(METHODS)}, got {', '.join(methods) or 'none'}")
+    if quick:
+        cfg = quick_loop_config(cfg)
+    if not cfg.tasks:
+        cfg = replace(cfg, tasks=infer_tasks(cfg.data))
+    work = Path(work)
+    res: dict[str, Any] = {}
+    for m in methods:
+        log(f"bench rl: method {m} -> {work / m}")
+        s = run_ramp_loop(replace(cfg, method=m), work / m, log=log)
+        res[m] = {"mean_success": s["mean_success"], "success": s["success"], "final": s["final"],
+                  "rollouts": s["rollouts"], "intervention_steps": s["intervention_steps"], "run": str(work / m)}
+    settings = to_dict(cfg)
+    settings.pop("method")
+    return {"benchmark": "rl", "created": now(), "code": code_version(), "environment": environment_info(),
+            "quick": quick, "methods": list(methods), "tasks": list(cfg.tasks), "config": settings, "results": res}
