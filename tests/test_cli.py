@@ -179,7 +179,9 @@ def test_demo_and_bench_success(tmp_path):
     assert "reach-v3" in res.output and (tmp_path / "demo" / "policy_summary.json").is_file()
     assert json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["model"]["pixel_stem_width"] == 8
     meta = json.loads((tmp_path / "demo" / "data" / "reach-v3" / "meta" / "robodream.json").read_text())
-    assert meta["collect"]["expert_target"] == "tcp"
+    assert meta["collect"]["expert_target"] == "tcp" and meta["collect"]["with_segmentation"]
+    model = json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["model"]
+    assert model["keypoint_targets"] == ["goal", "object"]  # the recipes' supervised keypoints
     run("bench", "success", "--out", tmp_path / "s.json", "--work", tmp_path / "bs", "--recipe", recipe)
     s = json.loads((tmp_path / "s.json").read_text())
     assert set(s["per_task"]) == {"reach-v3"} and "ablation_no_video" in s
