@@ -7,17 +7,7 @@ from __future__ import annotations
 
 import json
 
-from typer.testing import CliRunner
-
-from robodream.cli import app
-
-runner = CliRunner()
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
+from cli_helpers import run
 
 
 def test_quick_data_engine_bench_runs_and_resumes(tmp_path):

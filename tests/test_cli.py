@@ -8,21 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import TINY_POLICY, run
 from fixtures.lerobot_v30 import make_lerobot_v30_fixture
-from typer.testing import CliRunner
-
-from robodream.cli import app
-
-runner = CliRunner()
-
-TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--n-action-steps", "4", "--video-stride", "4",
-               "--action-expert-dim", "16", "--batch-size", "8"]
-
-
-def run(*args: str, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 @pytest.fixture(scope="module")

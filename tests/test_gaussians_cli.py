@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -24,12 +25,6 @@ runner = CliRunner()
 
 TINY = ["--views", "4", "--heldout", "2", "--image-size", "32", "--steps", "30", "--init-points", "400",
         "--threads", "1"]
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

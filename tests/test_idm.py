@@ -10,28 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import one_line_error, run
 
-from robodream.cli import app
 from robodream.data.windows import EpisodeTable
 from robodream.idm.modeling import IDMConfig, InverseDynamicsModel, label, label_video
 from robodream.idm.train import clip_batch
 
-runner = CliRunner()
 TINY_IDM = ["--dim", "32", "--depth", "1", "--n-heads", "2", "--horizon", "4", "--batch-size", "8"]
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
-
-
-def one_line_error(res, *needles: str) -> None:
-    err = res.output.strip()
-    assert err.startswith("error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 # ----------------------------------------------------------------------------- model

@@ -18,19 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import TINY_POLICY, run
 
-from robodream.cli import app
 from robodream.data.collect import CollectConfig, collect
 from robodream.data.lerobot import LeRobotDataset
 from robodream.envs.parallel import RolloutPool, WorkerError
 from robodream.errors import ConfigError, DatasetError
 
-runner = CliRunner()
 ROBODREAM = str(Path(sys.executable).parent / "robodream")
 
-TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--n-action-steps", "4", "--video-stride", "4",
-               "--action-expert-dim", "16", "--batch-size", "8"]
 # reach-v3 at 45 steps: the expert fails seeds 0, 1, 4 and solves 2, 3, 5, so collecting 3
 # episodes keeps [2, 3, 5], discards [0, 1, 4] and (attempts up to 3x) lets a second worker
 # start seeds past 5 that must be dropped.
@@ -38,12 +34,6 @@ TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--n-action-step
 COLLECT = CollectConfig(task="reach-v3", episodes=3, image_size=32, max_steps=45, post_success_steps=4,
                         max_attempts_factor=3.0, video_codec="h264-rgb", expert_target="hand")
 EVAL = ["--task", "reach-v3", "--episodes", "3", "--max-steps", "10", "--videos", "3"]
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 def _one_line_error(output: str, *needles: str) -> None:

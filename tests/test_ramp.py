@@ -11,11 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY_POLICY, run
 from fixtures.lerobot_v30 import make_lerobot_v30_fixture
 from test_policy import inputs, random_policy, tiny_cfg
-from typer.testing import CliRunner
 
-from robodream.cli import app
 from robodream.config import from_dict, to_dict
 from robodream.data.windows import EpisodeTable
 from robodream.errors import ConfigError, DatasetError
@@ -33,21 +32,11 @@ from robodream.rl.labels import (
 from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.modeling import VideoWorldModel
 
-runner = CliRunner()
-
 TINY_WM = ["--dim", "24", "--n-heads", "2", "--depth", "1", "--n-future-frames", "2", "--frame-stride", "2",
            "--window", "0,3,3", "--batch-size", "4", "--text-encoder", "", "--value-frame", "state_value",
            "--action-drop-prob", "0.3"]
-TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--n-action-steps", "4", "--video-stride", "4",
-               "--action-expert-dim", "16", "--batch-size", "8"]
 RAMP = ["--advantage-conditioning", "--future-conditioning"]
 NEW_POLICY_NAMES = ("indicator_embedding", "z_in", "pos_z", "z_null")
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 def one_line_error(res, *needles: str) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run
 from test_policy import inputs, random_policy, tiny_cfg
-from test_ramp import one_line_error, run
+from test_ramp import one_line_error
 
 import robodream.rl.loop as loop
 from robodream.errors import ConfigError

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import TINY_POLICY, one_line_error, run
 
-from robodream.cli import app
 from robodream.errors import ConfigError
 from robodream.rl.takeover import (
     ExpertTakeover,
@@ -23,24 +22,7 @@ from robodream.rl.takeover import (
     make_takeover,
 )
 
-runner = CliRunner()
-
-TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--n-action-steps", "4", "--video-stride", "4",
-               "--action-expert-dim", "16", "--batch-size", "8"]
 IMG = np.zeros((1, 8, 8, 3), np.uint8)
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
-
-
-def one_line_error(res, *needles: str) -> None:
-    err = res.output.strip()
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 class FakeEnv:

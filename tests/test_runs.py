@@ -12,31 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY_POLICY, one_line_error, run
 from typer.testing import CliRunner
 
-from robodream.cli import app
 from robodream.config import config_options, from_dict, parse_option_value, to_dict
 from robodream.errors import CheckpointError, ConfigError
 from robodream.policy.train import PolicyRunConfig
 from robodream.train.loop import TrainConfig
 
 runner = CliRunner()
-TINY_POLICY = ["--dim", "32", "--depth", "1", "--horizon", "8", "--n-action-steps", "4", "--video-stride", "4",
-               "--action-expert-dim", "16", "--batch-size", "8"]
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
-
-
-def one_line_error(res, *needles: str) -> str:
-    err = res.output.strip()
-    assert err.startswith("error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:

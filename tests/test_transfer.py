@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import one_line_error, run
 
-from robodream.cli import app
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv
 from robodream.envs.shift import ShiftConfig
 from robodream.transfer.warp import forward_warp
@@ -59,21 +58,7 @@ def test_warp_between_two_real_renders_matches_on_non_hole_pixels():
 
 
 # ----------------------------------------------------------------------------- paired renders
-runner = CliRunner()
 TINY = ["--dim", "32", "--depth", "1", "--n-heads", "2", "--control-width", "8", "--batch-size", "8"]
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
-
-
-def one_line_error(res, *needles: str) -> None:
-    err = res.output.strip()
-    assert err.startswith("error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def collect(out: Path, task: str, episodes: int, *extra) -> Path:

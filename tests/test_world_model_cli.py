@@ -8,22 +8,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from fixtures.lerobot_v30 import make_lerobot_v30_fixture
-from typer.testing import CliRunner
 
-from robodream.cli import app
 from robodream.errors import DatasetError
-
-runner = CliRunner()
 
 TINY = ["--dim", "24", "--n-heads", "2", "--depth", "1", "--n-future-frames", "2", "--frame-stride", "2",
         "--window", "0,3,3", "--batch-size", "4"]
-
-
-def run(*args, code: int = 0):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == code, f"{args}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 def _one_line_error(res, *needles: str) -> None:

@@ -39,6 +39,7 @@ import torch
 
 from robodream.data.lerobot import LeRobotDataset
 from robodream.data.lerobot_format import ENV_STATE
+from robodream.data.windows import OPTIONAL_FIELDS
 from robodream.errors import DatasetError
 from robodream.tokenizer.model import ImageTokenizer, encode_frames
 from robodream.train.distributed import broadcast_object, broadcast_tensors, is_main, world_size
@@ -254,17 +255,15 @@ def encode_run_data(datasets: list[LeRobotDataset], tokenizer: ImageTokenizer, c
 def share_episodes(episodes: list[dict]) -> list[dict]:
     """Rank 0's encoded episodes on every process (a collective; one process: returned as is).
 
-    The tensors travel as one concatenated buffer per key (latents, state, action, and views,
-    frames, success, env_state or reward when present) over the CPU (gloo) group; only their shapes, dtypes, task strings and
-    sources and episode indices go as objects.
+    The tensors travel as one concatenated buffer per key (latents, state, action, and each key of
+    :data:`robodream.data.windows.OPTIONAL_FIELDS` present) over the CPU (gloo) group; only their
+    shapes, dtypes, task strings, sources and episode indices go as objects.
     """
     if world_size() == 1:
         return episodes
     meta = broadcast_object([(len(e["action"]), int(e["task_index"]), e["task"], e.get("source"),
                              e.get("episode_index")) for e in episodes] if is_main() else None)
-    keys = broadcast_object([k for k in ("latents", "state", "action", "views", "frames", "view_frames", "success",
-                                         "env_state", "reward", "segmentation")
-                             if k in episodes[0]]
+    keys = broadcast_object([k for k in ("latents", "state", "action", *OPTIONAL_FIELDS) if k in episodes[0]]
                             if is_main() and episodes else None)
     shapes = broadcast_object([(tuple(episodes[0][k].shape[1:]), episodes[0][k].dtype) for k in keys]
                               if is_main() and episodes else None)

@@ -23,6 +23,20 @@ import torch
 
 from robodream.rl.advantages import discounted_returns
 
+#: Optional per-frame keys of an encoded episode -> (EpisodeTable field, dtype, flattened to (T,)).
+OPTIONAL_FIELDS: dict[str, tuple[str, torch.dtype, bool]] = {
+    "views": ("views", torch.float32, False),
+    "frames": ("frames", torch.uint8, False),
+    "view_frames": ("view_frames", torch.uint8, False),
+    "success": ("success", torch.bool, True),
+    "segmentation": ("segmentation", torch.uint8, False),
+    "env_state": ("env_state", torch.float32, False),
+    "reward": ("reward", torch.float32, True),
+    "indicator": ("indicator", torch.uint8, True),
+    "sample_weight": ("sample_weight", torch.float32, True),
+    "z": ("z_latents", torch.float16, False),
+}
+
 
 @dataclass
 class EpisodeTable:
@@ -90,56 +104,28 @@ class EpisodeTable:
     @classmethod
     def from_episodes(cls, episodes: list[dict]) -> EpisodeTable:
         """Build from dicts with ``latents`` (T, N, C, h, w), ``state`` (T, Ds), ``action`` (T, Da), ``task_index``
-        (and optionally ``views``, ``frames``, ``source``, ``success``, ``view_frames``, ``env_state``,
-        ``reward``, ``indicator``, ``z`` (the table's ``z_latents``): kept when every episode has them)."""
-        lat, st, ac, ti, s0, s1, vw, fr, so, su, vf, es, rw = [], [], [], [], [], [], [], [], [], [], [], [], []
-        ind, zl, sg, sw = [], [], [], []
-        pos = 0
-        for ep in episodes:
-            if "views" in ep:
-                vw.append(torch.as_tensor(ep["views"], dtype=torch.float32))
-            if "frames" in ep:
-                fr.append(torch.as_tensor(ep["frames"], dtype=torch.uint8))
-            T = len(ep["action"])
-            if "view_frames" in ep:
-                vf.append(torch.as_tensor(ep["view_frames"], dtype=torch.uint8))
-            if "success" in ep:
-                su.append(torch.as_tensor(ep["success"], dtype=torch.bool).reshape(-1))
-            if "segmentation" in ep:
-                sg.append(torch.as_tensor(ep["segmentation"], dtype=torch.uint8))
-            if "env_state" in ep:
-                es.append(torch.as_tensor(ep["env_state"], dtype=torch.float32))
-            if "reward" in ep:
-                rw.append(torch.as_tensor(ep["reward"], dtype=torch.float32).reshape(-1))
-            if "indicator" in ep:
-                ind.append(torch.as_tensor(ep["indicator"], dtype=torch.uint8).reshape(-1))
-            if "sample_weight" in ep:
-                sw.append(torch.as_tensor(ep["sample_weight"], dtype=torch.float32).reshape(-1))
-            if "z" in ep:
-                zl.append(torch.as_tensor(ep["z"], dtype=torch.float16))
-            if "source" in ep:
-                so.append(torch.full((T,), int(ep["source"]), dtype=torch.long))
-            lat.append(torch.as_tensor(ep["latents"], dtype=torch.float32))
-            st.append(torch.as_tensor(ep["state"], dtype=torch.float32))
-            ac.append(torch.as_tensor(ep["action"], dtype=torch.float32))
-            ti.append(torch.full((T,), int(ep["task_index"]), dtype=torch.long))
-            s0.append(torch.full((T,), pos, dtype=torch.long))
-            s1.append(torch.full((T,), pos + T, dtype=torch.long))
-            pos += T
-        views = torch.cat(vw) if vw and len(vw) == len(episodes) else None
-        frames = torch.cat(fr) if fr and len(fr) == len(episodes) else None
-        source = torch.cat(so) if so and len(so) == len(episodes) else None
-        success = torch.cat(su) if su and len(su) == len(episodes) else None
-        view_frames = torch.cat(vf) if vf and len(vf) == len(episodes) else None
-        env_state = torch.cat(es) if es and len(es) == len(episodes) else None
-        segmentation = torch.cat(sg) if sg and len(sg) == len(episodes) else None
-        reward = torch.cat(rw) if rw and len(rw) == len(episodes) else None
-        indicator = torch.cat(ind) if ind and len(ind) == len(episodes) else None
-        z_latents = torch.cat(zl) if zl and len(zl) == len(episodes) else None
-        sample_weight = torch.cat(sw) if sw and len(sw) == len(episodes) else None
-        return cls(torch.cat(lat), torch.cat(st), torch.cat(ac), torch.cat(ti), torch.cat(s0), torch.cat(s1), views,
-                   frames, source, success, view_frames, env_state, reward, indicator=indicator, z_latents=z_latents,
-                   segmentation=segmentation, sample_weight=sample_weight)
+        and optionally the keys of :data:`OPTIONAL_FIELDS` and ``source`` (kept when every episode has them)."""
+        lengths = torch.tensor([len(ep["action"]) for ep in episodes], dtype=torch.long)
+        ends = lengths.cumsum(0)
+
+        def per_frame(values) -> torch.Tensor:  # one value per episode -> (N,) one per frame
+            return torch.repeat_interleave(torch.as_tensor(values, dtype=torch.long), lengths)
+        optional = {}
+        for key, (name, dtype, flat) in OPTIONAL_FIELDS.items():
+            parts = [torch.as_tensor(ep[key], dtype=dtype) for ep in episodes if key in ep]
+            if parts and len(parts) == len(episodes):
+                optional[name] = torch.cat([p.reshape(-1) if flat else p for p in parts])
+        if episodes and all("source" in ep for ep in episodes):
+            optional["source"] = per_frame([int(ep["source"]) for ep in episodes])
+        return cls(
+            latents=torch.cat([torch.as_tensor(ep["latents"], dtype=torch.float32) for ep in episodes]),
+            state=torch.cat([torch.as_tensor(ep["state"], dtype=torch.float32) for ep in episodes]),
+            action=torch.cat([torch.as_tensor(ep["action"], dtype=torch.float32) for ep in episodes]),
+            task_index=per_frame([int(ep["task_index"]) for ep in episodes]),
+            episode_start=per_frame(ends - lengths),
+            episode_end=per_frame(ends),
+            **optional,
+        )
 
     def __len__(self) -> int:
         return len(self.action)
