@@ -1,11 +1,14 @@
-"""The RAMP loop and its baselines (issue 15, items 6-7): AWR's weights and weighted loss, one
-evaluation path for the four methods, one quick round of the real loop that resumes after a kill
-at each stage, and ``bench rl --quick`` on it."""
+"""The RAMP loop and its baselines (issue 15, items 6-7): AWR's weights and weighted loss,
+HG-DAgger's intervention-only weights, one evaluation path for the four methods, warm starts
+(``init_from``), one quick round of the real loop that resumes after a kill at each stage, and
+``bench rl --quick`` on it."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,10 +18,11 @@ from test_policy import inputs, random_policy, tiny_cfg
 from test_ramp import one_line_error
 
 import robodream.rl.loop as loop
-from robodream.errors import ConfigError
+from robodream.errors import CheckpointError, ConfigError
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED
+from robodream.rl.bench import quick_loop_config
 from robodream.rl.labels import awr_weights
-from robodream.rl.loop import METHODS, RampLoopConfig, quick_loop_config, run_ramp_loop
+from robodream.rl.loop import METHODS, RampLoopConfig, run_ramp_loop
 
 STAGES = ("record_rollouts", "train_world_model", "relabel", "train_policy", "evaluate_policy")
 
@@ -78,7 +82,7 @@ def _fake_stages(monkeypatch, calls: dict) -> None:
             {"n_episodes": n, "intervention_steps": 7, "seeds": [2_000_000, 2_000_000 + n - 1]}))
 
     def evaluate(pol, task, n, out, **kw):
-        calls.setdefault("eval", []).append((Path(pol).parent.name, task, n, kw))
+        calls.setdefault("eval", []).append((Path(pol).parent.name, task, n, {**kw, "stage": Path(out).parent.name}))
         Path(out).mkdir(parents=True)
         r = {"success_rate": 0.5, "n_episodes": n, "ci95": [0.1, 0.9], "mode": kw.get("mode")}
         (Path(out) / "results.json").write_text(json.dumps(r))
@@ -96,8 +100,9 @@ def _fake_stages(monkeypatch, calls: dict) -> None:
 
 def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
     """Every method evaluates through evaluate_policy with the same tasks, episodes, seeds and step
-    limit per round; ramp in standard mode, recap efficient, the plain policies their default; the
-    policies differ as the methods say, and HG-DAgger trains no world model."""
+    limit per round; ramp in standard mode (and again in efficient mode), recap efficient, the plain
+    policies their default; the policies differ as the methods say (HG-DAgger: intervention frames
+    only, no world model); rounds >= 1 warm-start from the round before for a quarter of the steps."""
     evals, policies = {}, {}
     for m in METHODS:
         calls: dict = {}
@@ -106,23 +111,36 @@ def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
                              rollouts=3, eval_episodes=4)
         s = run_ramp_loop(cfg, tmp_path / m, log=lambda *_: None)
         assert s["mean_success"] == [0.5, 0.5, 0.5] and s["rollouts"] == 2 * 2 * 3 and s["intervention_steps"] == 28
+        assert s["intervention_steps_by_round"] == [0, 14, 14]
         assert (tmp_path / m / "success_curve.png").is_file() and (tmp_path / m / "round_2" / "metrics.json").is_file()
         evals[m] = calls["eval"]
         policies[m] = calls["policy"]
         assert len(calls.get("wm", [])) == (0 if m == "hgdagger" else 3)
         assert [len(p.data) for p in calls["policy"]] == [1, 3, 5]  # demos + all rollouts so far
         assert [r[0].split("/")[-2] for r in calls["rollouts"]] == ["round_0"] * 2 + ["round_1"] * 2
-    same = {m: [(r, t, n, kw["seed_start"], kw["max_steps"]) for r, t, n, kw in e] for m, e in evals.items()}
+        for kind, name, steps in (("policy", "policy", [4000, 1000, 1000]), ("wm", "world_model", [2000, 500, 500])):
+            if kind in calls:
+                assert [c.init_from for c in calls[kind]] == ["", *[str(tmp_path / m / f"round_{k}" / name)
+                                                                    for k in (0, 1)]]
+                assert [c.train.steps for c in calls[kind]] == steps
+    same = {m: [(r, t, n, kw["seed_start"], kw["max_steps"]) for r, t, n, kw in e if kw["stage"] == "eval"]
+            for m, e in evals.items()}
     assert all(v == same["ramp"] for v in same.values())
+    assert [(r, t, n, kw["seed_start"], kw["max_steps"]) for r, t, n, kw in evals["ramp"]
+            if kw["stage"] == "eval_efficient"] == same["ramp"]
     assert {kw["seed_start"] for _, _, _, kw in evals["awr"]} == {DEFAULT_EVAL_SEED}
-    assert {m: {kw["mode"] for *_, kw in e} for m, e in evals.items()} == {
-        "ramp": {"standard"}, "recap": {"efficient"}, "awr": {None}, "hgdagger": {None}}
+    assert {m: {(kw["stage"], kw["mode"]) for *_, kw in e} for m, e in evals.items()} == {
+        "ramp": {("eval", "standard"), ("eval_efficient", "efficient")}, "recap": {("eval", "efficient")},
+        "awr": {("eval", None)}, "hgdagger": {("eval", None)}}
     p = {m: v[-1] for m, v in policies.items()}
     assert (p["ramp"].model.advantage_conditioning, p["ramp"].model.future_conditioning) == (True, True)
     assert (p["recap"].model.advantage_conditioning, p["recap"].model.future_conditioning) == (True, False)
     assert not p["awr"].model.ramp_conditioned and p["awr"].advantage_weighting and p["awr"].labels
     assert not p["hgdagger"].model.ramp_conditioned and not p["hgdagger"].advantage_weighting
-    assert not p["hgdagger"].labels
+    assert not p["hgdagger"].labels and p["hgdagger"].intervention_only
+    assert not any(p[m].intervention_only for m in ("ramp", "recap", "awr"))
+    cold = RampLoopConfig(warm_start=False)
+    assert [cold.round_steps(k, 4000, 0) for k in (0, 1)] == [4000, 4000] and cold.round_steps(1, 4000, 7) == 7
 
 
 def test_loop_refuses_another_config(monkeypatch, tmp_path):
@@ -192,8 +210,14 @@ def test_quick_round_resumes_after_a_kill_at_each_stage(monkeypatch, loop_work):
     assert sorted(killed) == sorted(STAGES)
     assert s["n_rounds_done"] == 2 and len(s["mean_success"]) == 2 and s["rollouts"] == 2
     r1 = json.loads((out / "round_1" / "metrics.json").read_text())
-    assert set(r1) == {"round", "method", "timings_s", "rollouts", "labels", "per_task", "mean_success"}
+    assert set(r1) == {"round", "method", "timings_s", "rollouts", "labels", "per_task", "mean_success",
+                       "per_task_efficient", "mean_success_efficient"}
+    assert set(r1["timings_s"]) == {"rollouts", "world_model_train", "relabel", "policy_train", "eval", "eval_efficient"}
     assert r1["per_task"]["reach-v3"]["n_episodes"] == 2 and r1["per_task"]["reach-v3"]["mode"] == "standard"
+    assert r1["per_task_efficient"]["reach-v3"]["mode"] == "efficient" and len(s["mean_success_efficient"]) == 2
+    for name in ("world_model", "policy"):  # round 1 continued round 0's weights
+        assert json.loads((out / "round_1" / name / "config.json").read_text())["init_from"] == str(out / "round_0" / name)
+        assert json.loads((out / "round_1" / name / "meta.json").read_text())["init_from"] == str(out / "round_0" / name)
     assert 0 <= r1["rollouts"]["reach-v3"]["intervention_fraction"] <= 1
     assert list((out / "round_1" / "eval" / "reach-v3" / "rollouts").glob("*.mp4"))
     assert (out / "success_curve.png").is_file()
@@ -207,6 +231,8 @@ def test_hgdagger_round_and_bench_rl_quick(loop_work, tmp_path):
     s = run_ramp_loop(_quick(loop_work, "hgdagger"), loop_work / "bench" / "hgdagger", log=lambda *_: None)
     assert not (loop_work / "bench" / "hgdagger" / "round_0" / "world_model").exists()
     assert s["n_rounds_done"] == 2 and "labels" not in s["rounds"][1]
+    meta = json.loads((loop_work / "bench" / "hgdagger" / "round_1" / "policy" / "meta.json").read_text())
+    assert meta["n_train_frames_weighted"] <= meta["n_train_frames"]  # the policy's own rollout frames weigh 0
     if not (loop_work / "bench" / "ramp" / "metrics.json").is_file():
         pytest.skip("the ramp loop test did not run")
     res = run("bench", "rl", "--data", loop_work / "ds", "--tokenizer", loop_work / "tok", "--out",
@@ -214,7 +240,20 @@ def test_hgdagger_round_and_bench_rl_quick(loop_work, tmp_path):
     r = json.loads((tmp_path / "rl.json").read_text())
     assert r["benchmark"] == "rl" and r["quick"] and set(r["results"]) == {"ramp", "hgdagger"}
     assert r["results"]["hgdagger"]["mean_success"] == s["mean_success"] and "environment" in r
-    assert "mean success per round" in res.output
+    assert {"tasks", "base_success", "success_by_round", "final_success", "per_task", "kendall_tau",
+            "takeover_steps_by_round", "code", "wall_s"} <= set(r)
+    assert r["tasks"] == ["reach-v3"] and r["base_success"] == s["mean_success"][0] and r["wall_s"] > 0
+    methods = ["ramp", "ramp_efficient", "hg_dagger"]
+    assert list(r["success_by_round"]) == list(r["final_success"]) == list(r["per_task"]) == methods
+    assert r["success_by_round"]["hg_dagger"] == s["mean_success"] and len(r["success_by_round"]["ramp_efficient"]) == 2
+    assert all(r["final_success"][m] == r["success_by_round"][m][-1] for m in methods)
+    assert set(r["per_task"]["ramp_efficient"]["reach-v3"]) == {"success_rate", "n_episodes", "ci95"}
+    assert r["takeover_steps_by_round"] == {"ramp": [0, r["results"]["ramp"]["intervention_steps"]],
+                                            "hg_dagger": [0, s["intervention_steps"]]}
+    assert set(r["kendall_tau"]) == {"state_value", "value_only"} and r["kendall_tau_detail"]["round"] == 1
+    vo = json.loads((loop_work / "bench" / "ramp" / "value_only" / "round_0" / "config.json").read_text())
+    assert vo["model"]["value_frame"] == "value" and vo["data"] == [str(loop_work / "ds")]  # round 0's data
+    assert "mean success per round" in res.output and "ramp_efficient" in res.output and "Kendall" in res.output
     bad = run("bench", "rl", "--data", loop_work / "ds", "--tokenizer", loop_work / "tok", "--out", tmp_path / "x.json",
               "--work", loop_work / "bench", "--methods", "ppo", code=2)
     one_line_error(bad, "--methods")
@@ -245,3 +284,77 @@ def test_awr_policy_trains_on_the_loops_labels(loop_work, tmp_path):
     assert ev["mode"] == "action_only" and ev["n_episodes"] == 1  # a plain policy: no world model at inference
     with pytest.raises(ConfigError, match="labels"):
         PolicyRunConfig(data=cfg.data, tokenizer=cfg.tokenizer, labels=cfg.labels).check_labels()
+
+
+# ----------------------------------------------------------------------------- HG-DAgger, warm start
+def test_intervention_only_weighs_the_experts_frames(loop_work, tmp_path):
+    """HG-DAgger's weights: 1 on every demonstration frame and on a rollout's intervention frames,
+    0 on the policy's own rollout frames (multiplying weights already there, e.g. AWR's)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.errors import DatasetError
+    from robodream.rl.labels import attach_intervention_weights
+
+    ro = tmp_path / "rollouts"  # the demos, recorded as a policy rollout whose expert acted every third frame
+    shutil.copytree(loop_work / "ds", ro)
+    (ro / "meta" / "robodream.json").write_text(json.dumps({"source": "policy-rollout"}))
+    for f in (ro / "data").rglob("*.parquet"):
+        t = pq.read_table(f)
+        flags = pa.array([i % 3 == 0 for i in t["index"].to_pylist()])
+        pq.write_table(t.set_column(t.schema.get_field_index("complementary_info.is_intervention"),
+                                    "complementary_info.is_intervention", flags), f)
+    demos, rollouts = LeRobotDataset(loop_work / "ds"), LeRobotDataset(ro)
+    eps = [{"source": d, "episode_index": i, "action": [0] * n}
+           for d, ds in enumerate((demos, rollouts)) for i, n in enumerate(ds.episode_lengths)]
+    eps[-1]["sample_weight"] = torch.full((len(eps[-1]["action"]),), 2.0)
+    attach_intervention_weights(eps, [demos, rollouts])
+    n_demo = demos.num_episodes
+    assert all(torch.equal(e["sample_weight"], torch.ones(len(e["action"]))) for e in eps[:n_demo])
+    flags = torch.cat([torch.as_tensor(rollouts.episode(i).extra["complementary_info.is_intervention"]).reshape(-1)
+                       for i in range(rollouts.num_episodes)]).float()
+    last = len(eps[-1]["action"])
+    want = torch.cat([flags[:-last], 2 * flags[-last:]])
+    torch.testing.assert_close(torch.cat([e["sample_weight"] for e in eps[n_demo:]]), want)
+    assert 0 < float(flags.mean()) < 1
+    (ro / "meta" / "info.json").write_text((ro / "meta" / "info.json").read_text().replace(
+        "complementary_info.is_intervention", "complementary_info.other"))
+    with pytest.raises(DatasetError, match="is_intervention"):
+        attach_intervention_weights(eps, [demos, LeRobotDataset(ro)])
+
+
+def test_init_from_starts_from_the_runs_weights(monkeypatch, loop_work, tmp_path):
+    """A warm start enters training (before step 0) with exactly the finished run's final weights; a
+    run of another model config or model type is refused with a one-line CheckpointError; a run
+    resumed from its checkpoint no longer reads init_from."""
+    import robodream.policy.train as ptrain
+    from robodream.train.checkpoint import load_tensors
+    from robodream.world_model.train import WorldModelRunConfig, train_world_model
+
+    cfg = _quick(loop_work, "hgdagger").policy_run_config((str(loop_work / "ds"),), None, 2)
+    ptrain.train_policy(cfg, tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["n_train_frames_weighted"] == meta["n_train_frames"]  # demos only: every frame weighs 1
+    seen: dict = {}
+
+    class Recording(ptrain.Trainer):
+        def __init__(self, model, *a, **kw):
+            seen.update({k: v.detach().clone() for k, v in model.named_parameters()})
+            super().__init__(model, *a, **kw)
+
+    monkeypatch.setattr(ptrain, "Trainer", Recording)
+    warm = replace(cfg, init_from=str(tmp_path / "a"))
+    ptrain.train_policy(warm, tmp_path / "b")
+    final = load_tensors(tmp_path / "a" / "model.safetensors")
+    assert seen and all(torch.equal(v, final[k]) for k, v in seen.items())
+    other = replace(warm, model=replace(warm.model, dim=48))
+    with pytest.raises(CheckpointError, match="another model.*model.dim is 32 there but 48 here") as e:
+        ptrain.train_policy(other, tmp_path / "c")
+    assert "\n" not in str(e.value) and not (tmp_path / "c").exists()
+    with pytest.raises(CheckpointError, match="gigaworld_policy run, expected video_world_model"):
+        train_world_model(WorldModelRunConfig(data=cfg.data, tokenizer=cfg.tokenizer, init_from=str(tmp_path / "a")),
+                          tmp_path / "w")
+    shutil.rmtree(tmp_path / "a")  # resumed from its checkpoint: init_from is not read again
+    r = ptrain.train_policy(replace(warm, train=replace(warm.train, steps=3)), tmp_path / "b", resume=True)
+    assert r["steps"] == 3

@@ -14,6 +14,18 @@ GigaBrain-0.5M*, arXiv 2602.12099) trains on the per-frame labels of ``robodream
 advantage indicator and the world model's future latent. The run records the labels files
 and the world model that made them (``world_model`` in config.json: standard-mode inference
 loads it for ``z``); ``meta.json`` holds the labels' eps and positive fraction.
+
+HG-DAgger (``--intervention-only``; Kelly et al., ICRA 2019) learns from the expert's actions
+only: demonstrations, and the frames of policy rollouts where the takeover source acted
+(``complementary_info.is_intervention``); the policy's own rollout frames get action-loss
+weight 0 (:func:`~robodream.rl.labels.attach_intervention_weights`). Their frames still train
+the video prediction (the observed futures are real whoever acted), so zero-weight anchors stay
+in the sampling pool.
+
+Warm start (``--init-from RUN``): the model starts from the final weights of a finished run of
+the same model config and tokenizer (the RAMP loop's rounds continue the previous round's
+policy); only the weights: the optimizer, step counter and learning-rate warm-up start afresh
+and the normalisation is this run's data's. A run resumed from its checkpoint ignores it.
 """
 
 from __future__ import annotations
@@ -32,10 +44,17 @@ from robodream.data.windows import EpisodeTable
 from robodream.errors import ConfigError, DatasetError
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
-from robodream.rl.labels import DEFAULT_AWR_BETA, DEFAULT_AWR_MAX_WEIGHT, attach_labels, match_labels
+from robodream.rl.labels import (
+    DEFAULT_AWR_BETA,
+    DEFAULT_AWR_MAX_WEIGHT,
+    attach_intervention_weights,
+    attach_labels,
+    match_labels,
+)
 from robodream.tokenizer.train import load_tokenizer
+from robodream.train.checkpoint import latest_checkpoint
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
-from robodream.train.run_dir import Run, load_latent_run
+from robodream.train.run_dir import Run, check_init_run, init_from_run, load_latent_run
 
 MODEL_TYPE = GigaWorldPolicy.model_type
 
@@ -77,6 +96,12 @@ class PolicyRunConfig:
     advantage_weighting: bool = False
     awr_beta: float = DEFAULT_AWR_BETA  # temperature, reward units, > 0
     awr_max_weight: float = DEFAULT_AWR_MAX_WEIGHT  # weight clip w_max, > 0
+    # HG-DAgger: train on the expert's actions only: demonstration frames and the intervention frames
+    # (complementary_info.is_intervention) of policy rollouts weigh 1, the policy's own rollout frames 0.
+    intervention_only: bool = False
+    # Warm start: a finished policy run of the same model config and tokenizer whose final weights
+    # initialise this run (weights only; ignored when resuming from a checkpoint). Empty: random init.
+    init_from: str = ""
     world_model: str = ""  # filled from the labels: the world-model run that made them (standard mode's z)
     model_type: str = MODEL_TYPE
 
@@ -130,7 +155,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
             dataset without observation.state or action, non-finite states or actions; labels
             that miss a dataset, are stale (another frame count) or whose z does not fit the
             tokenizer's latents.
-        CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``.
+        CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``;
+            an ``init_from`` run of another model type, model config or tokenizer, or unfinished.
         ConfigError: no dataset, bad settings, a RAMP-conditioned model without ``labels`` (or
             labels without one), or a ``--resume`` that changes the run.
     """
@@ -138,6 +164,9 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         raise ConfigError("at least one dataset is required (--data)")
     cfg.check_labels()
     run = Run(out, cfg, resume=resume)
+    warm = bool(cfg.init_from) and latest_checkpoint(run.path) is None  # a checkpoint to resume wins
+    if warm:
+        check_init_run(cfg.init_from, MODEL_TYPE)  # before any encoding
     with run.guard():
         device = resolve_device(cfg.train.device)
         tokenizer = load_tokenizer(cfg.tokenizer, device=device)
@@ -166,12 +195,16 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         if labels is not None:  # validation windows carry the weights too: the held-out loss is the trained one
             attach_labels(train_eps + held_eps, labels, conditioning=m.ramp_conditioned,
                           awr=(cfg.awr_beta, cfg.awr_max_weight) if cfg.advantage_weighting else None)
+        if cfg.intervention_only:
+            attach_intervention_weights(train_eps + held_eps, datasets)
 
         train_table = EpisodeTable.from_episodes(train_eps)
         held_table = EpisodeTable.from_episodes(held_eps) if held_eps else None
 
         torch.manual_seed(cfg.train.seed)
         model = GigaWorldPolicy(m)
+        if warm:  # before the normalisation: that stays this run's
+            init_from_run(model, cfg.init_from, PolicyConfig, cfg.tokenizer)
         norm = train_table.normalization()
         model.set_normalization(norm)
         model.to(device)
@@ -200,6 +233,10 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
                 "n_train_frames": len(train_table)}
         if labels_info:
             meta["labels"] = labels_info
+        if warm:
+            meta["init_from"] = str(cfg.init_from)
+        if cfg.intervention_only:
+            meta["n_train_frames_weighted"] = int((train_table.sample_weight > 0).sum())  # the expert's frames
         val = run.fit(trainer, meta=meta,
                       json_files={"normalization.json": norm}, tokenizer=cfg.tokenizer)
         results = run.finish(trainer, val, n_train_frames=len(train_table),

@@ -58,7 +58,7 @@ def train_ramp_cmd(
     overwrite: Annotated[bool, typer.Option(help="start over a loop directory that holds other settings (its rounds are removed)")] = False,
 ) -> None:
     """RAMP's loop (or a baseline, --method): pre-train, then per round rollouts with takeover ->
-    relabel -> retrain world model and policy on demos + all rollouts -> evaluate. Resumable."""
+    relabel -> continue training world model and policy on demos + all rollouts -> evaluate. Resumable."""
     from robodream.rl.loop import run_ramp_loop
 
     cfg = _loop_config(overrides, data, tokenizer)
@@ -66,7 +66,9 @@ def train_ramp_cmd(
     print_table(f"train ramp ({s['method']}): success per round", ["task", *[f"round {k}" for k in
                                                                              range(s["n_rounds_done"])], "final 95% CI"],
                 [[t, *ys, _ci(s["final"][t])] for t, ys in s["success"].items()]
-                + [["mean", *s["mean_success"], ""]])
+                + [["mean", *s["mean_success"], ""]]
+                + ([["mean, efficient mode (no z)", *s["mean_success_efficient"], ""]]
+                   if "mean_success_efficient" in s else []))
     out_console.print(f"{s['rollouts']} rollouts, {s['intervention_steps']} intervention steps; metrics "
                       f"{out / 'metrics.json'}, curve {out / 'success_curve.png'}")
 
@@ -81,24 +83,31 @@ def bench_rl_cmd(
     quick: Annotated[bool, typer.Option(help="tiny settings, about a minute per method (a smoke test, "
                                              "not a measurement)")] = False,
 ) -> None:
-    """RAMP vs RECAP vs AWR vs HG-DAgger in one harness: same data, rounds, rollouts and evaluation."""
-    from robodream.rl.loop import run_rl_bench
+    """RAMP vs RECAP vs AWR vs HG-DAgger in one harness: same data, rounds, rollouts and evaluation
+    (RAMP also in efficient mode, without z), and the value model's Kendall tau against a value-only one."""
+    from robodream.rl.bench import run_rl_bench
     from robodream.utils.io import atomic_write_json
 
     cfg = _loop_config(overrides, data, tokenizer)
     r = run_rl_bench(cfg, work, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), quick=quick,
                      log=log)
     atomic_write_json(out, r)
-    res = r["results"]
-    n = max(len(v["mean_success"]) for v in res.values())
+    curves, takeover = r["success_by_round"], r["takeover_steps_by_round"]
+    n = max(len(ys) for ys in curves.values())
     print_table("bench rl: mean success per round" + (" (quick: not a measurement)" if quick else ""),
-                ["method", *[f"round {k}" for k in range(n)], "rollouts", "intervention steps"],
-                [[m, *v["mean_success"], v["rollouts"], v["intervention_steps"]] for m, v in res.items()],
+                ["method", *[f"round {k}" for k in range(n)], "takeover steps per round"],
+                [[m, *ys, ", ".join(map(str, takeover.get(m, []))) or "-"] for m, ys in curves.items()],
                 label_column=True)
     print_table("final success per task (95% CI)", ["method", *r["tasks"]],
-                [[m, *[f"{v['final'][t]['success_rate']:.2f} {_ci(v['final'][t])}" for t in r["tasks"]]]
-                 for m, v in res.items()], label_column=True)
-    out_console.print(f"written to {out}")
+                [[m, *[f"{v[t]['success_rate']:.2f} {_ci(v[t])}" for t in r["tasks"]]] for m, v in r["per_task"].items()],
+                label_column=True)
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    base = "n/a (run hgdagger)" if r["base_success"] is None else f"{r['base_success']:.2f}"
+    tau = r["kendall_tau"]
+    out_console.print(f"base policy (BC on the demos) {base}; value Kendall tau on held-out rollouts: "
+                      + (f"state+value {fmt(tau['state_value'])}, value-only {fmt(tau['value_only'])}" if tau
+                         else "n/a (needs ramp and a round >= 1)"))
+    out_console.print(f"{r['wall_s'] / 3600:.2f} h of stages; written to {out}")
 
 
 def register(apps: Apps) -> None:

@@ -11,7 +11,8 @@ by the value world model (:mod:`robodream.world_model`, ``--value-frame``):
 
 :func:`relabel` (``robodream relabel``) computes both for every frame of one or more datasets
 and writes them to one safetensors file; :func:`match_labels` / :func:`attach_labels` hand them
-to policy training (``train policy --labels FILE``); :class:`WorldModelFuture` computes ``z``
+to policy training (``train policy --labels FILE``), as :func:`attach_intervention_weights` does
+HG-DAgger's intervention-only weights (``train policy --intervention-only``); :class:`WorldModelFuture` computes ``z``
 the same way at inference (``eval policy --mode standard``).
 
 Values. The value world model predicts ``V`` of a chunk's *last* frame from a clip anchored
@@ -357,6 +358,42 @@ def attach_labels(episodes: list[dict], labels: list[DatasetLabels], *, conditio
             e["z"] = labels[d].z[s0:s0 + T]
         if awr is not None:
             e["sample_weight"] = awr_weights(labels[d].advantage[s0:s0 + T], *awr)
+
+
+def attach_intervention_weights(episodes: list[dict], datasets: list) -> None:
+    """HG-DAgger's data (Kelly et al., ICRA 2019): multiply each encoded episode's
+    ``sample_weight`` (T,) float32 (1 where absent) by 1 on frames whose action came from the
+    expert and 0 on the policy's own frames; in place.
+
+    A dataset recorded by ``robodream rollout`` (``"source": "policy-rollout"`` in
+    ``meta/robodream.json``) gives weight 1 exactly where ``complementary_info.is_intervention``
+    is True (the takeover source acted); every other dataset counts as demonstrations (weight 1
+    on every frame; ``collect`` writes ``is_intervention`` False there, as LeRobot does). A
+    window's weight is that of its anchor frame (the first step of its action chunk).
+
+    Args:
+        episodes: dicts of :func:`~robodream.data.latents.encode_dataset` with ``source`` and
+            ``episode_index`` (``source`` indexes ``datasets``).
+        datasets: the run's :class:`~robodream.data.lerobot.LeRobotDataset` list.
+
+    Raises:
+        DatasetError: a rollout dataset without ``complementary_info.is_intervention``.
+    """
+    from robodream.data.collect import dataset_provenance
+    from robodream.rl.rewards import INTERVENTION, ROLLOUT_SOURCE
+
+    rollout = [(dataset_provenance(ds) or {}).get("source") == ROLLOUT_SOURCE for ds in datasets]
+    for ds, is_rollout in zip(datasets, rollout):
+        if is_rollout and INTERVENTION not in ds.features:
+            raise DatasetError(f"{ds.root} is a policy rollout without {INTERVENTION}; record it again with "
+                               "robodream rollout")
+    for e in episodes:
+        d, T = int(e["source"]), len(e["action"])
+        w = torch.ones(T, dtype=torch.float32)
+        if rollout[d]:
+            flag = datasets[d].episode(int(e["episode_index"])).extra[INTERVENTION]
+            w = torch.as_tensor(np.asarray(flag, dtype=bool).reshape(-1), dtype=torch.float32)
+        e["sample_weight"] = e["sample_weight"] * w if "sample_weight" in e else w
 
 
 #: AWR's temperature and weight clip defaults (Peng et al. 2019, "Advantage-Weighted Regression",

@@ -8,15 +8,18 @@ harness, data budget, rounds and evaluation run the baselines (``method``):
 
 - ``ramp``: policy conditioned on the advantage indicator ``I`` and the world model's future
   latent ``z`` (condition dropout), evaluated in ``mode="standard"`` (one world-model step per
-  chunk predicts ``z``), ``I = 1``.
+  chunk predicts ``z``), ``I = 1``; every round's policy is also evaluated in
+  ``mode="efficient"`` (``I = 1``, no ``z``: the same model without the world model at
+  inference; ``ramp_efficient`` in ``bench rl``).
 - ``recap``: pi*0.6's RECAP (Physical Intelligence 2025): advantage-indicator conditioning
   without ``z``, evaluated ``mode="efficient"``, ``I = 1``.
 - ``awr``: advantage-weighted regression (Peng et al. 2019, arXiv 1910.00177): a plain policy
   whose per-sample action loss is weighted ``min(exp(A / beta), w_max)``
   (:func:`robodream.rl.labels.awr_weights`).
-- ``hgdagger``: HG-DAgger (Kelly et al., ICRA 2019): plain flow-matching BC on demos + every
-  rollout frame (the policy's own and the takeover's actions alike; the rollouts' intervention
-  flags are not used as a filter); no world model, no labels.
+- ``hgdagger``: HG-DAgger (Kelly et al., ICRA 2019): plain flow-matching BC on the expert's
+  actions only: every demonstration frame and the rollout frames where the takeover source
+  acted (``complementary_info.is_intervention``; the policy's own rollout frames get weight 0,
+  ``PolicyRunConfig.intervention_only``); no world model, no labels.
 
 Layout of ``RUN`` (every stage is skipped when its output is complete, so a killed loop is
 continued by running the same command again; training runs resume from their last checkpoint)::
@@ -26,14 +29,20 @@ continued by running the same command again; training runs resume from their las
     round_0/labels.safetensors      advantages / I / z of the demos         (not hgdagger)
     round_0/policy/                 the pre-trained policy
     round_0/eval/<task>/            evaluate_policy: results.json, MP4s
+    round_0/eval_efficient/<task>/  ramp only: the same policy evaluated mode="efficient"
     round_0/metrics.json
     round_k/rollouts/<task>/        record_rollouts of round k-1's policy, with takeover
-    round_k/world_model/ ...        retrained on demos + rollouts of rounds 1..k (as round 0)
+    round_k/world_model/ ...        trained on demos + rollouts of rounds 1..k (as round 0)
     metrics.json, success_curve.png updated after every round
+    value_only/, value_eval/        bench rl only, in its ramp loop: the value-only ablation
+                                    (:mod:`robodream.rl.bench`)
 
-World model and policy are retrained from scratch each round with fixed steps
-(``round_*_steps``): the training runs have no initialisation from other weights, so there is
-no cheaper fine-tune; every method gets the same steps, so the budget stays equal.
+Warm start (``warm_start``, the default): round k >= 1 continues from round k-1's final weights
+(world model and policy, ``init_from``: weights only, a fresh optimizer and learning-rate
+warm-up, the normalisation of the round's data) for ``round_*_steps`` steps, by default a
+quarter of the pre-training steps (:meth:`RampLoopConfig.round_steps`); without it each round
+trains from scratch for as many steps as pre-training. Every method gets the same steps, so
+the budget stays equal.
 
 Rollout seeds need no bookkeeping: :func:`~robodream.rl.rollout.default_rollout_seed` starts
 above every training seed of the policy, so round k's rollouts (made by a policy trained on
@@ -75,6 +84,13 @@ from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.train import WorldModelRunConfig, default_world_model_train, train_world_model
 
 METHODS = ("ramp", "recap", "awr", "hgdagger")
+#: A warm-started round trains for 1/4 of the pre-training steps (defaults: policy 4000 -> 1000,
+#: world model 2000 -> 500). It starts from a model already fitted to all of its data but the
+#: newest round's rollouts and restarts warm-up and cosine decay: a fine-tune, not a new fit.
+#: 1000 policy steps of 64 samples are about 1.5 passes over round 1's data (3 tasks x (10 demos
+#: + 50 rollouts of ~250 steps)), and the 3-round loop trains 1.75x the pre-training steps instead
+#: of 4x. An unmeasured choice: ``bench rl`` with ``--no-warm-start`` is the comparison.
+WARM_START_DIVISOR = 4
 #: The file of the loop's config in RUN.
 LOOP_FILE = "loop.json"
 
@@ -103,8 +119,9 @@ class RampLoopConfig:
     world_model_train: TrainConfig = field(default_factory=default_world_model_train)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     policy_train: TrainConfig = field(default_factory=default_policy_train)
-    round_world_model_steps: int = 0  # world-model steps of rounds >= 1 (0: world_model_train.steps)
-    round_policy_steps: int = 0  # policy steps of rounds >= 1 (0: policy_train.steps)
+    warm_start: bool = True  # rounds >= 1 start from the previous round's world model and policy weights
+    round_world_model_steps: int = 0  # world-model steps of rounds >= 1 (0: pre-training's / 4 warm-started, else all)
+    round_policy_steps: int = 0  # policy steps of rounds >= 1 (0: pre-training's / 4 warm-started, else all)
     positive_fraction: float = DEFAULT_POSITIVE_FRACTION  # fraction of frames labelled I = 1 (sets eps)
     value_steps: int = 0  # Euler steps of each value prediction in relabel (0: the world model's)
     awr_beta: float = DEFAULT_AWR_BETA  # AWR temperature, reward units
@@ -126,6 +143,16 @@ class RampLoopConfig:
         if self.round_world_model_steps < 0 or self.round_policy_steps < 0 or self.value_steps < 0:
             raise ConfigError("round_world_model_steps, round_policy_steps and value_steps must be >= 0")
 
+    def round_steps(self, k: int, pretrain_steps: int, round_steps: int) -> int:
+        """Training steps of round ``k``: ``pretrain_steps`` in round 0; later ``round_steps``, or
+        when that is 0, ``pretrain_steps // WARM_START_DIVISOR`` (at least 1) with ``warm_start``
+        and ``pretrain_steps`` from scratch."""
+        if k == 0:
+            return pretrain_steps
+        if round_steps:
+            return round_steps
+        return max(1, pretrain_steps // WARM_START_DIVISOR) if self.warm_start else pretrain_steps
+
     @property
     def uses_world_model(self) -> bool:
         return self.method != "hgdagger"
@@ -135,8 +162,10 @@ class RampLoopConfig:
         """The inference mode of rollouts and evaluation (I = 1 for the conditioned methods)."""
         return {"ramp": "standard", "recap": "efficient"}.get(self.method)
 
-    def policy_run_config(self, data: tuple[str, ...], labels: str | None, steps: int) -> PolicyRunConfig:
-        """The method's policy run on ``data`` (``labels``: the round's labels file)."""
+    def policy_run_config(self, data: tuple[str, ...], labels: str | None, steps: int,
+                          init_from: str = "") -> PolicyRunConfig:
+        """The method's policy run on ``data`` (``labels``: the round's labels file; ``init_from``:
+        the previous round's policy run of a warm start)."""
         m = self.method
         model = replace(self.policy, advantage_conditioning=m in ("ramp", "recap"), future_conditioning=m == "ramp",
                         condition_dropout=self.condition_dropout if m in ("ramp", "recap") else self.policy.condition_dropout)
@@ -144,7 +173,8 @@ class RampLoopConfig:
                                train=replace(self.policy_train, steps=steps, seed=self.seed),
                                labels=(labels,) if labels and m != "hgdagger" else (),
                                advantage_weighting=m == "awr", awr_beta=self.awr_beta,
-                               awr_max_weight=self.awr_max_weight)
+                               awr_max_weight=self.awr_max_weight, intervention_only=m == "hgdagger",
+                               init_from=init_from)
 
 
 def infer_tasks(data: tuple[str, ...]) -> tuple[str, ...]:
@@ -167,7 +197,7 @@ def check_loop_dir(out: Path, cfg: RampLoopConfig, overwrite: bool) -> None:
     """Write ``loop.json`` or check it: the same config continues, another one is refused.
 
     With ``overwrite`` a loop of other settings is started over: its rounds, metrics and curve
-    are removed first (nothing else in ``out``).
+    (and ``bench rl``'s value-only ablation, ``value_*``) are removed first (nothing else in ``out``).
 
     Raises:
         ConfigError: ``out`` holds a loop of another config (and not ``overwrite``), or is a
@@ -182,7 +212,7 @@ def check_loop_dir(out: Path, cfg: RampLoopConfig, overwrite: bool) -> None:
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ConfigError(f"{out} holds a loop with other settings ({', '.join(diff)}); rerun with the same "
                                   "settings to continue, choose another --out, or pass --overwrite to start it over")
-            for p in [*out.glob("round_*"), out / "metrics.json", out / "success_curve.png"]:
+            for p in [*out.glob("round_*"), *out.glob("value_*"), out / "metrics.json", out / "success_curve.png"]:
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not a RAMP loop; choose another --out")
@@ -200,10 +230,15 @@ def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite:
 
     Returns:
         ``{"method", "tasks", "rounds": [round metrics...], "mean_success": [per round],
-        "success": {task: [per round]}, "rollouts", "intervention_steps", "config", "code",
-        "environment"}``; a round's metrics (RUN/round_k/metrics.json) hold per task success_rate,
-        n_episodes, ci95 (Wilson), eval dir; the rollouts' episodes, frames, intervention steps
-        and fraction; the labels' eps and positive fraction; training wall seconds.
+        "success": {task: [per round]}, "final": {task: ...}, "rollouts", "intervention_steps",
+        "intervention_steps_by_round" (round 0: 0), "config", "code", "environment"}``, for
+        ``ramp`` also ``mean_success_efficient``, ``success_efficient`` and ``final_efficient``
+        (mode="efficient"); a round's metrics (RUN/round_k/metrics.json) hold per task
+        success_rate, n_episodes, ci95 (Wilson), eval dir (``per_task``; ramp also
+        ``per_task_efficient``); the rollouts' episodes, frames, intervention steps and fraction;
+        the labels' eps and positive fraction; ``timings_s``: wall seconds of the stages
+        (rollouts, relabel, eval, eval_efficient; world_model_train and policy_train: the training
+        loops' logged time, :func:`~robodream.pipeline.training_seconds`).
 
     Raises:
         ConfigError: bad settings, or ``out`` holds another loop (see :func:`check_loop_dir`).
@@ -224,6 +259,29 @@ def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite:
     return read_json(out / "metrics.json")
 
 
+def round_data(cfg: RampLoopConfig, out: Path, k: int) -> list[str]:
+    """The training datasets of round ``k``: the demos and the rollouts of rounds 1..k."""
+    return list(cfg.data) + [str(out / f"round_{j}" / "rollouts" / t) for j in range(1, k + 1) for t in cfg.tasks]
+
+
+def train_round_world_model(cfg: RampLoopConfig, data: list[str], k: int, run: Path, prev: Path | None, *,
+                            model: WorldModelConfig | None = None, log=print) -> None:
+    """Round ``k``'s world model in ``run`` on ``data`` (skipped when complete, continued from its
+    checkpoint when killed), warm-started from ``prev`` (the round before's run) with
+    ``cfg.warm_start``; ``model`` replaces ``cfg.world_model`` (the value-only ablation of ``bench rl``)."""
+    if run_complete(run):
+        return
+    steps = cfg.round_steps(k, cfg.world_model_train.steps, cfg.round_world_model_steps)
+    init = str(prev) if cfg.warm_start and k >= 1 and prev is not None else ""
+    log(f"round {k}: training the world model on {len(data)} datasets -> {run}" + (f" (from {init})" if init else ""))
+    model = model if model is not None else cfg.world_model
+    train_world_model(WorldModelRunConfig(data=tuple(data), tokenizer=cfg.tokenizer,
+                                          model=from_dict(WorldModelConfig, to_dict(model)),
+                                          train=replace(cfg.world_model_train, steps=steps, seed=cfg.seed),
+                                          init_from=init),
+                      run, resume=run.exists())
+
+
 def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str, Any]:
     """Round ``k`` of the loop (see the module docstring); its stages skip complete outputs."""
     rd = out / f"round_{k}"
@@ -232,78 +290,84 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
     # wall seconds of the stages run by this call; a skipped stage keeps its earlier time
     metrics: dict[str, Any] = {"round": k, "method": cfg.method, "timings_s": dict(old.get("timings_s", {}))}
     ran: set[str] = set()
+
+    def timed(stage: str, t0: float) -> None:
+        if stage in ran or stage not in metrics["timings_s"]:
+            metrics["timings_s"][stage] = time.perf_counter() - t0
+
     threads = cfg.threads or (2 if cfg.workers == 1 else 1)
-    data = list(cfg.data)
-    for j in range(1, k + 1):  # every rollout so far; this round's are made here
-        data += [str(out / f"round_{j}" / "rollouts" / t) for t in cfg.tasks]
+    data = round_data(cfg, out, k)  # this round's rollouts are made here
+    prev = out / f"round_{k - 1}" if k >= 1 else None
 
     if k >= 1:  # rollouts of the previous round's policy, with takeover
         t0 = time.perf_counter()
-        prev = out / f"round_{k - 1}" / "policy"
         roll = {}
         for task in cfg.tasks:
             path = rd / "rollouts" / task
             if not dataset_complete(path):
                 log(f"round {k}: {cfg.rollouts} rollouts of {task} with takeover -> {path}")
                 ran.add("rollouts")
-                record_rollouts(prev, task, cfg.rollouts, path, takeover=cfg.takeover, max_steps=cfg.max_steps,
-                                mode=cfg.eval_mode, threads=threads, workers=cfg.workers, overwrite=path.exists())
+                record_rollouts(prev / "policy", task, cfg.rollouts, path, takeover=cfg.takeover,
+                                max_steps=cfg.max_steps, mode=cfg.eval_mode, threads=threads, workers=cfg.workers,
+                                overwrite=path.exists())
             r = read_json(path / "meta" / "results.json")
             roll[task] = {key: r.get(key) for key in ("n_episodes", "success_rate", "intervention_steps",
                                                        "intervention_fraction", "mean_intervention_fraction")}
             roll[task]["seeds"] = [r["seeds"][0], r["seeds"][-1]] if r.get("seeds") else None
         metrics["rollouts"] = roll
-        if "rollouts" in ran or "rollouts" not in metrics["timings_s"]:
-            metrics["timings_s"]["rollouts"] = time.perf_counter() - t0
+        timed("rollouts", t0)
 
     labels = None
     if cfg.uses_world_model:
         wm = rd / "world_model"
-        if not run_complete(wm):
-            steps = cfg.world_model_train.steps if k == 0 else (cfg.round_world_model_steps or cfg.world_model_train.steps)
-            log(f"round {k}: training the value world model on {len(data)} datasets -> {wm}")
-            train_world_model(WorldModelRunConfig(data=tuple(data), tokenizer=cfg.tokenizer,
-                                                  model=from_dict(WorldModelConfig, to_dict(cfg.world_model)),
-                                                  train=replace(cfg.world_model_train, steps=steps, seed=cfg.seed)),
-                              wm, resume=wm.exists())
+        train_round_world_model(cfg, data, k, wm, prev / "world_model" if prev else None, log=log)
         metrics["timings_s"]["world_model_train"] = training_seconds(wm)
         labels = rd / "labels.safetensors"
+        t0 = time.perf_counter()
         if not labels.is_file():
             log(f"round {k}: relabelling {len(data)} datasets -> {labels}")
+            ran.add("relabel")
             relabel(data, wm, labels, positive_fraction=cfg.positive_fraction, value_steps=cfg.value_steps or None,
                     seed=cfg.seed)
+        timed("relabel", t0)
         meta = labels_meta(labels)
         metrics["labels"] = {"eps": meta.get("eps"), "positive_fraction": meta.get("positive_fraction"),
                              "achieved_positive_fraction": meta.get("achieved_positive_fraction")}
 
     pol = rd / "policy"
     if not run_complete(pol):
-        steps = cfg.policy_train.steps if k == 0 else (cfg.round_policy_steps or cfg.policy_train.steps)
-        log(f"round {k}: training the {cfg.method} policy on {len(data)} datasets -> {pol}")
-        train_policy(cfg.policy_run_config(tuple(data), str(labels) if labels else None, steps), pol,
+        steps = cfg.round_steps(k, cfg.policy_train.steps, cfg.round_policy_steps)
+        init = str(prev / "policy") if cfg.warm_start and prev else ""
+        log(f"round {k}: training the {cfg.method} policy on {len(data)} datasets -> {pol}"
+            + (f" (from {init})" if init else ""))
+        train_policy(cfg.policy_run_config(tuple(data), str(labels) if labels else None, steps, init), pol,
                      resume=pol.exists())
     metrics["timings_s"]["policy_train"] = training_seconds(pol)
 
-    t0 = time.perf_counter()
-    per_task = {}
-    for task in cfg.tasks:
-        ev = rd / "eval" / task
-        if (ev / "results.json").is_file():
-            r = read_json(ev / "results.json")
-        else:
-            log(f"round {k}: evaluating on {task} ({cfg.eval_episodes} episodes) -> {ev}")
-            ran.add("eval")
-            r = evaluate_policy(pol, task, cfg.eval_episodes, ev, seed_start=cfg.eval_seed, max_steps=cfg.max_steps,
-                                n_videos=cfg.videos, mode=cfg.eval_mode, threads=threads, workers=cfg.workers,
-                                overwrite=ev.exists())
-        per_task[task] = {"success_rate": r["success_rate"], "n_episodes": r["n_episodes"],
-                          "ci95": list(r.get("ci95") or wilson_interval(round(r["success_rate"] * r["n_episodes"]),
-                                                                        r["n_episodes"])),
-                          "mode": r.get("mode"), "out": str(ev)}
-    if "eval" in ran or "eval" not in metrics["timings_s"]:
-        metrics["timings_s"]["eval"] = time.perf_counter() - t0
-    metrics["per_task"] = per_task
-    metrics["mean_success"] = sum(v["success_rate"] for v in per_task.values()) / len(per_task)
+    # the method's evaluation; RAMP's policy also without z (efficient mode, I = 1)
+    evals = [("eval", "per_task", "mean_success", cfg.eval_mode)]
+    if cfg.method == "ramp":
+        evals.append(("eval_efficient", "per_task_efficient", "mean_success_efficient", "efficient"))
+    for stage, key, mean_key, mode in evals:
+        t0 = time.perf_counter()
+        per_task = {}
+        for task in cfg.tasks:
+            ev = rd / stage / task
+            if (ev / "results.json").is_file():
+                r = read_json(ev / "results.json")
+            else:
+                log(f"round {k}: evaluating on {task} ({cfg.eval_episodes} episodes, mode {mode or 'default'}) -> {ev}")
+                ran.add(stage)
+                r = evaluate_policy(pol, task, cfg.eval_episodes, ev, seed_start=cfg.eval_seed,
+                                    max_steps=cfg.max_steps, n_videos=cfg.videos, mode=mode, threads=threads,
+                                    workers=cfg.workers, overwrite=ev.exists())
+            per_task[task] = {"success_rate": r["success_rate"], "n_episodes": r["n_episodes"],
+                              "ci95": list(r.get("ci95") or wilson_interval(round(r["success_rate"] * r["n_episodes"]),
+                                                                            r["n_episodes"])),
+                              "mode": r.get("mode"), "out": str(ev)}
+        timed(stage, t0)
+        metrics[key] = per_task
+        metrics[mean_key] = sum(v["success_rate"] for v in per_task.values()) / len(per_task)
     atomic_write_json(rd / "metrics.json", metrics)
     return metrics
 
@@ -318,15 +382,22 @@ def write_summary(cfg: RampLoopConfig, out: Path, rounds: list[dict[str, Any]]) 
         "final": rounds[-1]["per_task"],
         "rollouts": sum(v.get("n_episodes") or 0 for r in roll for v in r.values()),
         "intervention_steps": sum(v.get("intervention_steps") or 0 for r in roll for v in r.values()),
-        "rounds": rounds, "config": to_dict(cfg), "updated": now(), "code": code_version(),
-        "environment": environment_info(),
+        "intervention_steps_by_round": [sum(v.get("intervention_steps") or 0 for v in r.values()) for r in roll],
     }
+    if cfg.method == "ramp":  # the same policies without z
+        summary.update({
+            "mean_success_efficient": [r["mean_success_efficient"] for r in rounds],
+            "success_efficient": {t: [r["per_task_efficient"][t]["success_rate"] for r in rounds] for t in cfg.tasks},
+            "final_efficient": rounds[-1]["per_task_efficient"]})
+    summary.update({"rounds": rounds, "config": to_dict(cfg), "updated": now(), "code": code_version(),
+                    "environment": environment_info()})
     atomic_write_json(out / "metrics.json", summary)
     plot_success_curve(summary, out / "success_curve.png")
 
 
 def plot_success_curve(summary: dict[str, Any], path: Path) -> None:
-    """Success rate vs round, one line per task and the mean (bold); written atomically."""
+    """Success rate vs round, one line per task and the mean (bold; ramp also the mean in efficient
+    mode, dashed); written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,6 +407,9 @@ def plot_success_curve(summary: dict[str, Any], path: Path) -> None:
     for task, ys in summary["success"].items():
         ax.plot(range(len(ys)), ys, marker="o", alpha=0.7, label=task)
     ax.plot(range(len(summary["mean_success"])), summary["mean_success"], marker="s", color="k", lw=2.5, label="mean")
+    if "mean_success_efficient" in summary:  # ramp: the same policies without z
+        ys = summary["mean_success_efficient"]
+        ax.plot(range(len(ys)), ys, marker="s", color="k", ls="--", lw=1.5, label="mean, efficient mode (no z)")
     ax.set(xlabel="round", ylabel="success rate", ylim=(-0.02, 1.02), title=f"{summary['method']}: success per round")
     ax.set_xticks(range(len(summary["mean_success"])))
     ax.legend(fontsize=7)
@@ -344,51 +418,3 @@ def plot_success_curve(summary: dict[str, Any], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
-
-
-# ----------------------------------------------------------------------------- bench rl
-def quick_loop_config(cfg: RampLoopConfig) -> RampLoopConfig:
-    """``cfg`` on tiny settings that finish in about a minute per method on 2 CPU cores (a smoke
-    test of the harness, never a measurement): 1 round, 2 rollouts and 2 evaluation episodes of
-    at most 30 steps (or ``cfg.max_steps`` if lower) per task, 32-wide one-layer models trained for a few steps."""
-    wm = replace(cfg.world_model, dim=24, n_heads=2, depth=1, n_future_frames=2, frame_stride=2, window=(0, 3, 3),
-                 text_encoder="")
-    pol = replace(cfg.policy, dim=32, depth=1, horizon=8, n_action_steps=4, video_stride=4, action_expert_dim=16)
-    return replace(cfg, rounds=1, rollouts=2, eval_episodes=2, max_steps=min(cfg.max_steps, 30), videos=1, value_steps=2, world_model=wm,
-                   world_model_train=replace(cfg.world_model_train, steps=2, batch_size=4, warmup_steps=1,
-                                             val_every=0, checkpoint_every=1),
-                   policy=pol, policy_train=replace(cfg.policy_train, steps=3, batch_size=8, warmup_steps=1,
-                                                    val_every=0, checkpoint_every=1),
-                   round_world_model_steps=0, round_policy_steps=0)
-
-
-def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, ...] = METHODS, quick: bool = False,
-                 log=print) -> dict[str, Any]:
-    """Run the loop of every method in ``work/<method>`` with the same settings, data and budget.
-
-    Returns:
-        the benchmark JSON: ``benchmark = "rl"``, created, code, environment, quick, the settings
-        (``config``, without ``method``), and per method its round curve (``mean_success``),
-        final per-task success with CI, rollouts and intervention steps used, and RUN path.
-
-    Raises:
-        ConfigError: an unknown method, or bad settings (as :func:`run_ramp_loop`).
-    """
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ConfigError(f"--methods must name some of {', '.join(METHODS)}, got {', '.join(methods) or 'none'}")
-    if quick:
-        cfg = quick_loop_config(cfg)
-    if not cfg.tasks:
-        cfg = replace(cfg, tasks=infer_tasks(cfg.data))
-    work = Path(work)
-    res: dict[str, Any] = {}
-    for m in methods:
-        log(f"bench rl: method {m} -> {work / m}")
-        s = run_ramp_loop(replace(cfg, method=m), work / m, log=log)
-        res[m] = {"mean_success": s["mean_success"], "success": s["success"], "final": s["final"],
-                  "rollouts": s["rollouts"], "intervention_steps": s["intervention_steps"], "run": str(work / m)}
-    settings = to_dict(cfg)
-    settings.pop("method")
-    return {"benchmark": "rl", "created": now(), "code": code_version(), "environment": environment_info(),
-            "quick": quick, "methods": list(methods), "tasks": list(cfg.tasks), "config": settings, "results": res}

@@ -21,6 +21,11 @@ import numpy as np
 #: steps), so a failed episode (return <= -500) is below every successful one (> -500).
 DEFAULT_FAIL_PENALTY = 500.0
 
+#: The flag of a frame whose action came from a takeover source (a policy rollout's intervention).
+INTERVENTION = "complementary_info.is_intervention"
+#: ``source`` in the ``meta/robodream.json`` of a policy rollout (:mod:`robodream.rl.rollout`).
+ROLLOUT_SOURCE = "policy-rollout"
+
 #: The per-frame features of a dataset with rewards (LeRobot v3.0 ``info.json`` entries).
 REWARD_FEATURES = {
     "next.reward": {"dtype": "float32", "shape": [1], "names": None},

@@ -48,7 +48,7 @@ from robodream.envs.parallel import RolloutPool, check_parallelism
 from robodream.errors import ConfigError
 from robodream.eval.metrics import wilson_interval
 from robodream.eval.policy_eval import load_runner, prepare_policy_rollouts
-from robodream.rl.rewards import DEFAULT_FAIL_PENALTY
+from robodream.rl.rewards import DEFAULT_FAIL_PENALTY, ROLLOUT_SOURCE
 from robodream.rl.takeover import KeySource, StepInfo, TakeoverConfig, check_takeover, make_takeover, takeover_settings
 from robodream.utils.progress import progress_bar
 from robodream.utils.run import code_version, environment_info, now
@@ -154,7 +154,7 @@ def record_rollouts(run_dir: str | os.PathLike, task: str, episodes: int, out: s
             "wall_s": time.perf_counter() - t_start, "episodes": per_episode,
         }
         writer.write_meta_json(PROVENANCE_FILE, {
-            "created": now(), "code": code_version(), "source": "policy-rollout",
+            "created": now(), "code": code_version(), "source": ROLLOUT_SOURCE,
             "env": to_dict(env_cfg), "task": task, "seeds": seeds,
             "policy": {"run": str(Path(run_dir).resolve()), "mode": ps.mode, "world_model": ps.world_model,
                        "n_action_steps": ps.cfg.n_action_steps,

@@ -16,7 +16,8 @@ path, an existing run without ``--resume``, the saved config against the new opt
 steps done), then data loading and the checkpoint restore by the trainer; only then
 :meth:`Run.start` writes ``config.json`` and ``meta.json``. A fresh run that fails before its
 first checkpoint removes its directory (:meth:`Run.guard`), so a rerun is not blocked. Only
-rank 0 writes under torchrun.
+rank 0 writes under torchrun. A run with ``init_from`` (a warm start) begins from another
+finished run's final weights (:func:`init_from_run`), unless it resumes from its own checkpoint.
 
 Registry: :func:`load_run` loads any run by the ``model_type`` its config records
 (:data:`RUN_TYPES`; systems add theirs with :func:`register_run_type`).
@@ -334,6 +335,54 @@ def load_latent_run(run_dir: str | os.PathLike, model_cls, config_cls, device="c
     return model.to(device).eval().requires_grad_(False), tokenizer, cfg
 
 
+def check_init_run(run_dir: str | os.PathLike, model_type: str) -> Path:
+    """The finished run ``run_dir`` that a new run of ``model_type`` starts from (``init_from``),
+    checked before any data is encoded: its type and its final weights.
+
+    Raises:
+        CheckpointError: not a run, a run of another model type, or one without ``model.safetensors``.
+    """
+    run_dir = Path(run_dir)
+    read_run_config(run_dir, model_type)
+    if not (run_dir / "model.safetensors").is_file():
+        raise CheckpointError(f"init_from {run_dir} has no model.safetensors (its training has not finished)")
+    return run_dir
+
+
+def init_from_run(model, run_dir: str | os.PathLike, config_cls, tokenizer: str | os.PathLike) -> None:
+    """Initialise a freshly built ``model`` with the final (EMA) weights of the finished run
+    ``run_dir`` (a warm start: weights only; the new run has its own optimizer, step counter,
+    learning-rate warm-up and data normalisation, so call this before setting the normalisation).
+
+    The run must be one of the same model: the same ``model_type``, the same resolved model
+    config (``model.cfg``, data-derived fields included: tasks, cameras, dimensions) and latents
+    of the same tokenizer weights (``tokenizer``, the new run's tokenizer run).
+
+    Raises:
+        CheckpointError: as :func:`check_init_run`; another model config (naming the first
+            settings that differ), another tokenizer, or weights that do not fit.
+    """
+    import filecmp
+
+    from robodream.train.checkpoint import load_model_weights
+
+    run_dir = check_init_run(run_dir, model.model_type)
+    saved = read_run_config(run_dir, model.model_type)
+    if not isinstance(saved.get("model"), dict):
+        raise CheckpointError(f"init_from {run_dir}/config.json has no model section")
+    old = flatten(to_dict(run_config_from_dict(config_cls, saved["model"], f"{run_dir}/config.json")))
+    new = flatten(to_dict(model.cfg))
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        shown = ", ".join(f"model.{k} is {old.get(k)!r} there but {new.get(k)!r} here" for k in diff[:3])
+        raise CheckpointError(f"init_from {run_dir} is another model ({shown}{', ...' if len(diff) > 3 else ''}); "
+                              "a warm start needs a run of the same model config")
+    theirs, ours = run_dir / "tokenizer" / "model.safetensors", Path(tokenizer) / "model.safetensors"
+    if not (theirs.is_file() and ours.is_file() and filecmp.cmp(theirs, ours, shallow=False)):
+        raise CheckpointError(f"init_from {run_dir} was trained on another tokenizer's latents than {tokenizer}")
+    load_model_weights(model, run_dir / "model.safetensors")
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = read_json(path / "meta.json")
@@ -342,4 +391,5 @@ def _read_meta(path: Path) -> dict[str, Any]:
         return {}
 
 
-__all__ = ["RESUMABLE", "RUN_TYPES", "Run", "load_latent_run", "load_run", "read_run_config", "register_run_type"]
+__all__ = ["RESUMABLE", "RUN_TYPES", "Run", "check_init_run", "init_from_run", "load_latent_run", "load_run",
+           "read_run_config", "register_run_type"]

@@ -10,6 +10,8 @@
   prediction depends on the actions. For a model with a value frame (GigaBrain-0.5M*'s value
   world model, RAMP, arXiv 2602.12099) also the value quality (:func:`value_quality`): Kendall
   tau and mean absolute error between predicted values and Monte-Carlo returns.
+* :func:`evaluate_value` — the value quality alone (``bench rl``'s state+value vs value-only
+  Kendall tau on rollouts neither model trained on).
 """
 
 from __future__ import annotations
@@ -195,6 +197,41 @@ def heldout_episodes(ds: LeRobotDataset, run_cfg: dict) -> list[int]:
     return list(range(ds.num_episodes))
 
 
+def heldout_episode_data(model: VideoWorldModel, run_cfg: dict, data: list[str | os.PathLike], max_episodes: int,
+                         min_length: int) -> list[dict]:
+    """Up to ``max_episodes`` episodes of ``data`` never trained on (:func:`heldout_episodes`,
+    round-robin over the datasets) of at least ``min_length`` frames, as dicts: ``ds``,
+    ``index``, ``task``, ``action`` (T, Da), ``frames`` (T, N, H, W, 3) uint8 and, for a
+    value-frame model, ``returns`` (T,) (discounted with the model's ``gamma``).
+
+    Raises:
+        DatasetError: a dataset the model cannot read (cameras, action dimension, image size,
+            no next.reward for a value-frame model).
+    """
+    cfg = model.cfg
+    episodes = []  # (dataset, index)
+    per_ds = []
+    for d in data:
+        ds = LeRobotDataset(d)
+        check_dataset(ds, model)
+        check_rewards([ds], cfg)
+        per_ds.append((ds, heldout_episodes(ds, run_cfg)))
+    while len(episodes) < max_episodes and any(eps for _, eps in per_ds):  # round-robin over datasets
+        for ds, eps in per_ds:
+            if eps and len(episodes) < max_episodes:
+                i = eps.pop(0)
+                if ds.episode_lengths[i] >= min_length:
+                    episodes.append((ds, i))
+    eps_data = []
+    for ds, i in episodes:
+        ep = ds.episode(i)
+        eps_data.append({"ds": ds, "index": i, "task": ep.task, "action": ep.action,
+                         "frames": episode_frames(ds, i, cfg.cameras)})
+        if cfg.n_value_frames:
+            eps_data[-1]["returns"] = discounted_returns(ep.extra["next.reward"].reshape(-1), cfg.gamma)
+    return eps_data
+
+
 @torch.no_grad()
 def evaluate_world_model(run_dir: str | os.PathLike, data: list[str | os.PathLike], out: str | os.PathLike, *,
                          max_episodes: int = 20, anchors_per_episode: int = 4, n_chunks: int = 1,
@@ -221,29 +258,9 @@ def evaluate_world_model(run_dir: str | os.PathLike, data: list[str | os.PathLik
     cfg = model.cfg
     S, hist = cfg.frame_stride, (cfg.n_context_frames - 1) * cfg.frame_stride
     span = n_chunks * cfg.chunk_steps
-    episodes = []  # (dataset, index, length)
-    per_ds = []
-    for d in data:
-        ds = LeRobotDataset(d)
-        check_dataset(ds, model)
-        check_rewards([ds], cfg)
-        per_ds.append((ds, heldout_episodes(ds, run_cfg)))
-    while len(episodes) < max_episodes and any(eps for _, eps in per_ds):  # round-robin over datasets
-        for ds, eps in per_ds:
-            if eps and len(episodes) < max_episodes:
-                i = eps.pop(0)
-                if ds.episode_lengths[i] > hist + span:
-                    episodes.append((ds, i))
-    if not episodes:
+    eps_data = heldout_episode_data(model, run_cfg, data, max_episodes, hist + span + 1)
+    if not eps_data:
         raise DatasetError(f"no held-out episode is longer than one clip ({hist + span + 1} frames)")
-
-    eps_data = []
-    for ds, i in episodes:
-        ep = ds.episode(i)
-        eps_data.append({"ds": ds, "index": i, "task": ep.task, "action": ep.action,
-                         "frames": episode_frames(ds, i, cfg.cameras)})
-        if cfg.n_value_frames:
-            eps_data[-1]["returns"] = discounted_returns(ep.extra["next.reward"].reshape(-1), cfg.gamma)
     clips = []  # (episode position, anchor step)
     for e, ed in enumerate(eps_data):
         T = len(ed["action"])
@@ -363,6 +380,33 @@ def value_quality(model: VideoWorldModel, tokenizer: ImageTokenizer, episodes: l
     g = np.asarray(true, dtype=np.float64)
     return {"value_kendall_tau": kendall_tau(p, g), "value_mae": float(np.abs(p - g).mean()) if len(g) else None,
             "value_n_frames": len(g)}
+
+
+@torch.no_grad()
+def evaluate_value(run_dir: str | os.PathLike, data: list[str | os.PathLike], *, max_episodes: int = 20,
+                   n_steps: int | None = None, seed: int = 0, device: str = "cpu", batch_size: int = 32) -> dict:
+    """Only the value quality of :func:`evaluate_world_model` (:func:`value_quality`: Kendall tau
+    and MAE of predicted values against Monte-Carlo returns) of a value-frame world-model run,
+    on the same choice of episodes: up to ``max_episodes`` episodes of ``data`` it never trained on.
+
+    Returns:
+        ``value_kendall_tau`` (None with fewer than two frames where a clip fits), ``value_mae``,
+        ``value_n_frames``, ``n_episodes``, ``value_frame``, ``world_model``, ``seed``, ``wall_s``.
+
+    Raises:
+        ConfigError: a world model without a value frame.
+        DatasetError: a dataset the model cannot read (as :func:`evaluate_world_model`).
+    """
+    t0 = time.perf_counter()
+    model, tokenizer, run_cfg = load_world_model(run_dir, device=device)
+    cfg = model.cfg
+    if not cfg.n_value_frames:
+        raise ConfigError(f"{run_dir} has no value frame (value_frame={cfg.value_frame!r}): nothing to evaluate")
+    min_length = (cfg.n_context_frames - 1) * cfg.frame_stride + cfg.chunk_steps + 1  # one frame where a clip fits
+    eps_data = heldout_episode_data(model, run_cfg, data, max_episodes, min_length)
+    r = value_quality(model, tokenizer, eps_data, n_steps=n_steps, seed=seed, device=device, batch_size=batch_size)
+    return {**r, "n_episodes": len(eps_data), "value_frame": cfg.value_frame, "world_model": str(run_dir),
+            "seed": seed, "wall_s": time.perf_counter() - t0}
 
 
 def plot_metrics(r: dict, path: Path) -> None:

@@ -12,6 +12,10 @@ model, RAMP, arXiv 2602.12099) the datasets must carry ``next.reward``: every fr
 return (``--gamma``) is computed once per episode, and the mean/std of the training returns
 (and states) normalise the value frame's numbers (stored in ``normalization.json`` and the
 model's buffers).
+
+Warm start (``--init-from RUN``): as the policy's (:mod:`robodream.policy.train`): the final
+weights of a finished world-model run of the same model config and tokenizer, weights only,
+this run's normalisation; ignored by a run resumed from its checkpoint.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from robodream.eval.metrics import psnr
 from robodream.models.text import encode_texts
 from robodream.tokenizer.model import ImageTokenizer
 from robodream.tokenizer.train import load_tokenizer
+from robodream.train.checkpoint import latest_checkpoint
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
-from robodream.train.run_dir import Run, load_latent_run
+from robodream.train.run_dir import Run, check_init_run, init_from_run, load_latent_run
 from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.modeling import VideoWorldModel
 
@@ -54,6 +59,9 @@ class WorldModelRunConfig:
     train: TrainConfig = field(default_factory=default_world_model_train)
     heldout_fraction: float = 0.1  # last episodes of each dataset, never trained on
     balance_tasks: bool = True  # draw every task equally often in multi-task training
+    # Warm start: a finished world-model run of the same model config and tokenizer whose final weights
+    # initialise this run (weights only; ignored when resuming from a checkpoint). Empty: random init.
+    init_from: str = ""
     model_type: str = MODEL_TYPE
 
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("model_type",)
@@ -100,13 +108,17 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
         DatasetError: missing/foreign or synthetic datasets, camera/image-size/dimension
             mismatches, a dataset without actions, non-finite actions; with a value frame, a
             dataset without next.reward (or observation.state, for ``"state_value"``).
-        CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``.
+        CheckpointError: bad tokenizer run, or ``out`` holds another run and not ``resume``;
+            an ``init_from`` run of another model type, model config or tokenizer, or unfinished.
         ConfigError: no dataset, an inconsistent model configuration, or a ``--resume`` that
             changes the run.
     """
     if not cfg.data:
         raise ConfigError("at least one dataset is required (--data)")
     run = Run(out, cfg, resume=resume)
+    warm = bool(cfg.init_from) and latest_checkpoint(run.path) is None  # a checkpoint to resume wins
+    if warm:
+        check_init_run(cfg.init_from, MODEL_TYPE)  # before any encoding
     with run.guard():
         device = resolve_device(cfg.train.device)
         tokenizer = load_tokenizer(cfg.tokenizer, device=device)
@@ -131,6 +143,8 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
 
         torch.manual_seed(cfg.train.seed)
         model = VideoWorldModel(m)
+        if warm:  # before the normalisation: that stays this run's
+            init_from_run(model, cfg.init_from, WorldModelConfig, cfg.tokenizer)
         a_mean, a_std = train_table.mean_std("action")
         norm = {"action": {"mean": a_mean.tolist(), "std": a_std.tolist()}}
         if m.n_value_frames:  # value targets: discounted returns, normalised by the training frames' statistics
@@ -170,8 +184,11 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
         trainer = Trainer(model, cfg.train, run.path, sample_batch, loss_fn,
                           validate=validate if held_table is not None else None, description="world model",
                           model_factory=factory)
-        val = run.fit(trainer, meta={"n_train_episodes": len(train_eps), "n_heldout_episodes": len(held_eps),
-                                     "n_train_frames": len(train_table), "n_parameters": n_parameters},
+        meta = {"n_train_episodes": len(train_eps), "n_heldout_episodes": len(held_eps),
+                "n_train_frames": len(train_table), "n_parameters": n_parameters}
+        if warm:
+            meta["init_from"] = str(cfg.init_from)
+        val = run.fit(trainer, meta=meta,
                       json_files={"normalization.json": norm}, tokenizer=cfg.tokenizer)
         results = run.finish(trainer, val, n_train_frames=len(train_table),
                              n_heldout_frames=len(held_table) if held_table else 0)
