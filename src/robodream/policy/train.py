@@ -52,9 +52,8 @@ from robodream.rl.labels import (
     match_labels,
 )
 from robodream.tokenizer.train import load_tokenizer
-from robodream.train.checkpoint import latest_checkpoint
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
-from robodream.train.run_dir import Run, check_init_run, init_from_run, load_latent_run
+from robodream.train.run_dir import Run, init_from_run, load_latent_run, warm_start_source
 
 MODEL_TYPE = GigaWorldPolicy.model_type
 
@@ -164,9 +163,7 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         raise ConfigError("at least one dataset is required (--data)")
     cfg.check_labels()
     run = Run(out, cfg, resume=resume)
-    warm = bool(cfg.init_from) and latest_checkpoint(run.path) is None  # a checkpoint to resume wins
-    if warm:
-        check_init_run(cfg.init_from, MODEL_TYPE)  # before any encoding
+    warm = warm_start_source(run, cfg.init_from, MODEL_TYPE)  # checked before any encoding
     with run.guard():
         device = resolve_device(cfg.train.device)
         tokenizer = load_tokenizer(cfg.tokenizer, device=device)
@@ -204,7 +201,7 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         torch.manual_seed(cfg.train.seed)
         model = GigaWorldPolicy(m)
         if warm:  # before the normalisation: that stays this run's
-            init_from_run(model, cfg.init_from, PolicyConfig, cfg.tokenizer)
+            init_from_run(model, warm, PolicyConfig, cfg.tokenizer)
         norm = train_table.normalization()
         model.set_normalization(norm)
         model.to(device)
@@ -234,7 +231,7 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         if labels_info:
             meta["labels"] = labels_info
         if warm:
-            meta["init_from"] = str(cfg.init_from)
+            meta["init_from"] = warm
         if cfg.intervention_only:
             meta["n_train_frames_weighted"] = int((train_table.sample_weight > 0).sum())  # the expert's frames
         val = run.fit(trainer, meta=meta,

@@ -38,12 +38,10 @@ def relabel_cmd(
 
 
 def _loop_config(overrides: dict, data: list[Path], tokenizer: Path):
-    from robodream.config import deep_merge, from_dict, to_dict
+    from robodream.config import replace as config_replace
     from robodream.rl.loop import RampLoopConfig
 
-    base = to_dict(RampLoopConfig())
-    return from_dict(RampLoopConfig, deep_merge(base, {**overrides, "data": [str(d) for d in data],
-                                                       "tokenizer": str(tokenizer)}))
+    return config_replace(RampLoopConfig(), {**overrides, "data": [str(d) for d in data], "tokenizer": str(tokenizer)})
 
 
 def _ci(r: dict) -> str:

@@ -63,7 +63,6 @@ from robodream.config import from_dict, to_dict
 from robodream.data.collect import dataset_provenance
 from robodream.data.lerobot import LeRobotDataset
 from robodream.errors import ConfigError, DatasetError
-from robodream.eval.metrics import wilson_interval
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 from robodream.pipeline import dataset_complete, run_complete, training_seconds
 from robodream.policy.configuration import PolicyConfig
@@ -362,8 +361,7 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
                                     max_steps=cfg.max_steps, n_videos=cfg.videos, mode=mode, threads=threads,
                                     workers=cfg.workers, overwrite=ev.exists())
             per_task[task] = {"success_rate": r["success_rate"], "n_episodes": r["n_episodes"],
-                              "ci95": list(r.get("ci95") or wilson_interval(round(r["success_rate"] * r["n_episodes"]),
-                                                                            r["n_episodes"])),
+                              "ci95": list(r["ci95"]),
                               "mode": r.get("mode"), "out": str(ev)}
         timed(stage, t0)
         metrics[key] = per_task

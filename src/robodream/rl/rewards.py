@@ -31,7 +31,7 @@ REWARD_FEATURES = {
     "next.reward": {"dtype": "float32", "shape": [1], "names": None},
     "next.done": {"dtype": "bool", "shape": [1], "names": None},
     "next.success": {"dtype": "bool", "shape": [1], "names": None},
-    "complementary_info.is_intervention": {"dtype": "bool", "shape": [1], "names": None},
+    INTERVENTION: {"dtype": "bool", "shape": [1], "names": None},
     "complementary_info.dense_reward": {"dtype": "float32", "shape": [1], "names": None},
 }
 
@@ -92,5 +92,5 @@ def episode_reward_columns(success: np.ndarray, dense_reward: np.ndarray | None 
     done = np.zeros(t, bool)
     done[-1] = True
     return {"next.reward": sparse_rewards(success, fail_penalty=fail_penalty), "next.done": done,
-            "next.success": success, "complementary_info.is_intervention": takeover,
+            "next.success": success, INTERVENTION: takeover,
             "complementary_info.dense_reward": dense}

@@ -335,18 +335,31 @@ def load_latent_run(run_dir: str | os.PathLike, model_cls, config_cls, device="c
     return model.to(device).eval().requires_grad_(False), tokenizer, cfg
 
 
-def check_init_run(run_dir: str | os.PathLike, model_type: str) -> Path:
-    """The finished run ``run_dir`` that a new run of ``model_type`` starts from (``init_from``),
-    checked before any data is encoded: its type and its final weights.
+def check_init_run(run_dir: str | os.PathLike, model_type: str) -> dict[str, Any]:
+    """The config of the finished run ``run_dir`` that a new run of ``model_type`` starts from
+    (``init_from``), checked before any data is encoded: its type and its final weights.
 
     Raises:
         CheckpointError: not a run, a run of another model type, or one without ``model.safetensors``.
     """
-    run_dir = Path(run_dir)
-    read_run_config(run_dir, model_type)
-    if not (run_dir / "model.safetensors").is_file():
+    saved = read_run_config(run_dir, model_type)
+    if not (Path(run_dir) / "model.safetensors").is_file():
         raise CheckpointError(f"init_from {run_dir} has no model.safetensors (its training has not finished)")
-    return run_dir
+    return saved
+
+
+def warm_start_source(run: Run, init_from: str, model_type: str) -> str:
+    """The run a new training run ``run`` warm-starts from: ``init_from`` checked by
+    :func:`check_init_run`, or ``""`` without one or when ``run`` has a checkpoint to resume
+    (a resumed run continues its own weights).
+
+    Raises:
+        CheckpointError: as :func:`check_init_run`.
+    """
+    if not init_from or latest_checkpoint(run.path) is not None:
+        return ""
+    check_init_run(init_from, model_type)
+    return init_from
 
 
 def init_from_run(model, run_dir: str | os.PathLike, config_cls, tokenizer: str | os.PathLike) -> None:
@@ -366,8 +379,8 @@ def init_from_run(model, run_dir: str | os.PathLike, config_cls, tokenizer: str 
 
     from robodream.train.checkpoint import load_model_weights
 
-    run_dir = check_init_run(run_dir, model.model_type)
-    saved = read_run_config(run_dir, model.model_type)
+    run_dir = Path(run_dir)
+    saved = check_init_run(run_dir, model.model_type)
     if not isinstance(saved.get("model"), dict):
         raise CheckpointError(f"init_from {run_dir}/config.json has no model section")
     old = flatten(to_dict(run_config_from_dict(config_cls, saved["model"], f"{run_dir}/config.json")))
@@ -392,4 +405,4 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 __all__ = ["RESUMABLE", "RUN_TYPES", "Run", "check_init_run", "init_from_run", "load_latent_run", "load_run",
-           "read_run_config", "register_run_type"]
+           "read_run_config", "register_run_type", "warm_start_source"]

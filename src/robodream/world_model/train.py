@@ -35,9 +35,8 @@ from robodream.eval.metrics import psnr
 from robodream.models.text import encode_texts
 from robodream.tokenizer.model import ImageTokenizer
 from robodream.tokenizer.train import load_tokenizer
-from robodream.train.checkpoint import latest_checkpoint
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
-from robodream.train.run_dir import Run, check_init_run, init_from_run, load_latent_run
+from robodream.train.run_dir import Run, init_from_run, load_latent_run, warm_start_source
 from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.modeling import VideoWorldModel
 
@@ -116,9 +115,7 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
     if not cfg.data:
         raise ConfigError("at least one dataset is required (--data)")
     run = Run(out, cfg, resume=resume)
-    warm = bool(cfg.init_from) and latest_checkpoint(run.path) is None  # a checkpoint to resume wins
-    if warm:
-        check_init_run(cfg.init_from, MODEL_TYPE)  # before any encoding
+    warm = warm_start_source(run, cfg.init_from, MODEL_TYPE)  # checked before any encoding
     with run.guard():
         device = resolve_device(cfg.train.device)
         tokenizer = load_tokenizer(cfg.tokenizer, device=device)
@@ -144,7 +141,7 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
         torch.manual_seed(cfg.train.seed)
         model = VideoWorldModel(m)
         if warm:  # before the normalisation: that stays this run's
-            init_from_run(model, cfg.init_from, WorldModelConfig, cfg.tokenizer)
+            init_from_run(model, warm, WorldModelConfig, cfg.tokenizer)
         a_mean, a_std = train_table.mean_std("action")
         norm = {"action": {"mean": a_mean.tolist(), "std": a_std.tolist()}}
         if m.n_value_frames:  # value targets: discounted returns, normalised by the training frames' statistics
@@ -187,7 +184,7 @@ def train_world_model(cfg: WorldModelRunConfig, out: str | os.PathLike, *, resum
         meta = {"n_train_episodes": len(train_eps), "n_heldout_episodes": len(held_eps),
                 "n_train_frames": len(train_table), "n_parameters": n_parameters}
         if warm:
-            meta["init_from"] = str(cfg.init_from)
+            meta["init_from"] = warm
         val = run.fit(trainer, meta=meta,
                       json_files={"normalization.json": norm}, tokenizer=cfg.tokenizer)
         results = run.finish(trainer, val, n_train_frames=len(train_table),
