@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import TINY_POLICY, run
+from cli_helpers import TINY_POLICY, one_line_error, run
 from fixtures.lerobot_v30 import make_lerobot_v30_fixture
 
 
@@ -153,7 +153,7 @@ def test_bench_policy(tmp_path, work):
 def _tiny_recipe(path: Path) -> Path:
     path.write_text(json.dumps({
         "tasks": ["reach-v3"], "demos_per_task": 2, "eval_episodes": 1, "eval_max_steps": 8, "image_size": 32,
-        "videos_per_task": 1, "tokenizer_train": {"steps": 4, "batch_size": 8},
+        "videos_per_task": 1, "task_weight": [2.0], "tokenizer_train": {"steps": 4, "batch_size": 8},
         "policy": {"dim": 32, "depth": 1, "horizon": 8, "n_action_steps": 4, "video_stride": 4,
                    "action_expert_dim": 16, "pixel_stem_width": 8},
         "policy_train": {"steps": 4, "batch_size": 8}}))
@@ -169,11 +169,25 @@ def test_demo_and_bench_success(tmp_path):
     assert meta["collect"]["expert_target"] == "tcp" and meta["collect"]["with_segmentation"]
     model = json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["model"]
     assert model["keypoint_targets"] == ["goal", "object"]  # the recipes' supervised keypoints
+    assert json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["data_weight"] == [2.0]
     run("bench", "success", "--out", tmp_path / "s.json", "--work", tmp_path / "bs", "--recipe", recipe)
     s = json.loads((tmp_path / "s.json").read_text())
     assert set(s["per_task"]) == {"reach-v3"} and "ablation_no_video" in s
     assert s["ablation_no_video"]["details"]["recipe"]["policy"]["video_stride"] == 4  # recipe unchanged
     assert json.loads((tmp_path / "bs" / "policy_no_video" / "config.json").read_text())["model"]["video_stride"] == 0
+
+
+def test_recipe_task_weight_needs_one_weight_per_task(tmp_path):
+    from robodream.errors import ConfigError
+    from robodream.pipeline import SUCCESS_BENCH, recipe_from_json
+    assert recipe_from_json({"task_weight": [2, 1, 1, 1, 1]}, SUCCESS_BENCH).task_weight == (2.0, 1.0, 1.0, 1.0, 1.0)
+    for bad in ([2, 1], [0, 0, 0, 0, 0], [-1, 1, 1, 1, 1]):
+        with pytest.raises(ConfigError, match="task_weight"):
+            recipe_from_json({"task_weight": bad}, SUCCESS_BENCH)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"task_weight": [1, 2]}))
+    one_line_error(run("demo", "--out", tmp_path / "d", "--recipe", path, code=2), "task_weight")
+    assert not (tmp_path / "d").exists()  # refused before anything is written
 
 
 def test_tasks_command():

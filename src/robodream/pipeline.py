@@ -19,7 +19,7 @@ from robodream.config import to_dict
 from robodream.data.collect import CollectConfig, collect
 from robodream.data.lerobot import LeRobotDataset
 from robodream.envs.meta_world import DEFAULT_CAMERAS, DEFAULT_PROPRIO
-from robodream.errors import DatasetError
+from robodream.errors import ConfigError, DatasetError
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.train import PolicyRunConfig, default_policy_train, train_policy
@@ -50,11 +50,21 @@ class Recipe:
     augment_views: int = 0  # image augmentation: augmented copies per training episode (PolicyRunConfig)
     augment_pad: int = 4  # their maximum shift, pixels
     augment_color: float = 0.0  # their colour jitter strength
+    # policy training's draw: one weight per task (a sample comes from task i with probability
+    # w_i / sum(w)); empty: every task equally often (PolicyRunConfig.data_weight)
+    task_weight: tuple[float, ...] = ()
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TrainConfig = field(default_factory=default_tokenizer_train)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     policy_train: TrainConfig = field(default_factory=default_policy_train)
     videos_per_task: int = 2
+
+    def __post_init__(self) -> None:
+        self.tasks, self.task_weight = tuple(self.tasks), tuple(float(w) for w in self.task_weight)
+        if self.task_weight and (len(self.task_weight) != len(self.tasks) or min(self.task_weight) < 0
+                                 or not sum(self.task_weight) > 0):
+            raise ConfigError(f"task_weight needs one weight >= 0 per task ({len(self.tasks)}), not all 0, "
+                              f"got {list(self.task_weight)}")
 
 
 #: Sized to finish in under 20 minutes on 2 CPU cores (times in benchmarks/RESULTS.md); the
@@ -136,7 +146,7 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         train_cfg = replace(recipe.policy_train, seed=train_seed)
         train_policy(PolicyRunConfig(data=tuple(datasets), tokenizer=str(tok), model=model, train=train_cfg,
                                      augment_views=recipe.augment_views, augment_pad=recipe.augment_pad,
-                                     augment_color=recipe.augment_color),
+                                     augment_color=recipe.augment_color, data_weight=recipe.task_weight),
                      pol, resume=pol.exists())
     timings["policy_s"] = time.perf_counter() - t0
 
