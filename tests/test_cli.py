@@ -167,9 +167,9 @@ def test_demo_and_bench_success(tmp_path):
     assert json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["model"]["pixel_stem_width"] == 8
     meta = json.loads((tmp_path / "demo" / "data" / "reach-v3" / "meta" / "robodream.json").read_text())
     assert meta["collect"]["expert_target"] == "tcp" and meta["collect"]["with_segmentation"]
-    model = json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["model"]
-    assert model["keypoint_targets"] == ["goal", "object"]  # the recipes' supervised keypoints
-    assert json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["data_weight"] == [2.0]
+    policy_cfg = json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())
+    assert policy_cfg["model"]["keypoint_targets"] == ["goal", "object"]  # the recipes' supervised keypoints
+    assert policy_cfg["data_weight"] == [2.0]
     run("bench", "success", "--out", tmp_path / "s.json", "--work", tmp_path / "bs", "--recipe", recipe)
     s = json.loads((tmp_path / "s.json").read_text())
     assert set(s["per_task"]) == {"reach-v3"} and "ablation_no_video" in s

@@ -19,10 +19,10 @@ from robodream.config import to_dict
 from robodream.data.collect import CollectConfig, collect
 from robodream.data.lerobot import LeRobotDataset
 from robodream.envs.meta_world import DEFAULT_CAMERAS, DEFAULT_PROPRIO
-from robodream.errors import ConfigError, DatasetError
+from robodream.errors import DatasetError
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 from robodream.policy.configuration import PolicyConfig
-from robodream.policy.train import PolicyRunConfig, default_policy_train, train_policy
+from robodream.policy.train import PolicyRunConfig, check_draw_weights, default_policy_train, train_policy
 from robodream.tokenizer.model import TokenizerConfig
 from robodream.tokenizer.train import TokenizerRunConfig, default_tokenizer_train, train_tokenizer
 from robodream.train.loop import TrainConfig
@@ -60,11 +60,8 @@ class Recipe:
     videos_per_task: int = 2
 
     def __post_init__(self) -> None:
-        self.tasks, self.task_weight = tuple(self.tasks), tuple(float(w) for w in self.task_weight)
-        if self.task_weight and (len(self.task_weight) != len(self.tasks) or min(self.task_weight) < 0
-                                 or not sum(self.task_weight) > 0):
-            raise ConfigError(f"task_weight needs one weight >= 0 per task ({len(self.tasks)}), not all 0, "
-                              f"got {list(self.task_weight)}")
+        self.tasks = tuple(self.tasks)
+        self.task_weight = check_draw_weights(self.task_weight, len(self.tasks), "task_weight", "task")
 
 
 #: Sized to finish in under 20 minutes on 2 CPU cores (times in benchmarks/RESULTS.md); the

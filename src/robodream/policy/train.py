@@ -58,6 +58,19 @@ from robodream.train.run_dir import Run, init_from_run, load_latent_run, warm_st
 MODEL_TYPE = GigaWorldPolicy.model_type
 
 
+def check_draw_weights(weights, n: int, name: str, per: str) -> tuple[float, ...]:
+    """Sampling weights of a training draw (``data_weight``, a recipe's ``task_weight``) as floats:
+    empty (draw evenly) or one weight >= 0 per ``per`` (``n`` of them), not all 0.
+
+    Raises:
+        ConfigError: naming ``name``, when the weights break that rule.
+    """
+    weights = tuple(float(w) for w in weights)
+    if weights and (len(weights) != n or min(weights) < 0 or not sum(weights) > 0):
+        raise ConfigError(f"{name} needs one weight >= 0 per {per} ({n}), not all 0, got {list(weights)}")
+    return weights
+
+
 def default_policy_train() -> TrainConfig:
     return TrainConfig(steps=4000, batch_size=64, lr=5e-4, weight_decay=0.01, warmup_steps=200,
                        ema_decay=0.999, val_every=1000, checkpoint_every=500)
@@ -113,11 +126,7 @@ class PolicyRunConfig:
         if self.augment_views and not (self.augment_pad or self.augment_color):
             raise ConfigError("augment_views needs augment_pad >= 1 or augment_color > 0 (otherwise the copies are "
                               "the frames)")
-        self.data_weight = tuple(float(w) for w in self.data_weight)
-        if self.data_weight and (len(self.data_weight) != len(self.data) or min(self.data_weight) < 0
-                                 or not sum(self.data_weight) > 0):
-            raise ConfigError(f"data_weight needs one weight >= 0 per dataset ({len(self.data)}), not all 0, "
-                              f"got {list(self.data_weight)}")
+        self.data_weight = check_draw_weights(self.data_weight, len(self.data), "data_weight", "dataset")
         self.labels = tuple(self.labels)
         if not (self.awr_beta > 0 and self.awr_max_weight > 0):
             raise ConfigError(f"awr_beta and awr_max_weight must be > 0, got {self.awr_beta}, {self.awr_max_weight}")
