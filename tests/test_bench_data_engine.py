@@ -15,7 +15,9 @@ def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
     shift_arms = ("real", "real_aug", "real_transfer", "oracle")
     res = run("bench", "data-engine", "--quick", "--work", w, "--out", out, "--arms", ",".join(shift_arms))
     r = json.loads(out.read_text())  # only the shift arms and their stages
-    assert set(r["missing"]) == {"real_dreams", "real_no_video", "low_real", "low_real_dreams", "low_real_no_video"}
+    assert set(r["missing"]) == {"real_dreams", "real_rendered", "real_no_video", "low_real", "low_real_dreams",
+                                 "low_real_no_video"}
+    assert r["gap_closed_rendered"] == {"appearance_shift": None, "camera_shift": None}
     assert r["mean_success"]["real_dreams"] == {"default": None, "appearance_shift": None, "camera_shift": None}
     assert r["idm_replay_success"] is None and r["low_data"]["real"] is None and r["transfer_psnr_db"]["view"] > 0
     assert not (w / "runs" / "idm").exists() and not (w / "data" / "real_low").exists()
@@ -23,8 +25,8 @@ def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
 
     run("bench", "data-engine", "--quick", "--work", w, "--out", out)  # the rest, in the same directory
     r = json.loads(out.read_text())
-    arms, conds = ("real", "real_aug", "real_transfer", "real_dreams", "oracle"), ("default", "appearance_shift",
-                                                                                   "camera_shift")
+    arms = ("real", "real_aug", "real_transfer", "real_dreams", "oracle", "real_rendered")
+    conds = ("default", "appearance_shift", "camera_shift")
     assert r["missing"] == [] and len(r["invocations"]) == 1  # the same working directory: one invocation
     for a in arms:
         assert set(r["mean_success"][a]) == set(conds) and all(0 <= v <= 1 for v in r["mean_success"][a].values())
@@ -38,7 +40,10 @@ def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
     assert r["wall_s"] > 0 and r["peak_rss_gib"] > 0 and r["dreams_kept"] == {"dream/reach-v3": 1,
                                                                              "dream_low/reach-v3": 1}
     prov = json.loads((w / "data" / "synthetic" / "view" / "reach-v3" / "meta" / "robodream.json").read_text())
-    assert prov["synthetic"] == "view"
+    assert prov["synthetic"] == "view" and "renderer" not in prov
+    prov = json.loads((w / "data" / "synthetic" / "rendered_view" / "reach-v3" / "meta" / "robodream.json").read_text())
+    assert prov["synthetic"] == "view" and prov["renderer"] == "simulator"
+    assert set(r["gap_closed_rendered"]) == {"appearance_shift", "camera_shift"}
     timings = json.loads((w / "timings.json").read_text())
     res = run("bench", "data-engine", "--quick", "--work", w, "--out", out)  # resumes: every stage is complete
     assert json.loads((w / "timings.json").read_text()) == timings and "train policy" not in res.output

@@ -276,3 +276,34 @@ def test_generate_writes_synthetic_data_that_train_policy_mixes_in(runs, tmp_pat
         one_line_error(run(*args, code=2), "synthetic (view", "real demonstrations")
     assert not (tmp_path / "vv").exists()
 
+
+
+def test_render_copies_are_the_simulators_render_of_the_same_targets(work, tmp_path):
+    """render_copies: the copies generate_transfer would write, rendered by replaying the recording
+    under the same targets; motion and wrist frames as recorded, provenance says simulator."""
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.errors import DatasetError
+    from robodream.transfer.generate import render_copies
+    from robodream.transfer.pairs import render_pairs
+    from robodream.transfer.train import training_shift
+
+    src = LeRobotDataset(work / "wall")
+    r = render_copies("view", work / "wall", tmp_path / "v", copies=2, video_codec="h264-rgb")
+    syn = LeRobotDataset(tmp_path / "v")
+    assert r["n_episodes"] == syn.num_episodes == 2 and syn.cameras == src.cameras
+    for c in (0, 1):
+        np.testing.assert_array_equal(syn.episode(c).action, src.episode(0).action)
+        np.testing.assert_array_equal(syn.frames(c, "behindGripper"), src.frames(0, "behindGripper"))
+        want = render_pairs(src, training_shift("view", 1.0, 2000 + c), "corner", [0])[0]["target_rgb"]
+        np.testing.assert_array_equal(syn.frames(c, "corner"), want)
+    assert not np.array_equal(syn.frames(0, "corner"), syn.frames(1, "corner"))
+    prov = json.loads((tmp_path / "v" / "meta" / "robodream.json").read_text())
+    assert prov["synthetic"] == "view" and prov["renderer"] == "simulator" and prov["shift"]["seeds"] == [2000, 2001]
+
+    render_copies("appearance", work / "wall", tmp_path / "a", video_codec="h264-rgb")
+    app = LeRobotDataset(tmp_path / "a")
+    for cam in src.cameras:  # an appearance change changes every camera
+        assert np.abs(app.frames(0, cam).astype(int) - src.frames(0, cam)).mean() > 1
+    with pytest.raises(DatasetError, match="synthetic"):
+        render_copies("view", tmp_path / "a", tmp_path / "x")
+    assert not (tmp_path / "x").exists()

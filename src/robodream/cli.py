@@ -248,7 +248,8 @@ def bench_data_engine_cmd(
     quick: Annotated[bool, typer.Option(help="every stage on tiny settings (a smoke test, not a measurement)")] = False,
 ) -> None:
     """Does generated data improve a policy under shift? Arms real, real+augmentation, real+transfer,
-    real+dreams and oracle, evaluated at default, appearance-shift and camera-shift conditions.
+    real+dreams, oracle and real_rendered (the transfer copies rendered by the simulator), evaluated
+    at default, appearance-shift and camera-shift conditions.
 
     Resumable in stages: run the same command again to continue after an interruption. With
     --arms, a run measures some arms and merges them into --out, so the table can be built over
@@ -282,8 +283,8 @@ def bench_data_engine_cmd(
     print_table("generators and derived measures", ["measure", "value"], [
         *[[f"{k} transfer PSNR (baseline) dB", pair(tp[k], tb[k])] for k in tp],
         ["IDM replay success (true actions)", pair(r["idm_replay_success"], r["true_action_replay_success"])],
-        ["gap closed by transfer (appearance, camera)", f"{r['gap_closed']['appearance_shift']}, "
-                                                        f"{r['gap_closed']['camera_shift']}"],
+        *[[f"gap closed by transfer vs {ref} (appearance, camera)", f"{g['appearance_shift']}, {g['camera_shift']}"]
+          for ref, g in (("oracle", r["gap_closed"]), ("real_rendered", r["gap_closed_rendered"]))],
         ["real's drop under shift (appearance, camera)", f"{r['real_drop']['appearance_shift']}, "
                                                          f"{r['real_drop']['camera_shift']}"],
         ["arms not measured yet", ", ".join(r["missing"]) or "none"],

@@ -15,7 +15,9 @@ arm                       training data
 ``real_transfer``         + ``transfer_copies`` appearance- and as many view-transferred copies
 ``real_dreams``           + ``dreams_per_task`` IDM-labelled, success-filtered dreams per task
 ``oracle``                ``demos`` demonstrations per task collected under random appearance
-                          and camera (the upper bound the transfer arm tries to reach)
+                          and camera (the issue's upper bound of the transfer arm)
+``real_rendered``         ``real_transfer`` with the copies rendered by the simulator (the same
+                          trajectories and targets, replayed): a perfect transfer model
 ``real_no_video``         ``real`` with ``video_stride = 0`` (item 8: the WAM's video supervision)
 ``low_*``                 ``real``, ``real_dreams`` and ``real_no_video`` at ``low_demos`` per task
 ========================  ==================================================================
@@ -27,7 +29,14 @@ the same seed); the low-data arms are evaluated at ``default`` only.
 What each generator may see: the transfer models and the tokenizer's shifted frames come from
 ``other_tasks`` only (never the evaluated tasks under a shift); the world models and IDMs train
 on the arm's own real demonstrations plus the other tasks' real demonstrations (the same robot);
-the 5-demo arm's generators never see the 20-demo data. Every stage writes its outputs under
+the 5-demo arm's generators never see the 20-demo data.
+
+Two upper bounds for the transfer arm: ``oracle`` (the issue's) and ``real_rendered``, the
+transfer arm's own data made perfect. ``gap_closed`` is ``(real_transfer - real) / (oracle - real)``
+per shifted condition; ``gap_closed_rendered`` the same against ``real_rendered``, which isolates
+the generators' error from the choice of trajectories and copies (at 20 demos per task and 1500
+policy steps the oracle, whose every demonstration has another look and camera, measured below
+``real`` even under shift, so its gap is undefined there). Every stage writes its outputs under
 ``work`` and is skipped when they are complete, so the same command continues an interrupted
 benchmark (stage wall times accumulate in ``work/timings.json``).
 
@@ -72,7 +81,7 @@ ARMS = ("real", "real_aug", "real_transfer", "real_dreams", "oracle")  # the mai
 CONDITIONS = ("default", "appearance_shift", "camera_shift")
 #: Every arm the benchmark can train: the main table's, item 8's ``video_stride = 0`` arm and the
 #: low-data arms (evaluated at ``default`` only).
-ALL_ARMS = (*ARMS, "real_no_video", "low_real", "low_real_dreams", "low_real_no_video")
+ALL_ARMS = (*ARMS, "real_rendered", "real_no_video", "low_real", "low_real_dreams", "low_real_no_video")
 def parse_arms(spec: str) -> tuple[str, ...]:
     """Arms from a comma-separated list of arm names (``all``: every arm), in :data:`ALL_ARMS` order.
 
@@ -227,7 +236,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
     from robodream.policy.train import PolicyRunConfig, train_policy
     from robodream.tokenizer.train import TokenizerRunConfig, train_tokenizer
     from robodream.transfer.evaluate import evaluate_transfer
-    from robodream.transfer.generate import generate_transfer
+    from robodream.transfer.generate import generate_transfer, render_copies
     from robodream.transfer.train import TransferRunConfig, train_transfer
     from robodream.world_model.dreams import generate_dreams
     from robodream.world_model.train import WorldModelRunConfig, train_world_model
@@ -308,6 +317,12 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
             st.run(f"generate {kind} {t}", lambda o=out: dataset_complete(o), lambda k=kind, s=src, r=runs, o=out:
                    generate_transfer(k, s, r, o, copies=cfg.transfer_copies, shift_seed=cfg.generate_shift_seed,
                                      sample_steps=cfg.transfer_sample_steps, overwrite=o.exists()))
+        for kind in ("appearance", "view") if "real_rendered" in arms else ():
+            out = S / f"rendered_{kind}" / t  # the same copies and targets, rendered by the simulator
+            scale = cfg.appearance_scale if kind == "appearance" else cfg.camera_shift_scale
+            st.run(f"render {kind} {t}", lambda o=out: dataset_complete(o), lambda k=kind, s=src, o=out, sc=scale:
+                   render_copies(k, s, o, copies=cfg.transfer_copies, shift_seed=cfg.generate_shift_seed,
+                                 shift_scale=sc, workers=cfg.workers, overwrite=o.exists()))
 
     # ------------------------------------------------------------------ IDMs, world models, dreams (per data size)
     dream_sizes = [(size, d) for size, d, arm in (("", real, "real_dreams"), ("_low", low, "low_real_dreams"))
@@ -331,12 +346,14 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
             R / "idm", D / "idm_test" / t, t, cfg.idm_test_demos, e, workers=cfg.workers, overwrite=True))
 
     # ------------------------------------------------------------------ policies
-    synth = {k: [str(S / k / t) for t in cfg.tasks] for k in ("appearance", "view", "dream", "dream_low")}
+    synth = {k: [str(S / k / t) for t in cfg.tasks]
+             for k in ("appearance", "view", "rendered_appearance", "rendered_view", "dream", "dream_low")}
     specs: dict[str, dict[str, Any]] = {
         "real": {"data": real},
         "real_aug": {"data": real, "augment_views": cfg.augment_views, "augment_pad": cfg.augment_pad,
                      "augment_color": cfg.augment_color},
         "real_transfer": {"data": real + synth["appearance"] + synth["view"]},
+        "real_rendered": {"data": real + synth["rendered_appearance"] + synth["rendered_view"]},
         "real_dreams": {"data": real + synth["dream"]},
         "oracle": {"data": [str(D / "oracle" / t) for t in cfg.tasks]},
         "real_no_video": {"data": real, "video_stride": 0},
@@ -467,10 +484,13 @@ def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measure
     def diff(a: str, b: str, c: str) -> float | None:
         return None if ms[a][c] is None or ms[b][c] is None else ms[a][c] - ms[b][c]
 
-    gap, real_drop = {}, {}
+    def ratio(num: float | None, den: float | None) -> float | None:  # None when undefined (den <= 0)
+        return num / den if num is not None and den is not None and den > 1e-9 else None
+
+    gap, gap_rendered, real_drop = {}, {}, {}
     for c in ("appearance_shift", "camera_shift"):
-        closed, full = diff("real_transfer", "real", c), diff("oracle", "real", c)
-        gap[c] = closed / full if closed is not None and full is not None and full > 1e-9 else None
+        closed = diff("real_transfer", "real", c)
+        gap[c], gap_rendered[c] = ratio(closed, diff("oracle", "real", c)), ratio(closed, diff("real_rendered", "real", c))
         d, x = ms["real"]["default"], ms["real"][c]
         real_drop[c] = None if d is None or x is None else d - x
     return {
@@ -478,7 +498,7 @@ def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measure
         "environment": invocation["environment"], "config": settings, "tasks": list(cfg.tasks),
         "mean_success": ms, "per_task": per_task,
         "missing": [a for a in ALL_ARMS if a not in per_task],
-        "gap_closed": gap, "real_drop": real_drop,
+        "gap_closed": gap, "gap_closed_rendered": gap_rendered, "real_drop": real_drop,
         "shift_hard_enough": {c: None if d is None else d >= 0.20 for c, d in real_drop.items()},
         **later,
         "low_data": {"demos_per_task": cfg.low_demos, "real": ms["low_real"]["default"],

@@ -34,7 +34,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from robodream.envs.shift import ShiftConfig
 from robodream.errors import ConfigError, DatasetError
 from robodream.tokenizer.model import decode_latents, encode_frames
 from robodream.transfer.modeling import relative_pose
-from robodream.transfer.pairs import WRIST_CAMERAS, check_source, depth_from_mm, source_env_config
+from robodream.transfer.pairs import WRIST_CAMERAS, check_source, depth_from_mm, render_pairs, source_env_config
 from robodream.transfer.train import load_transfer, training_shift
 from robodream.transfer.warp import forward_warp
 from robodream.utils.progress import progress_bar
@@ -121,6 +121,106 @@ def generate_transfer(kind: str, source: str | os.PathLike, transfer_runs: list[
                for cam, (_, _, _, scale) in models.items()}  # also checks the preset name
 
     t0 = time.perf_counter()
+    conditions: dict[str, list] = {}
+
+    def copy_frames(c: int) -> Iterator[dict[str, np.ndarray]]:
+        if not conditions:  # once the output is open: the generator's conditions per camera and copy
+            conditions.update({cam: _conditions(kind, prov, cam, targets[cam], seeds) for cam in models})
+        for k, i in enumerate(chosen):
+            gen = torch.Generator().manual_seed(seed + c * len(chosen) + k)
+            images = {}
+            for cam in ds.cameras:
+                if cam not in models:
+                    images[cam] = ds.frames(i, cam)  # a wrist camera under a camera shift
+                    continue
+                model, tok, _, _ = models[cam]
+                images[cam] = _generate_episode(model, tok, ds, i, cam, conditions[cam][c][k], sample_steps,
+                                                gen, batch_size, device)
+            yield images
+
+    provenance = {
+        "synthetic": kind, "models": {cam: run for cam, (_, _, run, _) in models.items()},
+        "shift": _shift_provenance(shift, shift_seed, copies, len(chosen),
+                                   {cam: scale for cam, (_, _, _, scale) in models.items()}),
+        "sample_steps": sample_steps, "seed": seed,
+    }
+    n_frames, provenance = _write_copies(ds, prov, source, out, chosen, seeds, copies, copy_frames, provenance,
+                                         f"generate {kind}", video_codec, overwrite)
+    return {"out": str(out), "n_episodes": copies * len(chosen), "n_frames": n_frames,
+            "wall_s": time.perf_counter() - t0, "provenance": provenance}
+
+
+def render_copies(kind: str, source: str | os.PathLike, out: str | os.PathLike, *, copies: int = 1,
+                  shift: str = "random", shift_seed: int = 2000, shift_scale: float = 1.0,
+                  episodes: int | None = None, workers: int = 1, video_codec: str = "h264",
+                  overwrite: bool = False) -> dict[str, Any]:
+    """The copies :func:`generate_transfer` writes, rendered by the simulator instead of generated:
+    every episode of ``source`` replayed from its seed under the same targets (copy ``c``: ``shift``
+    drawn from ``shift_seed + c``), so the frames are exactly what a perfect transfer model would
+    produce. ``bench data-engine``'s ``real_rendered`` arm trains on them: the upper bound of the
+    ``real_transfer`` arm at the same trajectories and copies, which isolates the generators' error.
+
+    Appearance copies re-render every camera; view copies the static cameras (a wrist camera keeps
+    its recorded frames). The state, action and ``next.*`` columns are the recording's (the replay
+    is checked to pass through the recorded states). ``meta/robodream.json`` records
+    ``synthetic`` = ``kind`` and ``renderer`` = ``simulator``: a user's real robot cannot do this,
+    so the dataset is never taken for real data.
+
+    Args:
+        kind: ``appearance`` or ``view``.
+        source: a real dataset recorded by ``robodream collect --with-depth`` (seeds, depth).
+        copies, shift, shift_seed, shift_scale: as :func:`generate_transfer` (``shift_scale`` is
+            the draws' width; there is no run to take it from).
+        episodes: the first this many episodes (default all); workers: replay processes.
+
+    Returns:
+        A summary: ``out``, ``n_episodes``, ``n_frames``, ``wall_s``, ``provenance``.
+
+    Raises:
+        ConfigError: unknown kind or shift, ``copies`` < 1.
+        DatasetError: a synthetic or seedless source, no static camera (view), a missing depth
+            feature, a replay that leaves the recorded states.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if copies < 1:
+        raise ConfigError(f"--copies must be >= 1, got {copies}")
+    ds = LeRobotDataset(source)
+    require_real(ds, "render")
+    prov = replayable_provenance(ds, "re-rendered")
+    cams = [c for c in ds.cameras if kind == "appearance" or c not in WRIST_CAMERAS]
+    if not cams:
+        raise DatasetError(f"{ds.root} has only wrist cameras ({', '.join(ds.cameras)}); a camera shift moves none")
+    chosen = list(range(ds.num_episodes if episodes is None else min(episodes, ds.num_episodes)))
+    seeds = [int(prov["seeds"][i]) for i in chosen]
+    targets = [training_shift(kind, shift_scale, shift_seed + c, shift) for c in range(copies)]
+    t0 = time.perf_counter()
+
+    def copy_frames(c: int) -> Iterator[dict[str, np.ndarray]]:
+        renders = {cam: render_pairs(ds, targets[c], cam, chosen, workers=workers) for cam in cams}
+        for k, i in enumerate(chosen):
+            yield {cam: renders[cam][k]["target_rgb"] if cam in renders else ds.frames(i, cam) for cam in ds.cameras}
+
+    provenance = {"synthetic": kind, "renderer": "simulator",
+                  "shift": _shift_provenance(shift, shift_seed, copies, len(chosen), {c: shift_scale for c in cams})}
+    n_frames, provenance = _write_copies(ds, prov, source, out, chosen, seeds, copies, copy_frames, provenance,
+                                         f"render {kind}", video_codec, overwrite)
+    return {"out": str(out), "n_episodes": copies * len(chosen), "n_frames": n_frames,
+            "wall_s": time.perf_counter() - t0, "provenance": provenance}
+
+
+def _shift_provenance(shift: str, shift_seed: int, copies: int, n: int, scale: dict[str, float]) -> dict[str, Any]:
+    return {"name": shift, "seeds": [shift_seed + c for c in range(copies)], "scale": scale,
+            "copy_of_episode": [c for c in range(copies) for _ in range(n)]}
+
+
+def _write_copies(ds: LeRobotDataset, prov: dict[str, Any], source, out, chosen: list[int], seeds: list[int],
+                  copies: int, copy_frames: Callable[[int], Iterator[dict[str, np.ndarray]]],
+                  provenance: dict[str, Any], label: str, video_codec: str, overwrite: bool) -> tuple[int, dict]:
+    """Write ``copies`` copies of the ``chosen`` episodes of ``ds`` to ``out``: the recording's motion
+    and arrays (depth and segmentation dropped: they are the source's), the frames ``copy_frames(c)``
+    yields per episode (camera -> (T, H, W, 3) uint8). Returns the frame count and the provenance
+    written (``provenance`` plus the source, seeds and code version)."""
     out = Path(out)
     arrays = [k for k in ds.array_keys if not k.startswith((DEPTH_PREFIX, SEGMENTATION_PREFIX))]
     writer = LeRobotDatasetWriter(
@@ -130,40 +230,22 @@ def generate_transfer(kind: str, source: str | os.PathLike, transfer_runs: list[
         extra_features={k: ds.features[k] for k in arrays}, overwrite=overwrite)
     n_frames = 0
     with writer, progress_bar() as progress:
-        bar = progress.add_task(f"generate {kind}", total=copies * len(chosen))
-        # The conditions of the generator per camera and copy: per episode seed, the reference
-        # frame (appearance) or the camera matrices before and after the shift (view).
-        conditions = {cam: _conditions(kind, prov, cam, targets[cam], seeds) for cam in models}
+        bar = progress.add_task(label, total=copies * len(chosen))
         for c in range(copies):
-            for k, i in enumerate(chosen):
+            for i, images in zip(chosen, copy_frames(c)):
                 ep = ds.episode(i)
-                gen = torch.Generator().manual_seed(seed + c * len(chosen) + k)
-                images = {}
-                for cam in ds.cameras:
-                    if cam not in models:
-                        images[cam] = ds.frames(i, cam)  # a wrist camera under a camera shift
-                        continue
-                    model, tok, _, _ = models[cam]
-                    images[cam] = _generate_episode(model, tok, ds, i, cam, conditions[cam][c][k], sample_steps,
-                                                    gen, batch_size, device)
                 writer.add_episode(task=ep.task, state=ep.state, action=ep.action, images=images,
-                                   extra={k2: ds.array(i, k2) for k2 in arrays})
+                                   extra={k: ds.array(i, k) for k in arrays})
                 n_frames += ep.length
                 progress.update(bar, advance=1)
         provenance = {
-            "created": now(), "code": code_version(), "source": str(source), "synthetic": kind,
-            "env": prov.get("env"), "task": prov.get("task"),
+            "created": now(), "code": code_version(), "source": str(source), "env": prov.get("env"),
+            "task": prov.get("task"),
             "seeds": [s for _ in range(copies) for s in seeds],  # each copy replays its source episode's seed
-            "source_episodes": [i for _ in range(copies) for i in chosen],
-            "models": {cam: run for cam, (_, _, run, _) in models.items()},
-            "shift": {"name": shift, "seeds": [shift_seed + c for c in range(copies)],
-                      "scale": {cam: scale for cam, (_, _, _, scale) in models.items()},
-                      "copy_of_episode": [c for c in range(copies) for _ in chosen]},
-            "sample_steps": sample_steps, "seed": seed,
+            "source_episodes": [i for _ in range(copies) for i in chosen], **provenance,
         }
         writer.write_meta_json(PROVENANCE_FILE, provenance)
-    return {"out": str(out), "n_episodes": copies * len(chosen), "n_frames": n_frames,
-            "wall_s": time.perf_counter() - t0, "provenance": provenance}
+    return n_frames, provenance
 
 
 def _names(ds: LeRobotDataset, key: str, n: int) -> list[str]:
