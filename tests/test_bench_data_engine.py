@@ -59,7 +59,28 @@ def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
     # the tokenizer is recomputed from the same seeds: the hash tells whether both saw the same latents
     assert all(len(i["tokenizer_sha256"]) == 64 for i in r2["invocations"])
 
+    # an arm-specific setting changes: those arms are re-measured, their earlier outputs and results kept aside
     cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"transfer_copies": 2}))
+    before = json.loads(out.read_text())
+    res = run("bench", "data-engine", "--quick", "--work", w, "--out", out, "--config", cfg, "--arms", "real_rendered")
+    r3 = json.loads(out.read_text())
+    (sup,) = r3["superseded"]
+    assert sup["changed_settings"] == ["transfer_copies"] and sup["arms"] == ["real_transfer", "real_rendered"]
+    assert sup["per_task"]["real_transfer"] == before["per_task"]["real_transfer"] and sup["settings"]["transfer_copies"] == 1
+    assert sup["transfer_psnr_db"] == before["transfer_psnr_db"] and r3["transfer_psnr_db"] is None
+    assert "real_transfer" in r3["missing"] and "real_rendered" not in r3["missing"]
+    assert r3["per_task"]["real"] == before["per_task"]["real"]  # the other arms stand
+    assert "policy_real_transfer" not in r3["training_s"] and "transfer_copies" in res.output
+    (moved,) = (w / "superseded").iterdir()
+    info = json.loads((moved / "superseded.json").read_text())
+    assert "runs/policy_real_transfer" in info["moved"] and (moved / "runs" / "policy_real_transfer").is_dir()
+    assert not (w / "runs" / "transfer_appearance_corner").exists()
+    assert "train policy real_transfer" in info["stage_s"]
+    assert "train policy real_transfer" not in json.loads((w / "timings.json").read_text())
+    assert json.loads((w / "data" / "synthetic" / "rendered_view" / "reach-v3" / "meta" / "info.json").read_text()
+                      )["total_episodes"] == 4  # 2 demos x 2 copies, rendered again
+
     cfg.write_text(json.dumps({"eval_episodes": 2}))
     res = run("bench", "data-engine", "--quick", "--work", w, "--out", out, "--config", cfg, code=2)
     assert res.output.startswith("error:") and "eval_episodes" in res.output

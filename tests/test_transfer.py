@@ -112,12 +112,12 @@ def test_render_pairs_names_a_missing_feature(work):
 
 
 # ----------------------------------------------------------------------------- models
-def tiny_model(kind: str):
+def tiny_model(kind: str, refiner_width: int = 0):
     from robodream.transfer.modeling import TransferConfig, build_transfer
 
     torch.manual_seed(0)
     model = build_transfer(TransferConfig(kind=kind, latent_channels=4, latent_size=4, image_size=16, dim=32,
-                                          depth=1, n_heads=2, control_width=8)).eval()
+                                          depth=1, n_heads=2, control_width=8, refiner_width=refiner_width)).eval()
     with torch.no_grad():  # leave the zero-initialised gates and read-out, so every input shows in the output
         for p in model.parameters():
             p.normal_(0.0, 0.3)
@@ -153,6 +153,74 @@ def test_model_shapes_and_every_condition_matters(kind):
         assert not torch.allclose(other, out), list(changed)
     with pytest.raises(ValueError, match="control must be"):
         model(x0, torch.zeros(B), control[..., :8, :8], ref, pose)
+
+
+def test_appearance_prior_pastes_the_same_class_and_recolours_the_rest():
+    """A hand-made 2x2 frame: pixels of the reference's class at that pixel come from the
+    reference; the others are the source times the class's gain (reference mean / source mean)."""
+    from robodream.transfer.modeling import appearance_prior
+
+    u8 = lambda a: torch.tensor(a, dtype=torch.uint8)[None]  # noqa: E731
+    seg = torch.tensor([[[3, 3], [4, 4]]])  # table, table / robot, robot
+    ref_seg = torch.tensor([[[3, 4], [4, 4]]])  # the robot has moved into pixel (0, 1) in the reference
+    source = u8([[[100, 100, 100], [50, 50, 50]], [[40, 40, 40], [60, 60, 60]]])
+    source_ref = u8([[[100, 100, 100], [20, 20, 20]], [[20, 20, 20], [20, 20, 20]]])  # robot grey 20
+    reference = u8([[[200, 0, 0], [40, 80, 20]], [[40, 80, 20], [40, 80, 20]]])  # robot now (40, 80, 20)
+    prior, same = appearance_prior(source, seg, reference, ref_seg, source_ref, min_pixels=1)
+    assert same[0, 0].tolist() == [[1, 0], [1, 1]]
+    torch.testing.assert_close(prior[0, :, 0, 0] * 255, torch.tensor([200.0, 0, 0]))  # pasted
+    torch.testing.assert_close(prior[0, :, 1, 1] * 255, torch.tensor([40.0, 80, 20]))  # pasted (robot on robot)
+    # pixel (0, 1): table in the frame, robot in the reference -> the source's 50 x table gain (200/100, 0, 0)
+    gain = (torch.tensor([200.0, 0, 0]) + 1) / (100 + 1)
+    torch.testing.assert_close(prior[0, :, 0, 1] * 255, (50 * gain).clamp(0, 255), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["appearance", "view"])
+def test_pixel_refiner_starts_at_the_prior_and_trains_on_the_decoded_estimate(kind):
+    from robodream.transfer.modeling import POSE_DIM
+
+    model = tiny_model(kind, refiner_width=4)
+    torch.nn.init.zeros_(model.refiner.out.weight)  # as built: the residual starts at zero
+    torch.nn.init.zeros_(model.refiner.out.bias)
+    B, g = 2, torch.Generator().manual_seed(0)
+    rgb = lambda: torch.randint(0, 256, (B, 16, 16, 3), generator=g, dtype=torch.uint8)  # noqa: E731
+    seg = torch.randint(0, 7, (B, 16, 16), generator=g)
+    if kind == "appearance":
+        control = model.make_control(torch.rand(B, 16, 16, generator=g) + 0.3, seg)
+        pixels = {"source": rgb(), "segmentation": seg, "reference_rgb": rgb(), "reference_segmentation": seg.flip(1),
+                  "source_reference": rgb()}
+        pose = None
+    else:
+        hole = torch.rand(B, 16, 16, generator=g) > 0.7
+        control = model.make_control(rgb(), hole, torch.rand(B, 16, 16, generator=g) + 0.3)
+        pixels = {"warped": rgb(), "hole": hole}
+        pose = torch.randn(B, POSE_DIM, generator=g)
+    decoded = torch.rand(B, 16, 16, 3, generator=g)
+    out = model.refine(decoded, control, **pixels)
+    prior, _ = model.prior(decoded, **pixels)
+    torch.testing.assert_close(out, prior.permute(0, 2, 3, 1).clamp(0, 1))
+    if kind == "view":  # holes take the decoded latents, the rest the warp
+        h = pixels["hole"]
+        torch.testing.assert_close(out[h], decoded[h])
+        torch.testing.assert_close(out[~h], pixels["warped"][~h].float() / 255)
+    up = torch.nn.Upsample(scale_factor=4)
+    decode = lambda z: torch.sigmoid(up(z[:, :3]))  # noqa: E731  (B, 3, 16, 16) in [0, 1]
+    x0, ref = torch.randn(B, 4, 4, 4, generator=g), torch.randn(B, 4, 4, 4, generator=g)
+    loss, logs = model.loss(x0, control, ref, pose, generator=torch.Generator().manual_seed(1),
+                            pixels={**pixels, "target": rgb()}, decode=decode)
+    assert logs["loss"] == pytest.approx(logs["loss_flow"] + logs["loss_pixel"]) and logs["loss_pixel"] > 0
+    loss.backward()
+    assert model.refiner.out.weight.grad.abs().sum() > 0  # the refiner trains
+    with pytest.raises(ValueError, match="pixel refiner"):
+        model.loss(x0, control, ref, pose)
+
+
+def test_runs_from_before_the_refiner_load_without_one():
+    from robodream.train.run_dir import run_config_from_dict
+    from robodream.transfer.modeling import TransferConfig
+
+    assert run_config_from_dict(TransferConfig, {"kind": "view"}).refiner_width == 0  # a saved config of then
+    assert TransferConfig().refiner_width > 0  # new runs refine
 
 
 def test_config_errors():

@@ -43,13 +43,19 @@ benchmark (stage wall times accumulate in ``work/timings.json``).
 A run may train a subset of the arms (``arms``) and runs only the stages those arms need. Its
 results are merged into an earlier result file of the same settings (:func:`merge_results`), so
 the whole table can be built over several sessions whose working directories do not survive.
-Every invocation is listed with its code version, host, arms and the SHA-256 of its tokenizer's
-weights: the data and the tokenizer are recomputed from the same seeds in each working directory,
+Settings that only some arms depend on (:data:`ARM_SETTINGS`: the transfer models', the dreams',
+augmentation's) may change between invocations: those arms are then re-measured, their earlier
+stage outputs move to ``work/superseded/STAMP/`` (with their stage times and the old settings)
+and their earlier results to the result file's ``superseded`` list, so nothing is lost and no
+number mixes two settings; any other changed setting is an error. Settings saved by older code
+read its values for fields added since (``LEGACY_DEFAULTS``). Every invocation is listed with its
+code version, host, arms and the SHA-256 of its tokenizer's weights: the data and the tokenizer are recomputed from the same seeds in each working directory,
 and equal hashes show that arms measured in different invocations saw the same latents.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import resource
@@ -59,8 +65,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from robodream.config import from_dict, to_dict
 from robodream.config import replace as config_replace
-from robodream.config import to_dict
 from robodream.data.collect import CollectConfig, collect
 from robodream.envs.meta_world import check_task
 from robodream.envs.shift import ShiftConfig
@@ -82,6 +88,80 @@ CONDITIONS = ("default", "appearance_shift", "camera_shift")
 #: Every arm the benchmark can train: the main table's, item 8's ``video_stride = 0`` arm and the
 #: low-data arms (evaluated at ``default`` only).
 ALL_ARMS = (*ARMS, "real_rendered", "real_no_video", "low_real", "low_real_dreams", "low_real_no_video")
+#: Settings only some arms depend on -> those arms (every other setting changes every arm).
+ARM_SETTINGS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("augment_views", "augment_pad", "augment_color"), ("real_aug",)),
+    **dict.fromkeys(("transfer", "transfer_train", "transfer_sample_steps", "transfer_eval_episodes"),
+                    ("real_transfer",)),
+    **dict.fromkeys(("transfer_copies", "generate_shift_seed"), ("real_transfer", "real_rendered")),
+    **dict.fromkeys(("world_model", "world_model_train", "idm", "idm_train", "dreams_per_task", "dream_steps",
+                     "dream_filter", "dream_sample_steps", "idm_test_demos"), ("real_dreams", "low_real_dreams")),
+}
+#: What an arm's stages leave besides its policy and evaluations: paths under ``work`` (globs),
+#: stage names (fnmatch patterns) and result keys.
+_ARM_EXTRAS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "real_transfer": (("runs/transfer_*", "eval/transfer", "data/synthetic/appearance", "data/synthetic/view"),
+                      ("train transfer *", "eval transfer *", "generate *"),
+                      ("transfer_psnr_db", "transfer_baseline_psnr_db")),
+    "real_rendered": (("data/synthetic/rendered_*",), ("render *",), ()),
+    "real_dreams": (("runs/idm", "runs/world_model", "data/synthetic/dream", "eval/idm", "data/idm_test"),
+                    ("train idm", "train world model", "dream *", "eval idm *", "collect data/idm_test/*"),
+                    ("idm_replay_success", "true_action_replay_success", "idm_action_mse")),
+    "low_real_dreams": (("runs/idm_low", "runs/world_model_low", "data/synthetic/dream_low"),
+                        ("train idm_low", "train world model_low", "dream_low *"), ()),
+}
+
+
+def arm_outputs(arm: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """``arm``'s outputs: path globs under the working directory, stage-name patterns, result keys."""
+    paths, stages, keys = _ARM_EXTRAS.get(arm, ((), (), ()))
+    return ((*paths, f"runs/policy_{arm}", f"eval/policy/{arm}"), (*stages, f"train policy {arm}", f"eval {arm} *"),
+            keys)
+
+
+def changed_settings(saved: dict[str, Any], cfg: DataEngineBench, where: str) -> tuple[list[str], tuple[str, ...]]:
+    """The settings in which ``saved`` (settings JSON written by this or older code; fields added
+    since read their ``LEGACY_DEFAULTS``) differs from ``cfg``, and the arms they make stale.
+
+    Raises:
+        ConfigError: a changed setting every arm depends on (``where`` names the holder), or
+            saved settings that are not a data-engine benchmark's.
+    """
+    now_s = json.loads(json.dumps(to_dict(cfg)))
+    try:
+        old = json.loads(json.dumps(to_dict(from_dict(DataEngineBench, saved, legacy=True))))
+    except ConfigError as e:
+        raise ConfigError(f"{where} holds data-engine settings this version cannot read ({e})") from None
+    changed = sorted(k for k in now_s if old.get(k) != now_s[k])
+    shared = [k for k in changed if k not in ARM_SETTINGS]
+    if shared:
+        raise ConfigError(f"{where} holds a data-engine benchmark with other settings ({', '.join(shared)})")
+    return changed, tuple(a for a in ALL_ARMS if any(a in ARM_SETTINGS[k] for k in changed))
+
+
+def _supersede_work(work: Path, old_settings: dict[str, Any], changed: list[str], stale: tuple[str, ...],
+                    log) -> None:
+    """Move the ``stale`` arms' outputs and stage times out of ``work`` into
+    ``work/superseded/STAMP/`` with a ``superseded.json`` that says why."""
+    dest = work / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    timings_path = work / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    patterns = [pat for a in stale for pat in arm_outputs(a)[1]]
+    old_times = {k: v for k, v in timings.items() if any(fnmatch.fnmatchcase(k, pat) for pat in patterns)}
+    paths = sorted({p for a in stale for g in arm_outputs(a)[0] for p in work.glob(g)})
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(dest / "superseded.json", {
+        "created": now(), "changed_settings": changed, "arms": list(stale), "settings": old_settings,
+        "moved": [str(p.relative_to(work)) for p in paths], "stage_s": old_times})
+    for p in paths:
+        target = dest / p.relative_to(work)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        p.rename(target)
+    atomic_write_json(timings_path, {k: v for k, v in timings.items() if k not in old_times})
+    log(f"settings changed ({', '.join(changed)}): {', '.join(stale)} will be re-measured; "
+        f"their earlier outputs are in {dest}")
+
+
 def parse_arms(spec: str) -> tuple[str, ...]:
     """Arms from a comma-separated list of arm names (``all``: every arm), in :data:`ALL_ARMS` order.
 
@@ -246,12 +326,15 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
     work = Path(work)
     settings = json.loads(json.dumps(to_dict(cfg)))
     saved = work / "config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != settings:
-        changed = sorted(k for k, v in settings.items() if json.loads(saved.read_text()).get(k) != v)
-        raise ConfigError(f"{work} holds a data-engine benchmark with other settings ({', '.join(changed)}); "
-                          "continue it with the same settings or use another --work")
+    old_settings = json.loads(saved.read_text()) if saved.is_file() else None
+    try:
+        changed, stale = changed_settings(old_settings, cfg, str(work)) if old_settings is not None else ([], ())
+    except ConfigError as e:
+        raise ConfigError(f"{e}; continue it with the same settings or use another --work") from None
     if previous is not None:
         check_mergeable(previous, cfg)
+    if stale:
+        _supersede_work(work, old_settings, changed, stale, log)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, settings)
     if not (work / "work_id").is_file():  # tells this directory's invocations apart from other directories'
@@ -442,19 +525,41 @@ def summarize(cfg: DataEngineBench, work: Path, evals: dict, timings: dict[str, 
     return merge_results(previous, cfg, measured, invocation)
 
 
-def check_mergeable(previous: dict[str, Any] | None, cfg: DataEngineBench) -> dict[str, Any]:
-    """``cfg``'s settings as JSON, after checking that ``previous`` (a result dict, or None) was
-    measured with them.
+def check_mergeable(previous: dict[str, Any] | None, cfg: DataEngineBench) -> tuple[list[str], tuple[str, ...]]:
+    """The settings in which ``previous`` (a result dict, or None) was measured differently from
+    ``cfg`` and the arms they make stale (:func:`changed_settings`).
 
     Raises:
-        ConfigError: ``previous`` was measured with other settings or tasks.
+        ConfigError: ``previous`` was measured with other settings every arm depends on.
     """
-    settings = json.loads(json.dumps(to_dict(cfg)))
-    if previous is not None and previous.get("config") != settings:
-        changed = sorted(k for k, v in settings.items() if (previous.get("config") or {}).get(k) != v)
-        raise ConfigError(f"the result file holds a data-engine benchmark with other settings ({', '.join(changed)}); "
-                          "write to another --out")
-    return settings
+    if previous is None:
+        return [], ()
+    try:
+        return changed_settings(previous.get("config") or {}, cfg, "the result file")
+    except ConfigError as e:
+        raise ConfigError(f"{e}; write to another --out") from None
+
+
+def _drop_stale(prev: dict[str, Any], changed: list[str], stale: tuple[str, ...]) -> dict[str, Any]:
+    """``prev`` without the ``stale`` arms' results, which move to its ``superseded`` list."""
+    prev = dict(prev)
+    runs = [g[len("runs/"):] for a in stale for g in arm_outputs(a)[0] if g.startswith("runs/")]
+    synth = [g[len("data/synthetic/"):] + "/*" for a in stale for g in arm_outputs(a)[0]
+             if g.startswith("data/synthetic/")]
+    keys = [k for a in stale for k in arm_outputs(a)[2]]
+    old = {
+        "changed_settings": changed, "arms": list(stale), "settings": prev.get("config"),
+        "per_task": {a: prev.get("per_task", {})[a] for a in stale if a in prev.get("per_task", {})},
+        **{k: prev.get(k) for k in keys},
+        "training_s": {k: v for k, v in prev.get("training_s", {}).items() if any(fnmatch.fnmatchcase(k, g) for g in runs)},
+        "dreams_kept": {k: v for k, v in prev.get("dreams_kept", {}).items() if any(fnmatch.fnmatchcase(k, g) for g in synth)},
+    }
+    prev["per_task"] = {a: v for a, v in prev.get("per_task", {}).items() if a not in stale}
+    prev.update({k: None for k in keys})
+    prev["training_s"] = {k: v for k, v in prev.get("training_s", {}).items() if k not in old["training_s"]}
+    prev["dreams_kept"] = {k: v for k, v in prev.get("dreams_kept", {}).items() if k not in old["dreams_kept"]}
+    prev["superseded"] = [*prev.get("superseded", []), old]
+    return prev
 
 
 def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measured: dict[str, Any],
@@ -468,11 +573,15 @@ def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measure
     ``video_supervision``) are recomputed from the merged per-task table; arms not measured yet
     read None, and ``missing`` lists them.
 
+    Results of arms that ``previous`` measured with other arm-specific settings move to the
+    ``superseded`` list (with the settings they had).
+
     Raises:
-        ConfigError: ``previous`` was measured with other settings or tasks.
+        ConfigError: ``previous`` was measured with other settings every arm depends on.
     """
-    settings = check_mergeable(previous, cfg)
-    prev = previous or {}
+    changed, stale = check_mergeable(previous, cfg)
+    settings = json.loads(json.dumps(to_dict(cfg)))
+    prev = _drop_stale(previous, changed, stale) if previous is not None and stale else (previous or {})
     per_task = {**prev.get("per_task", {}), **measured["per_task"]}
     later = {k: measured[k] if measured[k] is not None else prev.get(k)
              for k in ("transfer_psnr_db", "transfer_baseline_psnr_db", "idm_replay_success",
@@ -509,6 +618,7 @@ def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measure
         },
         "dreams_kept": {**prev.get("dreams_kept", {}), **measured["dreams_kept"]},
         "training_s": {**prev.get("training_s", {}), **measured["training_s"]},
+        "superseded": prev.get("superseded", []),
         "invocations": invocations,
         "wall_s": sum(i["wall_s"] for i in invocations),
         "peak_rss_gib": max(i["peak_rss_gib"] for i in invocations),

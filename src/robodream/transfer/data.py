@@ -83,13 +83,34 @@ class FrameTable:
         return idx, self.start[idx] + r
 
     def inputs(self, model: TransferModel, idx: torch.Tensor, ref: torch.Tensor, device) -> dict[str, torch.Tensor]:
-        """Keyword arguments of :meth:`TransferModel.loss` (``x0`` included) for rows ``idx`` with references ``ref``."""
+        """Keyword arguments of :meth:`TransferModel.loss` (``x0`` included) for rows ``idx`` with
+        references ``ref``; for a model with a pixel refiner also ``pixels`` (:meth:`pixel_inputs`
+        and ``target``, the re-rendered frames (B, H, W, 3) uint8)."""
         i = idx.numpy()
         if self.kind == "appearance":
             control = model.make_control(torch.from_numpy(self.depth[i].astype(np.float32)).to(device),
                                          torch.from_numpy(self.segmentation[i]).to(device))
-            return {"x0": self.x0[idx].to(device), "control": control, "reference": self.x0[ref].to(device)}
-        control = model.make_control(torch.from_numpy(self.warped[i]).to(device), torch.from_numpy(self.hole[i]).to(device),
-                                     torch.from_numpy(self.warped_depth[i].astype(np.float32)).to(device))
-        return {"x0": self.x0[idx].to(device), "control": control, "reference": self.source[ref].to(device),
-                "pose": self.pose[idx].to(device)}
+            out = {"x0": self.x0[idx].to(device), "control": control, "reference": self.x0[ref].to(device)}
+        else:
+            control = model.make_control(torch.from_numpy(self.warped[i]).to(device),
+                                         torch.from_numpy(self.hole[i]).to(device),
+                                         torch.from_numpy(self.warped_depth[i].astype(np.float32)).to(device))
+            out = {"x0": self.x0[idx].to(device), "control": control, "reference": self.source[ref].to(device),
+                   "pose": self.pose[idx].to(device)}
+        if model.refiner is not None:
+            out["pixels"] = {**self.pixel_inputs(idx, ref, device),
+                             "target": torch.from_numpy(self.target_rgb[i]).to(device)}
+        return out
+
+    def pixel_inputs(self, idx: torch.Tensor, ref: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        """:meth:`TransferModel.refine`'s pixel inputs for rows ``idx`` with references ``ref``:
+        appearance: the source frame, its segmentation, the reference frame (the target at row
+        ``ref``), its segmentation and the source frame at the reference's row; view: the warp
+        and its holes."""
+        i, r = idx.numpy(), ref.numpy()
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        if self.kind == "appearance":
+            return {"source": t(self.baseline_rgb[i]), "segmentation": t(self.segmentation[i]),
+                    "reference_rgb": t(self.target_rgb[r]), "reference_segmentation": t(self.segmentation[r]),
+                    "source_reference": t(self.baseline_rgb[r])}
+        return {"warped": t(self.warped[i]), "hole": t(self.hole[i])}

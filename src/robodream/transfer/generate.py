@@ -293,11 +293,11 @@ def _generate_episode(model, tokenizer, ds: LeRobotDataset, i: int, cam: str, co
     # Depth as the models were trained on it: metres (inf: nothing seen) stored as float16.
     depth = depth_from_mm(ds.array(i, DEPTH_PREFIX + cam)).astype(np.float16).astype(np.float32)  # (T, H, W)
     T = len(depth)
+    rgb = ds.frames(i, cam)  # (T, H, W, 3) uint8, the source
     if model.cfg.kind == "appearance":
         seg = ds.array(i, SEGMENTATION_PREFIX + cam)
         reference = encode_frames(tokenizer, cond["reference_rgb"][None]).to(device)  # (1, C, h, w)
     else:
-        rgb = ds.frames(i, cam)
         size = rgb.shape[1:3]
         warps = [forward_warp(f, d, cond["K_src"], cond["T_src"], cond["K_dst"], cond["T_dst"], size)
                  for f, d in zip(rgb, depth)]
@@ -317,5 +317,16 @@ def _generate_episode(model, tokenizer, ds: LeRobotDataset, i: int, cam: str, co
                                          torch.from_numpy(np.stack([w[2] for w in warps[sl]]).astype(np.float16)
                                                           .astype(np.float32)).to(device))
             lat = model.generate(control, source[sl], pose.expand(n, -1), steps=sample_steps, generator=gen)
-        frames.append((decode_latents(tokenizer, lat).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+        decoded = decode_latents(tokenizer, lat).clamp(0, 1).to(device)
+        if model.refiner is not None:
+            t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+            if model.cfg.kind == "appearance":  # the reference is the scene at the episode's first state
+                pixels = {"source": t(rgb[sl]), "segmentation": t(seg[sl]),
+                          "reference_rgb": t(cond["reference_rgb"][None]).expand(n, -1, -1, -1),
+                          "reference_segmentation": t(seg[:1]).expand(n, -1, -1),
+                          "source_reference": t(rgb[:1]).expand(n, -1, -1, -1)}
+            else:
+                pixels = {"warped": t(np.stack([w[0] for w in warps[sl]])), "hole": t(np.stack([w[1] for w in warps[sl]]))}
+            decoded = model.refine(decoded, control, **pixels)
+        frames.append((decoded * 255).round().to(torch.uint8).cpu().numpy())
     return np.concatenate(frames)

@@ -161,7 +161,7 @@ def train_transfer(cfg: TransferRunConfig, out: str | os.PathLike, *, resume: bo
             return train_table.inputs(model, *train_table.sample(batch_size, gen), device)
 
         def loss_fn(mod, batch, gen):
-            return mod.loss(**batch, generator=gen)
+            return mod.loss(**batch, generator=gen, decode=tokenizer.decode)
 
         def validate(mod: TransferModel, part: tuple[int, int]) -> dict[str, float]:
             return validate_transfer(mod, held_table, tokenizer, device, shard_of=part)
@@ -191,9 +191,10 @@ def validate_transfer(model: TransferModel, table: FrameTable, tokenizer: ImageT
         return {"n": 0}
     model.eval()
     b = table.inputs(model, idx, ref, device)
-    loss, _ = model.loss(**b, generator=torch.Generator().manual_seed(seed + 1))
+    loss, _ = model.loss(**b, generator=torch.Generator().manual_seed(seed + 1), decode=tokenizer.decode)
     x = model.generate(b["control"], b["reference"], b.get("pose"), steps=1, generator=torch.Generator().manual_seed(seed))
-    pred = decode_latents(tokenizer, x)  # (B, H, W, 3) in [0, 1]
+    pred = model.refine(decode_latents(tokenizer, x).to(device), b["control"],
+                        **table.pixel_inputs(idx, ref, device)).cpu()  # (B, H, W, 3) in [0, 1]
     target = torch.from_numpy(table.target_rgb[idx.numpy()]).float() / 255
     base = torch.from_numpy(table.baseline_rgb[idx.numpy()]).float() / 255
     return {"loss": float(loss), "psnr": psnr(pred, target), "baseline_psnr": psnr(base, target), "n": len(idx)}
