@@ -31,7 +31,7 @@ def test_quick_data_engine_bench_runs_and_resumes(tmp_path):
     for a in arms:
         assert set(r["mean_success"][a]) == set(conds) and all(0 <= v <= 1 for v in r["mean_success"][a].values())
     t = r["per_task"]["real"]["appearance_shift"]["reach-v3"]
-    assert t["n_episodes"] == 1 and len(t["ci95"]) == 2
+    assert t["n_episodes"] == 1 and len(t["ci95"]) == 2 and "git_commit" in t["code"]
     assert set(r["transfer_psnr_db"]) == set(r["transfer_baseline_psnr_db"]) == {"appearance", "view"}
     assert r["true_action_replay_success"] == 1.0 and 0 <= r["idm_replay_success"] <= 1
     assert set(r["low_data"]) == {"demos_per_task", "real", "real_dreams"} and r["low_data"]["demos_per_task"] == 1

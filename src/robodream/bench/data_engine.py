@@ -493,7 +493,8 @@ def summarize(cfg: DataEngineBench, work: Path, evals: dict, timings: dict[str, 
     Raises:
         ConfigError: ``previous`` holds results of other settings.
     """
-    per_task = {arm: {c: {t: {"success_rate": r["success_rate"], "ci95": r["ci95"], "n_episodes": r["n_episodes"]}
+    per_task = {arm: {c: {t: {"success_rate": r["success_rate"], "ci95": r["ci95"], "n_episodes": r["n_episodes"],
+                              "code": r.get("code")}  # the evaluation's code version: arms may span commits
                           for t, r in per.items()} for c, per in conds.items()} for arm, conds in evals.items()}
     tr: dict[str, list] = {}
     for path in sorted((work / "eval" / "transfer").glob("*/results.json")):
