@@ -23,8 +23,10 @@ appearances, only 1.4 dB above copying the unshifted source frame; the latent-on
 24.0, below the copy), while the target is pixel-aligned with inputs the model has. The refiner
 adds a residual to a **prior** frame computed in closed form from those inputs (the warp, or the
 paste of the reference), so it starts from the prior and learns what the prior gets wrong. It is
-trained with the flow model, on the decoded one-step estimate ``x_t - t v`` (detached), by L1
-against the target frame.
+trained with the flow model, on the decoded one-step estimate ``x_t - t v`` (detached), by the
+mean squared error against the target frame (PSNR's own measure; with L1 the refiner stayed at the
+prior: most pixels are exact there, and the signs of their tiny errors drowned the few large ones;
+300 refiner-only steps: L1 +0.00 dB, MSE +0.19 dB over the prior).
 
 Subclasses say what the control, the reference and the prior are:
 
@@ -100,7 +102,7 @@ class TransferConfig:
 
     # --- pixel refiner (0: none; the output is the tokenizer's decoding of the latents) ----------
     refiner_width: int = 16  # channels of the U-Net's full-resolution level (twice that below)
-    pixel_loss_weight: float = 1.0  # weight of the refiner's L1 loss beside the flow loss
+    pixel_loss_weight: float = 1.0  # weight of the refiner's squared pixel error beside the flow loss
 
     # --- rectified flow -----------------------------------------------------------------------
     time_shift: float = 1.0  # s in t' = s t / (1 + (s - 1) t), training and sampling alike
@@ -288,7 +290,7 @@ class TransferModel(nn.Module):
         """Rectified-flow loss: mean squared velocity error at one time per sample (drawn from
         ``generator``); with a refiner, ``pixels`` (:meth:`refine`'s inputs and ``target`` (B, H,
         W, 3) uint8) and ``decode`` (latents (B, C, h, w) -> frames (B, 3, H, W) in [0, 1], the
-        tokenizer's decoder), plus ``pixel_loss_weight`` times the L1 error of the refined
+        tokenizer's decoder), plus ``pixel_loss_weight`` times the mean squared error of the refined
         one-step estimate ``x_t - t v`` (detached: the refiner does not train the flow)."""
         B = x0.shape[0]
         t = sample_time(B, self.cfg.time_shift, generator=generator, device=x0.device)  # (B,)
@@ -304,7 +306,7 @@ class TransferModel(nn.Module):
             decoded = decode(x_t - t.view(-1, 1, 1, 1) * v.float()).clamp(0, 1).permute(0, 2, 3, 1)
         inputs = {k: x for k, x in pixels.items() if k != "target"}
         pixel = (self.refine(decoded, control, clamp=False, **inputs) - _rgb(pixels["target"]).permute(0, 2, 3, 1)
-                 ).abs().mean()
+                 ).pow(2).mean()
         loss = flow + self.cfg.pixel_loss_weight * pixel
         return loss, {"loss": float(loss.detach()), "loss_flow": float(flow.detach()), "loss_pixel": float(pixel.detach())}
 
