@@ -207,7 +207,7 @@ def test_pixel_refiner_starts_at_the_prior_and_trains_on_the_decoded_estimate(ki
     decode = lambda z: torch.sigmoid(up(z[:, :3]))  # noqa: E731  (B, 3, 16, 16) in [0, 1]
     x0, ref = torch.randn(B, 4, 4, 4, generator=g), torch.randn(B, 4, 4, 4, generator=g)
     loss, logs = model.loss(x0, control, ref, pose, generator=torch.Generator().manual_seed(1),
-                            pixels={**pixels, "target": rgb()}, decode=decode)
+                            pixels=pixels, target_rgb=rgb(), decode=decode)
     assert logs["loss"] == pytest.approx(logs["loss_flow"] + logs["loss_pixel"]) and logs["loss_pixel"] > 0
     loss.backward()
     assert model.refiner.out.weight.grad.abs().sum() > 0  # the refiner trains

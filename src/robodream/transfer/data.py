@@ -84,8 +84,8 @@ class FrameTable:
 
     def inputs(self, model: TransferModel, idx: torch.Tensor, ref: torch.Tensor, device) -> dict[str, torch.Tensor]:
         """Keyword arguments of :meth:`TransferModel.loss` (``x0`` included) for rows ``idx`` with
-        references ``ref``; for a model with a pixel refiner also ``pixels`` (:meth:`pixel_inputs`
-        and ``target``, the re-rendered frames (B, H, W, 3) uint8)."""
+        references ``ref``; for a model with a pixel refiner also ``pixels`` (:meth:`pixel_inputs`)
+        and ``target_rgb``, the re-rendered frames (B, H, W, 3) uint8."""
         i = idx.numpy()
         if self.kind == "appearance":
             control = model.make_control(torch.from_numpy(self.depth[i].astype(np.float32)).to(device),
@@ -98,8 +98,8 @@ class FrameTable:
             out = {"x0": self.x0[idx].to(device), "control": control, "reference": self.source[ref].to(device),
                    "pose": self.pose[idx].to(device)}
         if model.refiner is not None:
-            out["pixels"] = {**self.pixel_inputs(idx, ref, device),
-                             "target": torch.from_numpy(self.target_rgb[i]).to(device)}
+            out["pixels"] = self.pixel_inputs(idx, ref, device)
+            out["target_rgb"] = torch.from_numpy(self.target_rgb[i]).to(device)
         return out
 
     def pixel_inputs(self, idx: torch.Tensor, ref: torch.Tensor, device) -> dict[str, torch.Tensor]:

@@ -142,11 +142,9 @@ def score_episode(model, tokenizer, ep: dict[str, Any], steps: int, seed: int, b
     gen = torch.Generator().manual_seed(seed)
     preds = []
     for j in range(0, len(idx), batch_size):
-        sl = slice(j, j + batch_size)
-        b = table.inputs(model, idx[sl], ref[sl], device)
-        lat = model.generate(b["control"], b["reference"], b.get("pose"), steps=steps, generator=gen)
-        preds.append(model.refine(decode_latents(tokenizer, lat).to(device), b["control"],
-                                  **table.pixel_inputs(idx[sl], ref[sl], device)).cpu())
+        b = table.inputs(model, idx[j:j + batch_size], ref[j:j + batch_size], device)
+        preds.append(model.generate_frames(b["control"], b["reference"], b.get("pose"), tokenizer.decode,
+                                           b.get("pixels"), steps=steps, generator=gen).cpu())
     pred = torch.cat(preds)  # (n, H, W, 3) in [0, 1]
     rows = idx.numpy()
     target = torch.from_numpy(table.target_rgb[rows]).float() / 255

@@ -46,7 +46,7 @@ from robodream.data.lerobot_writer import LeRobotDatasetWriter
 from robodream.envs.meta_world import MetaWorldEnv
 from robodream.envs.shift import ShiftConfig
 from robodream.errors import ConfigError, DatasetError
-from robodream.tokenizer.model import decode_latents, encode_frames
+from robodream.tokenizer.model import encode_frames
 from robodream.transfer.modeling import relative_pose
 from robodream.transfer.pairs import WRIST_CAMERAS, check_source, depth_from_mm, render_pairs, source_env_config
 from robodream.transfer.train import load_transfer, training_shift
@@ -303,30 +303,25 @@ def _generate_episode(model, tokenizer, ds: LeRobotDataset, i: int, cam: str, co
                  for f, d in zip(rgb, depth)]
         source = encode_frames(tokenizer, rgb).to(device)  # (T, C, h, w)
         pose = torch.from_numpy(relative_pose(cond["K_src"], cond["T_src"], cond["K_dst"], cond["T_dst"])).to(device)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     frames = []
     for j in range(0, T, batch_size):
         sl = slice(j, min(j + batch_size, T))
         n = sl.stop - sl.start
-        if model.cfg.kind == "appearance":
-            control = model.make_control(torch.from_numpy(depth[sl]).to(device),
-                                         torch.from_numpy(seg[sl]).to(device))
-            lat = model.generate(control, reference.expand(n, -1, -1, -1), steps=sample_steps, generator=gen)
+        if model.cfg.kind == "appearance":  # the reference is the scene at the episode's first state
+            control = model.make_control(t(depth[sl]), t(seg[sl]))
+            ref_lat, pose_b = reference.expand(n, -1, -1, -1), None
+            pixels = {"source": t(rgb[sl]), "segmentation": t(seg[sl]),
+                      "reference_rgb": t(cond["reference_rgb"][None]).expand(n, -1, -1, -1),
+                      "reference_segmentation": t(seg[:1]).expand(n, -1, -1),
+                      "source_reference": t(rgb[:1]).expand(n, -1, -1, -1)}
         else:
-            control = model.make_control(torch.from_numpy(np.stack([w[0] for w in warps[sl]])).to(device),
-                                         torch.from_numpy(np.stack([w[1] for w in warps[sl]])).to(device),
-                                         torch.from_numpy(np.stack([w[2] for w in warps[sl]]).astype(np.float16)
-                                                          .astype(np.float32)).to(device))
-            lat = model.generate(control, source[sl], pose.expand(n, -1), steps=sample_steps, generator=gen)
-        decoded = decode_latents(tokenizer, lat).clamp(0, 1).to(device)
-        if model.refiner is not None:
-            t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-            if model.cfg.kind == "appearance":  # the reference is the scene at the episode's first state
-                pixels = {"source": t(rgb[sl]), "segmentation": t(seg[sl]),
-                          "reference_rgb": t(cond["reference_rgb"][None]).expand(n, -1, -1, -1),
-                          "reference_segmentation": t(seg[:1]).expand(n, -1, -1),
-                          "source_reference": t(rgb[:1]).expand(n, -1, -1, -1)}
-            else:
-                pixels = {"warped": t(np.stack([w[0] for w in warps[sl]])), "hole": t(np.stack([w[1] for w in warps[sl]]))}
-            decoded = model.refine(decoded, control, **pixels)
-        frames.append((decoded * 255).round().to(torch.uint8).cpu().numpy())
+            warped, hole = t(np.stack([w[0] for w in warps[sl]])), t(np.stack([w[1] for w in warps[sl]]))
+            control = model.make_control(warped, hole, t(np.stack([w[2] for w in warps[sl]]).astype(np.float16)
+                                                          .astype(np.float32)))
+            ref_lat, pose_b = source[sl], pose.expand(n, -1)
+            pixels = {"warped": warped, "hole": hole}
+        out = model.generate_frames(control, ref_lat, pose_b, tokenizer.decode, pixels, steps=sample_steps,
+                                    generator=gen)
+        frames.append((out * 255).round().to(torch.uint8).cpu().numpy())
     return np.concatenate(frames)

@@ -39,7 +39,7 @@ the same static camera, so where a pixel shows the same class as in the referenc
 from the reference; elsewhere the source frame is recoloured per class by the gain between the
 reference and the source frame at the reference's time. (A copy of the source scores 25.2 dB on
 held-out reach episodes, this prior alone 32.6 dB on the corner camera and 29.3 dB on the wrist
-camera, whose view moves; ``/work/e14`` diagnostic, 2026-12-03.) The refiner also sees the
+camera, whose view moves; ``benchmarks/scripts/appearance_prior.py``, 2026-12-03.) The refiner also sees the
 source frame (Cosmos-Transfer's "vis" control is the blurred source video).
 
 :class:`ViewTransfer` (warp, then refine): control = the source frame forward-warped into the
@@ -286,10 +286,11 @@ class TransferModel(nn.Module):
 
     def loss(self, x0: torch.Tensor, control: torch.Tensor, reference: torch.Tensor, pose: torch.Tensor | None = None,
              generator: torch.Generator | None = None, pixels: dict[str, torch.Tensor] | None = None,
-             decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             target_rgb: torch.Tensor | None = None, decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
         """Rectified-flow loss: mean squared velocity error at one time per sample (drawn from
-        ``generator``); with a refiner, ``pixels`` (:meth:`refine`'s inputs and ``target`` (B, H,
-        W, 3) uint8) and ``decode`` (latents (B, C, h, w) -> frames (B, 3, H, W) in [0, 1], the
+        ``generator``); with a refiner, ``pixels`` (:meth:`refine`'s inputs), ``target_rgb`` (B, H,
+        W, 3) uint8 and ``decode`` (latents (B, C, h, w) -> frames (B, 3, H, W) in [0, 1], the
         tokenizer's decoder), plus ``pixel_loss_weight`` times the mean squared error of the refined
         one-step estimate ``x_t - t v`` (detached: the refiner does not train the flow)."""
         B = x0.shape[0]
@@ -300,15 +301,23 @@ class TransferModel(nn.Module):
         flow = (v.float() - velocity_target(x0, eps)).pow(2).mean()
         if self.refiner is None:
             return flow, {"loss": float(flow.detach())}
-        if pixels is None or decode is None:
-            raise ValueError("a transfer model with a pixel refiner needs pixels and decode in its loss")
+        if pixels is None or target_rgb is None or decode is None:
+            raise ValueError("a transfer model with a pixel refiner needs pixels, target_rgb and decode in its loss")
         with torch.no_grad():
-            decoded = decode(x_t - t.view(-1, 1, 1, 1) * v.float()).clamp(0, 1).permute(0, 2, 3, 1)
-        inputs = {k: x for k, x in pixels.items() if k != "target"}
-        pixel = (self.refine(decoded, control, clamp=False, **inputs) - _rgb(pixels["target"]).permute(0, 2, 3, 1)
+            decoded = decode(x_t - t.view(-1, 1, 1, 1) * v.float()).permute(0, 2, 3, 1)
+        pixel = (self.refine(decoded, control, clamp=False, **pixels) - _rgb(target_rgb).permute(0, 2, 3, 1)
                  ).pow(2).mean()
         loss = flow + self.cfg.pixel_loss_weight * pixel
         return loss, {"loss": float(loss.detach()), "loss_flow": float(flow.detach()), "loss_pixel": float(pixel.detach())}
+
+    @torch.no_grad()
+    def generate_frames(self, control: torch.Tensor, reference: torch.Tensor, pose: torch.Tensor | None,
+                        decode: Callable[[torch.Tensor], torch.Tensor], pixels: dict[str, torch.Tensor] | None = None,
+                        steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Output frames (B, H, W, 3) float in [0, 1]: :meth:`generate`, ``decode`` (the tokenizer's
+        decoder: latents (B, C, h, w) -> (B, 3, H, W) in [0, 1]), then :meth:`refine` with ``pixels``."""
+        x = self.generate(control, reference, pose, steps=steps, generator=generator)
+        return self.refine(decode(x.float()).permute(0, 2, 3, 1), control, **(pixels or {}))
 
     def refine(self, decoded: torch.Tensor, control: torch.Tensor, clamp: bool = True,
                **pixels: torch.Tensor) -> torch.Tensor:

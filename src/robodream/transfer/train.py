@@ -32,7 +32,7 @@ from robodream.data.lerobot import LeRobotDataset
 from robodream.envs.shift import ShiftConfig
 from robodream.errors import ConfigError, DatasetError
 from robodream.eval.metrics import psnr
-from robodream.tokenizer.model import ImageTokenizer, decode_latents
+from robodream.tokenizer.model import ImageTokenizer
 from robodream.tokenizer.train import load_tokenizer
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
 from robodream.train.run_dir import Run, load_latent_run, read_run_config
@@ -192,9 +192,8 @@ def validate_transfer(model: TransferModel, table: FrameTable, tokenizer: ImageT
     model.eval()
     b = table.inputs(model, idx, ref, device)
     loss, _ = model.loss(**b, generator=torch.Generator().manual_seed(seed + 1), decode=tokenizer.decode)
-    x = model.generate(b["control"], b["reference"], b.get("pose"), steps=1, generator=torch.Generator().manual_seed(seed))
-    pred = model.refine(decode_latents(tokenizer, x).to(device), b["control"],
-                        **table.pixel_inputs(idx, ref, device)).cpu()  # (B, H, W, 3) in [0, 1]
+    pred = model.generate_frames(b["control"], b["reference"], b.get("pose"), tokenizer.decode, b.get("pixels"),
+                                 steps=1, generator=torch.Generator().manual_seed(seed)).cpu()  # (B, H, W, 3) in [0, 1]
     target = torch.from_numpy(table.target_rgb[idx.numpy()]).float() / 255
     base = torch.from_numpy(table.baseline_rgb[idx.numpy()]).float() / 255
     return {"loss": float(loss), "psnr": psnr(pred, target), "baseline_psnr": psnr(base, target), "n": len(idx)}
