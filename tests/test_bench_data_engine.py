@@ -105,3 +105,22 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         res = run("bench", "data-engine", "--quick", "--work", tmp_path / "w", "--out", tmp_path / "other.json", code=2)
         assert res.output.startswith("error:") and (tmp_path / "other.json").read_text() == text
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_real_share_weights_and_staleness():
+    import pytest
+
+    from robodream.bench.data_engine import bench_config, changed_settings, mix_weights
+    from robodream.config import to_dict
+    from robodream.errors import ConfigError
+
+    assert mix_weights(0, 3, 0.5) == () and mix_weights(6, 3, None) == (1.0,) * 9
+    w = mix_weights(6, 3, 0.6)  # 3 real tasks, appearance + view copies of each
+    assert sum(w[:3]) == pytest.approx(0.6) and sum(w[3:]) == pytest.approx(0.4) and len(set(w[3:])) == 1
+    old = json.loads(json.dumps(to_dict(bench_config())))
+    old.pop("real_share")  # settings saved before the field existed read as None: nothing is stale
+    assert changed_settings(old, bench_config(), "x") == ([], ())
+    changed, stale = changed_settings(old, bench_config({"real_share": 0.5}), "x")
+    assert changed == ["real_share"] and stale == ("real_transfer", "real_dreams", "real_rendered", "low_real_dreams")
+    with pytest.raises(ConfigError, match="real_share"):
+        bench_config({"real_share": 1.0})

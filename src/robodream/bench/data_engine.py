@@ -94,6 +94,7 @@ ARM_SETTINGS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("transfer", "transfer_train", "transfer_sample_steps", "transfer_eval_episodes"),
                     ("real_transfer",)),
     **dict.fromkeys(("transfer_copies", "generate_shift_seed"), ("real_transfer", "real_rendered")),
+    "real_share": ("real_transfer", "real_rendered", "real_dreams", "low_real_dreams"),
     **dict.fromkeys(("world_model", "world_model_train", "idm", "idm_train", "dreams_per_task", "dream_steps",
                      "dream_filter", "dream_sample_steps", "idm_test_demos"), ("real_dreams", "low_real_dreams")),
 }
@@ -216,6 +217,11 @@ class DataEngineBench:
     idm_test_demos: int = 10  # fresh real episodes per task for the IDM's replay success
     eval_episodes: int = 30
     eval_max_steps: int = 500
+    # Share of the policy's training draws taken from the real demonstrations in the arms that add
+    # generated or rendered data (real_transfer, real_rendered, real_dreams, low_real_dreams), the
+    # rest spread equally over the synthetic datasets. None: every dataset equally often (real is
+    # then 1/3 of the draws beside appearance and view copies, 1/2 beside dreams).
+    real_share: float | None = None
     augment_views: int = 2  # real_aug: augmented copies per episode
     augment_pad: int = 4
     augment_color: float = 0.3
@@ -243,6 +249,8 @@ class DataEngineBench:
             raise ConfigError(f"other_tasks must not include evaluated tasks: {sorted(set(self.tasks) & set(self.other_tasks))}")
         if not 1 <= self.low_demos <= self.demos or self.other_demos < 2 or self.eval_episodes < 1:
             raise ConfigError("need 1 <= low_demos <= demos, other_demos >= 2 and eval_episodes >= 1")
+        if self.real_share is not None and not 0.0 < self.real_share < 1.0:
+            raise ConfigError(f"real_share must be in (0, 1) or null, got {self.real_share}")
 
 
 #: ``--quick``: every stage on tiny settings (CI, under a minute of work on 2 cores).
@@ -452,8 +460,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
         pol = R / f"policy_{arm}"
         data = spec["data"]
         model = replace(cfg.policy, video_stride=spec.get("video_stride", cfg.policy.video_stride))
-        # synthetic data: every dataset drawn equally often (real and generated alike, tasks balanced)
-        weights = tuple(1.0 for _ in data) if len(data) > len(cfg.tasks) else ()
+        weights = mix_weights(len(data) - len(cfg.tasks), len(cfg.tasks), cfg.real_share)
         st.run(f"train policy {arm}", lambda p=pol: run_complete(p), lambda p=pol, d=data, m=model, s=spec, w=weights:
                train_policy(PolicyRunConfig(data=tuple(d), tokenizer=str(tok), model=m, train=replace(cfg.policy_train),
                                             data_weight=w, augment_views=s.get("augment_views", 0),
@@ -469,6 +476,22 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
                                        overwrite=True, shift=conditions[c]))
                 evals.setdefault(arm, {}).setdefault(cond, {})[t] = json.loads((ev / "results.json").read_text())
     return summarize(cfg, work, evals, st.timings, arms, previous)
+
+
+def mix_weights(n_synthetic: int, n_real: int, real_share: float | None) -> tuple[float, ...]:
+    """Sampling weights (``PolicyRunConfig.data_weight``) of ``n_real`` real datasets followed by
+    ``n_synthetic`` synthetic ones: ``()`` (the trainer's default) when there is no synthetic
+    data; every dataset equally often when ``real_share`` is None; else the real datasets share
+    ``real_share`` of the draws equally and the synthetic ones the rest.
+
+    >>> mix_weights(2, 1, 0.5)
+    (0.5, 0.25, 0.25)
+    """
+    if n_synthetic <= 0:
+        return ()
+    if real_share is None:
+        return (1.0,) * (n_real + n_synthetic)
+    return (real_share / n_real,) * n_real + ((1.0 - real_share) / n_synthetic,) * n_synthetic
 
 
 def _sha256(path: Path) -> str:
