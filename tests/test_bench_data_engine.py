@@ -124,3 +124,22 @@ def test_real_share_weights_and_staleness():
     assert changed == ["real_share"] and stale == ("real_transfer", "real_dreams", "real_rendered", "low_real_dreams")
     with pytest.raises(ConfigError, match="real_share"):
         bench_config({"real_share": 1.0})
+
+
+def test_merge_keeps_a_work_directorys_peak_memory():
+    from robodream.bench.data_engine import bench_config, merge_results
+
+    cfg = bench_config()
+    measured = {k: None for k in ("transfer_psnr_db", "transfer_baseline_psnr_db", "idm_replay_success",
+                                  "true_action_replay_success", "idm_action_mse")}
+    measured |= {"per_task": {}, "training_s": {}, "dreams_kept": {}}
+
+    def invocation(work_id, rss):
+        return {"created": "t", "code": {}, "environment": {}, "work_id": work_id, "stage_s": {"a": 1.0},
+                "wall_s": 1.0, "peak_rss_gib": rss}
+
+    r = merge_results(None, cfg, measured, invocation("w1", 5.0))
+    r = merge_results(r, cfg, measured, invocation("w1", 3.0))  # the same directory: replaces, keeps the peak
+    assert len(r["invocations"]) == 1 and r["invocations"][0]["peak_rss_gib"] == 5.0 and r["peak_rss_gib"] == 5.0
+    r = merge_results(r, cfg, measured, invocation("w2", 2.0))  # another directory: its own entry
+    assert [i["peak_rss_gib"] for i in r["invocations"]] == [5.0, 2.0] and r["wall_s"] == 2.0

@@ -592,7 +592,8 @@ def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measure
 
     An arm's numbers come from the latest invocation that evaluated it; the transfer and IDM
     metrics from the latest that measured them; invocations of the same working directory
-    replace each other (its stage times accumulate), so ``wall_s`` sums distinct directories.
+    replace each other (its stage times accumulate, and its peak memory is the highest of its
+    invocations'), so ``wall_s`` sums distinct directories.
     Derived numbers (``mean_success`` over tasks, ``gap_closed``, ``real_drop``, ``low_data``,
     ``video_supervision``) are recomputed from the merged per-task table; arms not measured yet
     read None, and ``missing`` lists them.
@@ -610,6 +611,8 @@ def merge_results(previous: dict[str, Any] | None, cfg: DataEngineBench, measure
     later = {k: measured[k] if measured[k] is not None else prev.get(k)
              for k in ("transfer_psnr_db", "transfer_baseline_psnr_db", "idm_replay_success",
                        "true_action_replay_success", "idm_action_mse")}
+    same_work = [i for i in prev.get("invocations", []) if i["work_id"] == invocation["work_id"]]
+    invocation = {**invocation, "peak_rss_gib": max(i["peak_rss_gib"] for i in [*same_work, invocation])}
     invocations = [i for i in prev.get("invocations", []) if i["work_id"] != invocation["work_id"]] + [invocation]
     ms = {a: {c: _mean([r["success_rate"] for r in per_task.get(a, {}).get(c, {}).values()]) for c in _conditions(a)}
           for a in ALL_ARMS}
