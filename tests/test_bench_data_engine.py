@@ -118,9 +118,9 @@ def test_real_share_weights_and_staleness():
     w = mix_weights(6, 3, 0.6)  # 3 real tasks, appearance + view copies of each
     assert sum(w[:3]) == pytest.approx(0.6) and sum(w[3:]) == pytest.approx(0.4) and len(set(w[3:])) == 1
     old = json.loads(json.dumps(to_dict(bench_config())))
-    old.pop("real_share")  # settings saved before the field existed read as None: nothing is stale
-    assert changed_settings(old, bench_config(), "x") == ([], ())
-    changed, stale = changed_settings(old, bench_config({"real_share": 0.5}), "x")
+    old.pop("real_share")  # settings saved before the field existed read as None (LEGACY_DEFAULTS)
+    assert changed_settings(old, bench_config({"real_share": None}), "x") == ([], ())
+    changed, stale = changed_settings(old, bench_config(), "x")  # the default is 0.5
     assert changed == ["real_share"] and stale == ("real_transfer", "real_dreams", "real_rendered", "low_real_dreams")
     with pytest.raises(ConfigError, match="real_share"):
         bench_config({"real_share": 1.0})
