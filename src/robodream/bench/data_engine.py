@@ -221,7 +221,8 @@ class DataEngineBench:
     # generated or rendered data (real_transfer, real_rendered, real_dreams, low_real_dreams), the
     # rest spread equally over the synthetic datasets. None: every dataset equally often (real is
     # then 1/3 of the draws beside appearance and view copies, 1/2 beside dreams): real_rendered
-    # lost 12 points on the default condition that way, 0 at 0.5 (benchmarks/RESULTS.md).
+    # lost 12 points on the default condition that way, 1.2 at 0.5 (each against real on its own
+    # host; benchmarks/RESULTS.md).
     real_share: float | None = 0.5
     augment_views: int = 2  # real_aug: augmented copies per episode
     augment_pad: int = 4
