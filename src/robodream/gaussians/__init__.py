@@ -4,6 +4,7 @@ Public API::
 
     rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, ...)
         -> RasterOutput(rgb (C, H, W, 3), depth (C, H, W), alpha (C, H, W), info)
+    rasterize_batched(means (B, N, 3), ...)  B scenes in one pass -> rgb (B, C, H, W, 3)
     GaussianParams                      raw (optimisable) parameters; .render(viewmats, Ks, W, H)
     save_ply(path, g) / load_ply(path)  standard 3DGS .ply files
     robodream.gaussians.reconstruct     ReconstructConfig, reconstruct(cfg, out), load_scene(run)
@@ -29,15 +30,22 @@ _LAZY = {
     "RasterOutput": "robodream.gaussians.rasterizer",
     "gsplat_available": "robodream.gaussians.rasterizer",
     "rasterize": "robodream.gaussians.rasterizer",
+    "rasterize_batched": "robodream.gaussians.rasterizer",
     "rasterize_dense": "robodream.gaussians.rasterizer",
 }
 
 __all__ = ["GaussianParams", "PlyFormatError", "RasterOutput", "gsplat_available", "load_ply", "rasterize",
-           "rasterize_dense", "save_ply"]
+           "rasterize_batched", "rasterize_dense", "save_ply"]
 
 if TYPE_CHECKING:
     from robodream.gaussians.ply import PlyFormatError, load_ply, save_ply
-    from robodream.gaussians.rasterizer import RasterOutput, gsplat_available, rasterize, rasterize_dense
+    from robodream.gaussians.rasterizer import (
+        RasterOutput,
+        gsplat_available,
+        rasterize,
+        rasterize_batched,
+        rasterize_dense,
+    )
     from robodream.gaussians.scene import GaussianParams
 
 

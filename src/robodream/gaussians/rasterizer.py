@@ -147,6 +147,74 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     return RasterOutput(rgb, depth, alpha, info)
 
 
+def rasterize_batched(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                      viewmats: Tensor, Ks: Tensor, width: int, height: int, *, background: Tensor | None = None,
+                      near_plane: float = 0.01, far_plane: float = 1e10, eps2d: float = 0.3, tile_size: int = 16,
+                      backend: str = "auto") -> RasterOutput:
+    """Render B scenes of N Gaussians each into C cameras per scene, in one compositing pass.
+
+    Each scene is projected into its own cameras and the B x C projections are composited
+    together as B * C cameras (a camera only ever sees its own scene), so the cost is that
+    of one :func:`rasterize` call over B * C cameras of N Gaussians — not B calls.
+
+    Args:
+        means (B, N, 3), quats (B, N, 4), scales (B, N, 3), opacities (B, N), colors (B, N, 3):
+            as :func:`rasterize`, one set per scene (RGB colours only, no SH).
+        viewmats: (C, 4, 4) shared by every scene, or (B, C, 4, 4) per scene.
+        Ks: (C, 3, 3) or (B, C, 3, 3), pixels.
+        background: (3,), or (B, C, 3) per scene and camera.
+        Other keywords as :func:`rasterize` (``"gsplat"`` falls back to one call per scene).
+
+    Returns:
+        :class:`RasterOutput` with rgb (B, C, H, W, 3), depth (B, C, H, W), alpha (B, C, H, W);
+        ``info`` holds ``backend``.
+
+    Raises:
+        ConfigError: shapes that do not match the above, or as :func:`rasterize`.
+    """
+    if means.dim() != 3 or means.shape[-1] != 3:
+        raise ConfigError(f"means must be (B, N, 3), got {tuple(means.shape)}")
+    B, N = means.shape[:2]
+    if viewmats.dim() == 3:
+        viewmats = viewmats[None].expand(B, *viewmats.shape)
+    if Ks.dim() == 3:
+        Ks = Ks[None].expand(B, *Ks.shape)
+    if viewmats.dim() != 4 or viewmats.shape[0] != B or Ks.shape[:2] != viewmats.shape[:2]:
+        raise ConfigError(f"viewmats must be (C, 4, 4) or (B, C, 4, 4) and Ks (C, 3, 3) or (B, C, 3, 3) with "
+                          f"B = {B}; got {tuple(viewmats.shape)} and {tuple(Ks.shape)}")
+    C = viewmats.shape[1]
+    for b in range(B):
+        check_inputs(means[b], quats[b], scales[b], opacities[b], colors[b], viewmats[b], Ks[b], width, height)
+    if colors.dim() != 3:
+        raise ConfigError(f"rasterize_batched takes RGB colours (B, N, 3), got {tuple(colors.shape)}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown rasteriser backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    viewmats, Ks = viewmats.to(means), Ks.to(means)
+    bg = background
+    if bg is not None and torch.as_tensor(bg).dim() == 3:
+        bg = torch.as_tensor(bg, dtype=means.dtype, device=means.device).reshape(B * C, 3)
+    if backend == "auto":
+        backend = "gsplat" if means.is_cuda and gsplat_available() else "tiled"
+    if backend == "gsplat":  # gsplat batches its own way; one call per scene keeps this path simple
+        outs = [rasterize(means[b], quats[b], scales[b], opacities[b], colors[b], viewmats[b], Ks[b], width, height,
+                          background=None if bg is None else (bg if bg.dim() == 1 else bg[b * C:(b + 1) * C]),
+                          near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, tile_size=tile_size,
+                          backend="gsplat") for b in range(B)]
+        return RasterOutput(torch.stack([o.rgb for o in outs]), torch.stack([o.depth for o in outs]),
+                            torch.stack([o.alpha for o in outs]), {"backend": "gsplat"})
+    ps = [project_gaussians(means[b], quats[b], scales[b], opacities[b], colors[b], viewmats[b], Ks[b], width,
+                            height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d) for b in range(B)]
+    p = Projected(**{f: torch.cat([getattr(q, f) for q in ps]) for f in Projected.__dataclass_fields__})
+    bgt = _background(bg, B * C, means)
+    if backend == "dense":
+        rgb, depth_acc, alpha = composite_dense(p, bgt, width, height)
+    else:
+        rgb, depth_acc, alpha = composite_tiled(p, bgt, width, height, tile_size=tile_size, chunk=2 * tile_size)
+    depth = depth_acc / alpha.clamp_min(1e-10)
+    return RasterOutput(rgb.reshape(B, C, height, width, 3), depth.reshape(B, C, height, width),
+                        alpha.reshape(B, C, height, width), {"backend": backend})
+
+
 def rasterize_dense(*args, **kwargs) -> RasterOutput:
     """:func:`rasterize` with ``backend="dense"`` (the reference implementation)."""
     kwargs["backend"] = "dense"
