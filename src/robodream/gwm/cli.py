@@ -1,4 +1,5 @@
-"""CLI verbs of the Gaussian world model: ``robodream gaussians`` (per-frame Gaussians of a dataset).
+"""CLI verbs of the Gaussian world model: ``robodream gaussians`` (per-frame Gaussians of a dataset) and
+``robodream train gwm-vae`` (the set VAE).
 
 Plain functions with typer options; :func:`register` adds them to robodream's apps (the
 convention of :mod:`robodream.utils.cli`). Logic lives in :mod:`robodream.gwm.frames`.
@@ -11,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from robodream.utils.cli import Apps, config_verb, log, out_console, print_table, user_errors
+from robodream.utils.cli import Apps, config_verb, log, out_console, print_table, register_train_verb, user_errors
 
 
 def gaussians_cmd(
@@ -54,7 +55,11 @@ def gaussians_cmd(
 
 
 def register(apps: Apps) -> None:
-    """Add ``gaussians``."""
+    """Add ``gaussians`` and ``train gwm-vae``."""
     from robodream.gwm.pixel import PixelGaussianConfig
+    from robodream.gwm.train import SetVAERunConfig, train_set_vae
 
     apps.root.command("gaussians")(user_errors(config_verb(PixelGaussianConfig)(gaussians_cmd)))
+    register_train_verb(apps, "gwm-vae", SetVAERunConfig, train_set_vae, "GWM set VAE",
+                        ["decoded PSNR dB", "Chamfer", "train frames"],
+                        lambda r: [r.get("psnr_db"), r.get("chamfer"), r["n_train_frames"]])

@@ -60,6 +60,7 @@ RUN_TYPES: dict[str, str] = {
     "gaussian_scene": "robodream.gaussians.reconstruct:load_scene",
     "inverse_dynamics": "robodream.idm.train:load_idm",
     "control_transfer": "robodream.transfer.train:load_transfer",
+    "gwm_set_vae": "robodream.gwm.train:load_set_vae",
 }
 
 
@@ -299,21 +300,15 @@ class Run:
             os.replace(tmp, dst / name)
 
 
-def load_latent_run(run_dir: str | os.PathLike, model_cls, config_cls, device="cpu"):
-    """Load a trained run of a model over tokenizer latents (policy or video world model).
-
-    Reads ``RUN/config.json`` (checking ``model_type == model_cls.model_type``), builds
-    ``model_cls(config_cls(...))`` (fields the file lacks take ``config_cls.LEGACY_DEFAULTS``,
-    then the defaults), loads ``model.safetensors`` and ``normalization.json``
-    and the run's copy of the tokenizer. Returns ``(model, tokenizer, run config dict)``,
-    both models in eval mode without gradients, on ``device``.
+def load_model_run(run_dir: str | os.PathLike, model_cls, config_cls):
+    """Build ``model_cls(config_cls(...))`` from ``RUN/config.json`` (checking ``model_type ==
+    model_cls.model_type``; fields the file lacks take ``config_cls.LEGACY_DEFAULTS``, then the
+    defaults) and load ``model.safetensors``. Returns ``(model, run config dict)`` on the CPU.
 
     Raises:
         CheckpointError: a run of another model type, an invalid model config, unfinished
-            training, weights that do not fit the configuration, or a tokenizer whose latent
-            shape differs from the model's.
+            training, or weights that do not fit the configuration.
     """
-    from robodream.tokenizer.train import load_tokenizer
     from robodream.train.checkpoint import load_model_weights
 
     run_dir = Path(run_dir)
@@ -325,6 +320,25 @@ def load_latent_run(run_dir: str | os.PathLike, model_cls, config_cls, device="c
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no model.safetensors (training not finished? use --resume)")
     load_model_weights(model, weights)
+    return model, cfg
+
+
+def load_latent_run(run_dir: str | os.PathLike, model_cls, config_cls, device="cpu"):
+    """Load a trained run of a model over tokenizer latents (policy or video world model).
+
+    :func:`load_model_run`, then ``normalization.json`` and the run's copy of the tokenizer.
+    Returns ``(model, tokenizer, run config dict)``, both models in eval mode without
+    gradients, on ``device``.
+
+    Raises:
+        CheckpointError: a run of another model type, an invalid model config, unfinished
+            training, weights that do not fit the configuration, or a tokenizer whose latent
+            shape differs from the model's.
+    """
+    from robodream.tokenizer.train import load_tokenizer
+
+    run_dir = Path(run_dir)
+    model, cfg = load_model_run(run_dir, model_cls, config_cls)
     norm_path = run_dir / "normalization.json"
     if norm_path.is_file():
         model.set_normalization(read_json(norm_path))
