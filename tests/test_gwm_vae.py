@@ -134,3 +134,76 @@ def test_train_gwm_vae_resumes_and_refuses_bad_input(vae_run, tmp_path):
 
         load_set_vae(w / "data")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+# ----------------------------------------------------------------------------- latent dynamics
+TINY_DYN = dict(n_latents=16, latent_dim=4, action_dim=4, dim=32, heads=2, depth=1, sample_steps=2)
+
+
+def test_dynamics_shapes_rollout_and_wrong_action_dimension():
+    from robodream.gwm.dynamics import GWMDynamics, GWMDynamicsConfig
+
+    model = GWMDynamics(GWMDynamicsConfig(**TINY_DYN)).eval()
+    ctx = torch.randn(3, 2, 16, 4)
+    out = model.predict(ctx, torch.randn(3, 4), generator=torch.Generator().manual_seed(0))
+    assert out["latents"].shape == (3, 16, 4) and out["reward"].shape == (3,) and out["success_prob"].shape == (3,)
+    roll = model.rollout(ctx, torch.randn(3, 5, 4))
+    assert roll["latents"].shape == (3, 5, 16, 4) and torch.isfinite(roll["latents"]).all()
+    with pytest.raises(ConfigError, match="trained on 4-dimensional actions"):
+        model.predict(ctx, torch.randn(3, 7))
+    with pytest.raises(ConfigError, match="context must be"):
+        model.predict(torch.randn(3, 1, 16, 4), torch.randn(3, 4))
+
+
+def test_dynamics_learns_an_action_dependent_transition():
+    from robodream.gwm.dynamics import GWMDynamics, GWMDynamicsConfig
+
+    torch.manual_seed(0)
+    model = GWMDynamics(GWMDynamicsConfig(**{**TINY_DYN, "depth": 2}))
+    gen = torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    base = torch.randn(16, 4, generator=gen)
+
+    def batch(n):
+        a = torch.randn(n, 4, generator=gen)
+        ctx = base.expand(n, 2, 16, 4) + 0.01 * torch.randn(n, 2, 16, 4, generator=gen)
+        target = base + a[:, None, :]  # the next latents move with the action
+        return ctx, target, a
+
+    for _ in range(300):
+        ctx, target, a = batch(32)
+        loss, _ = model.loss(ctx, target, a, a[:, 0], (a[:, 1] > 0).float(), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ctx, target, a = batch(64)
+    model.eval()
+    pred = model.predict(ctx, a, steps=8, generator=gen)
+    err = (pred["latents"] - target).pow(2).mean()
+    copy = (ctx[:, -1] - target).pow(2).mean()
+    assert err < 0.25 * copy
+    assert (pred["reward"] - a[:, 0]).abs().mean() < 0.5 * a[:, 0].abs().mean()
+
+
+def test_train_and_eval_gwm_cli(vae_run, tmp_path):
+    from cli_helpers import one_line_error, run
+
+    from robodream.gwm.train import load_gwm
+
+    w, _, _ = vae_run
+    args = ["train", "gwm", "--gaussians", w / "g", "--vae", w / "run", "--dim", 32, "--heads", 2, "--depth", 1,
+            "--sample-steps", 2, "--steps", 4, "--batch-size", 2, "--val-every", 2, "--val-windows", 4,
+            "--heldout-fraction", 0.5]
+    res = run(*args, "--out", tmp_path / "gwm")
+    assert "copy-last" in res.output
+    r = json.loads((tmp_path / "gwm" / "results.json").read_text())
+    assert r["steps"] == 4 and r["latent_mse"] > 0 and r["copy_last_latent_mse"] >= 0
+    model, vae, cfg = load_gwm(tmp_path / "gwm")
+    assert model.cfg.n_latents == 16 and model.cfg.action_dim == 4 and vae.cfg.n_gaussians == 64
+    res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "corner4", "--horizon", 3, code=2)
+    one_line_error(res, "corner4")  # the dataset has no such camera
+    res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "corner", "--horizon", 3, code=2)
+    one_line_error(res, "input camera")
+    res = run("train", "gwm", "--gaussians", w / "g", "--vae", w / "g", "--out", tmp_path / "bad", code=2)
+    one_line_error(res)
+    assert not (tmp_path / "bad").exists()

@@ -54,12 +54,56 @@ def gaussians_cmd(
     out_console.print(f"written to {out}")
 
 
+def eval_gwm_cmd(
+    run: Annotated[Path, typer.Option(help="a robodream train gwm run")],
+    camera: Annotated[str, typer.Option(help="novel camera: one of the source dataset's cameras that no Gaussians "
+                                             "were built from")],
+    gaussians: Annotated[Optional[Path], typer.Option(help="Gaussian directory to evaluate on (default: the run's "
+                                                           "held-out episodes)")] = None,
+    horizon: Annotated[int, typer.Option(help="rollout steps")] = 16,
+    episodes: Annotated[Optional[int], typer.Option(help="at most this many episodes")] = None,
+    starts: Annotated[int, typer.Option(help="start frames per episode")] = 2,
+    sample_steps: Annotated[Optional[int], typer.Option(help="Euler steps (default: the model's)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="JSON to write (default RUN/eval_CAMERA.json)")] = None,
+) -> None:
+    """Open-loop GWM rollouts rendered from the training cameras and a never-trained camera, per horizon,
+    against the recorded video, next to copy-last and the per-frame Gaussians."""
+    from robodream.gwm.evaluate import evaluate_gwm
+    from robodream.utils.io import atomic_write_json
+
+    r = evaluate_gwm(run, camera, gaussians=gaussians, horizon=horizon, episodes=episodes, starts_per_episode=starts,
+                     sample_steps=sample_steps)
+    out = out or run / f"eval_{camera}.json"
+    atomic_write_json(out, r)
+    hs = sorted({h for h in (1, 2, 4, 8, 16, horizon) if h <= horizon})
+    rows = [[h, r["psnr_by_horizon"][h - 1], r["copy_last_psnr_by_horizon"][h - 1],
+             r["gaussians_psnr_by_horizon"][h - 1], r["novel_camera_psnr_by_horizon"][h - 1],
+             r["novel_camera_copy_last_psnr_by_horizon"][h - 1], r["novel_camera_gaussians_psnr_by_horizon"][h - 1]]
+            for h in hs]
+    print_table(f"GWM rollouts: PSNR dB against the video, {r['rollouts']} rollouts, train cameras "
+                f"{','.join(r['cameras'])}, novel {camera}", ["h", "GWM", "copy-last", "Gaussians", f"GWM {camera}",
+                                                             "copy-last", "Gaussians"], rows)
+    print_table("against the per-frame Gaussians' renders (the dynamics alone)",
+                ["h", "GWM", "copy-last", "copy z", f"GWM {camera}", "copy-last", "copy z"],
+                [[h, r["psnr_vs_gaussians_by_horizon"][h - 1], r["copy_last_psnr_vs_gaussians_by_horizon"][h - 1],
+                  r["copy_last_latent_psnr_vs_gaussians_by_horizon"][h - 1],
+                  r["novel_camera_psnr_vs_gaussians_by_horizon"][h - 1],
+                  r["novel_camera_copy_last_psnr_vs_gaussians_by_horizon"][h - 1],
+                  r["novel_camera_copy_last_latent_psnr_vs_gaussians_by_horizon"][h - 1]] for h in hs])
+    out_console.print(f"written to {out}")
+
+
 def register(apps: Apps) -> None:
-    """Add ``gaussians`` and ``train gwm-vae``."""
+    """Add ``gaussians``, ``train gwm-vae``, ``train gwm`` and ``eval gwm``."""
     from robodream.gwm.pixel import PixelGaussianConfig
-    from robodream.gwm.train import SetVAERunConfig, train_set_vae
+    from robodream.gwm.train import GWMRunConfig, SetVAERunConfig, train_gwm, train_set_vae
 
     apps.root.command("gaussians")(user_errors(config_verb(PixelGaussianConfig)(gaussians_cmd)))
     register_train_verb(apps, "gwm-vae", SetVAERunConfig, train_set_vae, "GWM set VAE",
                         ["decoded PSNR dB", "Chamfer", "train frames"],
                         lambda r: [r.get("psnr_db"), r.get("chamfer"), r["n_train_frames"]])
+    apps.eval.command("gwm")(user_errors(eval_gwm_cmd))
+    register_train_verb(apps, "gwm", GWMRunConfig, train_gwm, "GWM latent dynamics",
+                        ["1-step latent MSE", "copy-last MSE", "reward MAE", "success acc", "train frames"],
+                        lambda r: [r.get("latent_mse"), r.get("copy_last_latent_mse"), r.get("reward_mae"),
+                                   r.get("success_accuracy"), r["n_train_frames"]])

@@ -1,4 +1,4 @@
-"""Train the GWM set VAE on per-frame Gaussians; load a trained one.
+"""Train the GWM set VAE on per-frame Gaussians and the latent dynamics on its latents; load trained ones.
 
 ``robodream train gwm-vae --gaussians DIR [--gaussians DIR2 ...] --out RUN`` calls
 :func:`train_set_vae`. The last ``heldout_fraction`` of each directory's episodes are never
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 
 from robodream.errors import ConfigError, DatasetError
+from robodream.gwm.dynamics import GWMDynamics, GWMDynamicsConfig
 from robodream.gwm.frames import GaussianFrames, load_gaussian_frames
 from robodream.gwm.pixel import render, unpack
 from robodream.gwm.vae import GaussianSetVAE, SetVAEConfig
@@ -107,6 +109,14 @@ def scene_normalization(table: FrameTable, n: int = 256, seed: int = 0) -> tuple
     return tuple(round(float(c), 4) for c in center), round(float((hi - lo).max() / 2), 4)
 
 
+def scene_anchors(table: FrameTable, n: int = 64, seed: int = 0) -> torch.Tensor:
+    """Live Gaussian centres (P, 3) of ``n`` random training frames, pooled (the VAE's anchors are FPS of these)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    g = table.batch(torch.randint(0, len(table), (min(n, len(table)),), generator=gen))[0]
+    p = unpack(g)
+    return p["means"][p["opacities"] > 0]
+
+
 def train_set_vae(cfg: SetVAERunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
     """Train the set VAE and write the run directory ``out``; returns held-out validation results
     (``psnr_db``: decoded vs input Gaussians rendered from the input cameras; ``chamfer``).
@@ -146,7 +156,17 @@ def train_set_vae(cfg: SetVAERunConfig, out: str | os.PathLike, *, resume: bool 
         r_cams = min(m.render_cameras, n_cams)
 
         torch.manual_seed(cfg.train.seed)
-        model = GaussianSetVAE(m).to(device)
+        model = GaussianSetVAE(m)
+        anchors = scene_anchors(train_table) if m.query_mode == "fixed" else None
+        if anchors is not None:
+            model.set_anchors(anchors)
+        model.to(device)
+
+        def factory() -> GaussianSetVAE:
+            f = GaussianSetVAE(m)
+            if anchors is not None:
+                f.set_anchors(anchors)
+            return f
 
         def sample_batch(step: int, gen: torch.Generator, batch_size: int):
             idx = torch.randint(0, len(train_table), (batch_size,), generator=gen)
@@ -162,7 +182,7 @@ def train_set_vae(cfg: SetVAERunConfig, out: str | os.PathLike, *, resume: bool 
 
         trainer = Trainer(model, cfg.train, run.path, sample_batch, loss_fn,
                           validate=validate if len(held_table) else None, description="gwm-vae",
-                          model_factory=lambda: GaussianSetVAE(m))
+                          model_factory=factory)
         val = run.fit(trainer, meta={"n_train_frames": len(train_table), "n_heldout_frames": len(held_table)})
         results = run.finish(trainer, val, n_train_frames=len(train_table), n_heldout_frames=len(held_table))
     return results
@@ -206,3 +226,228 @@ def load_set_vae(run_dir: str | os.PathLike, device: str | torch.device = "cpu")
 
     model, cfg = load_model_run(run_dir, GaussianSetVAE, SetVAEConfig)
     return model.to(device).eval().requires_grad_(False), cfg
+
+
+# ============================================================================ latent dynamics
+def default_gwm_train() -> TrainConfig:
+    return TrainConfig(steps=3000, batch_size=16, lr=3e-4, weight_decay=0.01, warmup_steps=100, ema_decay=0.995,
+                       val_every=500, checkpoint_every=500)
+
+
+@dataclass
+class GWMRunConfig:
+    """Everything a GWM dynamics run needs; saved as RUN/config.json."""
+
+    gaussians: tuple[str, ...] = ()  # per-frame Gaussian directories (robodream gaussians), repeat --gaussians
+    vae: str = ""  # set-VAE run (robodream train gwm-vae), copied into RUN/vae
+    model: GWMDynamicsConfig = field(default_factory=GWMDynamicsConfig)
+    train: TrainConfig = field(default_factory=default_gwm_train)
+    heldout_fraction: float = 0.1  # fraction of each directory's episodes held out (at least 1)
+    val_windows: int = 128  # held-out transitions validated (fixed draw)
+    model_type: str = "gwm_dynamics"
+
+    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("model.n_latents", "model.latent_dim", "model.action_dim",
+                                                 "model_type")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.heldout_fraction < 1:
+            raise ConfigError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        if self.val_windows < 1:
+            raise ConfigError(f"val_windows must be >= 1, got {self.val_windows}")
+
+
+@dataclass
+class LatentEpisodes:
+    """Latent sets of episodes and their transitions (all tensors, one row per frame).
+
+    latents (F, L, c); action (F, Da); reward (F,) dense reward of the step from frame f;
+    success (F,) ``next.success``; episode_start / episode_end (F,) the frame range of each frame's episode.
+    """
+
+    latents: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    success: torch.Tensor
+    episode_start: torch.Tensor
+    episode_end: torch.Tensor
+
+    def anchors(self) -> torch.Tensor:
+        """Frames f with a next frame (f + 1 < end): the transitions."""
+        return torch.nonzero(torch.arange(len(self.latents)) + 1 < self.episode_end).squeeze(1)
+
+    def windows(self, f: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """Transitions from frames ``f`` (B,): context (B, k, L, c) (frames before the episode start repeat
+        its first), action, target (B, L, c), reward, success."""
+        offs = torch.arange(-k + 1, 1)
+        ctx_idx = torch.maximum(f[:, None] + offs, self.episode_start[f, None])
+        return {"context": self.latents[ctx_idx].float(), "target": self.latents[f + 1].float(),
+                "action": self.action[f], "reward": self.reward[f], "success": self.success[f]}
+
+
+@torch.no_grad()
+def encode_latent_episodes(vae: GaussianSetVAE, fr: GaussianFrames, episodes: list[int], batch: int = 32,
+                           device="cpu") -> LatentEpisodes:
+    """Posterior-mean latents of every frame of ``episodes`` and their actions, dense rewards and success flags
+    (read from the Gaussian directory's source dataset).
+
+    Raises:
+        DatasetError: the source dataset is gone, differs from the one the Gaussians were built from,
+            or lacks actions or the reward columns (``next.success``, ``complementary_info.dense_reward``).
+    """
+    from robodream.data.lerobot import LeRobotDataset
+
+    src = fr.index["source"]
+    try:
+        ds = LeRobotDataset(src)
+    except DatasetError as e:
+        raise DatasetError(f"{fr.root} was built from {src}, which cannot be read: {e}") from e
+    if ds.num_frames != fr.index["source_frames"]:
+        raise DatasetError(f"{src} has {ds.num_frames} frames but {fr.root} was built from one with "
+                           f"{fr.index['source_frames']}: rebuild the Gaussians")
+    lat, act, rew, suc, start, end = [], [], [], [], [], []
+    f0 = 0
+    for e in episodes:
+        g, _ = fr.episode(e)
+        lat.append(torch.cat([vae.encode(g[b:b + batch].to(device))[0].cpu() for b in range(0, len(g), batch)])
+                   .to(torch.float16))
+        ep = ds.episode(e)
+        for key in ("next.success", "complementary_info.dense_reward"):
+            if key not in ep.extra:
+                raise DatasetError(f"{src} has no {key} column (record it with robodream collect)")
+        if ep.action.shape[1] == 0:
+            raise DatasetError(f"{src} has no action feature")
+        T = len(g)
+        act.append(torch.from_numpy(ep.action[:T]))
+        rew.append(torch.from_numpy(np.asarray(ep.extra["complementary_info.dense_reward"], np.float32).reshape(-1)[:T]))
+        suc.append(torch.from_numpy(np.asarray(ep.extra["next.success"]).reshape(-1)[:T].astype(np.float32)))
+        start.append(torch.full((T,), f0))
+        end.append(torch.full((T,), f0 + T))
+        f0 += T
+    return LatentEpisodes(torch.cat(lat), torch.cat(act), torch.cat(rew), torch.cat(suc), torch.cat(start),
+                          torch.cat(end))
+
+
+def _cat_latent_episodes(parts: list[LatentEpisodes]) -> LatentEpisodes:
+    offs = np.cumsum([0] + [len(p.latents) for p in parts[:-1]]).tolist()
+    return LatentEpisodes(*(torch.cat([getattr(p, f) for p in parts]) for f in ("latents", "action", "reward", "success")),
+                          torch.cat([p.episode_start + o for p, o in zip(parts, offs)]),
+                          torch.cat([p.episode_end + o for p, o in zip(parts, offs)]))
+
+
+def gwm_datasets(cfg: GWMRunConfig, vae: GaussianSetVAE, device) -> tuple[list[GaussianFrames], LatentEpisodes,
+                                                                          LatentEpisodes | None]:
+    """Open the run's Gaussian directories and encode their training and held-out episodes.
+
+    Raises:
+        DatasetError: Gaussian counts that differ from the VAE's.
+    """
+    dirs = [load_gaussian_frames(p) for p in cfg.gaussians]
+    for d in dirs:
+        if d.gaussians.shape[1] != vae.cfg.n_gaussians:
+            raise DatasetError(f"{d.root} has {d.gaussians.shape[1]} Gaussians a frame but the VAE takes "
+                               f"{vae.cfg.n_gaussians}")
+    splits = [split_episodes(d, cfg.heldout_fraction) for d in dirs]
+    train = _cat_latent_episodes([encode_latent_episodes(vae, d, s[0], device=device) for d, s in zip(dirs, splits)])
+    held_parts = [encode_latent_episodes(vae, d, s[1], device=device) for d, s in zip(dirs, splits) if s[1]]
+    return dirs, train, _cat_latent_episodes(held_parts) if held_parts else None
+
+
+def train_gwm(cfg: GWMRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
+    """Train the GWM latent dynamics on set-VAE latents and write the run directory ``out``; returns held-out
+    validation results (``latent_mse`` of one-step predictions and ``copy_last_latent_mse``, normalised
+    units; ``reward_mae``; ``success_accuracy``).
+
+    Raises:
+        DatasetError: unreadable Gaussian directories or source datasets, Gaussian counts that differ
+            from the VAE's.
+        CheckpointError: a bad VAE run; ``out`` holds another run and not ``resume``.
+        ConfigError: no directory, no VAE, bad settings, or a ``--resume`` that changes the run.
+    """
+    import shutil
+
+    if not cfg.gaussians or not cfg.vae:
+        raise ConfigError("train gwm needs per-frame Gaussian directories (--gaussians) and a set-VAE run (--vae)")
+    run = Run(out, cfg, resume=resume)
+    with run.guard():
+        device = resolve_device(cfg.train.device)
+        vae, _ = load_set_vae(cfg.vae, device=device)
+        _, train, held = gwm_datasets(cfg, vae, device)
+        m = cfg.model
+        m.n_latents, m.latent_dim, m.action_dim = vae.cfg.n_latents, vae.cfg.latent_dim, train.action.shape[1]
+        m.__post_init__()
+        torch.manual_seed(cfg.train.seed)
+        model = GWMDynamics(m)
+        flat = train.latents.float().flatten(0, 1)
+        anchors = train.anchors()
+        if not len(anchors):
+            raise DatasetError("no training transitions (episodes of one frame)")
+        delta = (train.latents[anchors + 1].float() - train.latents[anchors].float()).flatten(0, 1)
+        model.set_normalization(flat.mean(0), flat.std(0), delta.pow(2).mean(0).sqrt(), train.action.mean(0),
+                                train.action.std(0))
+        norm = {k: getattr(model, k).tolist() for k in GWMDynamics.NORMALIZATION}
+        model.to(device)
+
+        def sample_batch(step: int, gen: torch.Generator, batch_size: int):
+            f = anchors[torch.randint(0, len(anchors), (batch_size,), generator=gen)]
+            return {k: v.to(device) for k, v in train.windows(f, m.context_frames).items()}
+
+        def loss_fn(mod, batch, gen):
+            return mod.loss(**batch, generator=gen)
+
+        def validate(mod: GWMDynamics, part: tuple[int, int]) -> dict[str, float]:
+            return validate_gwm(mod, held, cfg.val_windows, device, shard_of=part)
+
+        def factory() -> GWMDynamics:
+            f = GWMDynamics(m)
+            f.set_normalization(*(torch.tensor(norm[k]) for k in GWMDynamics.NORMALIZATION))
+            return f
+
+        trainer = Trainer(model, cfg.train, run.path, sample_batch, loss_fn,
+                          validate=validate if held is not None else None, description="gwm", model_factory=factory)
+        if run.fresh or not (run.path / "vae").is_dir():
+            (run.path / "vae").mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "model.safetensors"):
+                shutil.copyfile(Path(cfg.vae) / name, run.path / "vae" / name)
+        val = run.fit(trainer, meta={"n_train_transitions": len(anchors)}, json_files={"normalization.json": norm})
+        results = run.finish(trainer, val, n_train_frames=len(train.latents),
+                             n_heldout_frames=0 if held is None else len(held.latents))
+    return results
+
+
+@torch.no_grad()
+def validate_gwm(model: GWMDynamics, held: LatentEpisodes, n: int, device, seed: int = 0,
+                 shard_of: tuple[int, int] = (0, 1)) -> dict[str, float]:
+    """Held-out one-step metrics on ``n`` fixed transitions (sampled with a fixed noise seed)."""
+    gen = torch.Generator().manual_seed(seed)
+    anchors = held.anchors()
+    f = anchors[torch.randperm(len(anchors), generator=gen)[:n]]
+    f = f[shard(len(f), *shard_of)]
+    if not len(f):
+        return {"n": 0}
+    model.eval()
+    w = {k: v.to(device) for k, v in held.windows(f, model.cfg.context_frames).items()}
+    out = model.predict(w["context"], w["action"], generator=torch.Generator().manual_seed(seed))
+    target = model.normalize(w["target"])
+    mse = (model.normalize(out["latents"]) - target).pow(2).mean()
+    copy = (model.normalize(w["context"][:, -1]) - target).pow(2).mean()
+    acc = ((out["success_prob"] > 0.5).float() == w["success"]).float().mean()
+    return {"latent_mse": float(mse), "copy_last_latent_mse": float(copy),
+            "reward_mae": float((out["reward"] - w["reward"]).abs().mean()), "success_accuracy": float(acc),
+            "n": len(f)}
+
+
+def load_gwm(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a trained GWM run: ``(dynamics, vae, run config dict)``, both in eval mode.
+
+    Raises:
+        CheckpointError: not a GWM run (e.g. a policy run), unfinished, or weights that do not fit.
+    """
+    from robodream.train.run_dir import load_model_run
+    from robodream.utils.io import read_json
+
+    run_dir = Path(run_dir)
+    model, cfg = load_model_run(run_dir, GWMDynamics, GWMDynamicsConfig)
+    norm = read_json(run_dir / "normalization.json")
+    model.set_normalization(*(torch.tensor(norm[k]) for k in GWMDynamics.NORMALIZATION))
+    vae, _ = load_set_vae(run_dir / "vae", device=device)
+    return model.to(device).eval().requires_grad_(False), vae, cfg

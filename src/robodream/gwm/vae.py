@@ -1,10 +1,18 @@
 """Set VAE: a frame's Gaussians <-> a small set of latent vectors (GWM, arXiv 2508.17600, Sec. 3.2).
 
-Encoder (3DShape2VecSet-style, as the GWM paper): farthest-point sample ``n_latents`` of the
-frame's ``n`` Gaussians as queries; embed every Gaussian (Fourier features of its normalised
-centre + a linear map of its other 11 numbers); one cross-attention from the queries to all
-Gaussians, a few self-attention layers, then a linear map to the mean and log-variance of a
-``latent_dim`` vector per query: the latent set z (B, n_latents, latent_dim).
+Encoder (3DShape2VecSet-style, as the GWM paper): ``n_latents`` farthest-point-sampled queries;
+embed every Gaussian (Fourier features of its normalised centre + a linear map of its other 11
+numbers); one cross-attention from the queries to all Gaussians, a few self-attention layers,
+then a linear map to the mean and log-variance of a ``latent_dim`` vector per query: the latent
+set z (B, n_latents, latent_dim).
+
+Queries (``query_mode``): ``"fixed"`` (default) — FPS once over the training frames' pooled
+centres gives ``n_latents`` anchor points in the scene (a buffer saved with the weights); each
+frame's queries are the Fourier embeddings of these anchors, so latent ``j`` always describes
+the same region of space in every frame. The dynamics model needs exactly that: token ``j`` of
+the next frame continues token ``j`` of this one. ``"frame"`` — FPS over each frame's own
+Gaussians (3DShape2VecSet as written): the queries follow the frame, but FPS is unstable under
+small motions, so token ``j`` means different places in consecutive frames.
 
 Decoder: self-attention layers over the latent set; every latent vector becomes
 ``n / n_latents`` Gaussians (14 numbers each, activated: robodream.gwm.pixel's layout).
@@ -48,6 +56,7 @@ class SetVAEConfig:
     chamfer_weight: float = 1.0
     render_weight: float = 1.0
     render_cameras: int = 1  # input cameras rendered per frame and step in the loss (random ones)
+    query_mode: str = "fixed"  # "fixed": FPS anchors of the training set, shared by all frames; "frame": per-frame FPS
     # Scene normalisation (metres), fitted on the training Gaussians (filled in by training).
     center: tuple[float, float, float] = (0.0, 0.6, 0.1)
     extent: float = 1.0
@@ -62,6 +71,8 @@ class SetVAEConfig:
             raise ConfigError(f"dim ({self.dim}) must be even and divisible by heads ({self.heads})")
         if min(self.n_latents, self.latent_dim, self.fourier_bands, self.decoder_layers, self.render_cameras) < 1:
             raise ConfigError("n_latents, latent_dim, fourier_bands, decoder_layers and render_cameras must be >= 1")
+        if self.query_mode not in ("fixed", "frame"):
+            raise ConfigError(f"query_mode must be 'fixed' or 'frame', got {self.query_mode!r}")
         if self.extent <= 0 or min(self.kl_weight, self.chamfer_weight, self.render_weight) < 0:
             raise ConfigError("extent must be > 0 and the loss weights >= 0")
 
@@ -123,6 +134,8 @@ class GaussianSetVAE(nn.Module):
         d = cfg.dim
         self.register_buffer("center", torch.tensor(cfg.center, dtype=torch.float32))
         self.register_buffer("extent", torch.tensor(float(cfg.extent)))
+        self.register_buffer("anchors", torch.zeros(cfg.n_latents, 3))  # "fixed" queries, metres (set_anchors)
+        self.query_embed = nn.Sequential(nn.Linear(3 + 6 * cfg.fourier_bands, d), nn.GELU(), nn.Linear(d, d))
         self.embed = nn.Sequential(nn.Linear(3 + 6 * cfg.fourier_bands + GAUSSIAN_DIM - 3, d), nn.GELU(),
                                    nn.Linear(d, d))
         self.q_norm, self.kv_norm = RMSNorm(d), RMSNorm(d)
@@ -138,6 +151,17 @@ class GaussianSetVAE(nn.Module):
         self.head = nn.Linear(d, self.per_token * GAUSSIAN_DIM)
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
+
+    def set_anchors(self, centers: Tensor) -> None:
+        """FPS ``n_latents`` anchors from centres (P, 3) pooled over training frames (``"fixed"`` queries).
+
+        Raises:
+            ConfigError: fewer than ``n_latents`` distinct centres.
+        """
+        idx, radius = farthest_point_sample(centers[None].float(), self.cfg.n_latents)
+        if bool((radius[0, 1:] == 0).any()):
+            raise ConfigError(f"need at least {self.cfg.n_latents} distinct Gaussian centres for the anchors")
+        self.anchors.copy_(centers[idx[0]].to(self.anchors))
 
     # ------------------------------------------------------------------ normalisation
     def normalize_centers(self, means: Tensor) -> Tensor:
@@ -164,9 +188,13 @@ class GaussianSetVAE(nn.Module):
         g = canonical_order(g)
         h = self.embed(self._features(g))  # (B, n, d)
         live = unpack(g)["opacities"] > 0
-        with torch.no_grad():
-            idx, _ = farthest_point_sample(unpack(g)["means"].float(), self.cfg.n_latents, live)
-        q = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))  # (B, n_latents, d)
+        if self.cfg.query_mode == "fixed":
+            q = self.query_embed(fourier_features(self.normalize_centers(self.anchors), self.cfg.fourier_bands))
+            q = q[None].expand(g.shape[0], -1, -1)
+        else:
+            with torch.no_grad():
+                idx, _ = farthest_point_sample(unpack(g)["means"].float(), self.cfg.n_latents, live)
+            q = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))  # (B, n_latents, d)
         x = q + self.cross(self.q_norm(q), self.kv_norm(h), context_mask=live)
         x = x + self.cross_mlp(self.cross_norm(x))
         for blk in self.encoder:

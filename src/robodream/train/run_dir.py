@@ -61,6 +61,7 @@ RUN_TYPES: dict[str, str] = {
     "inverse_dynamics": "robodream.idm.train:load_idm",
     "control_transfer": "robodream.transfer.train:load_transfer",
     "gwm_set_vae": "robodream.gwm.train:load_set_vae",
+    "gwm_dynamics": "robodream.gwm.train:load_gwm",
 }
 
 
