@@ -204,6 +204,18 @@ def test_train_and_eval_gwm_cli(vae_run, tmp_path):
     one_line_error(res, "corner4")  # the dataset has no such camera
     res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "corner", "--horizon", 3, code=2)
     one_line_error(res, "input camera")
+    res = run("dream", "--gwm", tmp_path / "gwm", "--episode", f"{w / 'g'}:1", "--steps", 3, "--orbit", "150,-35,1.4",
+              "--out", tmp_path / "orbit.mp4")
+    assert (tmp_path / "orbit.mp4").stat().st_size > 0 and "orbit az 150" in res.output
+    res = run("dream", "--gwm", tmp_path / "gwm", "--episode", f"{w / 'g'}:1", "--steps", 3, "--camera", "corner",
+              "--out", tmp_path / "corner.mp4")
+    assert (tmp_path / "corner.mp4").stat().st_size > 0
+    res = run("dream", "--gwm", tmp_path / "gwm", "--episode", f"{w / 'g'}:1", "--steps", 3, "--out", tmp_path / "x.mp4",
+              code=2)
+    one_line_error(res, "--camera NAME or --orbit")
+    res = run("dream", "--gwm", tmp_path / "gwm", "--episode", f"{w / 'g'}:1", "--steps", 30, "--camera", "corner",
+              "--out", tmp_path / "x.mp4", code=2)
+    one_line_error(res, "start + steps")
     res = run("train", "gwm", "--gaussians", w / "g", "--vae", w / "g", "--out", tmp_path / "bad", code=2)
     one_line_error(res)
     assert not (tmp_path / "bad").exists()

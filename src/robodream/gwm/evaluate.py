@@ -153,3 +153,112 @@ def evaluate_gwm(run: str | Path, camera: str, *, gaussians: str | Path | None =
             "copy_last_latent_psnr_vs_gaussians_by_horizon": mean("copy_z_vs_g"),
             "novel_camera_copy_last_latent_psnr_vs_gaussians_by_horizon": mean("novel_copy_z_vs_g"),
             "sample_steps": sample_steps or model.cfg.sample_steps, "wall_s": round(time.perf_counter() - t_start, 1)}
+
+
+def parse_episode(spec: str) -> tuple[Path, int]:
+    """``DIR:INDEX`` -> (DIR, INDEX).
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    d, sep, i = spec.rpartition(":")
+    if not sep or not d or not i.isdigit():
+        raise ConfigError(f"--episode must be DIR:INDEX (a per-frame Gaussian directory and an episode), got {spec!r}")
+    return Path(d), int(i)
+
+
+def camera_for_dream(fr, episode: int, camera: str | None, orbit: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """K (3, 3), world-to-camera (4, 4) and a label of the camera a dream is rendered from: a named
+    Meta-World camera (``camera``) or a free camera on an orbit around the table (``orbit``:
+    ``AZIMUTH,ELEVATION,DISTANCE`` in degrees, degrees, metres; MuJoCo's conventions).
+
+    Raises:
+        ConfigError: neither or both given, a malformed orbit, an unknown camera.
+    """
+    import dataclasses
+
+    from robodream.data.collect import replayable_provenance
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.envs.cameras import TABLE_CENTER, free_camera_matrices
+    from robodream.envs.meta_world import MetaWorldEnv
+    from robodream.transfer.pairs import source_env_config
+
+    if (camera is None) == (orbit is None):
+        raise ConfigError("give exactly one of --camera NAME or --orbit AZIMUTH,ELEVATION,DISTANCE")
+    H, W = fr.index["image_size"]
+    ds = LeRobotDataset(fr.index["source"])
+    prov = replayable_provenance(ds, "given camera poses")
+    if camera is not None:
+        from robodream.envs.meta_world import CAMERAS
+
+        if camera not in CAMERAS:
+            raise ConfigError(f"unknown camera {camera!r}; cameras: {', '.join(CAMERAS)}")
+        K, T = episode_camera_matrices(ds, [camera])
+        return K[episode, 0], T[episode, 0], camera
+    try:
+        az, el, dist = (float(x) for x in orbit.split(","))
+    except ValueError as e:
+        raise ConfigError(f"--orbit must be AZIMUTH,ELEVATION,DISTANCE (degrees, degrees, metres), got {orbit!r}") from e
+    if dist <= 0:
+        raise ConfigError(f"--orbit distance must be > 0, got {dist}")
+    env = MetaWorldEnv(dataclasses.replace(source_env_config(prov, fr.index["cameras"][0], max_steps=1)))
+    try:
+        K, T = free_camera_matrices(env.mujoco_model, TABLE_CENTER, dist, az, el, W, H)
+    finally:
+        env.close()
+    return K, T, f"orbit az {az:g} el {el:g} d {dist:g}"
+
+
+@torch.no_grad()
+def dream_gwm(run: str | Path, episode: str, out: str | Path, *, steps: int, start: int = 1,
+              camera: str | None = None, orbit: str | None = None, seed: int = 0,
+              sample_steps: int | None = None) -> dict[str, Any]:
+    """Roll a GWM out from frame ``start`` of an episode under its recorded actions and write an MP4
+    rendered from any camera pose (the recorded video above it when the camera is one of the dataset's).
+
+    Args:
+        episode: ``GAUSSIANS_DIR:INDEX``.
+        steps: predicted frames (the episode must have ``start + steps + 1`` frames).
+        camera / orbit: see :func:`camera_for_dream`.
+
+    Returns:
+        ``{"out", "frames", "camera", "psnr_by_frame" (vs the recorded video, or [])}``.
+
+    Raises:
+        ConfigError: bad episode spec, steps < 1, a start or length outside the episode; see
+            :func:`camera_for_dream`.
+    """
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.eval.metrics import psnr_per_image
+    from robodream.eval.video import write_mp4
+
+    model, vae, _ = load_gwm(run)
+    gdir, e = parse_episode(episode)
+    fr = load_gaussian_frames(gdir)
+    if not 0 <= e < fr.index["episodes"]:
+        raise ConfigError(f"{gdir} has episodes 0..{fr.index['episodes'] - 1}, not {e}")
+    T_ep = fr.index["episode_lengths"][e]
+    Kc = model.cfg.context_frames
+    if steps < 1 or start < Kc - 1 or start + steps >= T_ep:
+        raise ConfigError(f"need steps >= 1 and {Kc - 1} <= start, start + steps < {T_ep} (episode {e} has {T_ep} "
+                          f"frames); got start {start}, steps {steps}")
+    K, Tm, label = camera_for_dream(fr, e, camera, orbit)
+    lat = encode_latent_episodes(vae, fr, [e])
+    ctx = lat.latents[start - Kc + 1:start + 1].float()[None]
+    roll = model.rollout(ctx, lat.action[start:start + steps][None], steps=sample_steps,
+                         generator=torch.Generator().manual_seed(seed))
+    g = vae.decode(roll["latents"][0])
+    _, bg_all = fr.episode(e)
+    H, W = fr.index["image_size"]
+    Ks, Ts = torch.from_numpy(K).float()[None], torch.from_numpy(Tm).float()[None]
+    frames = render(g, Ts, Ks, W, H, bg_all[start + 1:start + 1 + steps])[:, 0]  # (steps, H, W, 3)
+    psnr: list[float] = []
+    ds = LeRobotDataset(fr.index["source"])
+    video = frames
+    if camera is not None and camera in ds.cameras:
+        truth = torch.from_numpy(ds.frames(e, camera)[start + 1:start + 1 + steps]).float() / 255.0
+        psnr = [round(float(x), 2) for x in psnr_per_image(frames, truth)]
+        video = torch.cat([truth, frames], 1)  # recorded above, dreamed below
+    write_mp4(out, (video.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), fps=20)
+    return {"out": str(out), "frames": steps, "camera": label, "psnr_by_frame": psnr,
+            "reward": [round(float(x), 3) for x in roll["reward"][0]]}

@@ -25,10 +25,15 @@ SeedOpt = Annotated[int, typer.Option(help="seeds the sampling noise")]
 
 @user_errors
 def dream_cmd(
-    world_model: WorldModelRunOpt,
-    episode: Annotated[str, typer.Option(help="DIR:INDEX, the episode whose frames start the dream")],
+    episode: Annotated[str, typer.Option(help="DIR:INDEX, the episode whose frames start the dream (a dataset for "
+                                              "--world-model, a per-frame Gaussian directory for --gwm)")],
     steps: Annotated[int, typer.Option(help="env steps to dream (autoregressive beyond one chunk)")],
     out: Annotated[Path, typer.Option(help="MP4 file to write")],
+    world_model: Annotated[Optional[Path], typer.Option(help="trained world-model run directory")] = None,
+    gwm: Annotated[Optional[Path], typer.Option(help="a Gaussian world model run (robodream train gwm) instead")] = None,
+    camera: Annotated[Optional[str], typer.Option(help="--gwm: render from this Meta-World camera")] = None,
+    orbit: Annotated[Optional[str], typer.Option(help="--gwm: render from a free camera AZIMUTH,ELEVATION,DISTANCE "
+                                                      "(degrees, degrees, metres) around the table")] = None,
     actions: Annotated[Optional[Path], typer.Option(help="actions (.npy/.json/.csv, steps x dim); default the episode's")] = None,
     start: Annotated[int, typer.Option(help="frame of the episode to start from")] = 0,
     sampling_steps: SamplingStepsOpt = None,
@@ -36,7 +41,20 @@ def dream_cmd(
     seed: SeedOpt = 0,
     device: EvalDeviceOpt = "cpu",
 ) -> None:
-    """Imagine how an episode continues under a sequence of actions; MP4 with ground truth above when known."""
+    """Imagine how an episode continues under a sequence of actions; MP4 with ground truth above when known.
+
+    With ``--gwm`` the Gaussian world model dreams, rendered from any camera (``--camera`` or ``--orbit``)."""
+    if (world_model is None) == (gwm is None):
+        raise ConfigError("give exactly one of --world-model RUN or --gwm RUN")
+    if gwm is not None:
+        from robodream.gwm.evaluate import dream_gwm
+
+        r = dream_gwm(gwm, episode, out, steps=steps, start=max(start, 1), camera=camera, orbit=orbit, seed=seed,
+                      sample_steps=sampling_steps)
+        psnr = sum(r["psnr_by_frame"]) / len(r["psnr_by_frame"]) if r["psnr_by_frame"] else None
+        print_table("dream (GWM)", ["frames", "camera", "mean PSNR vs truth (dB)", "video"],
+                    [[r["frames"], r["camera"], psnr, r["out"]]])
+        return
     from robodream.world_model.evaluate import dream
 
     r = dream(world_model, episode, out, steps=steps, actions_file=actions, start=start, n_steps=sampling_steps,
