@@ -137,7 +137,7 @@ def test_train_gwm_vae_resumes_and_refuses_bad_input(vae_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- latent dynamics
-TINY_DYN = dict(n_latents=16, latent_dim=4, action_dim=4, dim=32, heads=2, depth=1, sample_steps=2)
+TINY_DYN = dict(n_latents=16, latent_dim=4, action_dim=4, state_dim=0, dim=32, heads=2, depth=1, sample_steps=2)
 
 
 def test_dynamics_shapes_rollout_and_wrong_action_dimension():
@@ -153,6 +153,13 @@ def test_dynamics_shapes_rollout_and_wrong_action_dimension():
         model.predict(ctx, torch.randn(3, 7))
     with pytest.raises(ConfigError, match="context must be"):
         model.predict(torch.randn(3, 1, 16, 4), torch.randn(3, 4))
+    with_state = GWMDynamics(GWMDynamicsConfig(**{**TINY_DYN, "state_dim": 3})).eval()
+    out = with_state.predict(ctx, torch.randn(3, 4), torch.randn(3, 3))
+    assert out["state"].shape == (3, 3)
+    roll = with_state.rollout(ctx, torch.randn(3, 5, 4), torch.randn(3, 3))
+    assert roll["state"].shape == (3, 5, 3)
+    with pytest.raises(ConfigError, match="3-number state"):
+        with_state.predict(ctx, torch.randn(3, 4))
 
 
 def test_dynamics_learns_an_action_dependent_transition():
@@ -200,6 +207,7 @@ def test_train_and_eval_gwm_cli(vae_run, tmp_path):
     assert r["steps"] == 4 and r["latent_mse"] > 0 and r["copy_last_latent_mse"] >= 0
     model, vae, cfg = load_gwm(tmp_path / "gwm")
     assert model.cfg.n_latents == 16 and model.cfg.action_dim == 4 and vae.cfg.n_gaussians == 64
+    assert model.cfg.state_dim == 4 and r["state_mae"] >= 0
     res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "corner4", "--horizon", 3, code=2)
     one_line_error(res, "corner4")  # the dataset has no such camera
     res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "corner", "--horizon", 3, code=2)

@@ -44,6 +44,7 @@ class GWMDynamicsConfig:
     n_latents: int = 512  # from the set VAE
     latent_dim: int = 16  # from the set VAE
     action_dim: int = 4
+    state_dim: int = 4  # proprioception predicted for the next frame (0: no state head)
     context_frames: int = 2  # frames of latents the prediction is conditioned on
     dim: int = 128
     heads: int = 4
@@ -52,13 +53,14 @@ class GWMDynamicsConfig:
     sample_steps: int = 8  # Euler steps at inference
     reward_weight: float = 0.1
     success_weight: float = 0.1
+    state_weight: float = 0.1
     reward_scale: float = 10.0  # rewards are divided by this before regression (Meta-World's shaped reward is 0..10)
 
     LEGACY_DEFAULTS: ClassVar[dict] = {}
 
     def __post_init__(self) -> None:
-        if min(self.n_latents, self.latent_dim, self.action_dim, self.context_frames, self.depth,
-               self.sample_steps) < 1:
+        if self.state_dim < 0 or min(self.n_latents, self.latent_dim, self.action_dim, self.context_frames,
+                                     self.depth, self.sample_steps) < 1:
             raise ConfigError("n_latents, latent_dim, action_dim, context_frames, depth and sample_steps must be >= 1")
         if self.dim % self.heads:
             raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
@@ -80,6 +82,8 @@ class GWMDynamics(nn.Module):
         self.register_buffer("delta_std", torch.ones(cfg.latent_dim))
         self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
         self.register_buffer("action_std", torch.ones(cfg.action_dim))
+        self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
+        self.register_buffer("state_std", torch.ones(cfg.state_dim))
         self.in_target = nn.Linear(cfg.latent_dim, d)
         self.in_last = nn.Linear(cfg.latent_dim, d)  # token j of the newest context frame, added to target token j
         self.in_context = nn.Linear(cfg.latent_dim, d)
@@ -89,16 +93,19 @@ class GWMDynamics(nn.Module):
         self.action = nn.Sequential(nn.Linear(cfg.action_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(CrossAttnBlock(d, cfg.heads) for _ in range(cfg.depth))
         self.final = FinalLayer(d, cfg.latent_dim)
-        self.heads = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 2))  # reward, success
+        self.in_state = nn.Linear(cfg.state_dim, d) if cfg.state_dim else None
+        # reward, success logit, next state (normalised)
+        self.heads = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 2 + cfg.state_dim))
 
     # ------------------------------------------------------------------ normalisation
     def set_normalization(self, latent_mean: Tensor, latent_std: Tensor, delta_std: Tensor, action_mean: Tensor,
-                          action_std: Tensor) -> None:
+                          action_std: Tensor, state_mean: Tensor, state_std: Tensor) -> None:
         """Per-channel statistics of the training latents (latent_dim,), of their one-step changes
-        ``z_{t+1} - z_t`` (latent_dim,) and of the actions (action_dim,)."""
+        ``z_{t+1} - z_t`` (latent_dim,), of the actions (action_dim,) and of the states (state_dim,)."""
         for name, v in (("latent_mean", latent_mean), ("latent_std", latent_std.clamp_min(1e-4)),
                         ("delta_std", delta_std.clamp_min(1e-4)), ("action_mean", action_mean),
-                        ("action_std", action_std.clamp_min(1e-4))):
+                        ("action_std", action_std.clamp_min(1e-4)), ("state_mean", state_mean),
+                        ("state_std", state_std.clamp_min(1e-4))):
             getattr(self, name).copy_(torch.as_tensor(v, dtype=torch.float32))
 
     def normalize(self, z: Tensor) -> Tensor:
@@ -107,10 +114,14 @@ class GWMDynamics(nn.Module):
     def unnormalize(self, z: Tensor) -> Tensor:
         return z * self.latent_std + self.latent_mean
 
-    NORMALIZATION: ClassVar[tuple[str, ...]] = ("latent_mean", "latent_std", "delta_std", "action_mean", "action_std")
+    NORMALIZATION: ClassVar[tuple[str, ...]] = ("latent_mean", "latent_std", "delta_std", "action_mean", "action_std",
+                                                "state_mean", "state_std")
 
-    def _check(self, context: Tensor, action: Tensor) -> None:
+    def _check(self, context: Tensor, action: Tensor, state: Tensor | None = None) -> None:
         c = self.cfg
+        if c.state_dim and (state is None or state.shape != (context.shape[0], c.state_dim)):
+            raise ConfigError(f"the model takes the current {c.state_dim}-number state, got "
+                              f"{None if state is None else tuple(state.shape)}")
         if context.dim() != 4 or context.shape[1:] != (c.context_frames, c.n_latents, c.latent_dim):
             raise ConfigError(f"context must be (B, {c.context_frames}, {c.n_latents}, {c.latent_dim}) latents, "
                               f"got {tuple(context.shape)}")
@@ -119,22 +130,25 @@ class GWMDynamics(nn.Module):
                               f"{tuple(action.shape)} for a batch of {context.shape[0]}")
 
     # ------------------------------------------------------------------ network
-    def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x_t: Tensor, t: Tensor, context: Tensor, action: Tensor,
+                state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Velocity and heads.
 
         Args:
-            x_t: (B, L, c) noisy normalised next latents; t: (B,) flow time in [0, 1].
+            x_t: (B, L, c) noisy normalised change of the latents; t: (B,) flow time in [0, 1].
             context: (B, K, L, c) normalised latents of the K context frames (oldest first).
-            action: (B, Da) normalised action.
+            action: (B, Da) normalised action; state: (B, Ds) normalised current state (when state_dim).
 
         Returns:
-            velocity (B, L, c) and heads (B, 2): reward (scaled) and success logit.
+            velocity (B, L, c) and heads (B, 2 + Ds): reward (scaled), success logit, next state (normalised).
         """
         B, K, L, _ = context.shape
         ctx = self.in_context(context) + self.frame_embed[None, :, None, :]  # (B, K, L, d)
         ctx = ctx.flatten(1, 2)
         ctx = ctx + self.context_mlp(ctx)
         cond = self.time(t) + self.action(action)  # (B, d)
+        if self.in_state is not None:
+            cond = cond + self.in_state(state)
         x = self.in_target(x_t) + self.in_last(context[:, -1])  # token j continues token j (the VAE's fixed anchors)
         for blk in self.blocks:
             x = blk(x, blk.modulate(cond)[:, None], ctx)
@@ -143,67 +157,83 @@ class GWMDynamics(nn.Module):
         return v, heads
 
     def loss(self, context: Tensor, target: Tensor, action: Tensor, reward: Tensor, success: Tensor,
+             state: Tensor | None = None, next_state: Tensor | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         """Rectified-flow loss on the next latents plus the head losses.
 
         Args:
             context: (B, K, L, c) latents (VAE units); target: (B, L, c) next latents;
-            action: (B, Da) raw actions; reward: (B,) dense reward; success: (B,) bool/float.
+            action: (B, Da) raw actions; reward: (B,) dense reward; success: (B,) bool/float;
+            state / next_state: (B, Ds) raw states (when state_dim).
 
         Returns:
-            scalar loss and ``{"flow", "reward", "success"}``.
+            scalar loss and ``{"flow", "reward", "success"}`` (and ``"state"``).
         """
-        self._check(context, action)
+        self._check(context, action, state)
         c = self.cfg
         x0 = (target - context[:, -1]) / self.delta_std  # the flow generates the change of the latents
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         t = sample_time(x0.shape[0], c.flow_shift, generator=generator, device=x0.device)
-        v, heads = self(interpolate(x0, eps, t), t, self.normalize(context), (action - self.action_mean) / self.action_std)
+        st = None if state is None or not c.state_dim else (state - self.state_mean) / self.state_std
+        v, heads = self(interpolate(x0, eps, t), t, self.normalize(context), (action - self.action_mean) / self.action_std,
+                        st)
         flow = F.mse_loss(v.float(), velocity_target(x0, eps).float())
         r = F.mse_loss(heads[:, 0].float(), reward.float() / c.reward_scale)
         s = F.binary_cross_entropy_with_logits(heads[:, 1].float(), success.float())
         total = flow + c.reward_weight * r + c.success_weight * s
-        return total, {"flow": float(flow.detach()), "reward": float(r.detach()), "success": float(s.detach())}
+        logs = {"flow": float(flow.detach()), "reward": float(r.detach()), "success": float(s.detach())}
+        if c.state_dim:
+            sl = F.mse_loss(heads[:, 2:].float(), ((next_state - self.state_mean) / self.state_std).float())
+            total = total + c.state_weight * sl
+            logs["state"] = float(sl.detach())
+        return total, logs
 
     @torch.no_grad()
-    def predict(self, context: Tensor, action: Tensor, *, steps: int | None = None,
+    def predict(self, context: Tensor, action: Tensor, state: Tensor | None = None, *, steps: int | None = None,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Sample the next latents.
 
         Args:
-            context: (B, K, L, c) latents (VAE units), oldest first; action: (B, Da) raw action.
+            context: (B, K, L, c) latents (VAE units), oldest first; action: (B, Da) raw action;
+            state: (B, Ds) raw current state (required when ``state_dim``).
             steps: Euler steps (default ``cfg.sample_steps``).
 
         Returns:
-            ``{"latents": (B, L, c) in VAE units, "reward": (B,), "success_prob": (B,)}``.
+            ``{"latents": (B, L, c) in VAE units, "reward": (B,), "success_prob": (B,)}`` and
+            ``"state": (B, Ds)`` (raw units) when ``state_dim``.
 
         Raises:
             ConfigError: wrong shapes, e.g. an action dimension the model was not trained on.
         """
-        self._check(context, action)
+        self._check(context, action, state)
         ctx = self.normalize(context)
         a = (action - self.action_mean) / self.action_std
+        st = None if not self.cfg.state_dim else (state - self.state_mean) / self.state_std
         B = context.shape[0]
         x = torch.randn((B, self.cfg.n_latents, self.cfg.latent_dim), generator=generator, device=context.device,
                         dtype=context.dtype)
         ts = euler_timesteps(steps or self.cfg.sample_steps, self.cfg.flow_shift)
         heads = None
         for i in range(len(ts) - 1):
-            v, heads = self(x, ts[i].expand(B).to(x.device), ctx, a)
+            v, heads = self(x, ts[i].expand(B).to(x.device), ctx, a, st)
             x = euler_step(x, v, float(ts[i]), float(ts[i + 1]))
-        return {"latents": context[:, -1] + x * self.delta_std, "reward": heads[:, 0] * self.cfg.reward_scale,
-                "success_prob": torch.sigmoid(heads[:, 1])}
+        out = {"latents": context[:, -1] + x * self.delta_std, "reward": heads[:, 0] * self.cfg.reward_scale,
+               "success_prob": torch.sigmoid(heads[:, 1])}
+        if self.cfg.state_dim:
+            out["state"] = heads[:, 2:] * self.state_std + self.state_mean
+        return out
 
     @torch.no_grad()
-    def rollout(self, context: Tensor, actions: Tensor, *, steps: int | None = None,
+    def rollout(self, context: Tensor, actions: Tensor, state: Tensor | None = None, *, steps: int | None = None,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Open-loop rollout: actions (B, T, Da) -> latents (B, T, L, c), reward (B, T), success_prob (B, T)."""
+        """Open-loop rollout from ``state`` (B, Ds) under actions (B, T, Da) -> latents (B, T, L, c),
+        reward (B, T), success_prob (B, T) and, with a state head, state (B, T, Ds)."""
         ctx = context
-        zs, rs, ss = [], [], []
+        outs: dict[str, list[Tensor]] = {}
         for k in range(actions.shape[1]):
-            out = self.predict(ctx, actions[:, k], steps=steps, generator=generator)
-            zs.append(out["latents"])
-            rs.append(out["reward"])
-            ss.append(out["success_prob"])
+            out = self.predict(ctx, actions[:, k], state, steps=steps, generator=generator)
+            for key, v in out.items():
+                outs.setdefault(key, []).append(v)
             ctx = torch.cat([ctx[:, 1:], out["latents"][:, None]], 1)
-        return {"latents": torch.stack(zs, 1), "reward": torch.stack(rs, 1), "success_prob": torch.stack(ss, 1)}
+            state = out.get("state")
+        return {k: torch.stack(v, 1) for k, v in outs.items()}

@@ -101,7 +101,8 @@ def evaluate_gwm(run: str | Path, camera: str, *, gaussians: str | Path | None =
         for t0 in np.linspace(K - 1, T - horizon - 1, starts_per_episode).round().astype(int).tolist():
             ctx = lat.latents[t0 - K + 1:t0 + 1].float()[None]
             acts = lat.action[t0:t0 + horizon][None]
-            out = model.rollout(ctx, acts, steps=sample_steps, generator=gen)
+            st = lat.state[t0][None] if model.cfg.state_dim else None
+            out = model.rollout(ctx, acts, st, steps=sample_steps, generator=gen)
             g = vae.decode(out["latents"][0])  # (H, n, 14)
             bg = bg_all[t0 + 1:t0 + 1 + horizon]
             pred = render(g, Ts, Ks, W_img, H_img, bg)  # (H, V + 1, h, w, 3)
@@ -245,7 +246,8 @@ def dream_gwm(run: str | Path, episode: str, out: str | Path, *, steps: int, sta
     K, Tm, label = camera_for_dream(fr, e, camera, orbit)
     lat = encode_latent_episodes(vae, fr, [e])
     ctx = lat.latents[start - Kc + 1:start + 1].float()[None]
-    roll = model.rollout(ctx, lat.action[start:start + steps][None], steps=sample_steps,
+    roll = model.rollout(ctx, lat.action[start:start + steps][None],
+                         lat.state[start][None] if model.cfg.state_dim else None, steps=sample_steps,
                          generator=torch.Generator().manual_seed(seed))
     g = vae.decode(roll["latents"][0])
     _, bg_all = fr.episode(e)

@@ -247,7 +247,7 @@ class GWMRunConfig:
     model_type: str = "gwm_dynamics"
 
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("model.n_latents", "model.latent_dim", "model.action_dim",
-                                                 "model_type")
+                                                 "model.state_dim", "model_type")
 
     def __post_init__(self) -> None:
         if not 0 <= self.heldout_fraction < 1:
@@ -260,11 +260,13 @@ class GWMRunConfig:
 class LatentEpisodes:
     """Latent sets of episodes and their transitions (all tensors, one row per frame).
 
-    latents (F, L, c); action (F, Da); reward (F,) dense reward of the step from frame f;
-    success (F,) ``next.success``; episode_start / episode_end (F,) the frame range of each frame's episode.
+    latents (F, L, c); state (F, Ds) proprioception; action (F, Da); reward (F,) dense reward of the
+    step from frame f; success (F,) ``next.success``; episode_start / episode_end (F,) the frame range
+    of each frame's episode.
     """
 
     latents: torch.Tensor
+    state: torch.Tensor
     action: torch.Tensor
     reward: torch.Tensor
     success: torch.Tensor
@@ -281,7 +283,8 @@ class LatentEpisodes:
         offs = torch.arange(-k + 1, 1)
         ctx_idx = torch.maximum(f[:, None] + offs, self.episode_start[f, None])
         return {"context": self.latents[ctx_idx].float(), "target": self.latents[f + 1].float(),
-                "action": self.action[f], "reward": self.reward[f], "success": self.success[f]}
+                "action": self.action[f], "reward": self.reward[f], "success": self.success[f],
+                "state": self.state[f], "next_state": self.state[f + 1]}
 
 
 @torch.no_grad()
@@ -304,7 +307,7 @@ def encode_latent_episodes(vae: GaussianSetVAE, fr: GaussianFrames, episodes: li
     if ds.num_frames != fr.index["source_frames"]:
         raise DatasetError(f"{src} has {ds.num_frames} frames but {fr.root} was built from one with "
                            f"{fr.index['source_frames']}: rebuild the Gaussians")
-    lat, act, rew, suc, start, end = [], [], [], [], [], []
+    lat, st, act, rew, suc, start, end = [], [], [], [], [], [], []
     f0 = 0
     for e in episodes:
         g, _ = fr.episode(e)
@@ -318,18 +321,20 @@ def encode_latent_episodes(vae: GaussianSetVAE, fr: GaussianFrames, episodes: li
             raise DatasetError(f"{src} has no action feature")
         T = len(g)
         act.append(torch.from_numpy(ep.action[:T]))
+        st.append(torch.from_numpy(ep.state[:T]))
         rew.append(torch.from_numpy(np.asarray(ep.extra["complementary_info.dense_reward"], np.float32).reshape(-1)[:T]))
         suc.append(torch.from_numpy(np.asarray(ep.extra["next.success"]).reshape(-1)[:T].astype(np.float32)))
         start.append(torch.full((T,), f0))
         end.append(torch.full((T,), f0 + T))
         f0 += T
-    return LatentEpisodes(torch.cat(lat), torch.cat(act), torch.cat(rew), torch.cat(suc), torch.cat(start),
-                          torch.cat(end))
+    return LatentEpisodes(torch.cat(lat), torch.cat(st), torch.cat(act), torch.cat(rew), torch.cat(suc),
+                          torch.cat(start), torch.cat(end))
 
 
 def _cat_latent_episodes(parts: list[LatentEpisodes]) -> LatentEpisodes:
     offs = np.cumsum([0] + [len(p.latents) for p in parts[:-1]]).tolist()
-    return LatentEpisodes(*(torch.cat([getattr(p, f) for p in parts]) for f in ("latents", "action", "reward", "success")),
+    return LatentEpisodes(*(torch.cat([getattr(p, f) for p in parts])
+                            for f in ("latents", "state", "action", "reward", "success")),
                           torch.cat([p.episode_start + o for p, o in zip(parts, offs)]),
                           torch.cat([p.episode_end + o for p, o in zip(parts, offs)]))
 
@@ -355,7 +360,7 @@ def gwm_datasets(cfg: GWMRunConfig, vae: GaussianSetVAE, device) -> tuple[list[G
 def train_gwm(cfg: GWMRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
     """Train the GWM latent dynamics on set-VAE latents and write the run directory ``out``; returns held-out
     validation results (``latent_mse`` of one-step predictions and ``copy_last_latent_mse``, normalised
-    units; ``reward_mae``; ``success_accuracy``).
+    units; ``reward_mae``; ``success_accuracy``; ``state_mae`` in state units).
 
     Raises:
         DatasetError: unreadable Gaussian directories or source datasets, Gaussian counts that differ
@@ -374,6 +379,7 @@ def train_gwm(cfg: GWMRunConfig, out: str | os.PathLike, *, resume: bool = False
         _, train, held = gwm_datasets(cfg, vae, device)
         m = cfg.model
         m.n_latents, m.latent_dim, m.action_dim = vae.cfg.n_latents, vae.cfg.latent_dim, train.action.shape[1]
+        m.state_dim = train.state.shape[1]
         m.__post_init__()
         torch.manual_seed(cfg.train.seed)
         model = GWMDynamics(m)
@@ -383,7 +389,7 @@ def train_gwm(cfg: GWMRunConfig, out: str | os.PathLike, *, resume: bool = False
             raise DatasetError("no training transitions (episodes of one frame)")
         delta = (train.latents[anchors + 1].float() - train.latents[anchors].float()).flatten(0, 1)
         model.set_normalization(flat.mean(0), flat.std(0), delta.pow(2).mean(0).sqrt(), train.action.mean(0),
-                                train.action.std(0))
+                                train.action.std(0), train.state.mean(0), train.state.std(0))
         norm = {k: getattr(model, k).tolist() for k in GWMDynamics.NORMALIZATION}
         model.to(device)
 
@@ -426,13 +432,15 @@ def validate_gwm(model: GWMDynamics, held: LatentEpisodes, n: int, device, seed:
         return {"n": 0}
     model.eval()
     w = {k: v.to(device) for k, v in held.windows(f, model.cfg.context_frames).items()}
-    out = model.predict(w["context"], w["action"], generator=torch.Generator().manual_seed(seed))
+    out = model.predict(w["context"], w["action"], w["state"] if model.cfg.state_dim else None,
+                        generator=torch.Generator().manual_seed(seed))
     target = model.normalize(w["target"])
     mse = (model.normalize(out["latents"]) - target).pow(2).mean()
     copy = (model.normalize(w["context"][:, -1]) - target).pow(2).mean()
     acc = ((out["success_prob"] > 0.5).float() == w["success"]).float().mean()
     return {"latent_mse": float(mse), "copy_last_latent_mse": float(copy),
             "reward_mae": float((out["reward"] - w["reward"]).abs().mean()), "success_accuracy": float(acc),
+            **({"state_mae": float((out["state"] - w["next_state"]).abs().mean())} if "state" in out else {}),
             "n": len(f)}
 
 
