@@ -192,16 +192,27 @@ def test_dynamics_learns_an_action_dependent_transition():
     assert (pred["reward"] - a[:, 0]).abs().mean() < 0.5 * a[:, 0].abs().mean()
 
 
-def test_train_and_eval_gwm_cli(vae_run, tmp_path):
-    from cli_helpers import one_line_error, run
-
-    from robodream.gwm.train import load_gwm
+@pytest.fixture(scope="module")
+def gwm_run(vae_run):
+    from cli_helpers import run
 
     w, _, _ = vae_run
     args = ["train", "gwm", "--gaussians", w / "g", "--vae", w / "run", "--dim", 32, "--heads", 2, "--depth", 1,
             "--sample-steps", 2, "--steps", 4, "--batch-size", 2, "--val-every", 2, "--val-windows", 4,
             "--heldout-fraction", 0.5]
-    res = run(*args, "--out", tmp_path / "gwm")
+    res = run(*args, "--out", w / "gwm")
+    return w, res
+
+
+def test_train_and_eval_gwm_cli(gwm_run, tmp_path):
+    import shutil
+
+    from cli_helpers import one_line_error, run
+
+    from robodream.gwm.train import load_gwm
+
+    w, res = gwm_run
+    shutil.copytree(w / "gwm", tmp_path / "gwm")
     assert "copy-last" in res.output
     r = json.loads((tmp_path / "gwm" / "results.json").read_text())
     assert r["steps"] == 4 and r["latent_mse"] > 0 and r["copy_last_latent_mse"] >= 0
@@ -227,3 +238,21 @@ def test_train_and_eval_gwm_cli(vae_run, tmp_path):
     res = run("train", "gwm", "--gaussians", w / "g", "--vae", w / "g", "--out", tmp_path / "bad", code=2)
     one_line_error(res)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("arm", ["mbpo_gwm", "sac"])
+def test_mbrl_runs_a_tiny_learning_curve(gwm_run, tmp_path, arm):
+    from robodream.gwm.mbrl import MBRLConfig, plot_curves, run_mbrl
+
+    w, _ = gwm_run
+    cfg = MBRLConfig(task="reach-v3", arm=arm, gwm=str(w / "gwm"), cameras=("corner", "corner3"), image_size=32,
+                     real_steps=12, chunk_steps=6, episode_steps=6, eval_episodes=1, refit_steps=2, refit_batch=2,
+                     model_envs=4, rollout_length=2, model_steps=16, sac_net=(16,), sac_batch=8)
+    r = run_mbrl(cfg)
+    assert [c["real_steps"] for c in r["curve"]] == [6, 12]
+    assert all(0 <= c["success_rate"] <= 1 and c["episodes"] == 1 for c in r["curve"])
+    assert r["env_steps_to_80"] in (None, 6, 12) and r["real_step_budget"] == 12
+    plot_curves([r], tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    with pytest.raises(ConfigError, match="unknown MBRL arm"):
+        MBRLConfig(arm="dreamer")
