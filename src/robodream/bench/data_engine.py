@@ -65,6 +65,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from robodream.bench.stages import Stages
 from robodream.config import from_dict, to_dict
 from robodream.config import replace as config_replace
 from robodream.data.collect import CollectConfig, collect
@@ -289,25 +290,6 @@ def bench_config(overrides: dict[str, Any] | None = None, quick: bool = False) -
     return config_replace(cfg, overrides or {}) if overrides else cfg
 
 
-class _Stages:
-    """Runs named stages once: a stage whose outputs are complete is skipped; wall times of the
-    stages that ran accumulate in ``work/timings.json`` across invocations."""
-
-    def __init__(self, work: Path, log) -> None:
-        self.work, self.log = work, log
-        self.path = work / "timings.json"
-        self.timings: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
-
-    def run(self, name: str, done: Callable[[], bool], fn: Callable[[], Any]) -> None:
-        if done():
-            return
-        self.log(name)
-        t0 = time.perf_counter()
-        fn()
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-        atomic_write_json(self.path, self.timings)
-
-
 def _results_done(path: Path) -> bool:
     return (path / "results.json").is_file()
 
@@ -352,7 +334,7 @@ def run_data_engine_bench(cfg: DataEngineBench, work: str | Path, *, arms: tuple
     atomic_write_json(saved, settings)
     if not (work / "work_id").is_file():  # tells this directory's invocations apart from other directories'
         atomic_write_text(work / "work_id", uuid.uuid4().hex)
-    st = _Stages(work, log)
+    st = Stages(work, log)
     D = work / "data"
     cams = tuple(cfg.policy.cameras)
     static = [c for c in cams if c not in WRIST_CAMERAS]

@@ -93,8 +93,42 @@ def eval_gwm_cmd(
     out_console.print(f"written to {out}")
 
 
+def bench_gwm_cmd(
+    out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/gwm.json"),
+    work: Annotated[Path, typer.Option(help="working directory (datasets, Gaussians, runs, evaluations)")] = Path(
+        "outputs/bench_gwm"),
+    config: Annotated[Optional[Path], typer.Option(help="JSON overriding benchmark fields (bench.gwm_bench.GWMBench)")] = None,
+    quick: Annotated[bool, typer.Option(help="every stage on tiny settings (a smoke test, not a measurement)")] = False,
+) -> None:
+    """The Gaussian world model end to end: per-frame Gaussians, set VAE, dynamics per horizon from a novel
+    camera, MBPO on the GWM against SAC. Resumable in stages: run the same command again to continue."""
+    from robodream.bench.gwm_bench import bench_config, run_gwm_bench
+    from robodream.config import load_config_file
+    from robodream.utils.io import atomic_write_json
+
+    cfg = bench_config(load_config_file(config) if config else None, quick=quick)
+    r = run_gwm_bench(cfg, work, log=log)
+    atomic_write_json(out, r)
+    print_table(f"GWM: per-frame Gaussians and set VAE ({', '.join(r['tasks'])})", ["measure", "value"], [
+        [f"Gaussians: {r['novel_camera']} (held-out camera) PSNR dB", r["gaussians_heldout_camera_psnr_db"]],
+        ["Gaussians: input-camera PSNR dB", r["gaussians_input_camera_psnr_db"]],
+        ["Gaussians: ms per frame", r["gaussians_ms_per_frame"]], ["set VAE: decoded PSNR dB", r["vae_psnr_db"]]])
+    H = len(r["psnr_by_horizon"])
+    hs = sorted({h for h in (1, 2, 4, 8, 16, H) if h <= H})
+    print_table("GWM rollouts: PSNR dB by horizon", ["h", "GWM", "copy-last", f"GWM {r['novel_camera']}",
+                                                      "copy-last", "vs Gaussians: GWM", "copy z"],
+                [[h, r["psnr_by_horizon"][h - 1], r["copy_last_psnr_by_horizon"][h - 1],
+                  r["novel_camera_psnr_by_horizon"][h - 1], r["novel_camera_copy_last_psnr_by_horizon"][h - 1],
+                  r["psnr_vs_gaussians_by_horizon"][h - 1], r["copy_last_latent_psnr_vs_gaussians_by_horizon"][h - 1]]
+                 for h in hs])
+    print_table(f"MBRL: real steps to 80% success (budget {r['mbrl_real_step_budget']})", ["arm", "runs"],
+                [[arm, v if v is None else ", ".join(f"{k}: {s}" for k, s in v.items())]
+                 for arm, v in r["mbrl_env_steps_to_80"].items()])
+    out_console.print(f"wall {r['wall_s'] / 3600:.2f} h, peak RSS {r['peak_rss_gib']} GiB; written to {out}")
+
+
 def register(apps: Apps) -> None:
-    """Add ``gaussians``, ``train gwm-vae``, ``train gwm`` and ``eval gwm``."""
+    """Add ``gaussians``, ``train gwm-vae``, ``train gwm``, ``eval gwm`` and ``bench gwm``."""
     from robodream.gwm.pixel import PixelGaussianConfig
     from robodream.gwm.train import GWMRunConfig, SetVAERunConfig, train_gwm, train_set_vae
 
@@ -103,6 +137,7 @@ def register(apps: Apps) -> None:
                         ["decoded PSNR dB", "Chamfer", "train frames"],
                         lambda r: [r.get("psnr_db"), r.get("chamfer"), r["n_train_frames"]])
     apps.eval.command("gwm")(user_errors(eval_gwm_cmd))
+    apps.bench.command("gwm")(user_errors(bench_gwm_cmd))
     register_train_verb(apps, "gwm", GWMRunConfig, train_gwm, "GWM latent dynamics",
                         ["1-step latent MSE", "copy-last MSE", "reward MAE", "success acc", "train frames"],
                         lambda r: [r.get("latent_mse"), r.get("copy_last_latent_mse"), r.get("reward_mae"),
