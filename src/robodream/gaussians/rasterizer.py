@@ -190,9 +190,11 @@ def rasterize_batched(means: Tensor, quats: Tensor, scales: Tensor, opacities: T
     if backend not in BACKENDS:
         raise ConfigError(f"unknown rasteriser backend {backend!r}; choose from {', '.join(BACKENDS)}")
     viewmats, Ks = viewmats.to(means), Ks.to(means)
-    bg = background
-    if bg is not None and torch.as_tensor(bg).dim() == 3:
-        bg = torch.as_tensor(bg, dtype=means.dtype, device=means.device).reshape(B * C, 3)
+    bg = None if background is None else torch.as_tensor(background, dtype=means.dtype, device=means.device)
+    if bg is not None and bg.dim() == 3:
+        if bg.shape != (B, C, 3):
+            raise ConfigError(f"background must be (3,) or (B, C, 3) = ({B}, {C}, 3), got {tuple(bg.shape)}")
+        bg = bg.reshape(B * C, 3)
     if backend == "auto":
         backend = "gsplat" if means.is_cuda and gsplat_available() else "tiled"
     if backend == "gsplat":  # gsplat batches its own way; one call per scene keeps this path simple
