@@ -20,6 +20,8 @@ def test_quick_gwm_bench_runs_resumes_and_guards_its_settings(tmp_path):
                 "il_success", "mbrl_env_steps_to_80", "code", "wall_s"):
         assert key in r, key
     assert len(r["psnr_by_horizon"]) == 2 and len(r["novel_camera_psnr_by_horizon"]) == 2
+    assert r["video_world_model_cameras"] == ["corner", "corner3"]  # the novel camera stays unseen
+    assert len(r["video_world_model_psnr_by_horizon"]) == 2
     assert set(r["mbrl_env_steps_to_80"]) == {"mbpo_gwm", "sac", "mbpo_video"}
     assert r["mbrl_env_steps_to_80"]["mbpo_video"] is None and r["il_success"] == {"tokenizer": None, "gwm": None}
     assert (tmp_path / "work" / "mbrl" / "curves.png").is_file()

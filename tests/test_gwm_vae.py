@@ -91,8 +91,8 @@ def vae_run(tmp_path_factory):
 
     w = tmp_path_factory.mktemp("gwmvae")
     run("collect", "--task", "reach-v3", "--episodes", 2, "--out", w / "data", "--image-size", 32, "--max-steps", 8,
-        "--keep-failures", "--cameras", "corner,corner3", "--with-depth")
-    run("gaussians", "--data", w / "data", "--out", w / "g", "--n", 64)
+        "--keep-failures", "--cameras", "corner,corner3,corner4", "--with-depth")
+    run("gaussians", "--data", w / "data", "--out", w / "g", "--n", 64, "--cameras", "corner,corner3")
     args = ["train", "gwm-vae", "--gaussians", w / "g", "--n-gaussians", 64, "--n-latents", 16, "--latent-dim", 4,
             "--dim", 32, "--heads", 2, "--decoder-layers", 1, "--steps", 6, "--batch-size", 2, "--val-every", 3,
             "--checkpoint-every", 3, "--val-frames", 4, "--heldout-fraction", 0.5]
@@ -219,8 +219,21 @@ def test_train_and_eval_gwm_cli(gwm_run, tmp_path):
     model, vae, cfg = load_gwm(tmp_path / "gwm")
     assert model.cfg.n_latents == 16 and model.cfg.action_dim == 4 and vae.cfg.n_gaussians == 64
     assert model.cfg.state_dim == 4 and r["state_mae"] >= 0
-    res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "corner4", "--horizon", 3, code=2)
-    one_line_error(res, "corner4")  # the dataset has no such camera
+    run("train", "tokenizer", "--data", w / "data", "--out", tmp_path / "tok", "--steps", 3, "--batch-size", 8)
+    run("train", "world-model", "--data", w / "data", "--tokenizer", tmp_path / "tok", "--out", tmp_path / "wm",
+        "--steps", 3, "--dim", 24, "--n-heads", 2, "--depth", 1, "--n-future-frames",
+        2, "--frame-stride", 2, "--window", "0,3,3", "--batch-size", 4)
+    res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "corner4", "--horizon", 4, "--starts", 1,
+              "--video-world-model", tmp_path / "wm")
+    assert "world model on the same" in " ".join(res.output.split())
+    e = json.loads((tmp_path / "gwm" / "eval_corner4.json").read_text())
+    assert e["rollouts"] == 1 and len(e["psnr_by_horizon"]) == 4 and len(e["novel_camera_psnr_by_horizon"]) == 4
+    assert all(10 < x < 100 for x in e["copy_last_psnr_by_horizon"] + e["novel_camera_psnr_by_horizon"])
+    v = e["video_world_model_psnr_by_horizon"]  # frame stride 2: only even horizons are predicted
+    assert v[0] is None and v[2] is None and v[1] > 0 and v[3] > 0
+    assert e["video_world_model_cameras"] == ["corner", "corner3", "corner4"]  # a world model takes every camera
+    res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "topview", "--horizon", 3, code=2)
+    one_line_error(res, "topview")  # the dataset has no such camera
     res = run("eval", "gwm", "--run", tmp_path / "gwm", "--camera", "corner", "--horizon", 3, code=2)
     one_line_error(res, "input camera")
     res = run("dream", "--gwm", tmp_path / "gwm", "--episode", f"{w / 'g'}:1", "--steps", 3, "--orbit", "150,-35,1.4",

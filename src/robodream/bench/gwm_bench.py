@@ -8,13 +8,14 @@ Stages (each skipped when its output is complete; ``work/timings.json`` adds up 
    from the novel camera and the time per frame.
 3. ``train gwm-vae``: the set VAE on all datasets' Gaussians (held-out episodes: decoded PSNR).
 4. ``train gwm``: the latent dynamics.
-5. ``eval gwm``: per-horizon render PSNR on held-out episodes, training cameras and novel camera,
-   against copy-last.
-6. ``mbrl``: MBPO on the GWM and model-free SAC, per task and seed.
+5. ``tokenizer`` and ``train world model``: the video world model on the same episodes
+   recorded again from the same seeds by the input cameras only (it never sees the novel camera).
+6. ``eval gwm``: per-horizon render PSNR on held-out episodes, training cameras and novel camera,
+   against copy-last and the video world model on the same rollouts.
+7. ``mbrl``: MBPO on the GWM and model-free SAC, per task and seed.
 
-Imitation with GWM features (``il_success``) and the video-world-model arms
-(``video_world_model_psnr_by_horizon``, ``mbpo_video``) are not built yet: they are written as
-null with a note, never as numbers.
+Imitation with GWM features (``il_success``) and MBPO on the video world model (``mbpo_video``)
+are not built yet: they are written as null with a note, never as numbers.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from robodream.gwm.mbrl import ARMS, MBRLConfig
 from robodream.gwm.pixel import PixelGaussianConfig
 from robodream.gwm.vae import SetVAEConfig
 from robodream.pipeline import dataset_complete, run_complete
+from robodream.tokenizer.model import TokenizerConfig
 from robodream.train.loop import TrainConfig
 from robodream.utils.io import atomic_write_json
 from robodream.utils.run import code_version, environment_info, now
+from robodream.world_model.configuration import WorldModelConfig
 
 NOT_BUILT = "not built yet (see the module docstring of robodream.bench.gwm_bench)"
 
@@ -64,6 +67,13 @@ class GWMBench:
     gwm: GWMDynamicsConfig = field(default_factory=GWMDynamicsConfig)
     gwm_train: TrainConfig = field(default_factory=lambda: _train(3000, 16, 3e-4, weight_decay=0.01,
                                                                   ema_decay=0.995))
+    # The video world model compared per horizon (the data engine's settings: every env step predicted).
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer_train: TrainConfig = field(default_factory=lambda: _train(1500, 64, 2e-3, min_lr_ratio=0.05,
+                                                                        ema_decay=0.995))
+    world_model: WorldModelConfig = field(default_factory=lambda: WorldModelConfig(frame_stride=1, n_future_frames=8))
+    world_model_train: TrainConfig = field(default_factory=lambda: _train(3200, 8, 5e-4, weight_decay=0.01,
+                                                                          ema_decay=0.999))
     eval_horizon: int = 16
     eval_starts: int = 2  # start frames per held-out episode
     mbrl: MBRLConfig = field(default_factory=MBRLConfig)
@@ -95,6 +105,10 @@ def bench_config(overrides: dict[str, Any] | None = None, quick: bool = False) -
                     "fourier_bands": 2},
             "vae_train": {"steps": 3, "batch_size": 2}, "gwm": {"dim": 32, "heads": 2, "depth": 1, "sample_steps": 2},
             "gwm_train": {"steps": 3, "batch_size": 2}, "eval_horizon": 2, "eval_starts": 1,
+            "tokenizer_train": {"steps": 2, "batch_size": 8},
+            "world_model": {"dim": 24, "depth": 1, "n_heads": 2, "n_future_frames": 2, "window": [0, 3, 3],
+                            "text_encoder": ""},
+            "world_model_train": {"steps": 1, "batch_size": 2},
             "mbrl": {"real_steps": 6, "chunk_steps": 6, "episode_steps": 6, "eval_episodes": 1, "refit_steps": 1,
                      "refit_batch": 2, "model_envs": 2, "rollout_length": 2, "model_steps": 8, "sac_net": [16],
                      "sac_batch": 4},
@@ -112,6 +126,8 @@ def run_gwm_bench(cfg: GWMBench, work: str | Path, *, log=print) -> dict[str, An
     from robodream.gwm.frames import build_gaussian_frames, heldout_camera_psnr, load_gaussian_frames
     from robodream.gwm.mbrl import plot_curves, run_mbrl
     from robodream.gwm.train import GWMRunConfig, SetVAERunConfig, train_gwm, train_set_vae
+    from robodream.tokenizer.train import TokenizerRunConfig, train_tokenizer
+    from robodream.world_model.train import WorldModelRunConfig, train_world_model
 
     work = Path(work)
     settings = json.loads(json.dumps(to_dict(cfg)))
@@ -141,9 +157,24 @@ def run_gwm_bench(cfg: GWMBench, work: str | Path, *, log=print) -> dict[str, An
            lambda: train_set_vae(vae_cfg, vae_run, resume=vae_run.exists()))
     gwm_cfg = GWMRunConfig(gaussians=tuple(gdirs), vae=str(vae_run), model=cfg.gwm, train=cfg.gwm_train)
     st.run("train gwm", lambda: run_complete(gwm_run), lambda: train_gwm(gwm_cfg, gwm_run, resume=gwm_run.exists()))
+    vdata = []
+    for t in cfg.tasks:  # the same episodes (same seeds) seen by the input cameras only
+        p = work / "data_input_cameras" / t
+        st.run(f"collect {t} (input cameras)", lambda p=p: dataset_complete(p), lambda p=p, t=t: collect(
+            CollectConfig(task=t, episodes=cfg.demos, image_size=cfg.image_size, cameras=cfg.cameras),
+            p, overwrite=p.exists(), workers=cfg.workers))
+        vdata.append(str(p))
+    tok, wm = work / "runs" / "tokenizer", work / "runs" / "world_model"
+    st.run("tokenizer", lambda: run_complete(tok), lambda: train_tokenizer(TokenizerRunConfig(
+        data=tuple(vdata), model=replace(cfg.tokenizer, image_size=cfg.image_size), train=cfg.tokenizer_train),
+        tok, resume=tok.exists()))
+    st.run("train world model", lambda: run_complete(wm), lambda: train_world_model(WorldModelRunConfig(
+        data=tuple(vdata), tokenizer=str(tok), model=replace(cfg.world_model), train=cfg.world_model_train), wm,
+        resume=wm.exists()))
     ev = work / "eval" / "gwm.json"
     st.run("eval gwm", ev.is_file, lambda: atomic_write_json(ev, evaluate_gwm(
-        gwm_run, cfg.novel_camera, horizon=cfg.eval_horizon, starts_per_episode=cfg.eval_starts)))
+        gwm_run, cfg.novel_camera, horizon=cfg.eval_horizon, starts_per_episode=cfg.eval_starts,
+        video_world_model=wm)))
     mbrl: list[dict[str, Any]] = []
     for t in cfg.tasks:
         for arm in cfg.mbrl_arms:
@@ -190,7 +221,8 @@ def summarize(cfg: GWMBench, work: Path, timings: dict[str, float], mbrl: list[d
         "psnr_vs_gaussians_by_horizon": ev["psnr_vs_gaussians_by_horizon"],
         "copy_last_psnr_vs_gaussians_by_horizon": ev["copy_last_psnr_vs_gaussians_by_horizon"],
         "copy_last_latent_psnr_vs_gaussians_by_horizon": ev["copy_last_latent_psnr_vs_gaussians_by_horizon"],
-        "video_world_model_psnr_by_horizon": None, "video_world_model_note": NOT_BUILT,
+        "video_world_model_psnr_by_horizon": ev["video_world_model_psnr_by_horizon"],
+        "video_world_model_cameras": ev["video_world_model_cameras"],
         "il_success": {"tokenizer": None, "gwm": None}, "il_note": NOT_BUILT,
         "mbrl_env_steps_to_80": steps_to_80, "mbrl_real_step_budget": cfg.mbrl.real_steps,
         "mbrl_curves": [{"task": r["config"]["task"], "arm": r["config"]["arm"], "seed": r["config"]["seed"],

@@ -64,6 +64,8 @@ def eval_gwm_cmd(
     episodes: Annotated[Optional[int], typer.Option(help="at most this many episodes")] = None,
     starts: Annotated[int, typer.Option(help="start frames per episode")] = 2,
     sample_steps: Annotated[Optional[int], typer.Option(help="Euler steps (default: the model's)")] = None,
+    video_world_model: Annotated[Optional[Path], typer.Option(help="a video world model run scored on the same "
+                                                                   "rollouts (its own cameras)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="JSON to write (default RUN/eval_CAMERA.json)")] = None,
 ) -> None:
     """Open-loop GWM rollouts rendered from the training cameras and a never-trained camera, per horizon,
@@ -72,7 +74,7 @@ def eval_gwm_cmd(
     from robodream.utils.io import atomic_write_json
 
     r = evaluate_gwm(run, camera, gaussians=gaussians, horizon=horizon, episodes=episodes, starts_per_episode=starts,
-                     sample_steps=sample_steps)
+                     sample_steps=sample_steps, video_world_model=video_world_model)
     out = out or run / f"eval_{camera}.json"
     atomic_write_json(out, r)
     hs = sorted({h for h in (1, 2, 4, 8, 16, horizon) if h <= horizon})
@@ -90,6 +92,9 @@ def eval_gwm_cmd(
                   r["novel_camera_psnr_vs_gaussians_by_horizon"][h - 1],
                   r["novel_camera_copy_last_psnr_vs_gaussians_by_horizon"][h - 1],
                   r["novel_camera_copy_last_latent_psnr_vs_gaussians_by_horizon"][h - 1]] for h in hs])
+    if r["video_world_model_psnr_by_horizon"] is not None:
+        print_table(f"video world model on the same rollouts (its cameras {','.join(r['video_world_model_cameras'])})",
+                    ["h", "PSNR dB"], [[h, r["video_world_model_psnr_by_horizon"][h - 1]] for h in hs])
     out_console.print(f"written to {out}")
 
 
@@ -115,9 +120,10 @@ def bench_gwm_cmd(
         ["Gaussians: ms per frame", r["gaussians_ms_per_frame"]], ["set VAE: decoded PSNR dB", r["vae_psnr_db"]]])
     H = len(r["psnr_by_horizon"])
     hs = sorted({h for h in (1, 2, 4, 8, 16, H) if h <= H})
-    print_table("GWM rollouts: PSNR dB by horizon", ["h", "GWM", "copy-last", f"GWM {r['novel_camera']}",
+    vwm = r["video_world_model_psnr_by_horizon"] or [None] * H
+    print_table("GWM rollouts: PSNR dB by horizon", ["h", "GWM", "video WM", "copy-last", f"GWM {r['novel_camera']}",
                                                       "copy-last", "vs Gaussians: GWM", "copy z"],
-                [[h, r["psnr_by_horizon"][h - 1], r["copy_last_psnr_by_horizon"][h - 1],
+                [[h, r["psnr_by_horizon"][h - 1], vwm[h - 1], r["copy_last_psnr_by_horizon"][h - 1],
                   r["novel_camera_psnr_by_horizon"][h - 1], r["novel_camera_copy_last_psnr_by_horizon"][h - 1],
                   r["psnr_vs_gaussians_by_horizon"][h - 1], r["copy_last_latent_psnr_vs_gaussians_by_horizon"][h - 1]]
                  for h in hs])

@@ -10,7 +10,11 @@ no Gaussians were built from: a view the model never saw), next to
 
 - copy-last: the recorded frame ``t0`` for every horizon (the same camera);
 - the per-frame Gaussians of frame ``t0 + h`` rendered (what a perfect dynamics and VAE give;
-  the ceiling set by the Gaussians themselves).
+  the ceiling set by the Gaussians themselves);
+- optionally a video world model (``robodream train world-model`` on the same datasets): its
+  rollout from the same start frames under the same actions, decoded by its tokenizer, scored on
+  its own cameras against the same video frames (it cannot render the novel camera). Horizons it
+  does not predict (its frame stride) are null.
 
 Because that ceiling (pixel-aligned Gaussians of 64x64 views) is far below copy-last's score on
 a mostly static scene, the same scores are also given in the Gaussians' own image space
@@ -38,7 +42,7 @@ from robodream.gwm.train import encode_latent_episodes, load_gwm, split_episodes
 @torch.no_grad()
 def evaluate_gwm(run: str | Path, camera: str, *, gaussians: str | Path | None = None, horizon: int = 16,
                  episodes: int | None = None, starts_per_episode: int = 2, seed: int = 0,
-                 sample_steps: int | None = None) -> dict[str, Any]:
+                 sample_steps: int | None = None, video_world_model: str | Path | None = None) -> dict[str, Any]:
     """Per-horizon render scores of a GWM run (module docstring).
 
     Args:
@@ -49,10 +53,12 @@ def evaluate_gwm(run: str | Path, camera: str, *, gaussians: str | Path | None =
         horizon: steps rolled out (H).
         episodes: evaluate at most this many episodes.
         starts_per_episode: start frames per episode, evenly spaced.
+        video_world_model: a video world model run scored on the same rollouts (module docstring).
 
     Returns:
         ``psnr_by_horizon``, ``ssim_by_horizon``, ``copy_last_psnr_by_horizon``,
         ``novel_camera_psnr_by_horizon``, ``novel_camera_ssim_by_horizon``,
+        ``video_world_model_psnr_by_horizon`` (with ``video_world_model``, else None),
         ``novel_camera_copy_last_psnr_by_horizon``, ``gaussians_psnr_by_horizon`` and
         ``novel_camera_gaussians_psnr_by_horizon``, and ``psnr_vs_gaussians_by_horizon``,
         ``copy_last_psnr_vs_gaussians_by_horizon``, ``copy_last_latent_psnr_vs_gaussians_by_horizon``
@@ -84,6 +90,7 @@ def evaluate_gwm(run: str | Path, camera: str, *, gaussians: str | Path | None =
     H_img, W_img = fr.index["image_size"]
     K = model.cfg.context_frames
     gen = torch.Generator().manual_seed(seed)
+    vwm = _VideoWorldModelScorer(video_world_model, ds, horizon, seed) if video_world_model else None
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in (
         "psnr", "ssim", "copy", "novel", "novel_ssim", "novel_copy", "gauss", "novel_gauss", "vs_g", "copy_vs_g",
         "novel_vs_g", "novel_copy_vs_g", "copy_z_vs_g", "novel_copy_z_vs_g")}
@@ -123,6 +130,8 @@ def evaluate_gwm(run: str | Path, camera: str, *, gaussians: str | Path | None =
             pg, cg, cz = per_h(pred, upper), per_h(last_g, upper), per_h(last_z, upper)
             rows["copy_z_vs_g"].append(cz[:, :-1].mean(1))
             rows["novel_copy_z_vs_g"].append(cz[:, -1])
+            if vwm is not None:
+                vwm.score(e, t0)
             rows["vs_g"].append(pg[:, :-1].mean(1))
             rows["copy_vs_g"].append(cg[:, :-1].mean(1))
             rows["novel_vs_g"].append(pg[:, -1])
@@ -153,7 +162,56 @@ def evaluate_gwm(run: str | Path, camera: str, *, gaussians: str | Path | None =
             "novel_camera_copy_last_psnr_vs_gaussians_by_horizon": mean("novel_copy_vs_g"),
             "copy_last_latent_psnr_vs_gaussians_by_horizon": mean("copy_z_vs_g"),
             "novel_camera_copy_last_latent_psnr_vs_gaussians_by_horizon": mean("novel_copy_z_vs_g"),
+            "video_world_model_psnr_by_horizon": None if vwm is None else vwm.psnr_by_horizon(),
+            "video_world_model_cameras": None if vwm is None else list(vwm.model.cfg.cameras),
             "sample_steps": sample_steps or model.cfg.sample_steps, "wall_s": round(time.perf_counter() - t_start, 1)}
+
+
+class _VideoWorldModelScorer:
+    """The video world model's rollouts from the GWM's start frames, PSNR per horizon on its own cameras."""
+
+    def __init__(self, run: str | Path, ds, horizon: int, seed: int) -> None:
+        import math
+
+        from robodream.world_model.evaluate import check_dataset
+        from robodream.world_model.train import load_world_model
+
+        self.model, self.tokenizer, _ = load_world_model(run)
+        check_dataset(ds, self.model)
+        self.ds, self.horizon = ds, horizon
+        c = self.model.cfg
+        self.n_chunks = math.ceil(horizon / c.chunk_steps)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.sums, self.counts = np.zeros(horizon), np.zeros(horizon)
+
+    @torch.no_grad()
+    def score(self, e: int, t0: int) -> None:
+        from robodream.eval.metrics import psnr_per_image
+        from robodream.tokenizer.model import decode_latents, encode_frames
+        from robodream.world_model.evaluate import clamped, episode_frames, task_condition
+
+        m, c = self.model, self.model.cfg
+        S, hist = c.frame_stride, (c.n_context_frames - 1) * c.frame_stride
+        ep = self.ds.episode(e)
+        frames = episode_frames(self.ds, e, c.cameras)  # (T, N, H, W, 3)
+        need = self.n_chunks * c.chunk_steps
+        actions = np.concatenate([clamped(ep.action, t0 - hist, t0), clamped(ep.action, t0, t0 + need)])
+        ctx_steps = np.clip([t0 - hist + k * S for k in range(c.n_context_frames)], 0, ep.length - 1)
+        context = encode_frames(self.tokenizer, frames[ctx_steps])[None]
+        task_index, text = task_condition(m, ep.task, "cpu")
+        pred = m.rollout(context, m.normalize_action(torch.from_numpy(actions)[None]), task_index, self.n_chunks,
+                         text, generator=self.gen)[0]  # (K, N, C, h, w) at steps S, 2S, ...
+        images = decode_latents(self.tokenizer, pred)  # (K, N, H, W, 3)
+        for k in range(len(images)):
+            h = (k + 1) * S
+            if h > self.horizon or t0 + h >= ep.length:
+                break
+            truth = torch.from_numpy(frames[t0 + h]).float() / 255.0  # (N, H, W, 3)
+            self.sums[h - 1] += float(psnr_per_image(images[k], truth).mean())
+            self.counts[h - 1] += 1
+
+    def psnr_by_horizon(self) -> list[float | None]:
+        return [round(float(s / n), 3) if n else None for s, n in zip(self.sums, self.counts)]
 
 
 def parse_episode(spec: str) -> tuple[Path, int]:
