@@ -214,18 +214,6 @@ class _VideoWorldModelScorer:
         return [round(float(s / n), 3) if n else None for s, n in zip(self.sums, self.counts)]
 
 
-def parse_episode(spec: str) -> tuple[Path, int]:
-    """``DIR:INDEX`` -> (DIR, INDEX).
-
-    Raises:
-        ConfigError: not of that form.
-    """
-    d, sep, i = spec.rpartition(":")
-    if not sep or not d or not i.isdigit():
-        raise ConfigError(f"--episode must be DIR:INDEX (a per-frame Gaussian directory and an episode), got {spec!r}")
-    return Path(d), int(i)
-
-
 def camera_for_dream(fr, episode: int, camera: str | None, orbit: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     """K (3, 3), world-to-camera (4, 4) and a label of the camera a dream is rendered from: a named
     Meta-World camera (``camera``) or a free camera on an orbit around the table (``orbit``:
@@ -290,6 +278,7 @@ def dream_gwm(run: str | Path, episode: str, out: str | Path, *, steps: int, sta
     from robodream.data.lerobot import LeRobotDataset
     from robodream.eval.metrics import psnr_per_image
     from robodream.eval.video import write_mp4
+    from robodream.world_model.evaluate import parse_episode
 
     model, vae, _ = load_gwm(run)
     gdir, e = parse_episode(episode)
