@@ -6,16 +6,23 @@ Stages (each skipped when its output is complete; ``work/timings.json`` adds up 
    camera, with depth.
 2. ``gaussians``: per-frame Gaussians of each dataset from the input cameras; their render PSNR
    from the novel camera and the time per frame.
-3. ``train gwm-vae``: the set VAE on all datasets' Gaussians (held-out episodes: decoded PSNR).
-4. ``train gwm``: the latent dynamics.
-5. ``tokenizer`` and ``train world model``: the video world model on the same episodes
+3. ``train gwm-vae``: the set VAE on all datasets' Gaussians — the GWM tasks' and the imitation
+   tasks' (held-out episodes: decoded PSNR).
+4. ``il``: imitation with GWM features: ``il_demos`` demonstrations of each ``il_tasks`` task
+   (policy cameras + the GWM's input cameras, with depth), a tokenizer on them, and two
+   GigaWorld-Policies with the same data, steps and seeds — image tokens alone, and image
+   tokens + the frozen set VAE's latents (``--gwm-vae``) — each evaluated in closed loop
+   (``il_eval_episodes`` per task, unseen seeds) at the default camera and under a random
+   static-camera shift (seeded draws never used in training).
+5. ``train gwm``: the latent dynamics.
+6. ``tokenizer`` and ``train world model``: the video world model on the same episodes
    recorded again from the same seeds by the input cameras only (it never sees the novel camera).
-6. ``eval gwm``: per-horizon render PSNR on held-out episodes, training cameras and novel camera,
+7. ``eval gwm``: per-horizon render PSNR on held-out episodes, training cameras and novel camera,
    against copy-last and the video world model on the same rollouts.
-7. ``mbrl``: MBPO on the GWM and model-free SAC, per task and seed.
+8. ``mbrl``: MBPO on the GWM and model-free SAC, per task and seed.
 
-Imitation with GWM features (``il_success``) and MBPO on the video world model (``mbpo_video``)
-are not built yet: they are written as null with a note, never as numbers.
+MBPO on the video world model (``mbpo_video``) is not built yet: it is written as null with a
+note, never as a number.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from robodream.gwm.dynamics import GWMDynamicsConfig
 from robodream.gwm.mbrl import ARMS, MBRLConfig
 from robodream.gwm.pixel import PixelGaussianConfig
 from robodream.gwm.vae import SetVAEConfig
-from robodream.pipeline import dataset_complete, run_complete
+from robodream.pipeline import BENCH_TASKS, dataset_complete, run_complete
+from robodream.policy.configuration import PolicyConfig
 from robodream.tokenizer.model import TokenizerConfig
 from robodream.train.loop import TrainConfig
 from robodream.utils.io import atomic_write_json
@@ -79,11 +87,27 @@ class GWMBench:
     mbrl: MBRLConfig = field(default_factory=MBRLConfig)
     mbrl_arms: tuple[str, ...] = ARMS
     mbrl_seeds: tuple[int, ...] = (0, 1, 2)
+    # Imitation with GWM features (the issue: 10 demos per task on the 5 bench tasks, and under the
+    # data engine's camera shift); the policy recipe is the data engine's.
+    il_tasks: tuple[str, ...] = BENCH_TASKS
+    il_demos: int = 10
+    il_policy_cameras: tuple[str, ...] = ("corner", "behindGripper")
+    il_policy: PolicyConfig = field(default_factory=PolicyConfig)
+    il_policy_train: TrainConfig = field(default_factory=lambda: _train(1500, 32, 5e-4, weight_decay=0.01,
+                                                                        warmup_steps=200, min_lr_ratio=0.1,
+                                                                        ema_decay=0.999))
+    il_gwm_tokens: int = 16  # pooled GWM tokens in the policy's prefix
+    il_eval_episodes: int = 30
+    il_eval_max_steps: int = 500
+    camera_shift_scale: float = 1.0  # the camera-shift condition's draw width (envs.shift), as the data engine's
+    eval_shift_seed: int = 7000  # the camera-shift condition's draws (never used in training)
 
     def __post_init__(self) -> None:
-        for name in ("tasks", "cameras", "mbrl_arms", "mbrl_seeds"):
+        for name in ("tasks", "cameras", "mbrl_arms", "mbrl_seeds", "il_tasks", "il_policy_cameras"):
             setattr(self, name, tuple(getattr(self, name)))
         for t in self.tasks:
+            check_task(t)
+        for t in self.il_tasks:
             check_task(t)
         if self.novel_camera in self.cameras:
             raise ConfigError(f"the novel camera {self.novel_camera!r} must not be an input camera")
@@ -112,7 +136,12 @@ def bench_config(overrides: dict[str, Any] | None = None, quick: bool = False) -
             "mbrl": {"real_steps": 6, "chunk_steps": 6, "episode_steps": 6, "eval_episodes": 1, "refit_steps": 1,
                      "refit_batch": 2, "model_envs": 2, "rollout_length": 2, "model_steps": 8, "sac_net": [16],
                      "sac_batch": 4},
-            "mbrl_seeds": [0]})
+            "mbrl_seeds": [0],
+            "il_tasks": ["reach-v3"], "il_demos": 2, "il_policy_cameras": ["corner"],
+            "il_policy": {"dim": 32, "depth": 1, "horizon": 8, "n_action_steps": 4, "video_stride": 4,
+                          "action_expert_dim": 16, "pixel_stem_width": 0},
+            "il_policy_train": {"steps": 2, "batch_size": 4}, "il_gwm_tokens": 2, "il_eval_episodes": 1,
+            "il_eval_max_steps": 4})
     return from_dict(GWMBench, deep_merge(base, overrides or {}))
 
 
@@ -150,11 +179,23 @@ def run_gwm_bench(cfg: GWMBench, work: str | Path, *, log=print) -> dict[str, An
             atomic_write_json(g / "metrics.json", {"heldout": heldout_camera_psnr(load_gaussian_frames(g), p,
                                                                                   cfg.novel_camera)})))
         gdirs.append(str(gdir))
+    il_data, il_gdirs = [], []
+    il_cams = (*cfg.il_policy_cameras, *(c for c in cfg.cameras if c not in cfg.il_policy_cameras))
+    for t in cfg.il_tasks:
+        data, gdir = work / "il" / "data" / t, work / "il" / "gaussians" / t
+        st.run(f"collect il {t}", lambda p=data: dataset_complete(p), lambda p=data, t=t: collect(
+            CollectConfig(task=t, episodes=cfg.il_demos, image_size=cfg.image_size, cameras=il_cams, with_depth=True),
+            p, overwrite=p.exists(), workers=cfg.workers))
+        st.run(f"gaussians il {t}", lambda g=gdir: (g / "index.json").is_file(), lambda p=data, g=gdir:
+               build_gaussian_frames(p, g, cameras=list(cfg.cameras), cfg=cfg.pixel, overwrite=g.exists()))
+        il_data.append(str(data))
+        il_gdirs.append(str(gdir))
     vae_run, gwm_run = work / "runs" / "vae", work / "runs" / "gwm"
-    vae_cfg = SetVAERunConfig(gaussians=tuple(gdirs), model=replace(cfg.vae, n_gaussians=cfg.pixel.n),
+    vae_cfg = SetVAERunConfig(gaussians=tuple(gdirs + il_gdirs), model=replace(cfg.vae, n_gaussians=cfg.pixel.n),
                               train=cfg.vae_train)
     st.run("train gwm-vae", lambda: run_complete(vae_run),
            lambda: train_set_vae(vae_cfg, vae_run, resume=vae_run.exists()))
+    il = run_il(cfg, work, st, il_data, vae_run)
     gwm_cfg = GWMRunConfig(gaussians=tuple(gdirs), vae=str(vae_run), model=cfg.gwm, train=cfg.gwm_train)
     st.run("train gwm", lambda: run_complete(gwm_run), lambda: train_gwm(gwm_cfg, gwm_run, resume=gwm_run.exists()))
     vdata = []
@@ -186,10 +227,68 @@ def run_gwm_bench(cfg: GWMBench, work: str | Path, *, log=print) -> dict[str, An
                        lambda p=path, m=m: atomic_write_json(p, run_mbrl(m, log=log)))
                 mbrl.append(json.loads(path.read_text()))
     plot_curves(mbrl, work / "mbrl" / "curves.png")
-    return summarize(cfg, work, st.timings, mbrl)
+    return summarize(cfg, work, st.timings, mbrl, il)
 
 
-def summarize(cfg: GWMBench, work: Path, timings: dict[str, float], mbrl: list[dict[str, Any]]) -> dict[str, Any]:
+IL_ARMS = ("tokenizer", "gwm")
+IL_CONDITIONS = ("default", "camera_shift")
+
+
+def run_il(cfg: GWMBench, work: Path, st: Stages, data: list[str], vae_run: Path) -> dict[str, Any]:
+    """The imitation stages (module docstring, stage 4); returns ``{arm: {condition: {task: results}}}``
+    and the per-arm mean success."""
+    from robodream.envs.shift import ShiftConfig
+    from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
+    from robodream.policy.train import PolicyRunConfig, train_policy
+    from robodream.tokenizer.train import TokenizerRunConfig, train_tokenizer
+
+    tok = work / "il" / "runs" / "tokenizer"
+    st.run("tokenizer il", lambda: run_complete(tok), lambda: train_tokenizer(TokenizerRunConfig(
+        data=tuple(data), model=replace(cfg.tokenizer, image_size=cfg.image_size), train=cfg.tokenizer_train),
+        tok, resume=tok.exists()))
+    conditions = {"default": None, "camera_shift": ShiftConfig(camera_shift="random", seed=cfg.eval_shift_seed,
+                                                               camera_shift_scale=cfg.camera_shift_scale)}
+    evals: dict[str, dict[str, dict[str, Any]]] = {}
+    for arm in IL_ARMS:
+        pol = work / "il" / "runs" / f"policy_{arm}"
+        gwm = arm == "gwm"
+        run_cfg = PolicyRunConfig(data=tuple(data), tokenizer=str(tok), cameras=cfg.il_policy_cameras,
+                                  model=replace(cfg.il_policy, gwm_tokens=cfg.il_gwm_tokens if gwm else 0),
+                                  train=replace(cfg.il_policy_train), gwm_vae=str(vae_run) if gwm else "")
+        st.run(f"train il policy {arm}", lambda p=pol: run_complete(p),
+               lambda p=pol, c=run_cfg: train_policy(c, p, resume=p.exists()))
+        for cond in IL_CONDITIONS:
+            for t in cfg.il_tasks:
+                ev = work / "il" / "eval" / arm / cond / t
+                st.run(f"eval il {arm} {cond} {t}", lambda e=ev: (e / "results.json").is_file(),
+                       lambda p=pol, t=t, e=ev, c=cond: evaluate_policy(
+                           p, t, cfg.il_eval_episodes, e, seed_start=DEFAULT_EVAL_SEED, max_steps=cfg.il_eval_max_steps,
+                           n_videos=1, workers=cfg.workers, overwrite=True, shift=conditions[c]))
+                evals.setdefault(arm, {}).setdefault(cond, {})[t] = json.loads((ev / "results.json").read_text())
+    return evals
+
+
+def summarize_il(cfg: GWMBench, evals: dict[str, Any]) -> dict[str, Any]:
+    """``il_success`` ({arm: mean success over tasks at the default camera}) and the per-task,
+    per-condition table with Wilson 95% CIs."""
+    def mean(arm: str, cond: str) -> float:
+        return round(sum(r["success_rate"] for r in evals[arm][cond].values()) / len(evals[arm][cond]), 4)
+
+    return {
+        "il_success": {arm: mean(arm, "default") for arm in IL_ARMS},
+        "il_success_camera_shift": {arm: mean(arm, "camera_shift") for arm in IL_ARMS},
+        "il_per_task": {arm: {cond: {t: {"success_rate": r["success_rate"], "ci95": r["ci95"],
+                                         "n_episodes": r["n_episodes"], "latency_ms_p50": r["latency_ms_p50"]}
+                                     for t, r in by_task.items()} for cond, by_task in by_cond.items()}
+                        for arm, by_cond in evals.items()},
+        "il_settings": {"tasks": list(cfg.il_tasks), "demos": cfg.il_demos, "policy_cameras": list(cfg.il_policy_cameras),
+                        "gwm_cameras": list(cfg.cameras), "gwm_tokens": cfg.il_gwm_tokens,
+                        "eval_episodes": cfg.il_eval_episodes, "camera_shift_seed": cfg.eval_shift_seed},
+    }
+
+
+def summarize(cfg: GWMBench, work: Path, timings: dict[str, float], mbrl: list[dict[str, Any]],
+              il: dict[str, Any]) -> dict[str, Any]:
     """The result dict of a finished benchmark directory (the issue's keys)."""
     g_metrics = [json.loads((work / "gaussians" / t / "metrics.json").read_text())["heldout"] for t in cfg.tasks]
     g_index = [json.loads((work / "gaussians" / t / "index.json").read_text()) for t in cfg.tasks]
@@ -223,8 +322,9 @@ def summarize(cfg: GWMBench, work: Path, timings: dict[str, float], mbrl: list[d
         "copy_last_latent_psnr_vs_gaussians_by_horizon": ev["copy_last_latent_psnr_vs_gaussians_by_horizon"],
         "video_world_model_psnr_by_horizon": ev["video_world_model_psnr_by_horizon"],
         "video_world_model_cameras": ev["video_world_model_cameras"],
-        "il_success": {"tokenizer": None, "gwm": None}, "il_note": NOT_BUILT,
+        **summarize_il(cfg, il),
         "mbrl_env_steps_to_80": steps_to_80, "mbrl_real_step_budget": cfg.mbrl.real_steps,
+        "mbpo_video_note": NOT_BUILT,
         "mbrl_curves": [{"task": r["config"]["task"], "arm": r["config"]["arm"], "seed": r["config"]["seed"],
                          "curve": r["curve"]} for r in mbrl],
         "code": code_version(), "created": now(), "environment": environment_info(),

@@ -35,6 +35,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, torch.dtype, bool]] = {
     "indicator": ("indicator", torch.uint8, True),
     "sample_weight": ("sample_weight", torch.float32, True),
     "z": ("z_latents", torch.float16, False),
+    "gwm": ("gwm_latents", torch.float16, False),
 }
 
 
@@ -64,6 +65,8 @@ class EpisodeTable:
         frame (RAMP's ``z``, :mod:`robodream.rl.labels`), or None.
     sample_weight: (N,) float32 per-frame loss weight (AWR's ``min(exp(A / beta), w_max)``,
         :func:`robodream.rl.labels.awr_weights`), or None.
+    gwm_latents: (N, L, c) float16 the GWM set VAE's latent set of each frame (posterior means of
+        its per-frame Gaussians, :mod:`robodream.gwm.features`), or None.
     """
 
     latents: torch.Tensor
@@ -84,6 +87,7 @@ class EpisodeTable:
     z_latents: torch.Tensor | None = None
     segmentation: torch.Tensor | None = None
     sample_weight: torch.Tensor | None = None
+    gwm_latents: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -256,7 +260,8 @@ class EpisodeTable:
         with environment states, ``env_state`` (B, De) of the anchor frames; with RAMP's labels,
         ``indicator`` (B,) long and ``z_latents`` (B, n_cam, C, h, w) float32 of the anchor frames
         (the original frames' ``z`` whatever the view); with AWR weights, ``sample_weight`` (B,)
-        float32 of the anchor frames.
+        float32 of the anchor frames; with GWM features, ``gwm_latents`` (B, L, c) float32 of the
+        anchor frames (the original frames' whatever the view).
         """
         end = self.episode_end[idx]  # (B,)
         steps = idx.unsqueeze(1) + torch.arange(horizon)  # (B, H)
@@ -282,6 +287,8 @@ class EpisodeTable:
             out["z_latents"] = self.z_latents[idx].float()
         if self.sample_weight is not None:
             out["sample_weight"] = self.sample_weight[idx]
+        if self.gwm_latents is not None:
+            out["gwm_latents"] = self.gwm_latents[idx].float()  # (B, L, c) of the original frames
         if self.segmentation is not None:
             out["ref_segmentation"] = self.segmentation[idx]  # (B, n_cam, H, W) of the original frames
         if future_offsets:

@@ -143,8 +143,9 @@ def evaluate_policy(run_dir: str | os.PathLike, task: str, episodes: int, out: s
             "n_successes": n_ok, "ci95": list(wilson_interval(n_ok, episodes)),
             "mean_steps_to_success": float(np.mean(steps_ok)) if steps_ok else None,
             "latency_ms_p50": percentile(lat, 50), "latency_ms_p90": percentile(lat, 90),
-            "latency_includes": ("tokenizer encode + world-model z step + chunk sampling, batch 1" if mode == "standard"
-                                 else "tokenizer encode + chunk sampling, batch 1"),
+            "latency_includes": ("tokenizer encode" + (" + world-model z step" if mode == "standard" else "")
+                                 + (" + GWM features (Gaussians + set-VAE encoder)" if cfg.gwm_tokens else "")
+                                 + " + chunk sampling, batch 1"),
             "mode": mode, "world_model_run": ps.world_model, "compiled": compile,
             "threads": threads or (torch.get_num_threads() if pool.backend == "in-process" else 1),
             "workers": workers, "backend": pool.backend,
@@ -194,13 +195,15 @@ def prepare_policy_rollouts(run_dir: str | os.PathLike, task: str, seeds: list[i
                             mode: str | None = None, device: str = "cpu", n_action_steps: int | None = None,
                             shift: ShiftConfig | None = None, what: str = "evaluation",
                             seed_flag: str = "--seed-start",
-                            world_model: str | os.PathLike | None = None) -> PolicyRollouts:
+                            world_model: str | os.PathLike | None = None, gwm_ok: bool = True) -> PolicyRollouts:
     """Check that a trained policy can roll out ``task`` on env ``seeds``, and resolve its env.
 
     Shared by ``eval policy`` and ``rollout``. The env uses the policy's cameras and image size
     and its training data's proprioception (run config ``env``), so its observations are the
     training data's. ``what`` / ``seed_flag`` name the rollouts and their seed option in errors.
     In standard mode the world model of ``z`` is ``world_model``, or the run's ``world_model``.
+    A policy with GWM features also renders its GWM cameras (after its own), with depth
+    (``gwm_ok=False``: such policies are refused).
 
     Raises:
         UnknownTaskError: not a Meta-World task.
@@ -208,7 +211,8 @@ def prepare_policy_rollouts(run_dir: str | os.PathLike, task: str, seeds: list[i
             world-model run.
         ConfigError: a task the policy was not trained on (its task set is in the error), a
             seed among the policy's training seeds of ``task``, ``n_action_steps`` outside
-            [1, horizon], a mode the model cannot run, or a state layout that does not match.
+            [1, horizon], a mode the model cannot run, a state layout that does not match, or a
+            policy with GWM features where ``gwm_ok`` is False.
     """
     check_task(task)
     policy, tokenizer, run_cfg = load_policy(run_dir, device=device)
@@ -240,8 +244,12 @@ def prepare_policy_rollouts(run_dir: str | os.PathLike, task: str, seeds: list[i
     if len(state_names(proprio)) != cfg.state_dim:
         raise ConfigError(f"the policy expects a {cfg.state_dim}-number state, but its data's proprioception "
                           f"{proprio} gives {len(state_names(proprio))}")
-    env_cfg = EnvConfig(task=task, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=max_steps,
-                        proprio=proprio, shift=shift or ShiftConfig())
+    gwm_cams = list(run_cfg.get("gwm", {}).get("cameras", [])) if cfg.gwm_tokens else []
+    if gwm_cams and not gwm_ok:
+        raise ConfigError(f"{what} of a policy with GWM features is not supported; evaluate it with robodream eval policy")
+    cameras = tuple(cfg.cameras) + tuple(c for c in gwm_cams if c not in cfg.cameras)
+    env_cfg = EnvConfig(task=task, cameras=cameras, image_size=cfg.image_size, max_steps=max_steps,
+                        proprio=proprio, shift=shift or ShiftConfig(), depth=bool(gwm_cams))
     return PolicyRollouts(instruction, mode, env_cfg, cfg, run_cfg, wm)
 
 
@@ -263,12 +271,19 @@ def load_runner(run_dir: str | os.PathLike, instruction: str, *, mode: str, devi
         future = load_world_model_future(world_model or run_cfg.get("world_model", ""), instruction,
                                          cameras=cfg.cameras, device=device, policy_tokenizer=tokenizer,
                                          latent_shape=(cfg.latent_channels, cfg.latent_size, cfg.latent_size))
-    runner = PolicyRunner(policy, tokenizer, instruction, mode=mode, future=future)
+    gwm = None
+    if policy.gwm_pool is not None:
+        from robodream.gwm.features import load_policy_gwm_features
+
+        gwm = load_policy_gwm_features(run_dir, run_cfg, device=device)
+    runner = PolicyRunner(policy, tokenizer, instruction, mode=mode, future=future, gwm=gwm)
     cfg = policy.cfg
-    if compile:
+    if compile and gwm is None:  # a GWM policy compiles on its first chunk (no blank frame has depth)
         policy.compile_inference()
         runner.predict_chunk(np.zeros((len(cfg.cameras), cfg.image_size, cfg.image_size, 3), np.uint8),
                              np.zeros(cfg.state_dim, np.float32))
+    elif compile:
+        policy.compile_inference()
     return runner
 
 
@@ -293,13 +308,19 @@ class _Evaluator:
         runner.reset(seed)
         runner.chunk_latency_ms.clear()
         obs = env.reset(seed)
-        frames = [np.concatenate(list(obs.images), axis=1)] if record else None
+        n_cam = len(runner.policy.cfg.cameras)
+        gwm_idx = None
+        if runner.gwm is not None:  # its cameras as the env set them up for this seed (a shift moves them)
+            runner.gwm.set_cameras_from_env(env)
+            gwm_idx = [env.cfg.cameras.index(c) for c in runner.gwm.cameras]
+        frames = [np.concatenate(list(obs.images[:n_cam]), axis=1)] if record else None
         steps = 0
         while True:
-            obs = env.step(runner.act(obs.images, obs.state))
+            gwm_view = None if gwm_idx is None else (obs.images[gwm_idx], obs.depth[gwm_idx])
+            obs = env.step(runner.act(obs.images[:n_cam], obs.state, gwm_view))
             steps += 1
             if record:
-                frames.append(np.concatenate(list(obs.images), axis=1))
+                frames.append(np.concatenate(list(obs.images[:n_cam]), axis=1))
             if obs.success or obs.truncated:
                 break
         ep: dict[str, Any] = {"seed": seed, "success": bool(obs.success), "steps": steps,

@@ -105,8 +105,8 @@ def bench_gwm_cmd(
     config: Annotated[Optional[Path], typer.Option(help="JSON overriding benchmark fields (bench.gwm_bench.GWMBench)")] = None,
     quick: Annotated[bool, typer.Option(help="every stage on tiny settings (a smoke test, not a measurement)")] = False,
 ) -> None:
-    """The Gaussian world model end to end: per-frame Gaussians, set VAE, dynamics per horizon from a novel
-    camera, MBPO on the GWM against SAC. Resumable in stages: run the same command again to continue."""
+    """The Gaussian world model end to end: per-frame Gaussians, set VAE, imitation with GWM features,
+    dynamics per horizon from a novel camera, MBPO on the GWM against SAC. Resumable in stages: run the same command again to continue."""
     from robodream.bench.gwm_bench import bench_config, run_gwm_bench
     from robodream.config import load_config_file
     from robodream.utils.io import atomic_write_json
@@ -127,6 +127,14 @@ def bench_gwm_cmd(
                   r["novel_camera_psnr_by_horizon"][h - 1], r["novel_camera_copy_last_psnr_by_horizon"][h - 1],
                   r["psnr_vs_gaussians_by_horizon"][h - 1], r["copy_last_latent_psnr_vs_gaussians_by_horizon"][h - 1]]
                  for h in hs])
+    il = r["il_per_task"]
+    print_table(f"imitation, {r['il_settings']['demos']} demos per task: success (95% CI) by condition",
+                ["task"] + [f"{arm} {cond}" for arm in il for cond in il[arm]],
+                [[t] + [f"{il[arm][cond][t]['success_rate']:.2f} ({il[arm][cond][t]['ci95'][0]:.2f}-"
+                         f"{il[arm][cond][t]['ci95'][1]:.2f})" for arm in il for cond in il[arm]]
+                 for t in r["il_settings"]["tasks"]]
+                + [["mean"] + [f"{r['il_success' if cond == 'default' else 'il_success_camera_shift'][arm]:.3f}"
+                               for arm in il for cond in il[arm]]])
     print_table(f"MBRL: real steps to 80% success (budget {r['mbrl_real_step_budget']})", ["arm", "runs"],
                 [[arm, v if v is None else ", ".join(f"{k}: {s}" for k, s in v.items())]
                  for arm, v in r["mbrl_env_steps_to_80"].items()])

@@ -21,6 +21,7 @@ make every SAC update ~10x slower on a CPU for little more.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -30,7 +31,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 from robodream.errors import ConfigError
 from robodream.gwm.dynamics import GWMDynamics
-from robodream.gwm.pixel import PixelGaussianConfig, pixel_gaussians
+from robodream.gwm.features import GWMFeatureEncoder
+from robodream.gwm.pixel import PixelGaussianConfig
 from robodream.gwm.vae import GaussianSetVAE
 
 
@@ -206,28 +208,19 @@ class RealGWMObservation:
 
         self.env = MetaWorldEnv(EnvConfig(task=task, cameras=tuple(cameras), image_size=image_size, depth=True,
                                           max_steps=max_steps))
-        self.vae = vae
-        self.pixel_cfg = pixel_cfg or PixelGaussianConfig(n=vae.cfg.n_gaussians)
-        if self.pixel_cfg.n != vae.cfg.n_gaussians:
-            raise ConfigError(f"the VAE takes {vae.cfg.n_gaussians} Gaussians a frame, the pixel settings give "
-                              f"{self.pixel_cfg.n}")
-        self.cameras = list(cameras)
-        self._K = self._T = None
+        pixel_cfg = pixel_cfg or PixelGaussianConfig(n=vae.cfg.n_gaussians)
+        self.features = GWMFeatureEncoder(vae, {"cameras": list(cameras), "image_size": [image_size, image_size],
+                                                "pixel": dataclasses.asdict(pixel_cfg)})
+        self.vae, self.cameras = vae, list(cameras)
 
-    @torch.no_grad()
     def _observe(self, res) -> tuple[np.ndarray, dict]:
-        rgb = torch.from_numpy(res.images)[None]
-        depth = torch.from_numpy(res.depth)[None]
-        g, _ = pixel_gaussians(rgb, depth, self._K, self._T, self.pixel_cfg)
-        z = self.vae.encode(g)[0]
+        z = self.features(res.images, res.depth)
         state = torch.from_numpy(res.state)[None]
         return observation(z, state)[0], {"latents": z[0], "state": state[0]}
 
     def reset(self, seed: int) -> tuple[np.ndarray, dict]:
         res = self.env.reset(seed)
-        mats = [self.env.camera_matrices(c) for c in self.cameras]
-        self._K = torch.tensor(np.stack([m[0] for m in mats]), dtype=torch.float32)
-        self._T = torch.tensor(np.stack([m[1] for m in mats]), dtype=torch.float32)
+        self.features.set_cameras_from_env(self.env)
         return self._observe(res)
 
     def step(self, action: np.ndarray):

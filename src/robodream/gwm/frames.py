@@ -90,6 +90,17 @@ def check_depth_source(ds, cameras: list[str]) -> None:
                                "Gaussians (record with robodream collect --with-depth)")
 
 
+def episode_rgbd(ds, i: int, cameras: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """RGB (T, V, H, W, 3) uint8 and depth (T, V, H, W) float32 metres of episode ``i`` of ``ds``
+    (recorded by ``collect --with-depth``; :func:`check_depth_source` first)."""
+    from robodream.data.lerobot_format import DEPTH_PREFIX
+    from robodream.transfer.pairs import depth_from_mm
+
+    rgb = np.stack([ds.frames(i, c) for c in cameras], 1)
+    depth = np.stack([depth_from_mm(ds.array(i, DEPTH_PREFIX + c)) for c in cameras], 1)
+    return rgb, depth
+
+
 def build_gaussian_frames(data: str | Path, out: str | Path, *, cameras: list[str] | None = None,
                           cfg: PixelGaussianConfig | None = None, episodes: int | None = None, batch: int = 16,
                           overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -111,8 +122,6 @@ def build_gaussian_frames(data: str | Path, out: str | Path, *, cameras: list[st
             when ``out`` exists and not ``overwrite``.
     """
     from robodream.data.lerobot import LeRobotDataset
-    from robodream.data.lerobot_format import DEPTH_PREFIX
-    from robodream.transfer.pairs import depth_from_mm
     from robodream.utils.io import atomic_directory, atomic_write_json
     from robodream.utils.run import code_version, cpu_model, now
 
@@ -135,8 +144,7 @@ def build_gaussian_frames(data: str | Path, out: str | Path, *, cameras: list[st
         bg_all = np.zeros((F, 3), dtype=np.float16)
         off = 0
         for i in range(n_ep):
-            rgb = np.stack([ds.frames(i, c) for c in cams], 1)  # (T, V, H, W, 3)
-            depth = np.stack([depth_from_mm(ds.array(i, DEPTH_PREFIX + c)) for c in cams], 1)  # (T, V, H, W)
+            rgb, depth = episode_rgbd(ds, i, cams)
             for b0 in range(0, lengths[i], batch):
                 t0 = time.perf_counter()
                 g, bg = pixel_gaussians(torch.from_numpy(rgb[b0:b0 + batch]), torch.from_numpy(depth[b0:b0 + batch]),

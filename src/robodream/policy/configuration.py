@@ -16,7 +16,8 @@ class PolicyConfig:
     """Architecture, objective and inference settings of :class:`GigaWorldPolicy`.
 
     Token layout per sample: ``[state (1) | reference latents (n_cameras x tokens_per_frame) |
-    z latents (n_cameras x tokens_per_frame, with future_conditioning) | action chunk (horizon) |
+    z latents (n_cameras x tokens_per_frame, with future_conditioning) | GWM features (gwm_tokens) |
+    action chunk (horizon) |
     future latents (n_future x n_cameras x tokens_per_frame)]``.
     """
 
@@ -71,6 +72,14 @@ class PolicyConfig:
     aux_state_weight: float = 0.0
     aux_state_dim: int = 0  # size of the predicted environment state (from the datasets; 0 = no head)
 
+    # --- Gaussian world-model features (GWM, arXiv 2508.17600, Sec. 3.3) ----------------------
+    # Tokens of the frozen GWM set-VAE encoder's latent set (gwm_latents x gwm_latent_dim, posterior
+    # means of the frame's per-frame Gaussians: robodream.gwm.features) pooled by cross-attention from
+    # this many learned queries and appended to the clean prefix, beside the image tokens. 0 = none.
+    gwm_tokens: int = 0
+    gwm_latents: int = 0  # latent vectors per frame of the set VAE (from the VAE run)
+    gwm_latent_dim: int = 0  # numbers per latent vector (from the VAE run)
+
     # --- RAMP conditioning (GigaBrain-0.5M*, arXiv 2602.12099) -------------------------------
 
     # Condition on the advantage indicator I = [A > eps] of each frame (labels of robodream relabel,
@@ -94,7 +103,8 @@ class PolicyConfig:
 
     #: Fields filled in from the datasets and the tokenizer at training time (not options).
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("state_dim", "action_dim", "cameras", "latent_channels",
-                                                 "latent_size", "image_size", "tasks", "aux_state_dim")
+                                                 "latent_size", "image_size", "tasks", "aux_state_dim",
+                                                 "gwm_latents", "gwm_latent_dim")
 
     #: Values for fields a run's config.json lacks because it was written before the field
     #: existed (their defaults have changed since): such runs load as they were trained.
@@ -135,6 +145,9 @@ class PolicyConfig:
         if self.aux_state_weight < 0 or self.aux_state_dim < 0:
             raise ConfigError(f"aux_state_weight and aux_state_dim must be >= 0, got {self.aux_state_weight}, "
                               f"{self.aux_state_dim}")
+        if self.gwm_tokens < 0 or self.gwm_latents < 0 or self.gwm_latent_dim < 0:
+            raise ConfigError(f"gwm_tokens, gwm_latents and gwm_latent_dim must be >= 0, got {self.gwm_tokens}, "
+                              f"{self.gwm_latents}, {self.gwm_latent_dim}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ConfigError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
         if self.mask == "full" and self.video_stride == 0:
@@ -183,8 +196,8 @@ class PolicyConfig:
 
     @property
     def n_prefix_tokens(self) -> int:
-        """State, reference and z tokens (clean, t = 0)."""
-        return 1 + len(self.cameras) * self.tokens_per_frame + self.n_z_tokens
+        """State, reference, z and GWM-feature tokens (clean, t = 0)."""
+        return 1 + len(self.cameras) * self.tokens_per_frame + self.n_z_tokens + self.gwm_tokens
 
     @property
     def n_future_tokens(self) -> int:

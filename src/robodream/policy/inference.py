@@ -36,7 +36,7 @@ class FastInference:
     def sample_fast(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
                     a: torch.Tensor, f: torch.Tensor | None, times: torch.Tensor, mode: str,
                     ref_frames: torch.Tensor | None = None, indicator: torch.Tensor | None = None,
-                    z_latents: torch.Tensor | None = None):
+                    z_latents: torch.Tensor | None = None, gwm_latents: torch.Tensor | None = None):
         """:meth:`sample_reference` with the prefix cached, modulations cached and (after
         :meth:`compile_inference`) compiled chunks; same arguments plus the ``mode``."""
         from robodream.policy.modeling import PolicyOutput, block_causal_mask
@@ -51,7 +51,7 @@ class FastInference:
             prefix_mods, step_mods, step_act = self._inference_modulations(task_index, times, kind)
             return PolicyOutput(actions=self._step("_action_only_chunk")(
                 state, ref_latents, task_index, a, prefix_mods, step_mods, step_act, dts, ref_frames, indicator,
-                z_latents))
+                z_latents, gwm_latents))
         # With-video and joint: every step's modulations from the cache ("joint" holds the
         # prefix segment's too: the joint model recomputes its prefix every step).
         P, n_noisy = cfg.n_prefix_tokens, cfg.horizon + cfg.n_future_tokens
@@ -59,11 +59,12 @@ class FastInference:
         prefix_mods, step_mods, act_mods, lat_mods = self._inference_modulations(task_index, times, kind)
         if kind == "with_video":  # actions and future tokens denoised on the cached prefix
             kv = self._step("encode_prefix")(state, ref_latents, task_index, prefix_mods, ref_frames, indicator,
-                                             z_latents)
+                                             z_latents, gwm_latents)
             prefix = None
             mask = block_causal_mask(self.groups[P:P + n_noisy], self.groups[:P + n_noisy], cfg.mask).to(dev)
         else:  # joint: actions see the future video, nothing can be cached but the modulations
-            kv, prefix = None, self._embed_prefix(state, ref_latents, ref_frames, indicator, z_latents)
+            kv, prefix = None, self._embed_prefix(state, ref_latents, ref_frames, indicator, z_latents,
+                                                  gwm_latents=gwm_latents)
             groups = self.groups[:P + n_noisy]
             mask = block_causal_mask(groups, groups, cfg.mask).to(dev)
         a, f = self._step("_video_chunk")(a, f, prefix, kv, step_mods, mask, act_mods, lat_mods, dts)
@@ -85,16 +86,19 @@ class FastInference:
     def _action_only_chunk(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
                            a: torch.Tensor, prefix_mods: list | torch.Tensor, step_mods: list, step_act: list,
                            dts: torch.Tensor, ref_frames: torch.Tensor | None = None,
-                           indicator: torch.Tensor | None = None, z_latents: torch.Tensor | None = None) -> torch.Tensor:
+                           indicator: torch.Tensor | None = None, z_latents: torch.Tensor | None = None,
+                           gwm_latents: torch.Tensor | None = None) -> torch.Tensor:
         """Action-only inference of one chunk: encode the clean prefix once, then ``len(step_mods)``
         Euler steps of the action tokens on its cached keys/values. a: (B, H, action_dim) noise
         -> the denoised chunk; ``prefix_mods``, ``step_mods``, ``step_act`` from
         :meth:`_inference_modulations` (indexed ``prefix_mods[layer]``, ``step_mods[k][layer]``,
         ``step_act[k]``); dts: (n, 1, 1, 1); ref_frames: (B, N, 3, H, W) uint8 raw frames of
         pixel-stem models, else None; indicator (B,), z_latents (B, N, C, h, w): RAMP's conditions
-        (None: unknown / dropped). One function so that :meth:`compile_inference` compiles it
+        (None: unknown / dropped); gwm_latents (B, L, c): GWM set-VAE latents (GWM-feature models).
+        One function so that :meth:`compile_inference` compiles it
         whole."""
-        kv = self.encode_prefix(state, ref_latents, task_index, prefix_mods, ref_frames, indicator, z_latents)
+        kv = self.encode_prefix(state, ref_latents, task_index, prefix_mods, ref_frames, indicator, z_latents,
+                                gwm_latents)
         for k in range(len(step_mods)):
             a = self._action_only_step(a, kv, step_mods[k], step_act[k], dts[k])
         return a

@@ -59,13 +59,17 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from robodream.envs.shift import SEG_CLASSES
+from robodream.errors import ConfigError
 from robodream.models.flow import euler_timesteps, interpolate, sample_time, velocity_target
 from robodream.models.normalization import MIN_STD, StateActionNormalization
 from robodream.models.stem import ConvStem, SpatialSoftmax, keypoint_target
 from robodream.models.transformer import (
     KV,
+    MLP,
     AdaLNBlock,
+    CrossAttention,
     FinalLayer,
+    RMSNorm,
     TimestepEmbedding,
     modulated_norm,
     multi_stream_block,
@@ -102,6 +106,38 @@ class PolicyOutput:
 
     actions: torch.Tensor
     future_latents: torch.Tensor | None = None
+
+
+class GWMFeaturePool(nn.Module):
+    """GWM set-VAE latents -> a few prefix tokens (GWM, arXiv 2508.17600, Sec. 3.3: the GWM's
+    features as the policy's visual input; Perceiver-style pooling, Jaegle et al. 2021).
+
+    Every latent vector is embedded (a linear map plus a learned embedding of its index: with the
+    VAE's fixed anchors, index j is the same region of space in every frame), then ``n_tokens``
+    learned queries cross-attend to all of them, followed by an MLP.
+    (B, n_latents, latent_dim) -> (B, n_tokens, dim).
+
+    Raises:
+        ConfigError: ``n_latents`` or ``latent_dim`` < 1 (no VAE to read from).
+    """
+
+    def __init__(self, n_latents: int, latent_dim: int, n_tokens: int, dim: int, heads: int) -> None:
+        super().__init__()
+        if n_latents < 1 or latent_dim < 1:
+            raise ConfigError(f"GWM features (gwm_tokens={n_tokens}) need a set VAE's latent shape, got "
+                              f"{n_latents} x {latent_dim}: train with --gwm-vae RUN")
+        self.embed = nn.Linear(latent_dim, dim)
+        self.pos = nn.Parameter(torch.randn(n_latents, dim) * 0.02)
+        self.queries = nn.Parameter(torch.randn(n_tokens, dim) * 0.02)
+        self.q_norm, self.kv_norm, self.mlp_norm = RMSNorm(dim), RMSNorm(dim), RMSNorm(dim)
+        self.attn = CrossAttention(dim, heads)
+        self.mlp = MLP(dim, 4 * dim)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        kv = self.kv_norm(self.embed(latents) + self.pos)  # (B, L, D)
+        q = self.queries.expand(latents.shape[0], -1, -1)
+        x = q + self.attn(self.q_norm(q), kv)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
@@ -152,6 +188,9 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         for p in (self.pos_z, self.z_null, None if self.indicator_embedding is None else self.indicator_embedding.weight):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
+        # GWM features (created after RAMP's: models without them keep their initial weights).
+        self.gwm_pool = GWMFeaturePool(cfg.gwm_latents, cfg.gwm_latent_dim, cfg.gwm_tokens, D, cfg.n_heads) \
+            if cfg.gwm_tokens else None
 
         # Group index of every token of a full training sequence [prefix | actions | future].
         groups = torch.cat([
@@ -210,18 +249,25 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
 
     def _embed_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, ref_frames: torch.Tensor | None = None,
                       indicator: torch.Tensor | None = None, z_latents: torch.Tensor | None = None,
-                      z_drop: torch.Tensor | None = None) -> torch.Tensor:
-        """Prefix tokens (B, P, D): [state (+ keypoints, + indicator) | reference latents (+ stem) | z]."""
-        return self._embed_prefix_with_maps(state, ref_latents, ref_frames, indicator, z_latents, z_drop)[0]
+                      z_drop: torch.Tensor | None = None, gwm_latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Prefix tokens (B, P, D): [state (+ keypoints, + indicator) | reference latents (+ stem) | z | GWM]."""
+        return self._embed_prefix_with_maps(state, ref_latents, ref_frames, indicator, z_latents, z_drop,
+                                            gwm_latents)[0]
 
     def _embed_prefix_with_maps(self, state: torch.Tensor, ref_latents: torch.Tensor,
                                 ref_frames: torch.Tensor | None = None, indicator: torch.Tensor | None = None,
-                                z_latents: torch.Tensor | None = None,
-                                z_drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                                z_latents: torch.Tensor | None = None, z_drop: torch.Tensor | None = None,
+                                gwm_latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prefix tokens (B, P, D), and with keypoints the log-probabilities of their maps
         (B * N, K, (H / 2) * (W / 2)) float32 (what supervised keypoints are trained on), else None.
         ``indicator`` (B,) long (None: unknown), ``z_latents`` (B, N, C, h, w) (None: null tokens),
-        ``z_drop`` (B,) bool: null tokens for those samples."""
+        ``z_drop`` (B,) bool: null tokens for those samples; ``gwm_latents`` (B, L, c): the GWM
+        set VAE's latent set (required by a model with GWM features, ignored by the others).
+
+        Raises:
+            ValueError: a pixel-stem model without ``ref_frames``, a GWM-feature model without
+                ``gwm_latents``.
+        """
         B = state.shape[0]
         s = self.state_in(state).unsqueeze(1) + self.pos_state  # (B, 1, D)
         r = self.latent_in(self._patchify(ref_latents)) + self.pos_ref  # (B, N*T, D)
@@ -250,6 +296,10 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
                 if z_drop is not None:
                     z = torch.where(z_drop.to(z.device)[:, None, None], null, z)
             parts.append(z)
+        if self.gwm_pool is not None:
+            if gwm_latents is None:
+                raise ValueError("this policy reads GWM features: gwm_latents (B, L, c) are required")
+            parts.append(self.gwm_pool(gwm_latents.to(r.dtype)))
         return torch.cat(parts, dim=1), log_prob
 
     def _embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
@@ -304,6 +354,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         ref_frames: torch.Tensor | None = None,
         indicator: torch.Tensor | None = None,
         z_latents: torch.Tensor | None = None,
+        gwm_latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Predicted velocities on the full sequence with the configured mask (training path).
 
@@ -312,22 +363,24 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             noisy_future: (B, F*N*T, C*p*p) patchified future latents at time ``t``, or None.
             ref_frames: (B, N, 3, H, W) uint8 raw reference frames (pixel-stem models only).
             indicator, z_latents: RAMP's conditions (module docstring; None: unknown / dropped).
+            gwm_latents: (B, L, c) GWM set-VAE latents (GWM-feature models only).
 
         Returns:
             action velocity (B, H, action_dim) and future-token velocity (B, F*N*T, C*p*p) or None.
         """
         v_a, v_f, _, _ = self._velocity_and_prefix(state, ref_latents, noisy_actions, task_index, t, noisy_future,
-                                                ref_frames, indicator, z_latents)
+                                                ref_frames, indicator, z_latents, gwm_latents=gwm_latents)
         return v_a, v_f
 
     def _velocity_and_prefix(self, state, ref_latents, noisy_actions, task_index, t, noisy_future=None,
                              ref_frames=None, indicator=None, z_latents=None,
-                             z_drop=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                             z_drop=None, gwm_latents=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
                                                    torch.Tensor | None]:
         """:meth:`velocity`, plus the prefix tokens (B, P, D) after all but the last block (the
         last one gives the prefix only keys and values) and the keypoint maps' log-probabilities
         (:meth:`_embed_prefix_with_maps`); ``z_drop`` (B,) bool drops z per sample."""
-        prefix, log_prob = self._embed_prefix_with_maps(state, ref_latents, ref_frames, indicator, z_latents, z_drop)
+        prefix, log_prob = self._embed_prefix_with_maps(state, ref_latents, ref_frames, indicator, z_latents, z_drop,
+                                                        gwm_latents)
         xs = [prefix, self._embed_actions(noisy_actions)]
         segments: tuple[int, ...] = (PREFIX, ACTION)
         if noisy_future is not None:
@@ -357,6 +410,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         z_latents: torch.Tensor | None = None,
         ref_segmentation: torch.Tensor | None = None,
         sample_weight: torch.Tensor | None = None,
+        gwm_latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Rectified-flow training loss ``L_video + lambda * L_action`` (Sec. 3.2), plus
         ``aux_state_weight * L_aux`` with an auxiliary state head, plus ``keypoint_loss_weight *
@@ -371,7 +425,8 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         ``indicator`` (B,) long and ``z_latents`` (B, N, C, h, w) are RAMP's labels, required by
         models conditioned on them (ignored by the others): in training mode each is dropped per
         sample with probability ``condition_dropout`` (:meth:`condition_drops`; the logs hold the
-        dropped fractions). ``sample_weight`` (B,) >= 0 weights each sample's action loss (AWR,
+        dropped fractions). ``gwm_latents`` (B, L, c) are the GWM set VAE's latents of the reference
+        frame, required by a model with GWM features. ``sample_weight`` (B,) >= 0 weights each sample's action loss (AWR,
         Peng et al. 2019): ``L_action = sum_b w_b sum_h m_bh e_bh / sum_b w_b sum_h m_bh`` with
         ``m`` the non-pad mask and ``e`` the per-step velocity error (the unweighted loss when all
         ``w_b`` are equal); the video, auxiliary and keypoint losses stay unweighted. Returns the
@@ -411,7 +466,8 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
             elif self.training:  # no dropout: the null token still enters the graph (DDP: every parameter a gradient)
                 z_drop = torch.zeros(B, dtype=torch.bool, device=dev)
         v_a, v_f, prefix, kp_log_prob = self._velocity_and_prefix(state, ref_latents, a_t, task_index, t, f_t,
-                                                                  ref_frames, indicator, z_latents, z_drop)
+                                                                  ref_frames, indicator, z_latents, z_drop,
+                                                                  gwm_latents)
         err_a = (v_a.float() - velocity_target(actions, eps_a)).pow(2).mean(-1)  # (B, H)
         w = (~action_is_pad).float() if action_is_pad is not None else torch.ones_like(err_a)
         if sample_weight is not None:
@@ -453,7 +509,8 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
     # ------------------------------------------------------------------ inference
     def encode_prefix(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
                       mods: list | torch.Tensor | None = None, ref_frames: torch.Tensor | None = None,
-                      indicator: torch.Tensor | None = None, z_latents: torch.Tensor | None = None) -> list[KV]:
+                      indicator: torch.Tensor | None = None, z_latents: torch.Tensor | None = None,
+                      gwm_latents: torch.Tensor | None = None) -> list[KV]:
         """Run the clean prefix once; returns every block's keys/values (B, nh, P, hd).
 
         ``mods``: the blocks' clean (t = 0) modulations, one per block as in
@@ -465,7 +522,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         if mods is None:
             cond = self._cond(torch.zeros(state.shape[0], 1, device=state.device), task_index)  # (B, 1, D)
             mods = [blk.modulate(cond) for blk in self.blocks]
-        x = self._embed_prefix(state, ref_latents, ref_frames, indicator, z_latents)
+        x = self._embed_prefix(state, ref_latents, ref_frames, indicator, z_latents, gwm_latents=gwm_latents)
         kvs: list[KV] = []
         for i, blk in enumerate(self.blocks):
             if i < len(self.blocks) - 1:
@@ -491,6 +548,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         ref_frames: torch.Tensor | None = None,
         indicator: torch.Tensor | None = None,
         z_latents: torch.Tensor | None = None,
+        gwm_latents: torch.Tensor | None = None,
     ) -> PolicyOutput:
         """Predict a normalised action chunk by Euler integration from t = 1 to t = 0.
 
@@ -511,6 +569,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
                 inference asks for 1 (positive); None = unknown (the unconditioned policy).
             z_latents: (B, N, C, h, w) the world model's future latent of a future-conditioned
                 model (RAMP's "standard" mode); None = null tokens ("efficient").
+            gwm_latents: (B, L, c) GWM set-VAE latents of the current frame (GWM-feature models only).
 
         Raises:
             ValueError: a mode the configuration cannot run (e.g. action_only with mask="full").
@@ -530,14 +589,16 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
                 B, cfg.n_future_tokens, cfg.patch_dim, device=dev)
         times = euler_timesteps(n_steps or cfg.n_inference_steps, cfg.time_shift)
         if use_cache:
-            return self.sample_fast(state, ref_latents, task_index, a, f, times, mode, ref_frames, indicator, z_latents)
-        return self.sample_reference(state, ref_latents, task_index, a, f, times, ref_frames, indicator, z_latents)
+            return self.sample_fast(state, ref_latents, task_index, a, f, times, mode, ref_frames, indicator, z_latents,
+                                    gwm_latents)
+        return self.sample_reference(state, ref_latents, task_index, a, f, times, ref_frames, indicator, z_latents,
+                                     gwm_latents)
 
     @torch.no_grad()
     def sample_reference(self, state: torch.Tensor, ref_latents: torch.Tensor, task_index: torch.Tensor,
                          a: torch.Tensor, f: torch.Tensor | None, times: torch.Tensor,
                          ref_frames: torch.Tensor | None = None, indicator: torch.Tensor | None = None,
-                         z_latents: torch.Tensor | None = None) -> PolicyOutput:
+                         z_latents: torch.Tensor | None = None, gwm_latents: torch.Tensor | None = None) -> PolicyOutput:
         """The plain sampler: Euler steps of :meth:`velocity`, the training path, from noise.
 
         a: (B, H, action_dim) initial noise; f: (B, F*N*T, C*p*p) initial future-token noise, or
@@ -550,7 +611,7 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
         for k in range(len(times) - 1):
             dt = float(times[k + 1] - times[k])  # negative
             v_a, v_f = self.velocity(state, ref_latents, a, task_index, times[k].to(dev).expand(B), f, ref_frames,
-                                     indicator, z_latents)
+                                     indicator, z_latents, gwm_latents)
             a = a + dt * v_a
             if f is not None:
                 f = f + dt * v_f

@@ -85,17 +85,21 @@ class PolicyRunner:
         future: standard mode's source of ``z``: ``future(frames (N, H, W, 3) uint8, latents
             (N, C, h, w)) -> (1, N, C, h, w)`` with a ``reset(seed)`` method
             (:class:`robodream.rl.labels.WorldModelFuture`); ignored in the other modes.
+        gwm: a policy with GWM features reads the frozen set VAE's latents through this
+            :class:`robodream.gwm.features.GWMFeatureEncoder` (its cameras set at every episode
+            start; :meth:`act` then takes those cameras' RGB-D as ``gwm_view``).
 
     The noise of an episode's chunks comes from a generator re-seeded by ``reset(seed)``,
     so an episode's actions depend on its seed only, not on the episodes run before it.
 
     Raises:
         ConfigError: a task the policy was not trained on; a mode it cannot run; standard mode
-            without ``future``.
+            without ``future``; a policy with GWM features without ``gwm``.
     """
 
     def __init__(self, policy: GigaWorldPolicy, tokenizer: ImageTokenizer, task: str, *,
-                 mode: str | None = None, seed: int = 0, future: Callable | None = None) -> None:
+                 mode: str | None = None, seed: int = 0, future: Callable | None = None,
+                 gwm: Callable | None = None) -> None:
         if task not in policy.cfg.tasks:
             raise ConfigError(f"the policy was not trained on task {task!r}; it knows {list(policy.cfg.tasks)}")
         self.policy, self.tokenizer = policy, tokenizer
@@ -105,13 +109,17 @@ class PolicyRunner:
             raise ConfigError("mode 'standard' needs the world model that predicts z (the policy run's world_model, "
                               "or --world-model)")
         self.future = future if self.mode == "standard" else None
+        if policy.gwm_pool is not None and gwm is None:
+            raise ConfigError("this policy reads GWM features: it needs its set VAE (the run's gwm_vae) to run")
+        self.gwm = gwm if policy.gwm_pool is not None else None
         if self.future is not None and hasattr(self.future, "reset"):
             self.future.reset(seed)
         self.device = policy.state_mean.device
         self.task_index = torch.tensor([policy.cfg.tasks.index(task)], device=self.device)
         self.gen = torch.Generator().manual_seed(seed)
         self.queue: deque[np.ndarray] = deque()
-        self.chunk_latency_ms: list[float] = []  # tokenizer encode (+ world-model z step) + chunk sampling, per chunk
+        # tokenizer encode (+ world-model z step, + GWM features) + chunk sampling, per chunk
+        self.chunk_latency_ms: list[float] = []
         self.last_future_frames: torch.Tensor | None = None  # (F, N, 3, H, W) in with_video mode
         # with_video mode: (env step of the chunk's reference frame, predicted frames (F, N, 3, H, W))
         self.video_predictions: list[tuple[int, torch.Tensor]] = []
@@ -132,10 +140,16 @@ class PolicyRunner:
         self._t = 0
 
     @torch.inference_mode()
-    def predict_chunk(self, images: np.ndarray, state: np.ndarray) -> np.ndarray:
+    def predict_chunk(self, images: np.ndarray, state: np.ndarray,
+                      gwm_view: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Sample a whole action chunk (H, action_dim) in env units from one observation.
 
-        images: (n_cameras, H, W, 3) uint8 in the policy's camera order; state: (state_dim,).
+        images: (n_cameras, H, W, 3) uint8 in the policy's camera order; state: (state_dim,);
+        gwm_view: the GWM cameras' RGB (V, H, W, 3) uint8 and depth (V, H, W) metres (policies
+        with GWM features only).
+
+        Raises:
+            ConfigError: another number of cameras; a GWM-feature policy without ``gwm_view``.
         """
         cfg = self.policy.cfg
         if images.shape[0] != len(cfg.cameras):
@@ -151,6 +165,10 @@ class PolicyRunner:
             ramp["indicator"] = torch.full((1,), POSITIVE, dtype=torch.long, device=self.device)
         if self.future is not None:  # standard mode: one world-model step predicts z
             ramp["z_latents"] = self.future(frames, lat[0])  # (1, N, C, h, w)
+        if self.gwm is not None:  # Gaussians of this frame -> the set VAE's latents (1, L, c)
+            if gwm_view is None:
+                raise ConfigError(f"this policy reads GWM features: pass the RGB-D of {self.gwm.cameras} (gwm_view)")
+            ramp["gwm_latents"] = self.gwm(*gwm_view).to(self.device)
         out = self.policy.sample(s, lat, self.task_index, mode=self.sampler_mode, noise=noise, ref_frames=ref_frames,
                                  **ramp)
         actions = self.policy.unnormalize_action(out.actions)[0].float().cpu().numpy()
@@ -160,10 +178,12 @@ class PolicyRunner:
             self.last_future_frames = self.tokenizer.decode(fl.flatten(0, 1)).unflatten(0, fl.shape[:2]).cpu()
         return actions
 
-    def act(self, images: np.ndarray, state: np.ndarray) -> np.ndarray:
-        """The next action (action_dim,) in env units; replans when the queue is empty."""
+    def act(self, images: np.ndarray, state: np.ndarray,
+            gwm_view: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """The next action (action_dim,) in env units; replans when the queue is empty
+        (arguments as :meth:`predict_chunk`)."""
         if not self.queue:
-            chunk = self.predict_chunk(images, state)
+            chunk = self.predict_chunk(images, state, gwm_view)
             self.queue.extend(chunk[: self.policy.cfg.n_action_steps])
             if self.last_future_frames is not None:
                 self.video_predictions.append((self._t, self.last_future_frames))

@@ -54,6 +54,7 @@ from robodream.rl.labels import (
 from robodream.tokenizer.train import load_tokenizer
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
 from robodream.train.run_dir import Run, init_from_run, load_latent_run, warm_start_source
+from robodream.utils.progress import progress_bar
 
 MODEL_TYPE = GigaWorldPolicy.model_type
 
@@ -115,9 +116,18 @@ class PolicyRunConfig:
     # initialise this run (weights only; ignored when resuming from a checkpoint). Empty: random init.
     init_from: str = ""
     world_model: str = ""  # filled from the labels: the world-model run that made them (standard mode's z)
+    # The policy's cameras, a subset of the datasets' (empty: all of them), in token order.
+    cameras: tuple[str, ...] = ()
+    # GWM features (GWM, arXiv 2508.17600): a set-VAE run (robodream train gwm-vae) whose frozen encoder
+    # turns every frame's RGB-D from its input cameras into a latent set the policy reads beside its
+    # image tokens (--model.gwm-tokens > 0; copied into RUN/gwm_vae). The datasets need those cameras'
+    # depth (collect --with-depth). Empty: no GWM features.
+    gwm_vae: str = ""
+    gwm: dict = field(default_factory=dict)  # filled in: the GWM input cameras, image size, pixel settings
     model_type: str = MODEL_TYPE
 
-    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("env_tasks", "train_seeds", "env", "world_model", "model_type")
+    DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("env_tasks", "train_seeds", "env", "world_model", "gwm",
+                                                 "model_type")
 
     def __post_init__(self) -> None:
         if self.augment_views < 0 or self.augment_pad < 0 or not 0 <= self.augment_color <= 1:
@@ -128,6 +138,10 @@ class PolicyRunConfig:
                               "the frames)")
         self.data_weight = check_draw_weights(self.data_weight, len(self.data), "data_weight", "dataset")
         self.labels = tuple(self.labels)
+        self.cameras = tuple(self.cameras)
+        if bool(self.gwm_vae) != bool(self.model.gwm_tokens):
+            raise ConfigError("GWM features need both a set-VAE run (--gwm-vae RUN) and --model.gwm-tokens > 0; got "
+                              f"gwm_vae={self.gwm_vae!r}, gwm_tokens={self.model.gwm_tokens}")
         if not (self.awr_beta > 0 and self.awr_max_weight > 0):
             raise ConfigError(f"awr_beta and awr_max_weight must be > 0, got {self.awr_beta}, {self.awr_max_weight}")
 
@@ -178,6 +192,14 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         tokenizer = load_tokenizer(cfg.tokenizer, device=device)
         datasets = [LeRobotDataset(p) for p in cfg.data]
         cameras, state_dim, action_dim = check_datasets(datasets, tokenizer)
+        cameras = select_cameras(cameras, cfg.cameras)
+        gwm_vae = None
+        if cfg.gwm_vae:  # checked before any encoding
+            from robodream.gwm.features import gwm_input_spec
+            from robodream.gwm.train import load_set_vae
+
+            gwm_vae, _ = load_set_vae(cfg.gwm_vae, device=device)
+            cfg.gwm = gwm_input_spec(cfg.gwm_vae)
         cfg.model.aux_state_dim = aux_state_dim(datasets, cfg.model.aux_state_weight)
         labels, labels_info = None, {}
         if cfg.labels:  # matched before any encoding: a stale file fails fast
@@ -192,8 +214,17 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
                                                      keep_frames=bool(cfg.model.pixel_stem_width),
                                                      color=cfg.augment_color,
                                                      keep_segmentation=bool(cfg.model.keypoint_targets))
+        if gwm_vae is not None:
+            from robodream.gwm.features import attach_gwm_features
+
+            with progress_bar() as progress:
+                bar = progress.add_task("GWM features", total=len(train_eps) + len(held_eps))
+                attach_gwm_features(train_eps + held_eps, datasets, gwm_vae, cfg.gwm,
+                                    progress=lambda: progress.update(bar, advance=1))
         m = cfg.model
         m.state_dim, m.action_dim, m.cameras, m.tasks = state_dim, action_dim, tuple(cameras), tuple(tasks)
+        if gwm_vae is not None:
+            m.gwm_latents, m.gwm_latent_dim = gwm_vae.cfg.n_latents, gwm_vae.cfg.latent_dim
         m.latent_channels, m.latent_size = tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
         m.image_size = tokenizer.cfg.image_size
         m.__post_init__()
@@ -243,11 +274,23 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
             meta["init_from"] = warm
         if cfg.intervention_only:
             meta["n_train_frames_weighted"] = int((train_table.sample_weight > 0).sum())  # the expert's frames
-        val = run.fit(trainer, meta=meta,
-                      json_files={"normalization.json": norm}, tokenizer=cfg.tokenizer)
+        val = run.fit(trainer, meta=meta, json_files={"normalization.json": norm}, tokenizer=cfg.tokenizer,
+                      copies={"gwm_vae": cfg.gwm_vae} if cfg.gwm_vae else None)
         results = run.finish(trainer, val, n_train_frames=len(train_table),
                              n_heldout_frames=len(held_table) if held_table else 0)
     return results
+
+
+def select_cameras(available: list[str], wanted: tuple[str, ...]) -> list[str]:
+    """The policy's cameras: ``wanted`` (in that order) when given, else every camera ``available``.
+
+    Raises:
+        DatasetError: a wanted camera the datasets do not have.
+    """
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise DatasetError(f"--cameras {','.join(missing)}: the datasets have only {', '.join(available)}")
+    return list(wanted) or list(available)
 
 
 def aux_state_dim(datasets: list[LeRobotDataset], weight: float) -> int:
@@ -318,6 +361,8 @@ def _prepare(model: GigaWorldPolicy, w: dict[str, torch.Tensor], device, keep_we
         w.pop("ref_segmentation", None)
     if not model.cfg.n_future:
         w.pop("future_latents", None)
+    if model.gwm_pool is None:
+        w.pop("gwm_latents", None)
     return w
 
 
@@ -341,7 +386,7 @@ def validate_policy(model: GigaWorldPolicy, table: EpisodeTable, device, n: int 
     noise = torch.randn(batch["actions"].shape, generator=gen).to(device)
     pred = model.sample(batch["state"], batch["ref_latents"], batch["task_index"], mode=mode, noise=noise,
                         ref_frames=batch.get("ref_frames"), indicator=batch.get("indicator"),
-                        z_latents=batch.get("z_latents"))
+                        z_latents=batch.get("z_latents"), gwm_latents=batch.get("gwm_latents"))
     valid = (~batch["action_is_pad"]).float().unsqueeze(-1)
     mse = ((pred.actions - batch["actions"]).pow(2) * valid).sum() / (valid.sum() * model.cfg.action_dim)
     return {**logs, "action_mse": float(mse), "n": len(idx)}

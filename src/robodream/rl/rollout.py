@@ -120,7 +120,7 @@ def record_rollouts(run_dir: str | os.PathLike, task: str, episodes: int, out: s
     explicit = [] if seed is None else list(range(seed, seed + episodes))
     ps = prepare_policy_rollouts(run_dir, task, explicit, max_steps=max_steps, mode=mode, device=device,
                                  n_action_steps=n_action_steps, what="rollout", seed_flag="--seed",
-                                 world_model=world_model)
+                                 world_model=world_model, gwm_ok=False)
     start = default_rollout_seed(ps.run_cfg, task) if seed is None else seed
     seeds = list(range(start, start + episodes))
     env_cfg = ps.env_cfg

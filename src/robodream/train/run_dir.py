@@ -254,10 +254,12 @@ class Run:
         barrier()
 
     def fit(self, trainer, *, meta: dict[str, Any], json_files: dict[str, Any] | None = None,
-            tokenizer: str | os.PathLike | None = None) -> dict[str, float]:
+            tokenizer: str | os.PathLike | None = None,
+            copies: dict[str, str | os.PathLike] | None = None) -> dict[str, float]:
         """Restore the trainer when resuming, write the run (:meth:`start`, ``json_files`` such as
-        ``normalization.json``, a copy of the tokenizer), then train; returns the last validation
-        metrics. The common middle of every trainer (a collective under torchrun)."""
+        ``normalization.json``, a copy of the tokenizer and of the other frozen model runs in
+        ``copies``: subdirectory -> run), then train; returns the last validation metrics. The
+        common middle of every trainer (a collective under torchrun)."""
         if self.resume:
             trainer.resume()
         self.start(meta)
@@ -265,7 +267,9 @@ class Run:
             for name, obj in (json_files or {}).items():
                 atomic_write_json(self.path / name, obj)
         if tokenizer is not None:
-            self.copy_tokenizer(tokenizer)
+            self.copy_model_run(tokenizer, "tokenizer")
+        for sub, src in (copies or {}).items():
+            self.copy_model_run(src, sub)
         return trainer.fit()
 
     def finish(self, trainer, val: dict[str, float], *, n_train_frames: int, n_heldout_frames: int) -> dict[str, Any]:
@@ -288,11 +292,11 @@ class Run:
         if is_main():
             atomic_write_json(self.path / "results.json", results)
 
-    def copy_tokenizer(self, src: str | os.PathLike) -> None:
-        """Copy a tokenizer run's config and weights into ``RUN/tokenizer`` (self-contained runs; rank 0)."""
+    def copy_model_run(self, src: str | os.PathLike, sub: str) -> None:
+        """Copy a frozen model run's config and weights into ``RUN/sub`` (self-contained runs; rank 0)."""
         if not is_main():
             return
-        dst = self.path / "tokenizer"
+        dst = self.path / sub
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "model.safetensors"):
             tmp = dst / f".{name}.tmp"
