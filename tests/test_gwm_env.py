@@ -10,6 +10,7 @@ import torch
 from robodream.errors import ConfigError
 from robodream.gwm.dynamics import GWMDynamics, GWMDynamicsConfig
 from robodream.gwm.env import GWMEnv, GWMVecEnv, RealGWMObservation, StartBuffer
+from robodream.gwm.features import GWMFeatureEncoder
 from robodream.gwm.vae import GaussianSetVAE, SetVAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,7 +75,8 @@ def test_real_environment_is_observed_through_gaussians_and_the_vae():
     vae = GaussianSetVAE(SetVAEConfig(n_gaussians=64, n_latents=16, latent_dim=4, dim=32, heads=2, decoder_layers=1,
                                       fourier_bands=2)).eval()
     vae.set_anchors(torch.rand(200, 3))
-    env = RealGWMObservation("reach-v3", vae, ["corner", "corner3"], image_size=32, max_steps=5)
+    spec = {"cameras": ["corner", "corner3"], "image_size": [32, 32], "pixel": {"n": 64}}
+    env = RealGWMObservation("reach-v3", GWMFeatureEncoder(vae, spec), max_steps=5)
     try:
         obs, info = env.reset(seed=3)
         assert obs.shape == (4 + 16,) and info["latents"].shape == (16, 4) and np.isfinite(obs).all()

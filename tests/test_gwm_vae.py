@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -253,12 +254,50 @@ def test_train_and_eval_gwm_cli(gwm_run, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("arm", ["mbpo_gwm", "sac"])
-def test_mbrl_runs_a_tiny_learning_curve(gwm_run, tmp_path, arm):
+@pytest.fixture(scope="module")
+def video_dynamics_run(vae_run):
+    """The same latent dynamics over image-tokenizer latents (the MBRL comparison's video arm)."""
+    from cli_helpers import run
+
+    w, _, _ = vae_run
+    run("train", "tokenizer", "--data", w / "data", "--out", w / "vtok", "--steps", 2, "--batch-size", 8)
+    res = run("train", "gwm", "--data", w / "data", "--tokenizer", w / "vtok", "--cameras", "corner,corner3",
+              "--dim", 32, "--heads", 2, "--depth", 1, "--sample-steps", 2, "--steps", 3, "--batch-size", 2,
+              "--val-every", 3, "--val-windows", 4, "--heldout-fraction", 0.5, "--out", w / "vdyn")
+    return w, res
+
+
+def test_dynamics_over_image_tokens(video_dynamics_run, tmp_path):
+    from cli_helpers import one_line_error, run
+
+    from robodream.gwm.train import load_dynamics_observer, load_gwm
+
+    w, res = video_dynamics_run
+    cfg = json.loads((w / "vdyn" / "config.json").read_text())
+    assert cfg["token_cameras"] == ["corner", "corner3"] and (w / "vdyn" / "tokenizer" / "model.safetensors").is_file()
+    tok_cfg = json.loads((w / "vtok" / "config.json").read_text())["model"]
+    grid = tok_cfg["image_size"] // 2 ** len(tok_cfg["channels"])
+    assert cfg["model"]["n_latents"] == 2 * grid**2 and cfg["model"]["latent_dim"] == tok_cfg["latent_channels"]
+    assert json.loads((w / "vdyn" / "meta.json").read_text())["representation"] == "image_tokens"
+    model, observer, _ = load_dynamics_observer(w / "vdyn")
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    assert observer(frames).shape == (1, model.cfg.n_latents, model.cfg.latent_dim)
+    with pytest.raises(CheckpointError, match="image tokens"):
+        load_gwm(w / "vdyn")
+    res = run("eval", "gwm", "--run", w / "vdyn", "--camera", "corner4", "--horizon", 2, code=2)
+    one_line_error(res, "image tokens")
+    res = run("train", "gwm", "--data", w / "data", "--tokenizer", w / "vtok", "--gaussians", w / "g", "--vae",
+              w / "run", "--out", tmp_path / "both", code=2)
+    one_line_error(res, "not both")
+
+
+@pytest.mark.parametrize("arm", ["mbpo_gwm", "mbpo_video", "sac"])
+def test_mbrl_runs_a_tiny_learning_curve(gwm_run, video_dynamics_run, tmp_path, arm):
     from robodream.gwm.mbrl import MBRLConfig, plot_curves, run_mbrl
 
     w, _ = gwm_run
-    cfg = MBRLConfig(task="reach-v3", arm=arm, gwm=str(w / "gwm"), cameras=("corner", "corner3"), image_size=32,
+    cfg = MBRLConfig(task="reach-v3", arm=arm, gwm=str(w / "gwm"), video_dynamics=str(w / "vdyn"),
+                     cameras=("corner", "corner3"), image_size=32,
                      real_steps=12, chunk_steps=6, episode_steps=6, eval_episodes=1, refit_steps=2, refit_batch=2,
                      model_envs=4, rollout_length=2, model_steps=16, sac_net=(16,), sac_batch=8)
     r = run_mbrl(cfg)

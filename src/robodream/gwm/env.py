@@ -16,12 +16,12 @@ make every SAC update ~10x slower on a CPU for little more.
   ``VecEnv``), which is how SAC collects model rollouts fast.
 - :class:`RealGWMObservation`: a Meta-World environment whose observation goes through the same
   path as the model's training data: RGB-D of the input cameras -> per-frame Gaussians -> set
-  VAE latents -> the vector above.
+  VAE latents -> the vector above (or, for dynamics over image tokens, RGB -> the tokenizer's
+  latents -> the same vector: one number per latent cell).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -31,9 +31,6 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 from robodream.errors import ConfigError
 from robodream.gwm.dynamics import GWMDynamics
-from robodream.gwm.features import GWMFeatureEncoder
-from robodream.gwm.pixel import PixelGaussianConfig
-from robodream.gwm.vae import GaussianSetVAE
 
 
 def observation(latents: torch.Tensor, state: torch.Tensor) -> np.ndarray:
@@ -190,11 +187,13 @@ class GWMVecEnv(VecEnv):
 
 
 class RealGWMObservation:
-    """A Meta-World task observed through the GWM's pipeline (module docstring).
+    """A Meta-World task observed through a latent-dynamics model's encoder (module docstring).
 
     Args:
         task: Meta-World task.
-        vae: the set VAE; cameras / image size / pixel settings: those its Gaussians were built with.
+        observer: frames -> latents (1, L, c): a :class:`~robodream.gwm.features.GWMFeatureEncoder`
+            (RGB-D -> Gaussians -> set-VAE latents) or an :class:`~robodream.gwm.features.ImageTokenObserver`;
+            its ``cameras`` and ``image_size`` set up the env (with depth when it ``needs_depth``).
         max_steps: episode length.
 
     ``reset(seed)`` / ``step(action)`` return ``(obs (Ds + L,), info)`` / ``(obs, reward, success,
@@ -202,16 +201,12 @@ class RealGWMObservation:
     dense reward and success flag.
     """
 
-    def __init__(self, task: str, vae: GaussianSetVAE, cameras: list[str], image_size: int,
-                 pixel_cfg: PixelGaussianConfig | None = None, max_steps: int = 500) -> None:
+    def __init__(self, task: str, observer, max_steps: int = 500) -> None:
         from robodream.envs.meta_world import EnvConfig, MetaWorldEnv
 
-        self.env = MetaWorldEnv(EnvConfig(task=task, cameras=tuple(cameras), image_size=image_size, depth=True,
-                                          max_steps=max_steps))
-        pixel_cfg = pixel_cfg or PixelGaussianConfig(n=vae.cfg.n_gaussians)
-        self.features = GWMFeatureEncoder(vae, {"cameras": list(cameras), "image_size": [image_size, image_size],
-                                                "pixel": dataclasses.asdict(pixel_cfg)})
-        self.vae, self.cameras = vae, list(cameras)
+        self.env = MetaWorldEnv(EnvConfig(task=task, cameras=tuple(observer.cameras), image_size=observer.image_size,
+                                          depth=observer.needs_depth, max_steps=max_steps))
+        self.features, self.cameras = observer, list(observer.cameras)
 
     def _observe(self, res) -> tuple[np.ndarray, dict]:
         z = self.features(res.images, res.depth)

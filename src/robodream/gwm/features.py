@@ -15,6 +15,8 @@ changes entirely. That is the property the paper's imitation results lean on.
 - :func:`attach_gwm_features`: the latents of every frame of encoded training episodes (from the
   datasets' recorded depth), as ``episode["gwm"]`` (T, L, c) float16.
 - :class:`GWMFeatureEncoder`: the same path on live observations (closed-loop evaluation).
+- :class:`ImageTokenObserver`: the image-tokenizer counterpart (the video-world-model arm of the
+  MBRL comparison observes through it).
 """
 
 from __future__ import annotations
@@ -69,9 +71,12 @@ class GWMFeatureEncoder:
         ConfigError: pixel settings that give another Gaussian count than the VAE takes.
     """
 
+    needs_depth = True
+
     def __init__(self, vae: GaussianSetVAE, spec: dict[str, Any]) -> None:
         self.vae, self.spec = vae, spec
         self.cameras = list(spec["cameras"])
+        self.image_size = int(spec["image_size"][0])
         self.pixel_cfg = PixelGaussianConfig(**spec["pixel"])
         if self.pixel_cfg.n != vae.cfg.n_gaussians:
             raise ConfigError(f"the VAE takes {vae.cfg.n_gaussians} Gaussians a frame, the pixel settings give "
@@ -96,6 +101,29 @@ class GWMFeatureEncoder:
         g, _ = pixel_gaussians(torch.as_tensor(rgb)[None], torch.as_tensor(depth)[None], self._K, self._T,
                                self.pixel_cfg)
         return self.vae.encode(g.to(dev))[0].float()
+
+
+class ImageTokenObserver:
+    """Live RGB of ``cameras`` -> the image tokenizer's latents as tokens (1, V * h * w, C)
+    (:func:`robodream.gwm.train.image_tokens`); the same interface as :class:`GWMFeatureEncoder`
+    (depth is ignored, :meth:`set_cameras_from_env` does nothing)."""
+
+    needs_depth = False
+
+    def __init__(self, tokenizer, cameras: list[str]) -> None:
+        self.tokenizer, self.cameras = tokenizer, list(cameras)
+        self.image_size = tokenizer.cfg.image_size
+
+    def set_cameras_from_env(self, env) -> None:
+        pass
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray | torch.Tensor, depth=None) -> torch.Tensor:
+        from robodream.gwm.train import image_tokens
+
+        dev = next(self.tokenizer.parameters()).device
+        lat = self.tokenizer.encode(torch.as_tensor(rgb).to(dev))  # (V, C, h, w)
+        return image_tokens(lat[None]).float().cpu()
 
 
 @torch.no_grad()

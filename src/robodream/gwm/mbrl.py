@@ -1,20 +1,26 @@
 """Model-based RL on the Gaussian world model: MBPO with stable-baselines3's SAC, against model-free SAC
 (GWM, arXiv 2508.17600, Sec. 4.3; MBPO, Janner et al. 2019).
 
-Both arms observe the real task the same way (:class:`~robodream.gwm.env.RealGWMObservation`:
-proprioception + one number per set-VAE latent token) and are scored the same way: success rate
-of the deterministic policy on evaluation seeds no training episode uses, with a 95% Wilson
-interval, after every ``chunk_steps`` real environment steps (the learning curve).
+Every arm observes the real task through a model's encoder
+(:class:`~robodream.gwm.env.RealGWMObservation`: proprioception + one number per latent token) and
+is scored the same way: success rate of the deterministic policy on evaluation seeds no training
+episode uses, with a 95% Wilson interval, after every ``chunk_steps`` real environment steps (the
+learning curve).
 
-- ``sac``: SAC on the real environment (stable-baselines3, its defaults but the network size).
+- ``sac``: SAC on the real environment (stable-baselines3, its defaults but the network size),
+  observing through the GWM's set VAE.
 - ``mbpo_gwm``: per chunk, run the current SAC policy for ``chunk_steps`` real steps (the first
   chunk with uniformly random actions), refit the GWM dynamics on every real transition so far
   (``refit_steps`` gradient steps, starting from the pretrained run), then let SAC learn from
   ``model_steps`` transitions of short model rollouts (``rollout_length`` steps) branched from
   real states the policy visited (:class:`~robodream.gwm.env.GWMVecEnv`). SAC's replay buffer
   holds model transitions only (MBPO's real-data ratio 0).
+- ``mbpo_video``: the same loop with a video world model as the simulator (the iVideoGPT-style
+  arm): the same latent dynamics trained on the image tokenizer's latents of the same cameras
+  (``train gwm --data --tokenizer``), observing through the tokenizer. Only the representation
+  differs — 2D image tokens against the GWM's 3D Gaussian set — so the comparison isolates it.
 
-The set VAE is the pretrained run's and stays frozen (both arms read it).
+The encoders (set VAE, tokenizer) are the pretrained runs' and stay frozen.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from robodream.eval.metrics import wilson_interval
 from robodream.gwm.env import GWMVecEnv, RealGWMObservation, StartBuffer
 from robodream.gwm.train import LatentEpisodes
 
-ARMS = ("mbpo_gwm", "sac")
+ARMS = ("mbpo_gwm", "mbpo_video", "sac")
 
 
 @dataclass
@@ -42,8 +48,9 @@ class MBRLConfig:
     """One learning run (one task, arm and seed)."""
 
     task: str = "reach-v3"
-    arm: str = "mbpo_gwm"  # mbpo_gwm or sac
-    gwm: str = ""  # a robodream train gwm run: its VAE observes for both arms, its dynamics simulates for MBPO
+    arm: str = "mbpo_gwm"  # mbpo_gwm, mbpo_video or sac
+    gwm: str = ""  # a robodream train gwm run: its VAE observes for sac and mbpo_gwm, its dynamics simulates for mbpo_gwm
+    video_dynamics: str = ""  # a train gwm --data --tokenizer run: mbpo_video's simulator and observer
     cameras: tuple[str, ...] = ("corner", "corner2", "corner3")  # input cameras of the run's Gaussians
     image_size: int = 64
     seed: int = 0
@@ -143,16 +150,19 @@ def run_mbrl(cfg: MBRLConfig, log: Callable[[str], None] | None = None) -> dict[
     """
     from stable_baselines3 import SAC
 
-    from robodream.gwm.train import load_gwm
+    from robodream.gwm.train import load_dynamics_observer
 
-    if not cfg.gwm:
-        raise ConfigError("model-based RL needs a GWM run (--gwm): its VAE makes the observations")
+    run = cfg.video_dynamics if cfg.arm == "mbpo_video" else cfg.gwm
+    if not run:
+        raise ConfigError(f"arm {cfg.arm} needs " + ("a video-dynamics run (train gwm --data --tokenizer)"
+                                                    if cfg.arm == "mbpo_video" else "a GWM run (--gwm): its VAE makes "
+                                                    "the observations"))
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    dynamics, vae, _ = load_gwm(cfg.gwm)
+    dynamics, observer, _ = load_dynamics_observer(run, cameras=list(cfg.cameras), image_size=cfg.image_size)
     obs_dim = dynamics.cfg.state_dim + dynamics.cfg.n_latents
-    real = RealGWMObservation(cfg.task, vae, list(cfg.cameras), cfg.image_size, max_steps=cfg.episode_steps)
-    eval_real = RealGWMObservation(cfg.task, vae, list(cfg.cameras), cfg.image_size, max_steps=cfg.episode_steps)
+    real = RealGWMObservation(cfg.task, observer, max_steps=cfg.episode_steps)
+    eval_real = RealGWMObservation(cfg.task, observer, max_steps=cfg.episode_steps)
     sac_kw = dict(learning_rate=3e-4, batch_size=cfg.sac_batch, seed=cfg.seed, device="cpu", verbose=0,
                   policy_kwargs={"net_arch": list(cfg.sac_net)})
     curve: list[dict[str, Any]] = []
@@ -224,7 +234,7 @@ def run_mbrl(cfg: MBRLConfig, log: Callable[[str], None] | None = None) -> dict[
                 curve.append({"real_steps": done, **evaluate_policy_success(
                     _deterministic(sac), eval_real, cfg.eval_episodes, cfg.eval_seed, cfg.episode_steps)})
                 if log:
-                    log(f"{cfg.task} mbpo_gwm seed {cfg.seed}: {done} real steps, success "
+                    log(f"{cfg.task} {cfg.arm} seed {cfg.seed}: {done} real steps, success "
                         f"{curve[-1]['success_rate']:.2f}")
     finally:
         real.close()

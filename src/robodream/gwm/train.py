@@ -4,12 +4,17 @@
 :func:`train_set_vae`. The last ``heldout_fraction`` of each directory's episodes are never
 trained on; validation renders the decoded Gaussians (posterior mean) and the input Gaussians
 from every input camera of those frames and reports the PSNR between them (``psnr_db``, the
-issue's "decoded render PSNR"), with the Chamfer distance. The shared
+issue's "decoded render PSNR"), with the Chamfer distance.
+
+``robodream train gwm --gaussians DIR... --vae RUN --out RUN`` calls :func:`train_gwm` (the latent
+dynamics); ``--data D... --tokenizer TOK`` instead trains the same dynamics on image-tokenizer
+latents (the video-world-model arm of the MBRL comparison). The shared
 :class:`~robodream.train.loop.Trainer` does checkpoints, exact resume and ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +23,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from robodream.errors import ConfigError, DatasetError
+from robodream.errors import CheckpointError, ConfigError, DatasetError
 from robodream.gwm.dynamics import GWMDynamics, GWMDynamicsConfig
 from robodream.gwm.frames import GaussianFrames, load_gaussian_frames
-from robodream.gwm.pixel import render, unpack
+from robodream.gwm.pixel import PixelGaussianConfig, render, unpack
 from robodream.gwm.vae import GaussianSetVAE, SetVAEConfig
 from robodream.train.loop import TrainConfig, Trainer, resolve_device, shard
 from robodream.train.run_dir import Run
@@ -88,10 +93,10 @@ class FrameTable:
         return t(g), t(bg), t(Ks), t(Ts)
 
 
-def split_episodes(fr: GaussianFrames, heldout_fraction: float) -> tuple[list[int], list[int]]:
-    """(train, held-out) episode indices: the last ``heldout_fraction`` (at least one when > 0 and
-    there are two or more episodes) are held out."""
-    n = fr.index["episodes"]
+def split_episodes(fr: GaussianFrames | int, heldout_fraction: float) -> tuple[list[int], list[int]]:
+    """(train, held-out) episode indices of a Gaussian directory (or of ``fr`` episodes): the last
+    ``heldout_fraction`` (at least one when > 0 and there are two or more episodes) are held out."""
+    n = fr if isinstance(fr, int) else fr.index["episodes"]
     k = 0 if heldout_fraction == 0 or n < 2 else max(1, int(round(heldout_fraction * n)))
     return list(range(n - k)), list(range(n - k, n))
 
@@ -236,10 +241,21 @@ def default_gwm_train() -> TrainConfig:
 
 @dataclass
 class GWMRunConfig:
-    """Everything a GWM dynamics run needs; saved as RUN/config.json."""
+    """Everything a latent-dynamics run needs; saved as RUN/config.json.
+
+    Two representations, one model: the GWM's (``gaussians`` + ``vae``: set-VAE latents of per-frame
+    Gaussians) or, for the iVideoGPT-style comparison, a video world model's (``data`` + ``tokenizer``:
+    the image tokenizer's latents of the datasets' frames, every latent cell of every camera a token
+    of ``latent_channels`` numbers; token ``j`` is the same pixel region of the same static camera in
+    every frame, as the VAE's fixed anchors make token ``j`` the same region of space).
+    """
 
     gaussians: tuple[str, ...] = ()  # per-frame Gaussian directories (robodream gaussians), repeat --gaussians
     vae: str = ""  # set-VAE run (robodream train gwm-vae), copied into RUN/vae
+    data: tuple[str, ...] = ()  # or: LeRobot datasets whose frames the image tokenizer encodes
+    tokenizer: str = ""  # ... and the tokenizer run (copied into RUN/tokenizer)
+    cameras: tuple[str, ...] = ()  # the tokenizer's cameras, token order (empty: every camera of the datasets)
+    token_cameras: tuple[str, ...] = ()  # filled in: the cameras of the image tokens, in token order
     model: GWMDynamicsConfig = field(default_factory=GWMDynamicsConfig)
     train: TrainConfig = field(default_factory=default_gwm_train)
     heldout_fraction: float = 0.1  # fraction of each directory's episodes held out (at least 1)
@@ -247,13 +263,28 @@ class GWMRunConfig:
     model_type: str = "gwm_dynamics"
 
     DERIVED_FIELDS: ClassVar[tuple[str, ...]] = ("model.n_latents", "model.latent_dim", "model.action_dim",
-                                                 "model.state_dim", "model_type")
+                                                 "model.state_dim", "token_cameras", "model_type")
 
     def __post_init__(self) -> None:
         if not 0 <= self.heldout_fraction < 1:
             raise ConfigError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         if self.val_windows < 1:
             raise ConfigError(f"val_windows must be >= 1, got {self.val_windows}")
+        self.gaussians, self.data, self.cameras = tuple(self.gaussians), tuple(self.data), tuple(self.cameras)
+        self.token_cameras = tuple(self.token_cameras)
+
+    @property
+    def representation(self) -> str:
+        """``"gaussian_set"`` (set-VAE latents) or ``"image_tokens"`` (tokenizer latents).
+
+        Raises:
+            ConfigError: neither or both pairs of inputs.
+        """
+        gwm, video = bool(self.gaussians or self.vae), bool(self.data or self.tokenizer)
+        if gwm == video or (gwm and not (self.gaussians and self.vae)) or (video and not (self.data and self.tokenizer)):
+            raise ConfigError("train gwm needs per-frame Gaussian directories and a set-VAE run (--gaussians, --vae), "
+                              "or datasets and an image tokenizer run (--data, --tokenizer), not both")
+        return "gaussian_set" if gwm else "image_tokens"
 
 
 @dataclass
@@ -307,19 +338,61 @@ def encode_latent_episodes(vae: GaussianSetVAE, fr: GaussianFrames, episodes: li
     if ds.num_frames != fr.index["source_frames"]:
         raise DatasetError(f"{src} has {ds.num_frames} frames but {fr.root} was built from one with "
                            f"{fr.index['source_frames']}: rebuild the Gaussians")
+    def latents(e: int) -> torch.Tensor:
+        g, _ = fr.episode(e)
+        return torch.cat([vae.encode(g[b:b + batch].to(device))[0].cpu() for b in range(0, len(g), batch)])
+
+    return _latent_episodes(ds, episodes, latents)
+
+
+@torch.no_grad()
+def encode_image_token_episodes(tokenizer, ds, episodes: list[int], cameras: list[str], batch: int = 64,
+                                device="cpu") -> LatentEpisodes:
+    """Image-tokenizer latents of every frame of ``episodes`` of ``ds`` as tokens (T, V * h * w, C) (camera-major,
+    then row-major cells), with their actions, dense rewards and success flags.
+
+    Raises:
+        DatasetError: a missing camera, another image size than the tokenizer's, no actions or reward columns.
+    """
+    missing = [c for c in cameras if c not in ds.cameras]
+    if missing:
+        raise DatasetError(f"{ds.root} has no camera {missing[0]!r}; it has {', '.join(ds.cameras)}")
+    if ds.image_size != (tokenizer.cfg.image_size, tokenizer.cfg.image_size):
+        raise DatasetError(f"{ds.root} has {ds.image_size[0]}x{ds.image_size[1]} images but the tokenizer expects "
+                           f"{tokenizer.cfg.image_size}")
+
+    def latents(e: int) -> torch.Tensor:
+        frames = torch.from_numpy(np.stack([ds.frames(e, c) for c in cameras], 1))  # (T, V, H, W, 3)
+        lat = torch.cat([tokenizer.encode(frames[b:b + batch].flatten(0, 1).to(device)).cpu()
+                         for b in range(0, len(frames), batch)])  # (T * V, C, h, w)
+        return image_tokens(lat.unflatten(0, (len(frames), len(cameras))))
+
+    return _latent_episodes(ds, episodes, latents)
+
+
+def image_tokens(latents: torch.Tensor) -> torch.Tensor:
+    """Tokenizer latents (B, V, C, h, w) -> tokens (B, V * h * w, C) (camera-major, row-major cells)."""
+    return latents.permute(0, 1, 3, 4, 2).flatten(1, 3)
+
+
+def _latent_episodes(ds, episodes: list[int], latents) -> LatentEpisodes:
+    """:class:`LatentEpisodes` of ``episodes`` of ``ds``, ``latents(e)`` giving episode e's (T, L, c).
+
+    Raises:
+        DatasetError: no actions or reward columns (``next.success``, ``complementary_info.dense_reward``).
+    """
+    src = ds.root
     lat, st, act, rew, suc, start, end = [], [], [], [], [], [], []
     f0 = 0
     for e in episodes:
-        g, _ = fr.episode(e)
-        lat.append(torch.cat([vae.encode(g[b:b + batch].to(device))[0].cpu() for b in range(0, len(g), batch)])
-                   .to(torch.float16))
         ep = ds.episode(e)
         for key in ("next.success", "complementary_info.dense_reward"):
             if key not in ep.extra:
                 raise DatasetError(f"{src} has no {key} column (record it with robodream collect)")
         if ep.action.shape[1] == 0:
             raise DatasetError(f"{src} has no action feature")
-        T = len(g)
+        lat.append(latents(e).to(torch.float16))
+        T = len(lat[-1])
         act.append(torch.from_numpy(ep.action[:T]))
         st.append(torch.from_numpy(ep.state[:T]))
         rew.append(torch.from_numpy(np.asarray(ep.extra["complementary_info.dense_reward"], np.float32).reshape(-1)[:T]))
@@ -357,28 +430,61 @@ def gwm_datasets(cfg: GWMRunConfig, vae: GaussianSetVAE, device) -> tuple[list[G
     return dirs, train, _cat_latent_episodes(held_parts) if held_parts else None
 
 
+def image_token_datasets(cfg: GWMRunConfig, tokenizer, device) -> tuple[list[str], LatentEpisodes,
+                                                                         LatentEpisodes | None]:
+    """The run's cameras and its datasets' training and held-out episodes as image tokens
+    (:func:`encode_image_token_episodes`; held out as :func:`split_episodes`).
+
+    Raises:
+        DatasetError: unreadable datasets, datasets with other cameras, a camera they lack.
+    """
+    from robodream.data.lerobot import LeRobotDataset
+
+    datasets = [LeRobotDataset(p) for p in cfg.data]
+    cams = {tuple(ds.cameras) for ds in datasets}
+    if len(cams) != 1:
+        raise DatasetError(f"the datasets have different cameras {sorted(cams)}")
+    cameras = list(cfg.cameras) or list(cams.pop())
+    splits = [split_episodes(ds.num_episodes, cfg.heldout_fraction) for ds in datasets]
+    train = _cat_latent_episodes([encode_image_token_episodes(tokenizer, ds, s[0], cameras, device=device)
+                                  for ds, s in zip(datasets, splits)])
+    held = [encode_image_token_episodes(tokenizer, ds, s[1], cameras, device=device)
+            for ds, s in zip(datasets, splits) if s[1]]
+    return cameras, train, _cat_latent_episodes(held) if held else None
+
+
 def train_gwm(cfg: GWMRunConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, float]:
-    """Train the GWM latent dynamics on set-VAE latents and write the run directory ``out``; returns held-out
+    """Train the latent dynamics on set-VAE latents (the GWM) or on image-tokenizer latents (the video
+    arm of the comparison; :class:`GWMRunConfig`) and write the run directory ``out``; returns held-out
     validation results (``latent_mse`` of one-step predictions and ``copy_last_latent_mse``, normalised
     units; ``reward_mae``; ``success_accuracy``; ``state_mae`` in state units).
 
     Raises:
-        DatasetError: unreadable Gaussian directories or source datasets, Gaussian counts that differ
-            from the VAE's.
-        CheckpointError: a bad VAE run; ``out`` holds another run and not ``resume``.
-        ConfigError: no directory, no VAE, bad settings, or a ``--resume`` that changes the run.
+        DatasetError: unreadable Gaussian directories or (source) datasets, Gaussian counts that differ
+            from the VAE's, images the tokenizer does not take.
+        CheckpointError: a bad VAE or tokenizer run; ``out`` holds another run and not ``resume``.
+        ConfigError: neither or both representations' inputs, bad settings, or a ``--resume`` that
+            changes the run.
     """
-    import shutil
+    from robodream.tokenizer.train import load_tokenizer
 
-    if not cfg.gaussians or not cfg.vae:
-        raise ConfigError("train gwm needs per-frame Gaussian directories (--gaussians) and a set-VAE run (--vae)")
+    representation = cfg.representation
     run = Run(out, cfg, resume=resume)
     with run.guard():
         device = resolve_device(cfg.train.device)
-        vae, _ = load_set_vae(cfg.vae, device=device)
-        _, train, held = gwm_datasets(cfg, vae, device)
         m = cfg.model
-        m.n_latents, m.latent_dim, m.action_dim = vae.cfg.n_latents, vae.cfg.latent_dim, train.action.shape[1]
+        if representation == "gaussian_set":
+            vae, _ = load_set_vae(cfg.vae, device=device)
+            _, train, held = gwm_datasets(cfg, vae, device)
+            m.n_latents, m.latent_dim = vae.cfg.n_latents, vae.cfg.latent_dim
+            frozen = ("vae", cfg.vae)
+        else:
+            tokenizer = load_tokenizer(cfg.tokenizer, device=device)
+            cameras, train, held = image_token_datasets(cfg, tokenizer, device)
+            cfg.token_cameras = tuple(cameras)
+            m.n_latents, m.latent_dim = train.latents.shape[1], train.latents.shape[2]
+            frozen = ("tokenizer", cfg.tokenizer)
+        m.action_dim = train.action.shape[1]
         m.state_dim = train.state.shape[1]
         m.__post_init__()
         torch.manual_seed(cfg.train.seed)
@@ -410,11 +516,8 @@ def train_gwm(cfg: GWMRunConfig, out: str | os.PathLike, *, resume: bool = False
 
         trainer = Trainer(model, cfg.train, run.path, sample_batch, loss_fn,
                           validate=validate if held is not None else None, description="gwm", model_factory=factory)
-        if run.fresh or not (run.path / "vae").is_dir():
-            (run.path / "vae").mkdir(parents=True, exist_ok=True)
-            for name in ("config.json", "model.safetensors"):
-                shutil.copyfile(Path(cfg.vae) / name, run.path / "vae" / name)
-        val = run.fit(trainer, meta={"n_train_transitions": len(anchors)}, json_files={"normalization.json": norm})
+        val = run.fit(trainer, meta={"n_train_transitions": len(anchors), "representation": representation},
+                      json_files={"normalization.json": norm}, copies=dict([frozen]))
         results = run.finish(trainer, val, n_train_frames=len(train.latents),
                              n_heldout_frames=0 if held is None else len(held.latents))
     return results
@@ -444,18 +547,55 @@ def validate_gwm(model: GWMDynamics, held: LatentEpisodes, n: int, device, seed:
             "n": len(f)}
 
 
-def load_gwm(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Load a trained GWM run: ``(dynamics, vae, run config dict)``, both in eval mode.
-
-    Raises:
-        CheckpointError: not a GWM run (e.g. a policy run), unfinished, or weights that do not fit.
-    """
+def _load_dynamics(run_dir: Path, device) -> tuple[GWMDynamics, dict]:
     from robodream.train.run_dir import load_model_run
     from robodream.utils.io import read_json
 
-    run_dir = Path(run_dir)
     model, cfg = load_model_run(run_dir, GWMDynamics, GWMDynamicsConfig)
     norm = read_json(run_dir / "normalization.json")
     model.set_normalization(*(torch.tensor(norm[k]) for k in GWMDynamics.NORMALIZATION))
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+def load_gwm(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a trained GWM run (set-VAE latents): ``(dynamics, vae, run config dict)``, both in eval mode.
+
+    Raises:
+        CheckpointError: not a GWM run (e.g. a policy run, or dynamics over image tokens), unfinished,
+            or weights that do not fit.
+    """
+    run_dir = Path(run_dir)
+    model, cfg = _load_dynamics(run_dir, device)
+    if cfg.get("tokenizer"):
+        raise CheckpointError(f"{run_dir} is latent dynamics over image tokens (trained with --tokenizer), not a "
+                              "Gaussian world model; it has no Gaussians to render")
     vae, _ = load_set_vae(run_dir / "vae", device=device)
-    return model.to(device).eval().requires_grad_(False), vae, cfg
+    return model, vae, cfg
+
+
+def load_dynamics_observer(run_dir: str | os.PathLike, *, cameras: list[str] | None = None, image_size: int = 64,
+                           device: str | torch.device = "cpu"):
+    """Any latent-dynamics run and the observer that turns live frames into its latents:
+    ``(dynamics, observer, run config dict)``. A GWM run's observer is a
+    :class:`~robodream.gwm.features.GWMFeatureEncoder` over ``cameras`` at ``image_size`` (default
+    back-projection settings); an image-token run's a :class:`~robodream.gwm.features.ImageTokenObserver`
+    over its own cameras and its tokenizer's image size.
+
+    Raises:
+        CheckpointError: not a latent-dynamics run, unfinished, or weights that do not fit.
+        ConfigError: a GWM run without ``cameras``.
+    """
+    from robodream.gwm.features import GWMFeatureEncoder, ImageTokenObserver
+    from robodream.tokenizer.train import load_tokenizer
+
+    run_dir = Path(run_dir)
+    model, cfg = _load_dynamics(run_dir, device)
+    if cfg.get("tokenizer"):
+        return model, ImageTokenObserver(load_tokenizer(run_dir / "tokenizer", device=device),
+                                         cfg["token_cameras"]), cfg
+    if not cameras:
+        raise ConfigError(f"{run_dir} is a GWM run: name the cameras its Gaussians were built from")
+    vae, _ = load_set_vae(run_dir / "vae", device=device)
+    spec = {"cameras": list(cameras), "image_size": [image_size, image_size],
+            "pixel": dataclasses.asdict(PixelGaussianConfig(n=vae.cfg.n_gaussians))}
+    return model, GWMFeatureEncoder(vae, spec), cfg
