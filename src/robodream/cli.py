@@ -343,7 +343,7 @@ def bench_cameras_cmd(
 #: Modules whose ``register(apps)`` adds a system's verbs (see :mod:`robodream.utils.cli`).
 SYSTEM_CLIS = ("robodream.tokenizer.cli", "robodream.policy.cli", "robodream.world_model.cli",
                "robodream.gaussians.cli", "robodream.viz.cli", "robodream.idm.cli",
-               "robodream.transfer.cli", "robodream.rl.cli", "robodream.gwm.cli")
+               "robodream.transfer.cli", "robodream.rl.cli", "robodream.gwm.cli", "robodream.twin.cli")
 
 
 def _register_systems() -> None:

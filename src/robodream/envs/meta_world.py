@@ -389,6 +389,11 @@ class MetaWorldEnv:
         return {"object": np.asarray(mw._get_pos_objects()[:3]), "goal": np.asarray(mw._target_pos)}
 
     @property
+    def control_dt(self) -> float:
+        """Seconds of simulated time per :meth:`step` (MuJoCo's timestep times Meta-World's frame skip)."""
+        return float(self._mw.model.opt.timestep * self._mw.frame_skip)
+
+    @property
     def mujoco_model(self):
         return self._mw.model
 

@@ -83,6 +83,8 @@ CAMERA_SHIFTS = {
     "right": CameraShift(translation=(0.1, 0.0, 0.0), yaw=6.0),
     "high": CameraShift(translation=(0.0, 0.1, 0.0), pitch=-6.0),
     "wide": CameraShift(fovy=12.0),
+    # closer and narrower: the workspace fills more of a small image (the digital twin's cameras)
+    "close": CameraShift(translation=(0.0, -0.05, -0.7), pitch=-3.0, fovy=-12.0),
 }
 
 
