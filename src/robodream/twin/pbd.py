@@ -69,6 +69,7 @@ class ParticleWorld:
         self.R = torch.eye(3).repeat(self.B, 1, 1)  # rotation from rest
         self.com = com
         self.other_body = self.body[:, None] != self.body[None, :]  # (P, P) pairs that can touch
+        self.touching = torch.zeros(self.B, dtype=torch.bool)  # bodies the robot touched during the last step
 
     # ------------------------------------------------------------------ helpers
     def _com(self, p: Tensor) -> Tensor:
@@ -101,6 +102,7 @@ class ParticleWorld:
         ``dv/dt = -damping v`` (integrated implicitly: stable for any value)."""
         h = dt / self.substeps
         k0, k1 = self.k, kinematic.float()
+        self.touching = torch.zeros(self.B, dtype=torch.bool)
         acc = self.g.expand_as(self.x).clone()
         if force is not None:
             acc = acc + (force / self.mass[:, None])[self.body]
@@ -152,6 +154,7 @@ class ParticleWorld:
                 rel = (p[i] - self.x[i]) - (kp[j] - kp_prev[j]) + n * pen[i, j, None]
                 c = n * pen[i, j, None] + (self._friction(rel, n, pen[i, j], self.mu[i]) if friction else 0.0)
                 corr.index_add_(0, i, c)
+                self.touching[self.body[i]] = True
                 count.index_add_(0, i, torch.ones(len(i), 1))
         # particles of different dynamic bodies: mass-weighted
         if self.B > 1:

@@ -6,7 +6,7 @@ et al., CoRL 2024, Sec. 3): bodies made of particles (physics) with Gaussians bo
   its mass is MuJoCo's times ``mass_scale`` and its friction MuJoCo's sliding coefficient times
   ``friction_scale`` — the twin's physics may be told wrong values on purpose.
 - **Kinematic bodies**: the robot's wrist, hand and fingers (the subtree of ``robot_root``),
-  particles on the surface of their collision geoms, posed every step from the observed joint
+  particles filling their collision geoms the same way, posed every step from the observed joint
   state (the bodies' poses by forward kinematics, here read from MuJoCo's ``xpos``/``xmat``, as a
   real robot reports them).
 - **Gaussians**: a one-cell shell of points on each body's visible geoms, isotropic, coloured by
@@ -50,7 +50,7 @@ class TwinConfig:
     # nothing here: the forces stay below static friction (mu m g = 7.4 N for push's 0.75 kg puck); 40 with
     # kd = 20 is what corrected a 2 cm error on push-v3 without oscillating (benchmarks/RESULTS.md)
     kp: float = 40.0
-    kd: float = 20.0  # damping of a body's velocity while visual forces act, N s/m (0: none, as the paper)
+    kd: float = 20.0  # damping of a free body's velocity while visual forces act, N s/m (0: none, as the paper)
     visual_torque: bool = False  # also turn bodies by the visual forces' torque about their centre of mass
     visual_steps: int = 3  # Adam steps on the photometric error per control step
     visual_lr: float = 0.002  # their learning rate, metres
@@ -159,11 +159,8 @@ def _body(model, b: int, cfg: TwinConfig, kinematic: bool) -> TwinBody:
     r = cfg.particle_radius
     parts, gauss, cols = [], [], []
     for g in geoms:
-        if _collides(model, g):
-            if kinematic:
-                parts.append(_geom_points(model, g, surface_points, 2 * r))
-            else:
-                parts.append(_geom_points(model, g, volume_points, 2 * r, inset=r))
+        if _collides(model, g):  # particles reach the surface from inside (thin geoms: their mid-plane)
+            parts.append(_geom_points(model, g, volume_points, 2 * r, inset=r))
         if _visible(model, g):
             pts = _geom_points(model, g, surface_points, cfg.robot_gaussian_spacing if kinematic else cfg.gaussian_spacing)
             gauss.append(pts)
