@@ -54,6 +54,9 @@ class TwinConfig:
     visual_torque: bool = False  # also turn bodies by the visual forces' torque about their centre of mass
     visual_steps: int = 3  # Adam steps on the photometric error per control step
     visual_lr: float = 0.002  # their learning rate, metres
+    # coarser scales added to the photometric error (2x2 pooling each; 0: the image alone). 2: push seed 0 tracked at
+    # 3.1 mm instead of 4.0, a 3 cm wrong start at 6.0 instead of 7.4 (one episode each; RESULTS.md)
+    pyramid: int = 2
     color_fit_steps: int = 40  # Adam steps fitting the Gaussians' colours to the first frames
     device: str = "cpu"
 

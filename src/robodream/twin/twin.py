@@ -159,7 +159,7 @@ class DigitalTwin:
         colors = torch.sigmoid(self.color_logits)
         first = None
         for _ in range(self.cfg.visual_steps):
-            loss = (self.render(torch.cat([dyn + delta, kin]), colors) - target).abs().mean()
+            loss = photometric_error(self.render(torch.cat([dyn + delta, kin]), colors), target, self.cfg.pyramid)
             first = float(loss.detach()) if first is None else first
             opt.zero_grad()
             loss.backward()
@@ -198,6 +198,20 @@ class DigitalTwin:
     def diverged(self) -> bool:
         """NaN, or a body flown more than 1 m from its start or faster than 20 m/s."""
         return self.physics.diverged(self.start_com)
+
+
+def photometric_error(render: Tensor, target: Tensor, levels: int = 0) -> Tensor:
+    """Mean L1 between images (C, H, W, 3), plus the same at ``levels`` coarser scales (2x2 average
+    pooling each): the coarse terms still see an object a few pixels off, where the fine one has no
+    gradient left."""
+    loss = (render - target).abs().mean()
+    a, b = render.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    for _ in range(levels):
+        if min(a.shape[-2:]) < 4:
+            break
+        a, b = torch.nn.functional.avg_pool2d(a, 2), torch.nn.functional.avg_pool2d(b, 2)
+        loss = loss + (a - b).abs().mean()
+    return loss
 
 
 def _cat_t(parts: list[Tensor], dev) -> Tensor:
