@@ -6,8 +6,8 @@ training-path velocity). This mixin computes the same numbers faster, as the pap
 action-only mode does (arXiv 2603.17240, Sec. 3.3) plus latency engineering measured on a CPU
 (``robodream bench policy``; numbers and what was tried in benchmarks/RESULTS.md):
 
-* the clean prefix (state + reference frames, and RAMP's indicator and future latent ``z``
-  when the model is conditioned on them) is encoded once per chunk and its keys/values
+* the clean prefix (state + reference frames, RAMP's indicator and future latent ``z`` when the
+  model is conditioned on them, and the GWM-feature tokens when it reads them) is encoded once per chunk and its keys/values
   cached for every denoising step (:meth:`GigaWorldPolicy.encode_prefix`);
 * in action-only mode only the action tokens run, through the (narrow) action expert;
 * every AdaLN modulation depends only on the task, the step times and the weights, so they

@@ -22,6 +22,12 @@ weight 0 (:func:`~robodream.rl.labels.attach_intervention_weights`). Their frame
 the video prediction (the observed futures are real whoever acted), so zero-weight anchors stay
 in the sampling pool.
 
+GWM features (``--gwm-vae RUN --gwm-tokens K``; GWM, arXiv 2508.17600): every frame of every dataset
+becomes pixel-aligned Gaussians from its recorded depth of the set VAE's cameras, and the frozen
+VAE's posterior means enter the policy's prefix as K pooled tokens
+(:mod:`robodream.gwm.features`); the VAE is copied into ``RUN/gwm_vae`` and its input spec into
+config.json's ``gwm``. Under torchrun every process computes them for its copy of the episodes.
+
 Warm start (``--init-from RUN``): the model starts from the final weights of a finished run of
 the same model config and tokenizer (the RAMP loop's rounds continue the previous round's
 policy); only the weights: the optimizer, step counter and learning-rate warm-up start afresh
