@@ -21,7 +21,7 @@ import numpy as np
 
 from robodream.config import to_dict
 from robodream.errors import ConfigError
-from robodream.twin.scene import TwinConfig, body_pose, build_scene
+from robodream.twin.scene import TwinConfig, body_pose, build_scene, subtree
 from robodream.twin.twin import DigitalTwin
 
 
@@ -67,17 +67,15 @@ def track_episode(env, cfg: TrackConfig, seed: int, record: bool = False) -> dic
     ``pos_error_mm`` / ``rot_error_deg`` (mean over dynamic bodies), ``contact`` flags, the summary
     numbers, ``diverged`` (the step it was detected, or None) and, when ``record``, ``frames``
     (T, H, 3 W, 3) uint8."""
+    import mujoco
     import torch
-
-    from robodream.twin.scene import subtree
 
     obs = env.reset(seed)
     model, data = env.mujoco_model, env.mujoco_data
     scene = build_scene(env, cfg.twin)
     kin_ids = [b.body_id for b in scene.kinematic]
     dyn_ids = [b.body_id for b in scene.dynamic]
-    robot_root = min(kin_ids)
-    robot_bodies = set(subtree(model, robot_root))
+    robot_bodies = set(subtree(model, mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, cfg.twin.robot_root)))
     twin = DigitalTwin(scene, cfg.twin, [body_pose(data, b) for b in dyn_ids], [body_pose(data, b) for b in kin_ids])
     fit_error = twin.fit_colors(obs.images)  # the appearance, captured at the true initial pose
     twin.displace(cfg.init_offset)  # then the state estimate is (optionally) wrong
