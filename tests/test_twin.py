@@ -62,6 +62,49 @@ def test_shape_matching_keeps_a_body_rigid_and_a_free_fall_follows_gravity():
     assert bad.diverged(start)
 
 
+def test_a_robot_contact_takes_the_larger_friction():
+    """A gripper pad (kinematic, mu 2) pressing down on a block on a frictionless table (the block's
+    mu 0) while sliding 1 cm: with MuJoCo's rule (the larger coefficient of the two sides) the grip
+    holds the block under the pad; with the block's own mu alone it is squeezed out (the lost grasp
+    of push-v3 with friction x0.3, benchmarks/RESULTS.md)."""
+    pad = cube([0, 0, 4 * R - 0.6e-3])  # resting on the block, pressing 0.6 mm into it
+    moved = {}
+    for name, k_mu in (("max", torch.full((8,), 2.0)), ("block only", None)):
+        w = ParticleWorld(cube([0, 0, R]), torch.zeros(8).long(), torch.tensor([0.1]), torch.tensor([0.0]), pad,
+                          radius=R, table_z=0.0, kinematic_friction=k_mu)
+        k = pad.clone()
+        for _ in range(10):
+            k = k + torch.tensor([0.001, 0, 0])  # the pad slides 1 cm in x, pressing down all the time
+            w.step(0.0125, k)
+        moved[name] = float(w.com[0, 0])
+    assert 0.0 < moved["max"] < 0.011 and abs(moved["block only"]) > 0.05, moved
+    with pytest.raises(ValueError, match="kinematic_friction"):
+        ParticleWorld(cube([0, 0, R]), torch.zeros(8).long(), torch.tensor([0.1]), torch.tensor([0.0]), pad,
+                      radius=R, table_z=0.0, kinematic_friction=torch.ones(3))
+
+
+def test_a_non_convex_mesh_is_filled_through_its_convex_hull():
+    """An L-shaped mesh (its concave faces' planes cut its inside) still gets particles everywhere in its hull."""
+    from scipy.spatial import ConvexHull
+
+    from robodream.twin.geometry import MESH, signed_distance, volume_points
+
+    # an L of two 4 cm x 2 cm x 2 cm bars, as a closed triangle mesh
+    v = np.array([[0, 0, 0], [4, 0, 0], [4, 2, 0], [2, 2, 0], [2, 4, 0], [0, 4, 0]], float) / 100
+    verts = np.concatenate([v, v + [0, 0, 0.02]])
+    tri = [(0, 1, 2), (0, 2, 3), (0, 3, 5), (3, 4, 5)]
+    faces = [t[::-1] for t in tri] + [tuple(i + 6 for i in t) for t in tri]
+    for i in range(6):
+        j = (i + 1) % 6
+        faces += [(i, j, j + 6), (i, j + 6, i + 6)]
+    faces = np.array(faces)
+    pts = volume_points(MESH, np.zeros(3), 0.005, verts, faces, inset=0.0025)
+    hull = ConvexHull(verts).volume
+    assert len(pts) > 0.5 * hull / 0.005 ** 3  # the grid fills the hull (the planes of the faces alone keep only the corner square)
+    assert (signed_distance(pts, MESH, np.zeros(3), verts) <= 1e-9).all()
+    assert signed_distance(np.array([[0.03, 0.01, 0.01]]), MESH, np.zeros(3), verts)[0] < -0.009  # 1 cm deep in a bar
+
+
 def synthetic_scene() -> tuple[TwinScene, list]:
     """One 2 cm box of red Gaussians on a table plane, seen from above by two 32x32 cameras."""
     from robodream.envs.cameras import intrinsics

@@ -4,8 +4,7 @@ Primitive geoms (sphere, capsule, ellipsoid, cylinder, box) use their signed dis
 geom frame: a regular grid of spacing ``s`` over the bounding box keeps the points with
 ``sdf <= 0`` (volume, the particles of a dynamic body) or ``-s < sdf <= 0`` (a one-cell shell,
 the surface Gaussians). Mesh geoms are filled and sampled through their convex hull (the shape
-MuJoCo collides with) as half-spaces of the mesh's faces; exact for convex meshes, the hull for
-the others. Every function returns points in the geom's local frame, metres.
+MuJoCo collides with) as the half-spaces of its facets. Every function returns points in the geom's local frame, metres.
 """
 
 from __future__ import annotations
@@ -33,24 +32,20 @@ def _half_extent(gtype: int, size: np.ndarray, verts: np.ndarray | None) -> np.n
     return (verts.max(0) - verts.min(0)) / 2
 
 
-def _mesh_halfspaces(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Outward unit normals (F, 3) and offsets (F,) of the mesh's face planes, oriented away from its centroid."""
-    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-    n = np.cross(b - a, c - a)
-    norm = np.linalg.norm(n, axis=1)
-    keep = norm > 1e-12
-    n, a = n[keep] / norm[keep, None], a[keep]
-    d = (n * a).sum(1)
-    centre = verts.mean(0)
-    flip = (n @ centre) > d  # the centroid must lie inside: n . c <= d
-    n[flip], d[flip] = -n[flip], -d[flip]
-    return n, d
+def _mesh_halfspaces(verts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Outward unit normals (F, 3) and offsets (F,) of the facets of the vertices' convex hull
+    (``n . x <= d`` inside; scipy's Qhull). The mesh's own faces would not do for a non-convex mesh:
+    the planes of its concave faces cut through its inside (Sawyer's hand kept a single point)."""
+    from scipy.spatial import ConvexHull
+
+    eq = ConvexHull(verts).equations  # (F, 4): n . x + c <= 0 inside
+    return eq[:, :3], -eq[:, 3]
 
 
 def signed_distance(points: np.ndarray, gtype: int, size: np.ndarray, verts: np.ndarray | None = None,
                     faces: np.ndarray | None = None) -> np.ndarray:
     """Signed distance (P,) of local points (P, 3) to a geom (negative inside; exact for box, sphere,
-    capsule and the cylinder's inside, a bound for ellipsoids and the mesh's convex hull).
+    capsule and the cylinder's inside, a bound for ellipsoids and the convex hull of a mesh's ``verts``; ``faces`` is not needed).
 
     Raises:
         ConfigError: an unsupported geom type (plane, height field).
@@ -71,9 +66,9 @@ def signed_distance(points: np.ndarray, gtype: int, size: np.ndarray, verts: np.
     if gtype == BOX:
         return (np.abs(p) - np.array([r, a, b])).max(1)
     if gtype == MESH:
-        if verts is None or faces is None:
-            raise ConfigError("a mesh geom needs its vertices and faces")
-        n, d = _mesh_halfspaces(verts, faces)
+        if verts is None:
+            raise ConfigError("a mesh geom needs its vertices")
+        n, d = _mesh_halfspaces(verts)
         return (p @ n.T - d).max(1)
     raise ConfigError(f"geom type {gtype} (plane or height field) cannot be filled with particles or Gaussians")
 

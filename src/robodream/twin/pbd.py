@@ -47,11 +47,14 @@ class ParticleWorld:
         mass: (B,) body masses (kg); friction: (B,) sliding friction coefficients (table and robot contacts).
         kinematic: (K, 3) kinematic particles' positions.
         radius: particle radius (m); table_z: the table plane's height (m).
+        kinematic_friction: (K,) their friction coefficients; a robot contact takes the larger of
+            the two particles' (MuJoCo's rule; None: the dynamic particle's alone).
         substeps, iterations: see the module docstring. gravity: m/s^2 along z.
     """
 
     def __init__(self, x: Tensor, body: Tensor, mass: Tensor, friction: Tensor, kinematic: Tensor, *, radius: float,
-                 table_z: float, substeps: int = 4, iterations: int = 4, gravity: float = -9.81) -> None:
+                 table_z: float, substeps: int = 4, iterations: int = 4, gravity: float = -9.81,
+                 kinematic_friction: Tensor | None = None) -> None:
         self.x = x.clone().float()
         self.v = torch.zeros_like(self.x)
         self.body = body.long()
@@ -62,6 +65,9 @@ class ParticleWorld:
         self.mu = friction.float()[self.body]  # (P,)
         self.k = kinematic.clone().float()
         self.radius, self.table_z = float(radius), float(table_z)
+        self.k_mu = torch.zeros(len(self.k)) if kinematic_friction is None else kinematic_friction.float()
+        if self.k_mu.shape != (len(self.k),):
+            raise ValueError(f"kinematic_friction needs shape ({len(self.k)},), got {tuple(self.k_mu.shape)}")
         self.substeps, self.iterations = int(substeps), int(iterations)
         self.g = torch.tensor([0.0, 0.0, gravity])
         com = self._com(self.x)
@@ -152,7 +158,8 @@ class ParticleWorld:
             if len(i):
                 n = (p[i] - kp[j]) / d[i, j, None].clamp_min(1e-9)
                 rel = (p[i] - self.x[i]) - (kp[j] - kp_prev[j]) + n * pen[i, j, None]
-                c = n * pen[i, j, None] + (self._friction(rel, n, pen[i, j], self.mu[i]) if friction else 0.0)
+                mu = torch.maximum(self.mu[i], self.k_mu[j])
+                c = n * pen[i, j, None] + (self._friction(rel, n, pen[i, j], mu) if friction else 0.0)
                 corr.index_add_(0, i, c)
                 self.touching[self.body[i]] = True
                 count.index_add_(0, i, torch.ones(len(i), 1))

@@ -4,7 +4,8 @@ et al., CoRL 2024, Sec. 3): bodies made of particles (physics) with Gaussians bo
 - **Dynamic bodies**: every body with a free joint (Meta-World's objects). Particles of radius
   ``particle_radius`` fill its collision geoms on a grid (:func:`~robodream.twin.geometry.volume_points`);
   its mass is MuJoCo's times ``mass_scale`` and its friction MuJoCo's sliding coefficient times
-  ``friction_scale`` — the twin's physics may be told wrong values on purpose.
+  ``friction_scale`` (the robot's geoms' too: a contact takes the larger coefficient of its two
+  sides, as MuJoCo does) — the twin's physics may be told wrong values on purpose.
 - **Kinematic bodies**: the robot's wrist, hand and fingers (the subtree of ``robot_root``),
   particles filling their collision geoms the same way, posed every step from the observed joint
   state (the bodies' poses by forward kinematics, here read from MuJoCo's ``xpos``/``xmat``, as a
@@ -82,7 +83,9 @@ class TwinBody:
     """One body: particles and Gaussians in its frame (metres), and its physical parameters.
 
     particles (P, 3); gaussians (G, 3); colors (G, 3) in [0, 1]; mass kg (dynamic bodies);
-    friction (sliding coefficient); kinematic: posed from the robot's state, not simulated.
+    friction (sliding coefficient, the largest of its geoms'); kinematic: posed from the robot's
+    state, not simulated. Kinematic bodies also carry per-particle ``frictions`` (P,) (their geom's
+    coefficient; a contact takes the larger of its two sides', MuJoCo's rule); None for dynamic bodies.
     """
 
     name: str
@@ -93,6 +96,7 @@ class TwinBody:
     colors: np.ndarray
     mass: float
     friction: float
+    frictions: np.ndarray | None = None
 
 
 @dataclass
@@ -160,10 +164,11 @@ def _body(model, b: int, cfg: TwinConfig, kinematic: bool) -> TwinBody:
 
     geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] == b]
     r = cfg.particle_radius
-    parts, gauss, cols = [], [], []
+    parts, frics, gauss, cols = [], [], [], []
     for g in geoms:
         if _collides(model, g):  # particles reach the surface from inside (thin geoms: their mid-plane)
             parts.append(_geom_points(model, g, volume_points, 2 * r, inset=r))
+            frics.append(np.full(len(parts[-1]), float(model.geom_friction[g][0]) * cfg.friction_scale))
         if _visible(model, g):
             pts = _geom_points(model, g, surface_points, cfg.robot_gaussian_spacing if kinematic else cfg.gaussian_spacing)
             gauss.append(pts)
@@ -171,9 +176,10 @@ def _body(model, b: int, cfg: TwinConfig, kinematic: bool) -> TwinBody:
     name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, b) or f"body{b}"
     friction = max((float(model.geom_friction[g][0]) for g in geoms if _collides(model, g)), default=1.0)
     cat = lambda xs, k: np.concatenate(xs) if xs else np.zeros((0, k))  # noqa: E731
+    flat = lambda xs: np.concatenate(xs).astype(np.float32) if xs else np.zeros(0, np.float32)  # noqa: E731
     return TwinBody(name, b, kinematic, cat(parts, 3), cat(gauss, 3), cat(cols, 3).astype(np.float32),
-                    float(model.body_mass[b]) * (1.0 if kinematic else cfg.mass_scale),
-                    friction * (1.0 if kinematic else cfg.friction_scale))
+                    float(model.body_mass[b]) * (1.0 if kinematic else cfg.mass_scale), friction * cfg.friction_scale,
+                    flat(frics) if kinematic else None)
 
 
 def dynamic_body_ids(model) -> list[int]:

@@ -58,7 +58,7 @@ class DigitalTwin:
         self.physics = ParticleWorld(x, body, _t([b.mass for b in scene.dynamic], dev),
                                      _t([b.friction for b in scene.dynamic], dev), self._kinematic(kinematic_poses),
                                      radius=cfg.particle_radius, table_z=scene.table_z, substeps=cfg.substeps,
-                                     iterations=cfg.iterations)
+                                     iterations=cfg.iterations, kinematic_friction=self._kinematic_friction())
         self.start_com = self.physics.com.clone()
         # the body frame's origin relative to the particles' centre of mass, at rest
         self.origin_offset = [p - self.physics.com[i] for i, (p, _) in enumerate(self.body_rest)]
@@ -81,6 +81,13 @@ class DigitalTwin:
         self.last_loss: float | None = None
 
     # ------------------------------------------------------------------ poses
+    def _kinematic_friction(self) -> Tensor | None:
+        """The kinematic particles' friction coefficients (K,), None when a body lacks them."""
+        parts = [b.frictions for b in self.scene.kinematic]
+        if any(a is None for a in parts):
+            return None
+        return _t(np.concatenate(parts), self.dev) if parts else torch.zeros(0, device=self.dev)
+
     def _kinematic(self, poses: list) -> Tensor:
         """World positions of the kinematic particles (K, 3) for link poses ``[(pos, rot)]``."""
         parts = [loc @ _t(R, self.dev).T + _t(p, self.dev) for loc, (p, R) in zip(self.k_local, poses)]
