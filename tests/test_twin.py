@@ -84,23 +84,18 @@ def test_a_robot_contact_takes_the_larger_friction():
 
 
 def test_a_non_convex_mesh_is_filled_through_its_convex_hull():
-    """An L-shaped mesh (its concave faces' planes cut its inside) still gets particles everywhere in its hull."""
+    """An L-shaped mesh still gets particles everywhere in its convex hull (the planes of its own
+    faces, which the twin used before, keep only the corner square where the two bars meet)."""
     from scipy.spatial import ConvexHull
 
     from robodream.twin.geometry import MESH, signed_distance, volume_points
 
-    # an L of two 4 cm x 2 cm x 2 cm bars, as a closed triangle mesh
+    # the vertices of an L of two 4 cm x 2 cm x 2 cm bars
     v = np.array([[0, 0, 0], [4, 0, 0], [4, 2, 0], [2, 2, 0], [2, 4, 0], [0, 4, 0]], float) / 100
     verts = np.concatenate([v, v + [0, 0, 0.02]])
-    tri = [(0, 1, 2), (0, 2, 3), (0, 3, 5), (3, 4, 5)]
-    faces = [t[::-1] for t in tri] + [tuple(i + 6 for i in t) for t in tri]
-    for i in range(6):
-        j = (i + 1) % 6
-        faces += [(i, j, j + 6), (i, j + 6, i + 6)]
-    faces = np.array(faces)
-    pts = volume_points(MESH, np.zeros(3), 0.005, verts, faces, inset=0.0025)
+    pts = volume_points(MESH, np.zeros(3), 0.005, verts, inset=0.0025)
     hull = ConvexHull(verts).volume
-    assert len(pts) > 0.5 * hull / 0.005 ** 3  # the grid fills the hull (the planes of the faces alone keep only the corner square)
+    assert len(pts) > 0.5 * hull / 0.005 ** 3  # the grid fills the hull, not just the corner square
     assert (signed_distance(pts, MESH, np.zeros(3), verts) <= 1e-9).all()
     assert signed_distance(np.array([[0.03, 0.01, 0.01]]), MESH, np.zeros(3), verts)[0] < -0.009  # 1 cm deep in a bar
 

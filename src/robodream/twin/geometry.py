@@ -3,8 +3,9 @@
 Primitive geoms (sphere, capsule, ellipsoid, cylinder, box) use their signed distance in the
 geom frame: a regular grid of spacing ``s`` over the bounding box keeps the points with
 ``sdf <= 0`` (volume, the particles of a dynamic body) or ``-s < sdf <= 0`` (a one-cell shell,
-the surface Gaussians). Mesh geoms are filled and sampled through their convex hull (the shape
-MuJoCo collides with) as the half-spaces of its facets. Every function returns points in the geom's local frame, metres.
+the surface Gaussians). Mesh geoms are filled and sampled through the convex hull of their
+vertices (the shape MuJoCo collides with) as the half-spaces of its facets. Every function
+returns points in the geom's local frame, metres.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def _mesh_halfspaces(verts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return eq[:, :3], -eq[:, 3]
 
 
-def signed_distance(points: np.ndarray, gtype: int, size: np.ndarray, verts: np.ndarray | None = None,
-                    faces: np.ndarray | None = None) -> np.ndarray:
+def signed_distance(points: np.ndarray, gtype: int, size: np.ndarray, verts: np.ndarray | None = None) -> np.ndarray:
     """Signed distance (P,) of local points (P, 3) to a geom (negative inside; exact for box, sphere,
-    capsule and the cylinder's inside, a bound for ellipsoids and the convex hull of a mesh's ``verts``; ``faces`` is not needed).
+    capsule and the cylinder's inside, a bound for ellipsoids and for the convex hull of a mesh's
+    vertices ``verts`` (V, 3)).
 
     Raises:
         ConfigError: an unsupported geom type (plane, height field).
@@ -81,7 +82,7 @@ def _grid(ext: np.ndarray, spacing: float) -> np.ndarray:
 
 
 def volume_points(gtype: int, size: np.ndarray, spacing: float, verts: np.ndarray | None = None,
-                  faces: np.ndarray | None = None, inset: float = 0.0) -> np.ndarray:
+                  inset: float = 0.0) -> np.ndarray:
     """Points (P, 3) at most ``spacing`` apart inside a geom, their grid inset by ``inset`` from its
     bounding box and kept when at least ``inset - spacing / 4`` inside the surface: particles of
     radius ``inset`` then reach the surface from inside (a body rests on them at its true height and
@@ -100,15 +101,14 @@ def volume_points(gtype: int, size: np.ndarray, spacing: float, verts: np.ndarra
     pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     if verts is not None:
         pts = pts + (verts.max(0) + verts.min(0)) / 2
-    sdf = signed_distance(pts, gtype, size, verts, faces)
+    sdf = signed_distance(pts, gtype, size, verts)
     for keep in (sdf <= -inset + 0.25 * spacing, sdf <= 1e-9):
         if keep.any():
             return pts[keep]
     return np.zeros((1, 3)) if verts is None else verts.mean(0, keepdims=True)
 
 
-def surface_points(gtype: int, size: np.ndarray, spacing: float, verts: np.ndarray | None = None,
-                   faces: np.ndarray | None = None) -> np.ndarray:
+def surface_points(gtype: int, size: np.ndarray, spacing: float, verts: np.ndarray | None = None) -> np.ndarray:
     """Points (P, 3) about ``spacing`` apart in a one-cell shell just inside a geom's surface
     (for a geom thinner than two cells: all its inside points).
 
@@ -120,6 +120,6 @@ def surface_points(gtype: int, size: np.ndarray, spacing: float, verts: np.ndarr
     pts = _grid(_half_extent(gtype, np.asarray(size), verts) + spacing / 2, spacing)
     if verts is not None:
         pts = pts + (verts.max(0) + verts.min(0)) / 2
-    sdf = signed_distance(pts, gtype, size, verts, faces)
+    sdf = signed_distance(pts, gtype, size, verts)
     shell = pts[(sdf <= 1e-9) & (sdf > -spacing)]
-    return shell if len(shell) else volume_points(gtype, size, spacing, verts, faces)
+    return shell if len(shell) else volume_points(gtype, size, spacing, verts)

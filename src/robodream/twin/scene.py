@@ -84,8 +84,8 @@ class TwinBody:
 
     particles (P, 3); gaussians (G, 3); colors (G, 3) in [0, 1]; mass kg (dynamic bodies);
     friction (sliding coefficient, the largest of its geoms'); kinematic: posed from the robot's
-    state, not simulated. Kinematic bodies also carry per-particle ``frictions`` (P,) (their geom's
-    coefficient; a contact takes the larger of its two sides', MuJoCo's rule); None for dynamic bodies.
+    state, not simulated. ``frictions`` (P,): each particle's geom's coefficient (a robot contact
+    takes the larger of its two sides', MuJoCo's rule; None: the body's ``friction`` everywhere).
     """
 
     name: str
@@ -122,14 +122,12 @@ def _geom_points(model, g: int, fn, spacing: float, **kw) -> np.ndarray:
     gtype = int(model.geom_type[g])
     if gtype not in SUPPORTED:
         return np.zeros((0, 3))
-    verts = faces = None
+    verts = None
     if gtype == MESH:
         m = int(model.geom_dataid[g])
         va, vn = model.mesh_vertadr[m], model.mesh_vertnum[m]
-        fa, fn_ = model.mesh_faceadr[m], model.mesh_facenum[m]
         verts = np.asarray(model.mesh_vert[va:va + vn], dtype=np.float64)
-        faces = np.asarray(model.mesh_face[fa:fa + fn_], dtype=np.int64)
-    local = fn(gtype, np.asarray(model.geom_size[g], dtype=np.float64), spacing, verts, faces, **kw)
+    local = fn(gtype, np.asarray(model.geom_size[g], dtype=np.float64), spacing, verts, **kw)
     R = np.zeros(9)
     mujoco.mju_quat2Mat(R, model.geom_quat[g])
     return local @ R.reshape(3, 3).T + model.geom_pos[g]
@@ -179,7 +177,7 @@ def _body(model, b: int, cfg: TwinConfig, kinematic: bool) -> TwinBody:
     flat = lambda xs: np.concatenate(xs).astype(np.float32) if xs else np.zeros(0, np.float32)  # noqa: E731
     return TwinBody(name, b, kinematic, cat(parts, 3), cat(gauss, 3), cat(cols, 3).astype(np.float32),
                     float(model.body_mass[b]) * (1.0 if kinematic else cfg.mass_scale), friction * cfg.friction_scale,
-                    flat(frics) if kinematic else None)
+                    flat(frics))
 
 
 def dynamic_body_ids(model) -> list[int]:
