@@ -13,7 +13,6 @@ Usage:
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from robodream.pipeline import run_complete
@@ -35,6 +34,8 @@ def main() -> None:
     a = ap.parse_args()
     run = Path(a.run)
     if not run_complete(run):
+        if not a.train:
+            ap.error(f"{run} is no finished world-model run: give --train datasets to train it")
         train_world_model(WorldModelRunConfig(data=tuple(a.train), tokenizer=a.tokenizer, model=default_loop_world_model(),
                                               train=default_world_model_train()), run, resume=run.exists())
     rows = {}
@@ -44,7 +45,7 @@ def main() -> None:
         print(f"{n:>3} steps: Kendall tau {r['value_kendall_tau']:.3f}, MAE {r['value_mae']:.1f}, "
               f"{r['value_n_frames']} frames, {r['wall_s']:.1f} s", flush=True)
     atomic_write_json(Path(a.out), {"run": str(run), "test": a.test, "episodes": a.episodes, "by_steps": rows})
-    print(json.dumps(rows, indent=1))
+    print(f"written to {a.out}")
 
 
 if __name__ == "__main__":
