@@ -127,6 +127,24 @@ def test_relabel_file(work):
     assert again.keys() == t.keys() and all(torch.equal(again[k], t[k]) for k in t)
 
 
+def test_relabel_without_z_keeps_the_values(work, tmp_path):
+    """``--no-z`` (RECAP's and AWR's labels) writes the same values, advantages and indicator as the
+    full file from the same seed, and no z; an indicator-only policy trains on it, a future-conditioned
+    one refuses it in one line."""
+    run("relabel", "--data", work / "ds", "--world-model", work / "wm", "--out", tmp_path / "noz.safetensors",
+        "--value-steps", 2, "--batch", 64, "--no-z")
+    meta, t = read_labels(tmp_path / "noz.safetensors")
+    _, full = read_labels(work / "labels.safetensors")
+    assert meta["z_steps"] == 0 and "dataset0.z" not in t and set(full) - set(t) == {"dataset0.z"}
+    assert all(torch.equal(t[k], full[k]) for k in t)
+    base = ["train", "policy", "--data", work / "ds", "--tokenizer", work / "tok", "--steps", 1, *TINY_POLICY,
+            "--labels", tmp_path / "noz.safetensors"]
+    one_line_error(run(*base, "--out", tmp_path / "p", *RAMP, code=2), "no future latents z", "--no-z")
+    assert not (tmp_path / "p").exists()
+    run(*base, "--out", tmp_path / "recap", "--advantage-conditioning")
+    assert (tmp_path / "recap" / "model.safetensors").is_file()
+
+
 def test_relabel_errors(work, tmp_path):
     wm = VideoWorldModel(WorldModelConfig(dim=24, n_heads=2, depth=1, latent_size=4, n_future_frames=2,
                                           window=(0, 3, 3), text_encoder=""))

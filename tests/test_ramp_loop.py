@@ -73,6 +73,7 @@ def _fake_stages(monkeypatch, calls: dict) -> None:
 
     def relabel(data, wm, out, **kw):
         calls.setdefault("relabel", []).append(list(data))
+        calls.setdefault("relabel_z", []).append(kw["with_z"])
         Path(out).write_text("")
 
     def rollouts(pol, task, n, out, **kw):
@@ -141,6 +142,27 @@ def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
     assert not any(p[m].intervention_only for m in ("ramp", "recap", "awr"))
     cold = RampLoopConfig(warm_start=False)
     assert [cold.round_steps(k, 4000, 0) for k in (0, 1)] == [4000, 4000] and cold.round_steps(1, 4000, 7) == 7
+
+
+def test_round0_is_shared_and_only_ramp_relabels_z(monkeypatch, tmp_path):
+    """RECAP copies ramp's round-0 world model and labels (same settings) instead of training and
+    relabelling again, then relabels its own rounds without z; a loop of another seed copies nothing."""
+    calls: dict = {}
+    _fake_stages(monkeypatch, calls)
+    cfg = RampLoopConfig(data=("demos",), tokenizer="tok", tasks=("reach-v3",), rounds=1, rollouts=2, eval_episodes=2)
+    run_ramp_loop(cfg, tmp_path / "ramp", log=lambda *_: None)
+    assert len(calls["wm"]) == 2 and calls["relabel_z"] == [True, True]
+    calls.clear()
+    logs = []
+    run_ramp_loop(replace(cfg, method="recap"), tmp_path / "recap", log=logs.append, round0_from=tmp_path / "ramp")
+    assert len(calls["wm"]) == 1 and calls["relabel_z"] == [False]  # round 1 only
+    assert (tmp_path / "recap" / "round_0" / "world_model" / "model.safetensors").is_file()
+    assert any("copied, not recomputed" in ln for ln in logs)
+    assert not list((tmp_path / "recap" / "round_0").glob(".*tmp"))
+    calls.clear()
+    run_ramp_loop(replace(cfg, method="awr", seed=1), tmp_path / "awr", log=lambda *_: None, round0_from=tmp_path / "ramp")
+    assert len(calls["wm"]) == 2 and calls["relabel_z"] == [False, False]
+    assert not loop.reuse_round0(replace(cfg, method="hgdagger"), tmp_path / "h", tmp_path / "ramp")
 
 
 def test_loop_refuses_another_config(monkeypatch, tmp_path):

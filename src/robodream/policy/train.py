@@ -210,7 +210,8 @@ def train_policy(cfg: PolicyRunConfig, out: str | os.PathLike, *, resume: bool =
         labels, labels_info = None, {}
         if cfg.labels:  # matched before any encoding: a stale file fails fast
             labels, labels_info = match_labels(cfg.labels, datasets)
-            check_label_latents(labels, len(cameras), tokenizer.cfg.latent_shape)
+            check_label_latents(labels, len(cameras), tokenizer.cfg.latent_shape,
+                                need_z=cfg.model.future_conditioning)
             cfg.world_model = labels_info.get("world_model", "")
         if cfg.model.keypoint_targets:
             check_segmentation(datasets, cameras, cfg)
@@ -318,13 +319,21 @@ def aux_state_dim(datasets: list[LeRobotDataset], weight: float) -> int:
     return dims.pop()
 
 
-def check_label_latents(labels: list, n_cameras: int, latent_shape: tuple[int, int, int]) -> None:
-    """The labels' future latents ``z`` (T, N, C, h, w) must have the policy's cameras and tokenizer latents.
+def check_label_latents(labels: list, n_cameras: int, latent_shape: tuple[int, int, int], *,
+                        need_z: bool = True) -> None:
+    """The labels' future latents ``z`` (T, N, C, h, w) must have the policy's cameras and tokenizer
+    latents; with ``need_z`` (a future-conditioned policy) every file must hold them.
 
     Raises:
-        DatasetError: another shape (labels made by a world model on another tokenizer or cameras).
+        DatasetError: another shape (labels made by a world model on another tokenizer or
+            cameras), or ``need_z`` and labels relabelled without ``z``.
     """
     for lab in labels:
+        if lab.z is None:
+            if need_z:
+                raise DatasetError(f"{lab.file} holds no future latents z (relabelled without them), which a "
+                                   "future-conditioned policy needs; run robodream relabel without --no-z")
+            continue
         if tuple(lab.z.shape[1:]) != (n_cameras, *latent_shape):
             raise DatasetError(f"the future latents in {lab.file} have shape {tuple(lab.z.shape[1:])} per frame, but the "
                                f"policy's tokenizer gives {(n_cameras, *latent_shape)}; relabel with a world model on "

@@ -5,7 +5,10 @@
 measures the value world model (:func:`value_ablation`), and returns the benchmark JSON
 (``benchmarks/rl.json``). Its method keys are the issue's: ``ramp`` (standard mode, with
 ``z``), ``ramp_efficient`` (the same policies in efficient mode, no ``z``), ``recap``, ``awr``
-and ``hg_dagger`` (the CLI's ``hgdagger``; :data:`JSON_NAMES`).
+and ``hg_dagger`` (the CLI's ``hgdagger``; :data:`JSON_NAMES`). Round 0's value world model and
+labels do not depend on the method: the first world-model method trains them and the others
+copy them (:func:`~robodream.rl.loop.reuse_round0`); RECAP's and AWR's relabels skip ``z``,
+which only RAMP's policy reads.
 
 Value model (GigaBrain-0.5M*'s Kendall tau, state+value 0.80 vs value-only 0.73). With R the
 last round of the ramp loop (R >= 1), round R-1's state+value world model (trained on the
@@ -139,7 +142,8 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
     summaries: dict[str, dict[str, Any]] = {}
     for m in methods:
         log(f"bench rl: method {m} -> {work / m}")
-        summaries[m] = run_ramp_loop(replace(cfg, method=m), work / m, log=log)
+        done = [work / d for d in summaries if d != "hgdagger"]  # round 0 is the same for the world-model methods
+        summaries[m] = run_ramp_loop(replace(cfg, method=m), work / m, log=log, round0_from=done[0] if done else None)
     kendall = value_ablation(replace(cfg, method="ramp"), work / "ramp", log=log) if "ramp" in summaries else None
 
     curves: dict[str, tuple[list[float], dict[str, Any]]] = {}  # JSON method -> (mean per round, final per task)

@@ -20,6 +20,8 @@ def relabel_cmd(
     positive_fraction: Annotated[float, typer.Option(help="fraction of all frames labelled I = 1 (sets eps)")] = 0.3,
     value_steps: Annotated[Optional[int], typer.Option(
         help="Euler steps of each value prediction (default: the world model's sampling steps)")] = None,
+    z: Annotated[bool, typer.Option(help="also predict every frame's future latent z (RAMP's; --no-z: the "
+                                         "indicator and advantages only, for RECAP and AWR, half the calls)")] = True,
     batch: Annotated[int, typer.Option(help="clips per world-model call")] = 64,
     seed: Annotated[int, typer.Option(help="seeds the values' and future latents' noise")] = 0,
     device: Annotated[str, typer.Option()] = "cpu",
@@ -29,7 +31,7 @@ def relabel_cmd(
     from robodream.rl.labels import relabel
 
     r = relabel([str(d) for d in data], world_model, out, n=n, gamma=gamma, positive_fraction=positive_fraction,
-                value_steps=value_steps, batch=batch, seed=seed, device=device, overwrite=overwrite)
+                value_steps=value_steps, with_z=z, batch=batch, seed=seed, device=device, overwrite=overwrite)
     print_table(f"relabel (n={r['n']}, gamma={r['gamma']}, eps={r['eps']:.4g})",
                 ["dataset", "frames", "episodes", "positive", "mean advantage", "mean value"],
                 [[d["root"], d["num_frames"], d["num_episodes"], d["positive_fraction"], d["advantage_mean"],

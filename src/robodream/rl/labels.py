@@ -47,11 +47,11 @@ frames in time order)::
     {k}.indicator  (T_k,) uint8             1 where A > eps
     {k}.advantage  (T_k,) float32           A_t, return units
     {k}.value      (T_k,) float32           V(s_t), return units
-    {k}.z          (T_k, N, C, h, w) float16 the future latent
+    {k}.z          (T_k, N, C, h, w) float16 the future latent (absent when relabelled without z)
 
 and the JSON metadata under the key ``robodream``: format, datasets (root, num_frames,
 episode_lengths, achieved positive fraction), world model (run path, sha256 of its weights),
-n, gamma, eps, positive_fraction, achieved_positive_fraction, value_steps, seed.
+n, gamma, eps, positive_fraction, achieved_positive_fraction, value_steps, z_steps (0: no ``z``), seed.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ Z_SEED_OFFSET = 1_000_000_007
 def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.PathLike, out_file: str | os.PathLike, *,
             n: int | None = None, gamma: float | None = None,
             positive_fraction: float = DEFAULT_POSITIVE_FRACTION, value_steps: int | None = None,
-            batch: int = 64, seed: int = 0, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
+            with_z: bool = True, batch: int = 64, seed: int = 0, device: str = "cpu",
+            overwrite: bool = False) -> dict[str, Any]:
     """Label every frame of the datasets with RAMP's advantage indicator and future latent; write ``out_file``.
 
     Args:
@@ -93,6 +94,10 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
         positive_fraction: fraction of all frames labelled positive, in (0, 1).
         value_steps: Euler steps of each value prediction (default: the world model's
             ``n_sampling_steps``; fewer are faster and coarser). ``z`` always takes one.
+        with_z: also predict every frame's future latent ``z`` (one world-model call a frame, as
+            many as the values at ``value_steps=1``); without it the file holds no ``{k}.z``: the
+            labels of a policy conditioned on the indicator only (RECAP) or weighted by the
+            advantages (AWR).
         batch: clips per world-model call.
         seed: seeds the values' and the future latents' noise (same seed, batch, data and
             world model: the same file).
@@ -146,7 +151,7 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
     with progress_bar() as progress:
         for ds in datasets:
             table, rewards, task_index, text = _encode(ds, model, tokenizer, device)
-            bar = progress.add_task(f"label {Path(ds.root).name}", total=2 * len(table))
+            bar = progress.add_task(f"label {Path(ds.root).name}", total=(1 + with_z) * len(table))
             values, z = [], []
             for b0 in range(0, len(table), batch):
                 idx = torch.arange(b0, min(b0 + batch, len(table)))
@@ -154,12 +159,13 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
                 ti, tx = task_index[table.task_index[idx]], None if text is None else text[table.task_index[idx]]
                 values.append(model.predict_value(ctx, acts, ti, tx, n_steps=value_steps, generator=gen_value).cpu())
                 progress.update(bar, advance=len(idx))
-                z.append(model.predict_future_latent(table.latents[idx].to(device), ti, tx, generator=gen_z).cpu())
-                progress.update(bar, advance=len(idx))
+                if with_z:
+                    z.append(model.predict_future_latent(table.latents[idx].to(device), ti, tx, generator=gen_z).cpu())
+                    progress.update(bar, advance=len(idx))
             v = torch.cat(values).double().numpy()
             adv = np.concatenate([n_step_advantages(rewards[s0:s1], v[s0:s1], n, gamma)
                                   for s0, s1 in _episode_ranges(ds.episode_lengths)])
-            parts.append({"value": v, "advantage": adv, "z": torch.cat(z).half()})
+            parts.append({"value": v, "advantage": adv, "z": torch.cat(z).half() if with_z else None})
     all_adv = np.concatenate([p["advantage"] for p in parts])
     eps = indicator_threshold(all_adv, positive_fraction)
     tensors, entries = {}, []
@@ -168,7 +174,9 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
         key = f"dataset{d}"
         tensors.update({f"{key}.indicator": torch.from_numpy(ind.astype(np.uint8)),
                         f"{key}.advantage": torch.from_numpy(p["advantage"].astype(np.float32)),
-                        f"{key}.value": torch.from_numpy(p["value"].astype(np.float32)), f"{key}.z": p["z"]})
+                        f"{key}.value": torch.from_numpy(p["value"].astype(np.float32))})
+        if with_z:
+            tensors[f"{key}.z"] = p["z"]
         entries.append({"key": key, "root": roots[d], "num_frames": ds.num_frames, "num_episodes": ds.num_episodes,
                         "episode_lengths": list(ds.episode_lengths), "positive_fraction": float(ind.mean()),
                         "advantage_mean": float(p["advantage"].mean()), "value_mean": float(p["value"].mean())})
@@ -179,7 +187,7 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
                             "chunk_steps": cfg.chunk_steps, "action_drop_prob": cfg.action_drop_prob},
             "n": n, "gamma": gamma, "eps": eps, "positive_fraction": positive_fraction,
             "achieved_positive_fraction": float((all_adv > eps).mean()), "n_frames": len(all_adv),
-            "value_steps": value_steps or cfg.n_sampling_steps, "z_steps": 1, "seed": seed}
+            "value_steps": value_steps or cfg.n_sampling_steps, "z_steps": int(with_z), "seed": seed}
     atomic_write_bytes(out, save({k: v.contiguous() for k, v in tensors.items()}, metadata={"robodream": json.dumps(meta)}))
     return meta
 
@@ -280,7 +288,7 @@ class DatasetLabels:
     """The labels of one dataset, in its frame order (see the module docstring)."""
 
     indicator: torch.Tensor  # (T,) uint8, 1 where A > eps
-    z: torch.Tensor  # (T, N, C, h, w) float16 future latents
+    z: torch.Tensor | None  # (T, N, C, h, w) float16 future latents; None: relabelled without z
     episode_lengths: list[int]
     file: str  # the labels file they come from
     advantage: torch.Tensor | None = None  # (T,) float32 n-step TD advantages (AWR's weights)
@@ -312,7 +320,7 @@ def match_labels(files: list[str | os.PathLike] | tuple[str, ...], datasets: lis
             if entry["root"] in found:
                 raise ConfigError(f"dataset {entry['root']} is labelled by both {found[entry['root']].file} and {file}")
             k = entry["key"]
-            found[entry["root"]] = DatasetLabels(tensors[f"{k}.indicator"], tensors[f"{k}.z"],
+            found[entry["root"]] = DatasetLabels(tensors[f"{k}.indicator"], tensors.get(f"{k}.z"),
                                                  list(entry["episode_lengths"]), str(file),
                                                  advantage=tensors.get(f"{k}.advantage"))
     if len(world_models) > 1:
@@ -355,7 +363,8 @@ def attach_labels(episodes: list[dict], labels: list[DatasetLabels], *, conditio
         s0, T = int(starts[d][i]), len(e["action"])
         if conditioning:
             e["indicator"] = labels[d].indicator[s0:s0 + T]
-            e["z"] = labels[d].z[s0:s0 + T]
+            if labels[d].z is not None:
+                e["z"] = labels[d].z[s0:s0 + T]
         if awr is not None:
             e["sample_weight"] = awr_weights(labels[d].advantage[s0:s0 + T], *awr)
 

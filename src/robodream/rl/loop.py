@@ -26,7 +26,7 @@ continued by running the same command again; training runs resume from their las
 
     loop.json                       the loop's config (another config in RUN is refused)
     round_0/world_model/            value world model on the demos          (not hgdagger)
-    round_0/labels.safetensors      advantages / I / z of the demos         (not hgdagger)
+    round_0/labels.safetensors      advantages / I (/ z: ramp only) of the demos (not hgdagger)
     round_0/policy/                 the pre-trained policy
     round_0/eval/<task>/            evaluate_policy: results.json, MP4s
     round_0/eval_efficient/<task>/  ramp only: the same policy evaluated mode="efficient"
@@ -92,6 +92,9 @@ METHODS = ("ramp", "recap", "awr", "hgdagger")
 WARM_START_DIVISOR = 4
 #: The file of the loop's config in RUN.
 LOOP_FILE = "loop.json"
+#: The settings round 0's world model and labels depend on: not the method, so ramp, recap and
+#: awr loops that agree on these share them (:func:`reuse_round0`).
+ROUND0_KEYS = ("data", "tokenizer", "world_model", "world_model_train", "positive_fraction", "value_steps", "seed")
 
 
 def default_loop_world_model() -> WorldModelConfig:
@@ -224,8 +227,47 @@ def labels_meta(file: Path) -> dict[str, Any]:
     return read_labels(file)[0]
 
 
-def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite: bool = False) -> dict[str, Any]:
+def reuse_round0(cfg: RampLoopConfig, out: Path, src: Path, *, log=print) -> bool:
+    """Copy round 0's world model and labels of the finished loop in ``src`` into the loop in ``out``.
+
+    Round 0 trains the value world model on the demonstrations and relabels them before any
+    method-specific step, so loops whose configs agree on :data:`ROUND0_KEYS` would compute the
+    same files (``bench rl`` runs ramp, recap and awr on one config: this saves two world models
+    and two relabels). Copied only when ``out`` has neither yet and ``src`` has both (the world
+    model complete); the copy is atomic (a temporary directory, then a rename). The copied
+    labels keep their metadata (the world-model run they name is ``src``'s) and, from a ramp
+    loop, their ``z``, which a RECAP or AWR policy does not read.
+
+    Returns:
+        True when the files were copied.
+    """
+    if not cfg.uses_world_model or not (src / LOOP_FILE).is_file() or src.resolve() == out.resolve():
+        return False
+    theirs, ours = read_json(src / LOOP_FILE), to_dict(cfg)
+    if any(theirs.get(k) != ours.get(k) for k in ROUND0_KEYS):
+        return False
+    s0, o0 = src / "round_0", out / "round_0"
+    if not run_complete(s0 / "world_model") or not (s0 / "labels.safetensors").is_file():
+        return False
+    if (o0 / "world_model").exists() or (o0 / "labels.safetensors").exists():
+        return False
+    o0.mkdir(parents=True, exist_ok=True)
+    tmp = o0 / ".world_model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(s0 / "world_model", tmp)
+    tmp.rename(o0 / "world_model")
+    shutil.copyfile(s0 / "labels.safetensors", o0 / ".labels.tmp")
+    (o0 / ".labels.tmp").rename(o0 / "labels.safetensors")
+    log(f"round 0: the world model and labels of {src} have this loop's settings; copied, not recomputed")
+    return True
+
+
+def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite: bool = False,
+                  round0_from: str | Path | None = None) -> dict[str, Any]:
     """Run (or continue) the loop of ``cfg.method`` in ``out``; returns the content of RUN/metrics.json.
+
+    ``round0_from``: a finished loop directory whose round-0 world model and labels are copied
+    instead of recomputed when they fit (:func:`reuse_round0`).
 
     Returns:
         ``{"method", "tasks", "rounds": [round metrics...], "mean_success": [per round],
@@ -251,6 +293,8 @@ def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite:
     if not cfg.tasks:
         cfg = replace(cfg, tasks=infer_tasks(cfg.data))
     check_loop_dir(out, cfg, overwrite)
+    if round0_from is not None:
+        reuse_round0(cfg, out, Path(round0_from), log=log)
     rounds = []
     for k in range(cfg.rounds + 1):
         rounds.append(run_round(cfg, out, k, log=log))
@@ -327,7 +371,7 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
             log(f"round {k}: relabelling {len(data)} datasets -> {labels}")
             ran.add("relabel")
             relabel(data, wm, labels, positive_fraction=cfg.positive_fraction, value_steps=cfg.value_steps or None,
-                    seed=cfg.seed)
+                    with_z=cfg.method == "ramp", seed=cfg.seed)
         timed("relabel", t0)
         meta = labels_meta(labels)
         metrics["labels"] = {"eps": meta.get("eps"), "positive_fraction": meta.get("positive_fraction"),
