@@ -154,13 +154,14 @@ def test_round0_is_shared_and_only_ramp_relabels_z(monkeypatch, tmp_path):
     assert len(calls["wm"]) == 2 and calls["relabel_z"] == [True, True]
     calls.clear()
     logs = []
-    run_ramp_loop(replace(cfg, method="recap"), tmp_path / "recap", log=logs.append, round0_from=tmp_path / "ramp")
+    run_ramp_loop(replace(cfg, method="recap"), tmp_path / "recap", log=logs.append,
+                  round0_from=(tmp_path / "awr", tmp_path / "ramp"))  # awr: no loop there yet
     assert len(calls["wm"]) == 1 and calls["relabel_z"] == [False]  # round 1 only
     assert (tmp_path / "recap" / "round_0" / "world_model" / "model.safetensors").is_file()
     assert any("copied, not recomputed" in ln for ln in logs)
     assert not list((tmp_path / "recap" / "round_0").glob(".*tmp"))
     calls.clear()
-    run_ramp_loop(replace(cfg, method="awr", seed=1), tmp_path / "awr", log=lambda *_: None, round0_from=tmp_path / "ramp")
+    run_ramp_loop(replace(cfg, method="awr", seed=1), tmp_path / "awr", log=lambda *_: None, round0_from=(tmp_path / "ramp",))
     assert len(calls["wm"]) == 2 and calls["relabel_z"] == [False, False]
     assert not loop.reuse_round0(replace(cfg, method="hgdagger"), tmp_path / "h", tmp_path / "ramp")
 

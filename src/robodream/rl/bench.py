@@ -6,9 +6,12 @@ measures the value world model (:func:`value_ablation`), and returns the benchma
 (``benchmarks/rl.json``). Its method keys are the issue's: ``ramp`` (standard mode, with
 ``z``), ``ramp_efficient`` (the same policies in efficient mode, no ``z``), ``recap``, ``awr``
 and ``hg_dagger`` (the CLI's ``hgdagger``; :data:`JSON_NAMES`). Round 0's value world model and
-labels do not depend on the method: the first world-model method trains them and the others
-copy them (:func:`~robodream.rl.loop.reuse_round0`); RECAP's and AWR's relabels skip ``z``,
-which only RAMP's policy reads.
+labels do not depend on the method: a world-model method whose round 0 has not started copies
+them from a sibling loop in ``WORK`` that has finished them (:func:`~robodream.rl.loop.reuse_round0`;
+so two ``bench rl --methods ...`` processes can share ``WORK``, e.g. ``ramp,recap`` and
+``hgdagger,awr``, each with ``OMP_NUM_THREADS=1``: on 2 cores two one-thread policy trainings
+made 1.25x the steps of one two-thread training); RECAP's and AWR's relabels skip ``z``, which
+only RAMP's policy reads.
 
 Value model (GigaBrain-0.5M*'s Kendall tau, state+value 0.80 vs value-only 0.73). With R the
 last round of the ramp loop (R >= 1), round R-1's state+value world model (trained on the
@@ -142,8 +145,8 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
     summaries: dict[str, dict[str, Any]] = {}
     for m in methods:
         log(f"bench rl: method {m} -> {work / m}")
-        done = [work / d for d in summaries if d != "hgdagger"]  # round 0 is the same for the world-model methods
-        summaries[m] = run_ramp_loop(replace(cfg, method=m), work / m, log=log, round0_from=done[0] if done else None)
+        siblings = tuple(work / d for d in METHODS if d not in (m, "hgdagger"))  # round 0 is theirs too, if finished
+        summaries[m] = run_ramp_loop(replace(cfg, method=m), work / m, log=log, round0_from=siblings)
     kendall = value_ablation(replace(cfg, method="ramp"), work / "ramp", log=log) if "ramp" in summaries else None
 
     curves: dict[str, tuple[list[float], dict[str, Any]]] = {}  # JSON method -> (mean per round, final per task)

@@ -263,11 +263,11 @@ def reuse_round0(cfg: RampLoopConfig, out: Path, src: Path, *, log=print) -> boo
 
 
 def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite: bool = False,
-                  round0_from: str | Path | None = None) -> dict[str, Any]:
+                  round0_from: tuple[str | Path, ...] = ()) -> dict[str, Any]:
     """Run (or continue) the loop of ``cfg.method`` in ``out``; returns the content of RUN/metrics.json.
 
-    ``round0_from``: a finished loop directory whose round-0 world model and labels are copied
-    instead of recomputed when they fit (:func:`reuse_round0`).
+    ``round0_from``: other loop directories; the first whose round-0 world model and labels are
+    finished and fit is copied instead of computing them (:func:`reuse_round0`).
 
     Returns:
         ``{"method", "tasks", "rounds": [round metrics...], "mean_success": [per round],
@@ -293,8 +293,9 @@ def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite:
     if not cfg.tasks:
         cfg = replace(cfg, tasks=infer_tasks(cfg.data))
     check_loop_dir(out, cfg, overwrite)
-    if round0_from is not None:
-        reuse_round0(cfg, out, Path(round0_from), log=log)
+    for src in round0_from:
+        if reuse_round0(cfg, out, Path(src), log=log):
+            break
     rounds = []
     for k in range(cfg.rounds + 1):
         rounds.append(run_round(cfg, out, k, log=log))
