@@ -145,6 +145,40 @@ def test_relabel_without_z_keeps_the_values(work, tmp_path):
     assert (tmp_path / "recap" / "model.safetensors").is_file()
 
 
+def test_relabel_resumes_after_a_kill(work, tmp_path, monkeypatch):
+    """Killed after its first dataset, relabel keeps that dataset's predictions; the rerun predicts only
+    the second and writes the file an uninterrupted run writes, then drops the partial directory."""
+    import shutil
+
+    import robodream.rl.labels as labels_mod
+
+    shutil.copytree(work / "ds", tmp_path / "ds2")
+    args = dict(value_steps=2, seed=5)
+    full = labels_mod.relabel([work / "ds", tmp_path / "ds2"], work / "wm", tmp_path / "full.safetensors", **args)
+    predict, calls = labels_mod._predict_dataset, []
+
+    def killed_at_second(ds, *a):
+        calls.append(Path(ds.root).name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return predict(ds, *a)
+
+    monkeypatch.setattr(labels_mod, "_predict_dataset", killed_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        labels_mod.relabel([work / "ds", tmp_path / "ds2"], work / "wm", tmp_path / "r.safetensors", **args)
+    assert not (tmp_path / "r.safetensors").exists()
+    assert [p.name for p in labels_mod.partial_dir(tmp_path / "r.safetensors").iterdir()] == ["dataset0.safetensors"]
+    monkeypatch.setattr(labels_mod, "_predict_dataset", lambda ds, *a: (calls.append(Path(ds.root).name), predict(ds, *a))[1])
+    again = labels_mod.relabel([work / "ds", tmp_path / "ds2"], work / "wm", tmp_path / "r.safetensors", **args)
+    assert calls == ["ds", "ds2", "ds2"] and again["eps"] == full["eps"]
+    assert not labels_mod.partial_dir(tmp_path / "r.safetensors").exists()
+    _, a = read_labels(tmp_path / "r.safetensors")
+    _, b = read_labels(tmp_path / "full.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, other = read_labels(work / "labels.safetensors")  # another seed: other noise, other values
+    assert not torch.equal(a["dataset0.value"], other["dataset0.value"]) or not torch.equal(a["dataset0.z"], other["dataset0.z"])
+
+
 def test_relabel_errors(work, tmp_path):
     wm = VideoWorldModel(WorldModelConfig(dim=24, n_heads=2, depth=1, latent_size=4, n_future_frames=2,
                                           window=(0, 3, 3), text_encoder=""))

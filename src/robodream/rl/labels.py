@@ -59,6 +59,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ LABELS_VERSION = 1
 DEFAULT_POSITIVE_FRACTION = 0.3
 #: Added to an episode's seed to seed its z noise (kept apart from the action noise's stream).
 Z_SEED_OFFSET = 1_000_000_007
+#: relabel seeds dataset d's noise with seed + d * this (streams per dataset: resumable).
+DATASET_SEED_STRIDE = 1009
 
 
 def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.PathLike, out_file: str | os.PathLike, *,
@@ -99,9 +102,13 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
             labels of a policy conditioned on the indicator only (RECAP) or weighted by the
             advantages (AWR).
         batch: clips per world-model call.
-        seed: seeds the values' and the future latents' noise (same seed, batch, data and
-            world model: the same file).
+        seed: seeds the values' and the future latents' noise, one stream per dataset (same
+            seed, batch, data and world model: the same file).
         overwrite: replace an existing ``out_file``.
+
+    A killed relabel continues where it stopped: each finished dataset's predictions wait in
+    :func:`partial_dir` until ``out`` is written, and a rerun with the same world model and
+    settings takes them instead of predicting again (the same file as an uninterrupted run).
 
     Returns:
         The metadata written (see the module docstring), plus per-dataset summaries.
@@ -146,26 +153,27 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
     cfg = model.cfg
     n = n or cfg.chunk_steps
     gamma = gamma or cfg.gamma
-    gen_value, gen_z = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + Z_SEED_OFFSET)
+    wm_run = Path(world_model_run).resolve()
+    wm_sha = weights_sha256(wm_run)
+    partial = partial_dir(out)
     parts = []
     with progress_bar() as progress:
-        for ds in datasets:
-            table, rewards, task_index, text = _encode(ds, model, tokenizer, device)
-            bar = progress.add_task(f"label {Path(ds.root).name}", total=(1 + with_z) * len(table))
-            values, z = [], []
-            for b0 in range(0, len(table), batch):
-                idx = torch.arange(b0, min(b0 + batch, len(table)))
-                ctx, acts = value_clips(model, table, idx, device)
-                ti, tx = task_index[table.task_index[idx]], None if text is None else text[table.task_index[idx]]
-                values.append(model.predict_value(ctx, acts, ti, tx, n_steps=value_steps, generator=gen_value).cpu())
-                progress.update(bar, advance=len(idx))
-                if with_z:
-                    z.append(model.predict_future_latent(table.latents[idx].to(device), ti, tx, generator=gen_z).cpu())
-                    progress.update(bar, advance=len(idx))
-            v = torch.cat(values).double().numpy()
+        for d, (ds, root) in enumerate(zip(datasets, roots)):
+            # each dataset's own noise streams: a resumed relabel draws what an uninterrupted one does
+            gen_value = torch.Generator().manual_seed(seed + d * DATASET_SEED_STRIDE)
+            gen_z = torch.Generator().manual_seed(seed + d * DATASET_SEED_STRIDE + Z_SEED_OFFSET)
+            key = {"root": root, "episode_lengths": list(ds.episode_lengths), "world_model_sha256": wm_sha,
+                   "value_steps": value_steps or cfg.n_sampling_steps, "with_z": with_z, "seed": seed,
+                   "index": d, "batch": batch, "device": str(device)}
+            done = _read_partial(partial / f"dataset{d}.safetensors", key)
+            if done is None:
+                done = _predict_dataset(ds, model, tokenizer, device, batch, value_steps, with_z, gen_value, gen_z,
+                                        progress)
+                _write_partial(partial / f"dataset{d}.safetensors", key, done)
+            rewards, v = done["reward"].double().numpy(), done["value"].double().numpy()
             adv = np.concatenate([n_step_advantages(rewards[s0:s1], v[s0:s1], n, gamma)
                                   for s0, s1 in _episode_ranges(ds.episode_lengths)])
-            parts.append({"value": v, "advantage": adv, "z": torch.cat(z).half() if with_z else None})
+            parts.append({"value": v, "advantage": adv, "z": done.get("z")})
     all_adv = np.concatenate([p["advantage"] for p in parts])
     eps = indicator_threshold(all_adv, positive_fraction)
     tensors, entries = {}, []
@@ -180,16 +188,69 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
         entries.append({"key": key, "root": roots[d], "num_frames": ds.num_frames, "num_episodes": ds.num_episodes,
                         "episode_lengths": list(ds.episode_lengths), "positive_fraction": float(ind.mean()),
                         "advantage_mean": float(p["advantage"].mean()), "value_mean": float(p["value"].mean())})
-    wm_run = Path(world_model_run).resolve()
     meta = {"format": LABELS_FORMAT, "version": LABELS_VERSION, "created": now(), "code": code_version(),
             "datasets": entries,
-            "world_model": {"run": str(wm_run), "sha256": weights_sha256(wm_run), "value_frame": cfg.value_frame,
+            "world_model": {"run": str(wm_run), "sha256": wm_sha, "value_frame": cfg.value_frame,
                             "chunk_steps": cfg.chunk_steps, "action_drop_prob": cfg.action_drop_prob},
             "n": n, "gamma": gamma, "eps": eps, "positive_fraction": positive_fraction,
             "achieved_positive_fraction": float((all_adv > eps).mean()), "n_frames": len(all_adv),
             "value_steps": value_steps or cfg.n_sampling_steps, "z_steps": int(with_z), "seed": seed}
     atomic_write_bytes(out, save({k: v.contiguous() for k, v in tensors.items()}, metadata={"robodream": json.dumps(meta)}))
+    shutil.rmtree(partial, ignore_errors=True)
     return meta
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where :func:`relabel` keeps each finished dataset's predictions until ``out`` is written:
+    a hidden directory beside it, ``.<name>.partial``."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.partial")
+
+
+def _predict_dataset(ds, model, tokenizer, device, batch: int, value_steps: int | None, with_z: bool,
+                     gen_value: torch.Generator, gen_z: torch.Generator, progress) -> dict[str, torch.Tensor]:
+    """One dataset's rewards (T,) float64, values (T,) float32 and, ``with_z``, future latents (T, N, C, h, w) float16."""
+    table, rewards, task_index, text = _encode(ds, model, tokenizer, device)
+    bar = progress.add_task(f"label {Path(ds.root).name}", total=(1 + with_z) * len(table))
+    values, z = [], []
+    for b0 in range(0, len(table), batch):
+        idx = torch.arange(b0, min(b0 + batch, len(table)))
+        ctx, acts = value_clips(model, table, idx, device)
+        ti, tx = task_index[table.task_index[idx]], None if text is None else text[table.task_index[idx]]
+        values.append(model.predict_value(ctx, acts, ti, tx, n_steps=value_steps, generator=gen_value).cpu())
+        progress.update(bar, advance=len(idx))
+        if with_z:
+            z.append(model.predict_future_latent(table.latents[idx].to(device), ti, tx, generator=gen_z).cpu())
+            progress.update(bar, advance=len(idx))
+    out = {"reward": torch.from_numpy(rewards), "value": torch.cat(values).float()}
+    if with_z:
+        out["z"] = torch.cat(z).half()
+    return out
+
+
+def _write_partial(path: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    from robodream.utils.io import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()},
+                                  metadata={"robodream": json.dumps(key)}))
+
+
+def _read_partial(path: Path, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """A finished dataset's predictions from a killed relabel, if made with exactly ``key``'s settings."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            if json.loads((f.metadata() or {}).get("robodream", "null")) != key:
+                return None
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def check_value_model(model, run: str | os.PathLike = "the world model") -> None:
