@@ -130,3 +130,21 @@ def test_finger_centre_in_the_state(tmp_path):
                           proprio=("hand", "gripper", "tcp")), tmp_path / "ds")
     ds = LeRobotDataset(tmp_path / "ds")
     assert ds.state_dim == 7 and ds.features["observation.state"]["names"][4:] == ["tcp_x", "tcp_y", "tcp_z"]
+
+
+def test_first_frame_shows_the_fixture_where_it_is():
+    """drawer-open-v3 places its cabinet through model.body_pos at reset: the bodies' world poses (and so
+    the first frame) must already be there, not where the cabinet stood before (12 cm off, seed 0)."""
+    import mujoco
+
+    env = MetaWorldEnv(EnvConfig(task="drawer-open-v3", cameras=("corner",), image_size=32))
+    try:
+        for seed in (0, 1):
+            first = env.reset(seed).images
+            m, d = env.mujoco_model, env.mujoco_data
+            xpos = d.xpos.copy()
+            mujoco.mj_forward(m, d)
+            np.testing.assert_array_equal(d.xpos, xpos)
+            np.testing.assert_array_equal(env.render_views(depth=False, segmentation=False)[0], first)
+    finally:
+        env.close()

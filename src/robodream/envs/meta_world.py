@@ -224,8 +224,15 @@ class MetaWorldEnv:
             if self._shifter.apply(self.appearance, self.camera_shift):
                 self._upload_textures()
             self._applied = (self.appearance, self.camera_shift)
+        import mujoco
+
         self._mw.seed(int(seed))
         raw, _ = self._gym.reset(seed=int(seed))
+        # 11 of the 50 tasks (drawers, windows, assembly, peg-insert-side, ...) place their fixture by
+        # writing model.body_pos at reset, which reaches the bodies' world poses only at the next
+        # forward pass: without this one the first frame showed the fixture where it stood before
+        # (up to 20 cm off). It computes poses only; the state and the dynamics are unchanged.
+        mujoco.mj_forward(self.mujoco_model, self.mujoco_data)
         # Meta-World moves goal sites in model.site_pos at reset but refreshes their world
         # positions only in step(); without this the first frame shows last episode's goal.
         for site in self._mw._target_site_config:
