@@ -18,14 +18,60 @@ so bodies stay exactly rigid); finally ``v = (p - x) / h``, ``x = p``.
 Kinematic particles are moved along a straight line from their previous to their new positions
 over the substeps; they have infinite mass (the robot is position-controlled).
 
+Articulated bodies (a drawer on its slide, a door on its hinge: :class:`Joint`): after shape
+matching, a jointed body's pose is projected onto its joint — a slide keeps the rest rotation
+and the centre of mass on the line through its start along the axis; a hinge keeps only the
+rotation's twist about the axis (swing-twist) and turns the centre of mass about the anchor —
+with the joint coordinate clamped to its range, as a position-level joint constraint does. The
+joint's damping (MuJoCo's ``dof_damping``) slows the body's velocity; the table plane does not
+act on them (their joint holds them, and the cabinet or frame they move in is not modelled).
+
 Tensor conventions: P dynamic particles, K kinematic particles, B dynamic bodies; metres, seconds,
 kilograms, newtons.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+#: Joint kinds of :class:`Joint` (0: a free body).
+FREE, SLIDE, HINGE = 0, 1, 2
+
+
+@dataclass
+class Joint:
+    """One body's joint (module docstring): ``kind`` SLIDE or HINGE, unit ``axis`` (3,) and
+    ``anchor`` (3,) in world coordinates at the start, the range ``(lo, hi)`` of the joint
+    coordinate relative to the start (metres or radians), ``damping`` N s/m or N m s/rad."""
+
+    kind: int
+    axis: tuple[float, float, float]
+    anchor: tuple[float, float, float]
+    range: tuple[float, float] = (-float("inf"), float("inf"))
+    damping: float = 0.0
+
+
+def rotation_about(axis: Tensor, angle: Tensor) -> Tensor:
+    """Rodrigues: rotations (B, 3, 3) by ``angle`` (B,) radians about unit ``axis`` (B, 3)."""
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).view(-1, 3, 3)
+    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
+    return torch.eye(3, dtype=axis.dtype, device=axis.device) + s * K + (1 - c) * (K @ K)
+
+
+def twist_angle(R: Tensor, axis: Tensor) -> Tensor:
+    """The angle (B,) radians of the twist of rotations ``R`` (B, 3, 3) about unit ``axis`` (B, 3):
+    the turn of a vector perpendicular to the axis, measured in the plane perpendicular to it."""
+    e = torch.where((axis[:, :1].abs() < 0.9), torch.tensor([1.0, 0.0, 0.0], device=R.device),
+                    torch.tensor([0.0, 1.0, 0.0], device=R.device))
+    u = torch.nn.functional.normalize(torch.cross(axis, e, dim=-1), dim=-1)
+    w = torch.einsum("bij,bj->bi", R, u)
+    w = w - (w * axis).sum(-1, keepdim=True) * axis
+    return torch.atan2((axis * torch.cross(u, w, dim=-1)).sum(-1), (u * w).sum(-1))
 
 
 def polar_rotation(A: Tensor) -> Tensor:
@@ -49,12 +95,16 @@ class ParticleWorld:
         radius: particle radius (m); table_z: the table plane's height (m).
         kinematic_friction: (K,) their friction coefficients; a robot contact takes the larger of
             the two particles' (MuJoCo's rule; None: the dynamic particle's alone).
+        joints: per body a :class:`Joint` or None (free); None: every body free.
         substeps, iterations: see the module docstring. gravity: m/s^2 along z.
+
+    Raises:
+        ValueError: ``kinematic_friction`` or ``joints`` of the wrong length, or an unknown joint kind.
     """
 
     def __init__(self, x: Tensor, body: Tensor, mass: Tensor, friction: Tensor, kinematic: Tensor, *, radius: float,
                  table_z: float, substeps: int = 4, iterations: int = 4, gravity: float = -9.81,
-                 kinematic_friction: Tensor | None = None) -> None:
+                 kinematic_friction: Tensor | None = None, joints: list[Joint | None] | None = None) -> None:
         self.x = x.clone().float()
         self.v = torch.zeros_like(self.x)
         self.body = body.long()
@@ -76,6 +126,40 @@ class ParticleWorld:
         self.com = com
         self.other_body = self.body[:, None] != self.body[None, :]  # (P, P) pairs that can touch
         self.touching = torch.zeros(self.B, dtype=torch.bool)  # bodies the robot touched during the last step
+        self._init_joints(joints)
+
+    def _init_joints(self, joints: list[Joint | None] | None) -> None:
+        joints = list(joints) if joints is not None else [None] * self.B
+        if len(joints) != self.B:
+            raise ValueError(f"joints needs one entry per body ({self.B}), got {len(joints)}")
+        if any(j is not None and j.kind not in (SLIDE, HINGE) for j in joints):
+            raise ValueError("a joint's kind must be SLIDE or HINGE")
+        self.joint_kind = torch.tensor([FREE if j is None else j.kind for j in joints], dtype=torch.long)
+        self.joint_axis = torch.nn.functional.normalize(
+            torch.tensor([(0.0, 0.0, 1.0) if j is None else j.axis for j in joints], dtype=torch.float32).view(-1, 3), dim=-1)
+        self.joint_anchor = torch.tensor([(0.0, 0.0, 0.0) if j is None else j.anchor for j in joints],
+                                         dtype=torch.float32).view(-1, 3)
+        self.joint_range = torch.tensor([(-float("inf"), float("inf")) if j is None else j.range for j in joints],
+                                        dtype=torch.float32).view(-1, 2)
+        self.com0 = self.com.clone()  # the joints' zero
+        self.jointed = self.joint_kind != FREE  # (B,)
+        self.free_particle = ~self.jointed[self.body]  # (P,) particles the table plane acts on
+        # joint damping as a velocity decay rate (1/s): slide c / m, hinge c / I about the axis
+        a = self.joint_axis[self.body]
+        d = self.rest + (self.com0 - self.joint_anchor)[self.body]  # each particle from its hinge's anchor
+        r = d - (d * a).sum(-1, keepdim=True) * a  # ... perpendicular to the axis
+        inertia = torch.zeros(self.B).index_add_(0, self.body, self.m * (r * r).sum(-1))
+        damping = torch.tensor([0.0 if j is None else j.damping for j in joints], dtype=torch.float32)
+        self.joint_rate = torch.where(self.joint_kind == SLIDE, damping / self.mass,
+                                      torch.where(self.joint_kind == HINGE, damping / inertia.clamp_min(1e-9),
+                                                  torch.zeros_like(damping)))
+
+    def joint_position(self) -> Tensor:
+        """Each body's joint coordinate relative to the start (B,): metres along a slide, radians
+        about a hinge, 0 for a free body."""
+        slide = ((self.com - self.com0) * self.joint_axis).sum(-1)
+        hinge = twist_angle(self.R, self.joint_axis)
+        return torch.where(self.joint_kind == SLIDE, slide, torch.where(self.joint_kind == HINGE, hinge, 0.0))
 
     # ------------------------------------------------------------------ helpers
     def _com(self, p: Tensor) -> Tensor:
@@ -86,8 +170,70 @@ class ParticleWorld:
         d = p - c[self.body]
         A = torch.zeros(self.B, 3, 3).index_add_(0, self.body, self.m[:, None, None] * d[:, :, None] * self.rest[:, None, :])
         R = polar_rotation(A)
+        if self.jointed.any():
+            c, R = self._project_joints(c, R)
         self.com, self.R = c, R
         return c[self.body] + torch.einsum("pij,pj->pi", R[self.body], self.rest)
+
+    def _joint_contact_response(self, p: Tensor, i: Tensor, c: Tensor) -> Tensor:
+        """Robot contacts on jointed bodies: corrections ``c`` (N, 3) wanted at particles ``i`` (N,)
+        become each body's step in its one joint coordinate (a slide: ``a . c``; a hinge: the turn
+        ``a . (r x c) / |r_perp|^2`` about the anchor), averaged over the body's contacts, and move
+        the whole body rigidly. Shape matching would spread a few particles' corrections over all
+        of a drawer's thousands (a pusher sinking into it); an infinitely heavy robot must move it."""
+        b = self.body[i]
+        a = self.joint_axis[b]
+        r = p[i] - self.joint_anchor[b]
+        r_perp = r - (r * a).sum(-1, keepdim=True) * a
+        dq = torch.where(self.joint_kind[b] == SLIDE, (a * c).sum(-1),
+                         (a * torch.cross(r, c, dim=-1)).sum(-1) / (r_perp * r_perp).sum(-1).clamp_min(1e-6))
+        n = torch.zeros(self.B).index_add_(0, b, torch.ones_like(dq))
+        step = torch.zeros(self.B).index_add_(0, b, dq) / n.clamp_min(1.0)  # (B,) 0 for bodies without contacts
+        return self._move_joints(p, step)
+
+    def _move_joints(self, p: Tensor, step: Tensor) -> Tensor:
+        """Particles ``p`` (P, 3) with each jointed body moved rigidly by ``step`` (B,) in its joint
+        coordinate (metres along a slide, radians about a hinge); free bodies unchanged."""
+        pb = self.body
+        slide = (self.joint_kind[pb] == SLIDE)[:, None]
+        moved_slide = p + step[pb, None] * self.joint_axis[pb]
+        rot = rotation_about(self.joint_axis, step)[pb]  # (P, 3, 3)
+        moved_hinge = self.joint_anchor[pb] + torch.einsum("pij,pj->pi", rot, p - self.joint_anchor[pb])
+        hit = (self.jointed & (step != 0))[pb][:, None]
+        return torch.where(hit, torch.where(slide, moved_slide, moved_hinge), p)
+
+    def displace(self, offset: Tensor) -> None:
+        """A wrong state estimate: every free body moved by ``offset`` (3,) metres; every jointed body
+        moved by ``|offset|`` along its joint (a hinge: the turn that moves its centre of mass that
+        far), towards the end of its range with more room (clamped to it)."""
+        dist = float(offset.norm())
+        free = (~self.jointed)[self.body][:, None]
+        self.x = torch.where(free, self.x + offset, self.x)
+        self.com = torch.where((~self.jointed)[:, None], self.com + offset, self.com)
+        if self.jointed.any() and dist > 0:
+            a = self.joint_axis
+            lever = self.com - self.joint_anchor
+            lever = (lever - (lever * a).sum(-1, keepdim=True) * a).norm(dim=-1).clamp_min(1e-6)
+            size = torch.where(self.joint_kind == SLIDE, torch.full_like(lever, dist), dist / lever)
+            q = self.joint_position()
+            lo, hi = self.joint_range[:, 0] - q, self.joint_range[:, 1] - q  # room left each way
+            step = torch.where(hi >= -lo, torch.minimum(size, hi), -torch.minimum(size, -lo))
+            self.x = self._shape_match(self._move_joints(self.x, torch.where(self.jointed, step, 0.0)))
+
+    def _project_joints(self, c: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
+        """The jointed bodies' poses (centres (B, 3), rotations (B, 3, 3)) moved onto their joints
+        (module docstring); free bodies unchanged."""
+        a, lo, hi = self.joint_axis, self.joint_range[:, 0], self.joint_range[:, 1]
+        s = torch.minimum(torch.maximum(((c - self.com0) * a).sum(-1), lo), hi)
+        c_slide = self.com0 + s[:, None] * a
+        theta = torch.minimum(torch.maximum(twist_angle(R, a), lo), hi)
+        R_hinge = rotation_about(a, theta)
+        c_hinge = self.joint_anchor + torch.einsum("bij,bj->bi", R_hinge, self.com0 - self.joint_anchor)
+        eye = torch.eye(3).expand_as(R)
+        slide, hinge = (self.joint_kind == SLIDE), (self.joint_kind == HINGE)
+        c = torch.where(slide[:, None], c_slide, torch.where(hinge[:, None], c_hinge, c))
+        R = torch.where(slide[:, None, None], eye, torch.where(hinge[:, None, None], R_hinge, R))
+        return c, R
 
     @staticmethod
     def _friction(dx: Tensor, n: Tensor, depth: Tensor, mu: Tensor) -> Tensor:
@@ -125,8 +271,9 @@ class ParticleWorld:
             # substeps on the positions themselves, so it never turns into velocity (resting stacks stay put)
             self.x = self._shape_match(self._project(self.x, kp_prev, kp_prev, friction=False))
             self.v = self.v + h * acc
-            if damping is not None:
-                self.v = self.v / (1.0 + h * damping[self.body, None])
+            rate = self.joint_rate if damping is None else self.joint_rate + damping
+            if bool((rate > 0).any()):
+                self.v = self.v / (1.0 + h * rate[self.body, None])
             p = self.x + h * self.v
             for _ in range(self.iterations):
                 p = self._project(p, kp, kp_prev)
@@ -140,9 +287,9 @@ class ParticleWorld:
         r = self.radius
         corr = torch.zeros_like(p)
         count = torch.zeros(len(p), 1)
-        # table plane
+        # table plane (free bodies: a jointed one hangs on its joint)
         depth = (self.table_z + r) - p[:, 2]
-        on = depth > 0
+        on = (depth > 0) & self.free_particle
         if on.any():
             n = torch.tensor([0.0, 0.0, 1.0]).expand(int(on.sum()), 3)
             c = n * depth[on, None]
@@ -160,8 +307,12 @@ class ParticleWorld:
                 rel = (p[i] - self.x[i]) - (kp[j] - kp_prev[j]) + n * pen[i, j, None]
                 mu = torch.maximum(self.mu[i], self.k_mu[j])
                 c = n * pen[i, j, None] + (self._friction(rel, n, pen[i, j], mu) if friction else 0.0)
-                corr.index_add_(0, i, c)
                 self.touching[self.body[i]] = True
+                jnt = self.jointed[self.body[i]]
+                if bool(jnt.any()):  # a jointed body answers in its joint coordinate, as a whole
+                    p = self._joint_contact_response(p, i[jnt], c[jnt])
+                    i, c = i[~jnt], c[~jnt]
+                corr.index_add_(0, i, c)
                 count.index_add_(0, i, torch.ones(len(i), 1))
         # particles of different dynamic bodies: mass-weighted
         if self.B > 1:

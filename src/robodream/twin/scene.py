@@ -1,7 +1,10 @@
 """A Meta-World scene as the digital twin sees it (Physically Embodied Gaussian Splatting, Abou-Chakra
 et al., CoRL 2024, Sec. 3): bodies made of particles (physics) with Gaussians bound to them (appearance).
 
-- **Dynamic bodies**: every body with a free joint (Meta-World's objects). Particles of radius
+- **Dynamic bodies**: every body with a free joint (Meta-World's objects), and every articulated
+  body outside the robot — one slide or hinge joint to a static parent: a drawer, a door, a
+  window — whose pose the physics keeps on that joint (:class:`~robodream.twin.pbd.Joint`: axis,
+  anchor, range and damping from MuJoCo). Particles of radius
   ``particle_radius`` fill its collision geoms on a grid (:func:`~robodream.twin.geometry.volume_points`);
   its mass is MuJoCo's times ``mass_scale`` and its friction MuJoCo's sliding coefficient times
   ``friction_scale`` (the robot's geoms' too: a contact takes the larger coefficient of its two
@@ -27,6 +30,7 @@ import numpy as np
 
 from robodream.errors import ConfigError
 from robodream.twin.geometry import MESH, SUPPORTED, surface_points, volume_points
+from robodream.twin.pbd import HINGE, SLIDE, Joint
 
 
 @dataclass
@@ -86,6 +90,7 @@ class TwinBody:
     friction (sliding coefficient, the largest of its geoms'); kinematic: posed from the robot's
     state, not simulated. ``frictions`` (P,): each particle's geom's coefficient (a robot contact
     takes the larger of its two sides', MuJoCo's rule; None: the body's ``friction`` everywhere).
+    ``joint``: an articulated body's slide or hinge (None: a free body or the robot's).
     """
 
     name: str
@@ -97,6 +102,7 @@ class TwinBody:
     mass: float
     friction: float
     frictions: np.ndarray | None = None
+    joint: Joint | None = None  # an articulated body's joint (world axis and anchor at the start); None: free
 
 
 @dataclass
@@ -180,11 +186,45 @@ def _body(model, b: int, cfg: TwinConfig, kinematic: bool) -> TwinBody:
                     flat(frics))
 
 
-def dynamic_body_ids(model) -> list[int]:
-    """Bodies with a free joint (Meta-World's movable objects)."""
+def dynamic_body_ids(model, robot: set[int] = frozenset()) -> list[int]:
+    """Bodies with a free joint (Meta-World's movable objects) and, outside ``robot`` (body ids),
+    articulated bodies: exactly one slide or hinge joint, and no joint between their parent and
+    the world (a drawer in a fixed cabinet; a chain of joints is not modelled)."""
     import mujoco
 
-    return sorted({int(model.jnt_bodyid[j]) for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE})
+    J = mujoco.mjtJoint
+    free = {int(model.jnt_bodyid[j]) for j in range(model.njnt) if model.jnt_type[j] == J.mjJNT_FREE}
+
+    def has_joint_above(b: int) -> bool:
+        b = int(model.body_parentid[b])
+        while b > 0:
+            if model.body_jntnum[b]:
+                return True
+            b = int(model.body_parentid[b])
+        return False
+
+    articulated = {b for b in range(1, model.nbody)
+                   if b not in robot and model.body_jntnum[b] == 1
+                   and model.jnt_type[model.body_jntadr[b]] in (J.mjJNT_SLIDE, J.mjJNT_HINGE) and not has_joint_above(b)}
+    return sorted(free | articulated)
+
+
+def body_joint(model, data, b: int) -> Joint | None:
+    """The :class:`~robodream.twin.pbd.Joint` of articulated body ``b`` at its current state
+    (world axis and anchor; range relative to the current joint position), None for a free body."""
+    import mujoco
+
+    if model.body_jntnum[b] != 1:
+        return None
+    j = int(model.body_jntadr[b])
+    kind = {int(mujoco.mjtJoint.mjJNT_SLIDE): SLIDE, int(mujoco.mjtJoint.mjJNT_HINGE): HINGE}.get(int(model.jnt_type[j]))
+    if kind is None:
+        return None
+    q = float(data.qpos[model.jnt_qposadr[j]])
+    lo, hi = (float(model.jnt_range[j][0]) - q, float(model.jnt_range[j][1]) - q) if model.jnt_limited[j] else \
+        (-float("inf"), float("inf"))
+    return Joint(kind, tuple(float(v) for v in data.xaxis[j]), tuple(float(v) for v in data.xanchor[j]), (lo, hi),
+                 float(model.dof_damping[model.jnt_dofadr[j]]))
 
 
 def table_height(model, data) -> float:
@@ -224,24 +264,28 @@ def build_scene(env, cfg: TwinConfig) -> TwinScene:
     if tuple(env.cfg.cameras) != cfg.cameras or env.cfg.image_size != cfg.image_size:
         raise ConfigError(f"the env renders {env.cfg.cameras} at {env.cfg.image_size}, the twin observes "
                           f"{cfg.cameras} at {cfg.image_size}")
-    dyn_ids = dynamic_body_ids(model)
-    if not dyn_ids:
-        raise ConfigError(f"task {env.task} has no dynamic object (no body with a free joint) for the twin to track")
     root = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, cfg.robot_root)
     if root < 0:
         raise ConfigError(f"the scene has no body {cfg.robot_root!r} (robot_root)")
+    top = root  # the robot: everything under the robot root's top ancestor
+    while model.body_parentid[top] != 0:
+        top = int(model.body_parentid[top])
+    robot = set(subtree(model, top))
+    dyn_ids = dynamic_body_ids(model, robot)
+    if not dyn_ids:
+        raise ConfigError(f"task {env.task} has no dynamic object (no body with a free joint, or one slide or hinge "
+                          "joint) for the twin to track")
     dynamic = [_body(model, b, cfg, kinematic=False) for b in dyn_ids]
+    for body in dynamic:
+        body.joint = body_joint(model, data, body.body_id)
     for body in dynamic:
         if not len(body.particles):
             raise ConfigError(f"dynamic body {body.name} has no collision geom to fill with particles")
     kinematic = [k for k in (_body(model, b, cfg, kinematic=True) for b in subtree(model, root))
                  if len(k.particles) or len(k.gaussians)]
     mats = [env.camera_matrices(c) for c in cfg.cameras]
-    # the background: robot (everything under the robot root's top ancestor) and dynamic bodies hidden
-    top = root
-    while model.body_parentid[top] != 0:
-        top = int(model.body_parentid[top])
-    hide = set(subtree(model, top)) | {b for d in dyn_ids for b in subtree(model, d)}
+    # the background: robot and dynamic bodies hidden
+    hide = robot | {b for d in dyn_ids for b in subtree(model, d)}
     geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] in hide]
     saved_rgba, saved_mat = model.geom_rgba[geoms].copy(), model.geom_matid[geoms].copy()
     try:

@@ -58,7 +58,8 @@ class DigitalTwin:
         self.physics = ParticleWorld(x, body, _t([b.mass for b in scene.dynamic], dev),
                                      _t([b.friction for b in scene.dynamic], dev), self._kinematic(kinematic_poses),
                                      radius=cfg.particle_radius, table_z=scene.table_z, substeps=cfg.substeps,
-                                     iterations=cfg.iterations, kinematic_friction=self._kinematic_friction())
+                                     iterations=cfg.iterations, kinematic_friction=self._kinematic_friction(),
+                                     joints=[b.joint for b in scene.dynamic])
         self.start_com = self.physics.com.clone()
         # the body frame's origin relative to the particles' centre of mass, at rest
         self.origin_offset = [p - self.physics.com[i] for i, (p, _) in enumerate(self.body_rest)]
@@ -197,10 +198,9 @@ class DigitalTwin:
         return info
 
     def displace(self, offset) -> None:
-        """Move every dynamic body by ``offset`` (3,) metres: a wrong state estimate for the cameras to correct."""
-        d = _t(offset, self.dev)
-        self.physics.x = self.physics.x + d
-        self.physics.com = self.physics.com + d
+        """A wrong state estimate for the cameras to correct: every free body moved by ``offset`` (3,)
+        metres, every jointed one as far along its joint (:meth:`ParticleWorld.displace`)."""
+        self.physics.displace(_t(offset, self.dev))
 
     def diverged(self) -> bool:
         """NaN, or a body flown more than 1 m from its start or faster than 20 m/s."""
