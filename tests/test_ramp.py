@@ -175,6 +175,7 @@ def test_relabel_resumes_after_a_kill(work, tmp_path, monkeypatch):
     _, a = read_labels(tmp_path / "r.safetensors")
     _, b = read_labels(tmp_path / "full.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert labels_mod.read_labels(tmp_path / "r.safetensors")[0]["precision"] in ("bf16", "fp32")  # auto: the host's
     _, other = read_labels(work / "labels.safetensors")  # another seed: other noise, other values
     assert not torch.equal(a["dataset0.value"], other["dataset0.value"]) or not torch.equal(a["dataset0.z"], other["dataset0.z"])
 
@@ -193,6 +194,9 @@ def test_relabel_errors(work, tmp_path):
     res = run("relabel", "--data", work / "ds", "--world-model", work / "wm", "--out", tmp_path / "x",
               "--positive-fraction", 1.0, code=2)
     one_line_error(res, "--positive-fraction")
+    res = run("relabel", "--data", work / "ds", "--world-model", work / "wm", "--out", tmp_path / "x",
+              "--precision", "fp16", code=2)
+    one_line_error(res, "--precision")
     res = run("relabel", "--data", work / "ds", "--world-model", work / "tok", "--out", tmp_path / "x", code=2)
     one_line_error(res, "image_tokenizer")  # not a world-model run
     assert not (tmp_path / "x").exists()

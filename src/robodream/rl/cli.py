@@ -25,13 +25,16 @@ def relabel_cmd(
     batch: Annotated[int, typer.Option(help="clips per world-model call")] = 64,
     seed: Annotated[int, typer.Option(help="seeds the values' and future latents' noise")] = 0,
     device: Annotated[str, typer.Option()] = "cpu",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the device has native bf16, else fp32), "
+                                                "bf16 or fp32")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """RAMP's labels: every frame's n-step TD advantage indicator and the world model's future latent z."""
     from robodream.rl.labels import relabel
 
     r = relabel([str(d) for d in data], world_model, out, n=n, gamma=gamma, positive_fraction=positive_fraction,
-                value_steps=value_steps, with_z=z, batch=batch, seed=seed, device=device, overwrite=overwrite)
+                value_steps=value_steps, with_z=z, batch=batch, seed=seed, device=device,
+                precision=precision, overwrite=overwrite)
     print_table(f"relabel (n={r['n']}, gamma={r['gamma']}, eps={r['eps']:.4g})",
                 ["dataset", "frames", "episodes", "positive", "mean advantage", "mean value"],
                 [[d["root"], d["num_frames"], d["num_episodes"], d["positive_fraction"], d["advantage_mean"],

@@ -51,7 +51,8 @@ frames in time order)::
 
 and the JSON metadata under the key ``robodream``: format, datasets (root, num_frames,
 episode_lengths, achieved positive fraction), world model (run path, sha256 of its weights),
-n, gamma, eps, positive_fraction, achieved_positive_fraction, value_steps, z_steps (0: no ``z``), seed.
+n, gamma, eps, positive_fraction, achieved_positive_fraction, value_steps, z_steps (0: no ``z``), seed,
+precision (the world model's arithmetic: bf16 or fp32).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ DATASET_SEED_STRIDE = 1009
 def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.PathLike, out_file: str | os.PathLike, *,
             n: int | None = None, gamma: float | None = None,
             positive_fraction: float = DEFAULT_POSITIVE_FRACTION, value_steps: int | None = None,
-            with_z: bool = True, batch: int = 64, seed: int = 0, device: str = "cpu",
+            with_z: bool = True, batch: int = 64, seed: int = 0, device: str = "cpu", precision: str = "auto",
             overwrite: bool = False) -> dict[str, Any]:
     """Label every frame of the datasets with RAMP's advantage indicator and future latent; write ``out_file``.
 
@@ -104,6 +105,8 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
         batch: clips per world-model call.
         seed: seeds the values' and the future latents' noise, one stream per dataset (same
             seed, batch, data and world model: the same file).
+        precision: the world model's arithmetic: ``auto`` (bf16 autocast where the device has
+            native bf16, as training does; else fp32), ``bf16`` or ``fp32``.
         overwrite: replace an existing ``out_file``.
 
     A killed relabel continues where it stopped: each finished dataset's predictions wait in
@@ -132,6 +135,10 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
         raise ConfigError("at least one dataset is required (--data)")
     if not 0 < positive_fraction < 1:
         raise ConfigError(f"--positive-fraction must be in (0, 1), got {positive_fraction}")
+    from robodream.train.loop import PRECISIONS, autocast_context, resolve_precision
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be auto, bf16 or fp32, got {precision!r}")
     for name, v in (("--n", n), ("--value-steps", value_steps), ("--batch", batch)):
         if v is not None and v < 1:
             raise ConfigError(f"{name} must be >= 1, got {v}")
@@ -156,6 +163,7 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
     wm_run = Path(world_model_run).resolve()
     wm_sha = weights_sha256(wm_run)
     partial = partial_dir(out)
+    arithmetic = resolve_precision(torch.device(device), precision)
     parts = []
     with progress_bar() as progress:
         for d, (ds, root) in enumerate(zip(datasets, roots)):
@@ -164,11 +172,12 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
             gen_z = torch.Generator().manual_seed(seed + d * DATASET_SEED_STRIDE + Z_SEED_OFFSET)
             key = {"root": root, "episode_lengths": list(ds.episode_lengths), "world_model_sha256": wm_sha,
                    "value_steps": value_steps or cfg.n_sampling_steps, "with_z": with_z, "seed": seed,
-                   "index": d, "batch": batch, "device": str(device)}
+                   "index": d, "batch": batch, "device": str(device), "precision": arithmetic}
             done = _read_partial(partial / f"dataset{d}.safetensors", key)
             if done is None:
-                done = _predict_dataset(ds, model, tokenizer, device, batch, value_steps, with_z, gen_value, gen_z,
-                                        progress)
+                with autocast_context(torch.device(device), arithmetic):
+                    done = _predict_dataset(ds, model, tokenizer, device, batch, value_steps, with_z, gen_value,
+                                            gen_z, progress)
                 _write_partial(partial / f"dataset{d}.safetensors", key, done)
             rewards, v = done["reward"].double().numpy(), done["value"].double().numpy()
             adv = np.concatenate([n_step_advantages(rewards[s0:s1], v[s0:s1], n, gamma)
@@ -194,7 +203,8 @@ def relabel(dataset_dirs: list[str | os.PathLike], world_model_run: str | os.Pat
                             "chunk_steps": cfg.chunk_steps, "action_drop_prob": cfg.action_drop_prob},
             "n": n, "gamma": gamma, "eps": eps, "positive_fraction": positive_fraction,
             "achieved_positive_fraction": float((all_adv > eps).mean()), "n_frames": len(all_adv),
-            "value_steps": value_steps or cfg.n_sampling_steps, "z_steps": int(with_z), "seed": seed}
+            "value_steps": value_steps or cfg.n_sampling_steps, "z_steps": int(with_z), "seed": seed,
+            "precision": arithmetic}
     atomic_write_bytes(out, save({k: v.contiguous() for k, v in tensors.items()}, metadata={"robodream": json.dumps(meta)}))
     shutil.rmtree(partial, ignore_errors=True)
     return meta
