@@ -118,6 +118,10 @@ def test_a_door_turns_about_its_hinge():
     torch.testing.assert_close(w.x[:, 2], plank[:, 2], atol=1e-4, rtol=0)
     torch.testing.assert_close(w.R[0], rotation_about(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([theta]))[0],
                                atol=1e-5, rtol=0)
+    near = ParticleWorld(plank, torch.zeros(n).long(), torch.tensor([1.0]), torch.tensor([1.0]),
+                         cube([0.006, -R, 0.1]), radius=R, table_z=-10.0, joints=[Joint(HINGE, (0.0, 0.0, 1.0), (0.006, 0.0, 0.1))])
+    near.step(0.0125, cube([0.006, -R, 0.1]))  # a pad sunk into the plank at its hinge: a bounded turn
+    assert abs(float(near.joint_position()[0])) < 0.5 and not near.diverged(near.com0)
     com = w.com.clone()
     w.displace(torch.tensor([0.02, 0.0, 0.0]))  # turned so that its centre of mass moves 2 cm (a chord of it)
     assert float((w.com - com).norm()) == pytest.approx(0.02, rel=0.02)

@@ -177,18 +177,21 @@ class ParticleWorld:
 
     def _joint_contact_response(self, p: Tensor, i: Tensor, c: Tensor) -> Tensor:
         """Robot contacts on jointed bodies: corrections ``c`` (N, 3) wanted at particles ``i`` (N,)
-        become each body's step in its one joint coordinate (a slide: ``a . c``; a hinge: the turn
-        ``a . (r x c) / |r_perp|^2`` about the anchor), averaged over the body's contacts, and move
-        the whole body rigidly. Shape matching would spread a few particles' corrections over all
-        of a drawer's thousands (a pusher sinking into it); an infinitely heavy robot must move it."""
+        become each body's least-squares step in its one joint coordinate — a slide: the mean of
+        ``a . c``; a hinge: ``sum a . (r x c) / sum |r_perp|^2`` about the anchor (a contact near the
+        axis, which no finite turn resolves, weighs little) — and move the whole body rigidly.
+        Shape matching would spread a few particles' corrections over all of a drawer's thousands (a
+        pusher sinking into it); an infinitely heavy robot must move it."""
         b = self.body[i]
         a = self.joint_axis[b]
         r = p[i] - self.joint_anchor[b]
         r_perp = r - (r * a).sum(-1, keepdim=True) * a
-        dq = torch.where(self.joint_kind[b] == SLIDE, (a * c).sum(-1),
-                         (a * torch.cross(r, c, dim=-1)).sum(-1) / (r_perp * r_perp).sum(-1).clamp_min(1e-6))
-        n = torch.zeros(self.B).index_add_(0, b, torch.ones_like(dq))
-        step = torch.zeros(self.B).index_add_(0, b, dq) / n.clamp_min(1.0)  # (B,) 0 for bodies without contacts
+        slide = self.joint_kind[b] == SLIDE
+        num = torch.where(slide, (a * c).sum(-1), (a * torch.cross(r, c, dim=-1)).sum(-1))
+        den = torch.where(slide, torch.ones_like(num), (r_perp * r_perp).sum(-1))
+        num_b = torch.zeros(self.B).index_add_(0, b, num)
+        den_b = torch.zeros(self.B).index_add_(0, b, den)
+        step = torch.where(den_b > 0, num_b / den_b.clamp_min(1e-12), 0.0)  # (B,) 0 for bodies without contacts
         return self._move_joints(p, step)
 
     def _move_joints(self, p: Tensor, step: Tensor) -> Tensor:
