@@ -125,7 +125,9 @@ class RampLoopConfig:
     round_world_model_steps: int = 0  # world-model steps of rounds >= 1 (0: pre-training's / 4 warm-started, else all)
     round_policy_steps: int = 0  # policy steps of rounds >= 1 (0: pre-training's / 4 warm-started, else all)
     positive_fraction: float = DEFAULT_POSITIVE_FRACTION  # fraction of frames labelled I = 1 (sets eps)
-    value_steps: int = 0  # Euler steps of each value prediction in relabel (0: the world model's)
+    # Euler steps of each value prediction in relabel (0: the world model's 16). 1: one step predicts the
+    # conditional mean; it ranked held-out rollouts as well (Kendall tau 0.551 vs 0.507) at 1/12 the time
+    value_steps: int = 1
     awr_beta: float = DEFAULT_AWR_BETA  # AWR temperature, reward units
     awr_max_weight: float = DEFAULT_AWR_MAX_WEIGHT  # AWR weight clip w_max
     condition_dropout: float = 0.2  # RAMP/RECAP: per-sample dropout of I and z in training
