@@ -207,16 +207,18 @@ class ParticleWorld:
 
     def displace(self, offset: Tensor) -> None:
         """A wrong state estimate: every free body moved by ``offset`` (3,) metres; every jointed body
-        moved by ``|offset|`` along its joint (a hinge: the turn that moves its centre of mass that
-        far), towards the end of its range with more room (clamped to it)."""
+        moved by ``|offset|`` along its joint (a hinge: the turn that moves its particles that far,
+        root mean square), towards the end of its range with more room (clamped to it)."""
         dist = float(offset.norm())
         free = (~self.jointed)[self.body][:, None]
         self.x = torch.where(free, self.x + offset, self.x)
         self.com = torch.where((~self.jointed)[:, None], self.com + offset, self.com)
         if self.jointed.any() and dist > 0:
-            a = self.joint_axis
-            lever = self.com - self.joint_anchor
-            lever = (lever - (lever * a).sum(-1, keepdim=True) * a).norm(dim=-1).clamp_min(1e-6)
+            a = self.joint_axis[self.body]
+            r = self.x - self.joint_anchor[self.body]
+            r2 = ((r - (r * a).sum(-1, keepdim=True) * a) ** 2).sum(-1)  # (P,) squared distance to the axis
+            count = torch.zeros(self.B).index_add_(0, self.body, torch.ones_like(r2))
+            lever = (torch.zeros(self.B).index_add_(0, self.body, r2) / count.clamp_min(1.0)).sqrt().clamp_min(1e-6)
             size = torch.where(self.joint_kind == SLIDE, torch.full_like(lever, dist), dist / lever)
             q = self.joint_position()
             lo, hi = self.joint_range[:, 0] - q, self.joint_range[:, 1] - q  # room left each way
