@@ -235,7 +235,7 @@ def test_a_visual_force_pulls_a_displaced_body_toward_the_image():
 
 def test_a_hinged_body_is_turned_back_by_the_forces_moment():
     """A 6 cm plank hinged about z through its own centre, turned 0.3 rad: the force at its centre of mass
-    has no moment about the axis, so only the Gaussians' forces' moment can turn it back; it does."""
+    has no moment about the axis, so only the Gaussians' forces' moment (``visual_torque``) turns it back."""
     from robodream.twin.geometry import BOX, surface_points
 
     scene, poses = synthetic_scene()
@@ -244,7 +244,7 @@ def test_a_hinged_body_is_turned_back_by_the_forces_moment():
     scene.dynamic = [TwinBody("plank", 1, False, parts.astype(np.float32), pts,
                               np.tile([[0.9, 0.1, 0.1]], (len(pts), 1)).astype(np.float32), 0.3, 1.0,
                               joint=Joint(HINGE, (0.0, 0.0, 1.0), (0.0, 0.0, 0.0)))]
-    cfg = TwinConfig(cameras=("a", "b"), image_size=32, visual_steps=5, color_fit_steps=0)
+    cfg = TwinConfig(cameras=("a", "b"), image_size=32, visual_steps=5, color_fit_steps=0, visual_torque=True)
     observed = (DigitalTwin(scene, cfg, poses, []).render().detach().clamp(0, 1) * 255).byte().numpy()
     twin = DigitalTwin(scene, cfg, poses, [])
     ph = twin.physics

@@ -56,9 +56,9 @@ class TwinConfig:
     # kd = 20 is what corrected a 2 cm error on push-v3 without oscillating (benchmarks/RESULTS.md)
     kp: float = 40.0
     kd: float = 20.0  # damping of a free body's velocity while visual forces act, N s/m (0: none, as the paper)
-    # also turn free bodies by the visual forces' torque about their centre of mass (hinged bodies always turn
-    # by it: without it a door, which only turns, felt only the force at its centre of mass; door-open seed 2,
-    # wrong physics: 2.6 instead of 13.2 degrees)
+    # also turn bodies by the visual forces' torque about their centre of mass. Off: on door-open (5 episodes) it
+    # fixed one lost door under wrong physics (13.2 -> 2.6 degrees) but made right physics 11.4 degrees instead of
+    # 0.87 (benchmarks/RESULTS.md)
     visual_torque: bool = False
     visual_steps: int = 3  # Adam steps on the photometric error per control step
     visual_lr: float = 0.002  # their learning rate, metres

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robodream.twin.pbd import HINGE, ParticleWorld
+from robodream.twin.pbd import ParticleWorld
 from robodream.twin.scene import TwinConfig, TwinScene
 
 
@@ -176,13 +176,9 @@ class DigitalTwin:
         f = (self.opacities[:len(dyn), None] * self.cfg.kp * delta.detach())  # (Nd, 3)
         force = torch.zeros(B, 3, device=self.dev).index_add_(0, self.g_body_dyn, f)
         torque = torch.zeros(B, 3, device=self.dev)
-        # a hinge turns by the forces' moment: its torque is always on (with the force at the centre of
-        # mass, the moment about the axis of every Gaussian's force); free bodies: cfg.visual_torque
-        turn = torch.full((B,), self.cfg.visual_torque, device=self.dev) | (self.physics.joint_kind == HINGE)
-        if bool(turn.any()):
+        if self.cfg.visual_torque:  # with the force at the centre of mass: each Gaussian's force's moment
             arm = dyn - self.physics.com[self.g_body_dyn]
             torque.index_add_(0, self.g_body_dyn, torch.cross(arm, f, dim=-1))
-            torque = torque * turn[:, None]
         return force, torque, first if first is not None else float("nan")
 
     def step(self, kinematic_poses: list, observed: np.ndarray | None) -> dict:
