@@ -63,14 +63,18 @@ def rotation_about(axis: Tensor, angle: Tensor) -> Tensor:
     return torch.eye(3, dtype=axis.dtype, device=axis.device) + s * K + (1 - c) * (K @ K)
 
 
+def perpendicular(v: Tensor, axis: Tensor) -> Tensor:
+    """The part (..., 3) of vectors ``v`` (..., 3) perpendicular to unit ``axis`` (..., 3)."""
+    return v - (v * axis).sum(-1, keepdim=True) * axis
+
+
 def twist_angle(R: Tensor, axis: Tensor) -> Tensor:
     """The angle (B,) radians of the twist of rotations ``R`` (B, 3, 3) about unit ``axis`` (B, 3):
     the turn of a vector perpendicular to the axis, measured in the plane perpendicular to it."""
     e = torch.where((axis[:, :1].abs() < 0.9), torch.tensor([1.0, 0.0, 0.0], device=R.device),
                     torch.tensor([0.0, 1.0, 0.0], device=R.device))
     u = torch.nn.functional.normalize(torch.cross(axis, e, dim=-1), dim=-1)
-    w = torch.einsum("bij,bj->bi", R, u)
-    w = w - (w * axis).sum(-1, keepdim=True) * axis
+    w = perpendicular(torch.einsum("bij,bj->bi", R, u), axis)
     return torch.atan2((axis * torch.cross(u, w, dim=-1)).sum(-1), (u * w).sum(-1))
 
 
@@ -145,9 +149,8 @@ class ParticleWorld:
         self.jointed = self.joint_kind != FREE  # (B,)
         self.free_particle = ~self.jointed[self.body]  # (P,) particles the table plane acts on
         # joint damping as a velocity decay rate (1/s): slide c / m, hinge c / I about the axis
-        a = self.joint_axis[self.body]
-        d = self.rest + (self.com0 - self.joint_anchor)[self.body]  # each particle from its hinge's anchor
-        r = d - (d * a).sum(-1, keepdim=True) * a  # ... perpendicular to the axis
+        # each particle from its hinge's anchor, perpendicular to the axis
+        r = perpendicular(self.rest + (self.com0 - self.joint_anchor)[self.body], self.joint_axis[self.body])
         inertia = torch.zeros(self.B).index_add_(0, self.body, self.m * (r * r).sum(-1))
         damping = torch.tensor([0.0 if j is None else j.damping for j in joints], dtype=torch.float32)
         self.joint_rate = torch.where(self.joint_kind == SLIDE, damping / self.mass,
@@ -185,7 +188,7 @@ class ParticleWorld:
         b = self.body[i]
         a = self.joint_axis[b]
         r = p[i] - self.joint_anchor[b]
-        r_perp = r - (r * a).sum(-1, keepdim=True) * a
+        r_perp = perpendicular(r, a)
         slide = self.joint_kind[b] == SLIDE
         num = torch.where(slide, (a * c).sum(-1), (a * torch.cross(r, c, dim=-1)).sum(-1))
         den = torch.where(slide, torch.ones_like(num), (r_perp * r_perp).sum(-1))
@@ -214,9 +217,7 @@ class ParticleWorld:
         self.x = torch.where(free, self.x + offset, self.x)
         self.com = torch.where((~self.jointed)[:, None], self.com + offset, self.com)
         if self.jointed.any() and dist > 0:
-            a = self.joint_axis[self.body]
-            r = self.x - self.joint_anchor[self.body]
-            r2 = ((r - (r * a).sum(-1, keepdim=True) * a) ** 2).sum(-1)  # (P,) squared distance to the axis
+            r2 = perpendicular(self.x - self.joint_anchor[self.body], self.joint_axis[self.body]).pow(2).sum(-1)  # (P,)
             count = torch.zeros(self.B).index_add_(0, self.body, torch.ones_like(r2))
             lever = (torch.zeros(self.B).index_add_(0, self.body, r2) / count.clamp_min(1.0)).sqrt().clamp_min(1e-6)
             size = torch.where(self.joint_kind == SLIDE, torch.full_like(lever, dist), dist / lever)
@@ -229,9 +230,9 @@ class ParticleWorld:
         """The jointed bodies' poses (centres (B, 3), rotations (B, 3, 3)) moved onto their joints
         (module docstring); free bodies unchanged."""
         a, lo, hi = self.joint_axis, self.joint_range[:, 0], self.joint_range[:, 1]
-        s = torch.minimum(torch.maximum(((c - self.com0) * a).sum(-1), lo), hi)
+        s = torch.clamp(((c - self.com0) * a).sum(-1), lo, hi)
         c_slide = self.com0 + s[:, None] * a
-        theta = torch.minimum(torch.maximum(twist_angle(R, a), lo), hi)
+        theta = torch.clamp(twist_angle(R, a), lo, hi)
         R_hinge = rotation_about(a, theta)
         c_hinge = self.joint_anchor + torch.einsum("bij,bj->bi", R_hinge, self.com0 - self.joint_anchor)
         eye = torch.eye(3).expand_as(R)
