@@ -101,15 +101,17 @@ def _fake_stages(monkeypatch, calls: dict) -> None:
 
 def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
     """Every method evaluates through evaluate_policy with the same tasks, episodes, seeds and step
-    limit per round; ramp in standard mode (and again in efficient mode), recap efficient, the plain
-    policies their default; the policies differ as the methods say (HG-DAgger: intervention frames
-    only, no world model); rounds >= 1 warm-start from the round before for a quarter of the steps."""
+    limit per round (4 episodes in rounds 0 and 2, round_eval_episodes = 3 between); ramp in
+    standard mode (and again in efficient mode), recap efficient, the plain policies their default;
+    round 0 is one plain BC base policy for all; later the policies differ as the methods say
+    (HG-DAgger: intervention frames only, no world model) and warm-start from the round before for
+    a quarter of the steps; round 1's rollouts are the base policy's (no mode)."""
     evals, policies = {}, {}
     for m in METHODS:
         calls: dict = {}
         _fake_stages(monkeypatch, calls)
         cfg = RampLoopConfig(data=("demos",), tokenizer="tok", tasks=("reach-v3", "push-v3"), method=m, rounds=2,
-                             rollouts=3, eval_episodes=4)
+                             rollouts=3, eval_episodes=4, round_eval_episodes=3)
         s = run_ramp_loop(cfg, tmp_path / m, log=lambda *_: None)
         assert s["mean_success"] == [0.5, 0.5, 0.5] and s["rollouts"] == 2 * 2 * 3 and s["intervention_steps"] == 28
         assert s["intervention_steps_by_round"] == [0, 14, 14]
@@ -119,6 +121,8 @@ def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
         assert len(calls.get("wm", [])) == (0 if m == "hgdagger" else 3)
         assert [len(p.data) for p in calls["policy"]] == [1, 3, 5]  # demos + all rollouts so far
         assert [r[0].split("/")[-2] for r in calls["rollouts"]] == ["round_0"] * 2 + ["round_1"] * 2
+        assert [r[3]["mode"] for r in calls["rollouts"]] == [None] * 2 + [cfg.eval_mode] * 2
+        assert len(calls.get("relabel", [])) == (0 if m == "hgdagger" else 2)  # rounds 1 and 2: the base reads none
         for kind, name, steps in (("policy", "policy", [4000, 1000, 1000]), ("wm", "world_model", [2000, 500, 500])):
             if kind in calls:
                 assert [c.init_from for c in calls[kind]] == ["", *[str(tmp_path / m / f"round_{k}" / name)
@@ -127,12 +131,19 @@ def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
     same = {m: [(r, t, n, kw["seed_start"], kw["max_steps"]) for r, t, n, kw in e if kw["stage"] == "eval"]
             for m, e in evals.items()}
     assert all(v == same["ramp"] for v in same.values())
+    assert [e[2] for e in same["ramp"]] == [4, 4, 3, 3, 4, 4]
     assert [(r, t, n, kw["seed_start"], kw["max_steps"]) for r, t, n, kw in evals["ramp"]
-            if kw["stage"] == "eval_efficient"] == same["ramp"]
+            if kw["stage"] == "eval_efficient"] == same["ramp"][2:]  # round 0: the base has no modes
     assert {kw["seed_start"] for _, _, _, kw in evals["awr"]} == {DEFAULT_EVAL_SEED}
-    assert {m: {(kw["stage"], kw["mode"]) for *_, kw in e} for m, e in evals.items()} == {
-        "ramp": {("eval", "standard"), ("eval_efficient", "efficient")}, "recap": {("eval", "efficient")},
-        "awr": {("eval", None)}, "hgdagger": {("eval", None)}}
+    assert {m: {(r, kw["stage"], kw["mode"]) for r, *_, kw in e} for m, e in evals.items()} == {
+        "ramp": {("round_0", "eval", None), *{(f"round_{k}", "eval", "standard") for k in (1, 2)},
+                 *{(f"round_{k}", "eval_efficient", "efficient") for k in (1, 2)}},
+        "recap": {("round_0", "eval", None), *{(f"round_{k}", "eval", "efficient") for k in (1, 2)}},
+        "awr": {(f"round_{k}", "eval", None) for k in (0, 1, 2)}, "hgdagger": {(f"round_{k}", "eval", None) for k in (0, 1, 2)}}
+    base = policies["ramp"][0]
+    assert all(v[0] == base for v in policies.values())  # one base policy: plain BC on the demos
+    assert not base.model.ramp_conditioned and not base.labels and not base.advantage_weighting
+    assert not base.intervention_only and base.init_from == ""
     p = {m: v[-1] for m, v in policies.items()}
     assert (p["ramp"].model.advantage_conditioning, p["ramp"].model.future_conditioning) == (True, True)
     assert (p["recap"].model.advantage_conditioning, p["recap"].model.future_conditioning) == (True, False)
@@ -145,25 +156,30 @@ def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
 
 
 def test_round0_is_shared_and_only_ramp_relabels_z(monkeypatch, tmp_path):
-    """RECAP copies ramp's round-0 world model and labels (same settings) instead of training and
-    relabelling again, then relabels its own rounds without z; a loop of another seed copies nothing."""
+    """RECAP copies ramp's round 0 (same settings): its world model, base policy and evaluation,
+    instead of training and evaluating again, then relabels its own round without z; a loop of
+    another seed copies nothing; HG-DAgger copies the base policy but no world model."""
     calls: dict = {}
     _fake_stages(monkeypatch, calls)
     cfg = RampLoopConfig(data=("demos",), tokenizer="tok", tasks=("reach-v3",), rounds=1, rollouts=2, eval_episodes=2)
     run_ramp_loop(cfg, tmp_path / "ramp", log=lambda *_: None)
-    assert len(calls["wm"]) == 2 and calls["relabel_z"] == [True, True]
+    assert len(calls["wm"]) == 2 and calls["relabel_z"] == [True] and len(calls["policy"]) == 2
     calls.clear()
     logs = []
     run_ramp_loop(replace(cfg, method="recap"), tmp_path / "recap", log=logs.append,
                   round0_from=(tmp_path / "awr", tmp_path / "ramp"))  # awr: no loop there yet
     assert len(calls["wm"]) == 1 and calls["relabel_z"] == [False]  # round 1 only
-    assert (tmp_path / "recap" / "round_0" / "world_model" / "model.safetensors").is_file()
+    assert len(calls["policy"]) == 1 and {e[0] for e in calls["eval"]} == {"round_1"}
+    for part in ("world_model/model.safetensors", "policy/model.safetensors", "eval/reach-v3/results.json"):
+        assert (tmp_path / "recap" / "round_0" / part).is_file()
     assert any("copied, not recomputed" in ln for ln in logs)
     assert not list((tmp_path / "recap" / "round_0").glob(".*tmp"))
     calls.clear()
     run_ramp_loop(replace(cfg, method="awr", seed=1), tmp_path / "awr", log=lambda *_: None, round0_from=(tmp_path / "ramp",))
-    assert len(calls["wm"]) == 2 and calls["relabel_z"] == [False, False]
-    assert not loop.reuse_round0(replace(cfg, method="hgdagger"), tmp_path / "h", tmp_path / "ramp")
+    assert len(calls["wm"]) == 2 and calls["relabel_z"] == [False] and len(calls["policy"]) == 2
+    assert loop.reuse_round0(replace(cfg, method="hgdagger"), tmp_path / "h", tmp_path / "ramp")
+    assert (tmp_path / "h" / "round_0" / "policy").is_dir() and not (tmp_path / "h" / "round_0" / "world_model").exists()
+    assert not loop.reuse_round0(replace(cfg, method="hgdagger"), tmp_path / "h", tmp_path / "ramp")  # has it now
 
 
 def test_loop_refuses_another_config(monkeypatch, tmp_path):
@@ -265,7 +281,10 @@ def test_hgdagger_round_and_bench_rl_quick(loop_work, tmp_path):
     assert r["results"]["hgdagger"]["mean_success"] == s["mean_success"] and "environment" in r
     assert {"tasks", "base_success", "success_by_round", "final_success", "per_task", "kendall_tau",
             "takeover_steps_by_round", "code", "wall_s"} <= set(r)
-    assert r["tasks"] == ["reach-v3"] and r["base_success"] == s["mean_success"][0] and r["wall_s"] > 0
+    base = json.loads((loop_work / "bench" / "base" / "metrics.json").read_text())  # WORK/base: 0 rounds
+    assert base["n_rounds_done"] == 1 and base["rounds"][0]["per_task"]["reach-v3"]["n_episodes"] == 2
+    assert r["tasks"] == ["reach-v3"] and r["base_success"] == base["mean_success"][0] and r["wall_s"] > 0
+    assert r["base_per_task"]["reach-v3"]["success_rate"] == r["base_success"]
     methods = ["ramp", "ramp_efficient", "hg_dagger"]
     assert list(r["success_by_round"]) == list(r["final_success"]) == list(r["per_task"]) == methods
     assert r["success_by_round"]["hg_dagger"] == s["mean_success"] and len(r["success_by_round"]["ramp_efficient"]) == 2
@@ -283,13 +302,13 @@ def test_hgdagger_round_and_bench_rl_quick(loop_work, tmp_path):
 
 
 def test_awr_policy_trains_on_the_loops_labels(loop_work, tmp_path):
-    """An advantage-weighted policy run on round 0's labels: the windows carry min(exp(A/beta), w_max)
+    """An advantage-weighted policy run on round 1's labels: the windows carry min(exp(A/beta), w_max)
     of the labels' advantages and training runs; a plain run refuses labels without the weighting."""
     from robodream.data.lerobot import LeRobotDataset
     from robodream.policy.train import PolicyRunConfig, train_policy
     from robodream.rl.labels import attach_labels, match_labels, read_labels
 
-    labels = loop_work / "bench" / "ramp" / "round_0" / "labels.safetensors"
+    labels = loop_work / "bench" / "ramp" / "round_1" / "labels.safetensors"
     if not labels.is_file():
         pytest.skip("the ramp loop test did not run")
     ds = LeRobotDataset(loop_work / "ds")
@@ -378,6 +397,23 @@ def test_init_from_starts_from_the_runs_weights(monkeypatch, loop_work, tmp_path
     with pytest.raises(CheckpointError, match="gigaworld_policy run, expected video_world_model"):
         train_world_model(WorldModelRunConfig(data=cfg.data, tokenizer=cfg.tokenizer, init_from=str(tmp_path / "a")),
                           tmp_path / "w")
+    # RAMP's conditioning added to the plain run's weights (round 1 fine-tuning the base policy):
+    # every other parameter is the run's, the added ones keep their fresh initialisation
+    from robodream.config import from_dict
+    from robodream.policy.configuration import PolicyConfig
+    from robodream.policy.modeling import GigaWorldPolicy
+    from robodream.train.run_dir import init_from_run
+
+    plain = from_dict(PolicyConfig, json.loads((tmp_path / "a" / "config.json").read_text())["model"])
+    m = GigaWorldPolicy(replace(plain, advantage_conditioning=True, future_conditioning=True, condition_dropout=0.5))
+    fresh = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    init_from_run(m, tmp_path / "a", PolicyConfig, cfg.tokenizer)
+    added = {k for k in fresh if k not in final}
+    assert added == {"indicator_embedding.weight", "z_in.weight", "z_in.bias", "pos_z", "z_null"}
+    assert all(torch.equal(v, fresh[k] if k in added else final[k]) for k, v in m.state_dict().items())
+    with pytest.raises(CheckpointError, match="model.dim is 32 there but 48 here"):
+        init_from_run(GigaWorldPolicy(replace(plain, advantage_conditioning=True, dim=48)), tmp_path / "a",
+                      PolicyConfig, cfg.tokenizer)
     shutil.rmtree(tmp_path / "a")  # resumed from its checkpoint: init_from is not read again
     r = ptrain.train_policy(replace(warm, train=replace(warm.train, steps=3)), tmp_path / "b", resume=True)
     assert r["steps"] == 3

@@ -144,6 +144,12 @@ class GigaWorldPolicy(FastInference, StateActionNormalization, nn.Module):
     """The world-action transformer. See the module docstring for the token layout."""
 
     model_type = "gigaworld_policy"
+    #: RAMP's conditioning modules, which a warm start (``init_from``) may add to a plain policy's
+    #: weights: config flag -> parameter name prefixes (:func:`robodream.train.run_dir.init_from_run`).
+    ADDABLE_MODULES = {"advantage_conditioning": ("indicator_embedding.",),
+                       "future_conditioning": ("z_in.", "pos_z", "z_null")}
+    #: Settings read only by those modules.
+    ADDABLE_SETTINGS = ("condition_dropout",)
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()

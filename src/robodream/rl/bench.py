@@ -5,13 +5,15 @@
 measures the value world model (:func:`value_ablation`), and returns the benchmark JSON
 (``benchmarks/rl.json``). Its method keys are the issue's: ``ramp`` (standard mode, with
 ``z``), ``ramp_efficient`` (the same policies in efficient mode, no ``z``), ``recap``, ``awr``
-and ``hg_dagger`` (the CLI's ``hgdagger``; :data:`JSON_NAMES`). Round 0's value world model and
-labels do not depend on the method: a world-model method whose round 0 has not started copies
-them from a sibling loop in ``WORK`` that has finished them (:func:`~robodream.rl.loop.reuse_round0`;
-so two ``bench rl --methods ...`` processes can share ``WORK``, e.g. ``ramp,recap`` and
-``hgdagger,awr``, each with ``OMP_NUM_THREADS=1``: on 2 cores two one-thread policy trainings
-made 1.25x the steps of one two-thread training); RECAP's and AWR's relabels skip ``z``, which
-only RAMP's policy reads.
+and ``hg_dagger`` (the CLI's ``hgdagger``; :data:`JSON_NAMES`).
+
+Round 0 does not depend on the method. Every method starts from one base policy, plain BC on
+the demos, trained and evaluated first in ``WORK/base`` (a loop of 0 rounds; the issue's
+``base_success``) and copied as each loop's round 0; RAMP and RECAP add their conditioning
+when round 1 fine-tunes it. The round-0 value world model is trained by the first world-model
+method and copied by the others (:func:`~robodream.rl.loop.reuse_round0`). So two ``bench rl
+--methods ...`` processes can share ``WORK`` (the second waits on a lock while the first trains
+the base). RECAP's and AWR's relabels skip ``z``, which only RAMP's policy reads.
 
 Value model (GigaBrain-0.5M*'s Kendall tau, state+value 0.80 vs value-only 0.73). With R the
 last round of the ramp loop (R >= 1), round R-1's state+value world model (trained on the
@@ -27,6 +29,7 @@ Every stage is resumable, as the loop's.
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from robodream.utils.run import code_version, environment_info, now
 
 #: The benchmark JSON's name of each loop method (the issue's names).
 JSON_NAMES = {"ramp": "ramp", "recap": "recap", "awr": "awr", "hgdagger": "hg_dagger"}
+#: WORK's directory of the base policy: a loop of 0 rounds (plain BC on the demos), copied as round 0 by every method.
+BASE_DIR = "base"
 #: Held-out rollout episodes (round-robin over the tasks) of the Kendall tau, as ``eval world-model``'s default.
 KENDALL_EPISODES = 20
 
@@ -113,8 +118,8 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
         the benchmark JSON (method keys: :data:`JSON_NAMES` and ``ramp_efficient``, in the
         order of ``methods``):
 
-        - ``tasks``; ``base_success``: mean success of plain BC on the demos alone (HG-DAgger's
-          round 0 policy; None when ``hgdagger`` is not among ``methods``);
+        - ``tasks``; ``base_success``: mean success of the base policy, plain BC on the demos
+          alone (``WORK/base``, every method's round 0), and ``base_per_task`` (Wilson 95% CIs);
         - ``success_by_round`` ``{method: [mean success per round]}``, ``final_success``
           ``{method: mean}``, ``per_task`` ``{method: {task: {success_rate, n_episodes,
           ci95}}}`` (last round, Wilson 95% CI);
@@ -142,10 +147,17 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
     if not cfg.tasks:
         cfg = replace(cfg, tasks=infer_tasks(cfg.data))
     work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    # the base policy (round 0 of every method) once, under a lock: parallel bench processes wait for it
+    with open(work / ".base.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        log(f"bench rl: the base policy (plain BC on the demos, every method's round 0) -> {work / BASE_DIR}")
+        base = run_ramp_loop(replace(cfg, method="hgdagger", rounds=0), work / BASE_DIR, log=log)
     summaries: dict[str, dict[str, Any]] = {}
     for m in methods:
         log(f"bench rl: method {m} -> {work / m}")
-        siblings = tuple(work / d for d in METHODS if d not in (m, "hgdagger"))  # round 0 is theirs too, if finished
+        # round 0's base policy comes from WORK/base, its world model from a sibling that finished it
+        siblings = (work / BASE_DIR, *(work / d for d in METHODS if d != m))
         summaries[m] = run_ramp_loop(replace(cfg, method=m), work / m, log=log, round0_from=siblings)
     kendall = value_ablation(replace(cfg, method="ramp"), work / "ramp", log=log) if "ramp" in summaries else None
 
@@ -160,7 +172,8 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
     return {
         "benchmark": "rl", "created": now(), "code": code_version(), "environment": environment_info(),
         "quick": quick, "methods": list(methods), "tasks": list(cfg.tasks),
-        "base_success": summaries["hgdagger"]["mean_success"][0] if "hgdagger" in summaries else None,
+        "base_success": base["mean_success"][0],
+        "base_per_task": {t: {k: base["final"][t][k] for k in ("success_rate", "n_episodes", "ci95")} for t in cfg.tasks},
         "success_by_round": {n: ys for n, (ys, _) in curves.items()},
         "final_success": {n: ys[-1] for n, (ys, _) in curves.items()},
         "per_task": {n: {t: {k: final[t][k] for k in ("success_rate", "n_episodes", "ci95")} for t in cfg.tasks}

@@ -105,7 +105,7 @@ def bench_rl_cmd(
                 [[m, *[f"{v[t]['success_rate']:.2f} {_ci(v[t])}" for t in r["tasks"]]] for m, v in r["per_task"].items()],
                 label_column=True)
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    base = "n/a (run hgdagger)" if r["base_success"] is None else f"{r['base_success']:.2f}"
+    base = f"{r['base_success']:.2f}"
     tau = r["kendall_tau"]
     out_console.print(f"base policy (BC on the demos) {base}; value Kendall tau on held-out rollouts: "
                       + (f"state+value {fmt(tau['state_value'])}, value-only {fmt(tau['value_only'])}" if tau

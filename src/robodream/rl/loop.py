@@ -4,7 +4,12 @@
 GigaBrain-0.5M*'s RAMP loop (arXiv 2602.12099): pre-train on the demonstrations, then per round
 roll the current policy out with takeover, relabel every frame with the current value world
 model and co-train the world model and the policy on demos + all rollouts so far. The same
-harness, data budget, rounds and evaluation run the baselines (``method``):
+harness, data budget, rounds and evaluation run the baselines (``method``). Round 0 is the same
+for every method: the value world model pre-trained on the demos (world-model methods) and a
+base policy, plain BC on the demos (:meth:`RampLoopConfig.base_policy_run_config`), which round
+1 fine-tunes with the method's objective; RAMP and RECAP add their conditioning then, as RAMP
+fine-tunes a pre-trained policy (GigaBrain-0.5 -> 0.5M*), so all methods start from one policy
+and differ only in what the rounds do:
 
 - ``ramp``: policy conditioned on the advantage indicator ``I`` and the world model's future
   latent ``z`` (condition dropout), evaluated in ``mode="standard"`` (one world-model step per
@@ -26,13 +31,13 @@ continued by running the same command again; training runs resume from their las
 
     loop.json                       the loop's config (another config in RUN is refused)
     round_0/world_model/            value world model on the demos          (not hgdagger)
-    round_0/labels.safetensors      advantages / I (/ z: ramp only) of the demos (not hgdagger)
-    round_0/policy/                 the pre-trained policy
+    round_0/policy/                 the base policy (plain BC on the demos; no labels)
     round_0/eval/<task>/            evaluate_policy: results.json, MP4s
-    round_0/eval_efficient/<task>/  ramp only: the same policy evaluated mode="efficient"
     round_0/metrics.json
     round_k/rollouts/<task>/        record_rollouts of round k-1's policy, with takeover
-    round_k/world_model/ ...        trained on demos + rollouts of rounds 1..k (as round 0)
+    round_k/world_model/            trained on demos + rollouts of rounds 1..k  (not hgdagger)
+    round_k/labels.safetensors      advantages / I (/ z: ramp only) of all of it (not hgdagger)
+    round_k/policy/, eval/          the method's policy; ramp also eval_efficient/ (mode="efficient")
     metrics.json, success_curve.png updated after every round
     value_only/, value_eval/        bench rl only, in its ramp loop: the value-only ablation
                                     (:mod:`robodream.rl.bench`)
@@ -43,6 +48,9 @@ warm-up, the normalisation of the round's data) for ``round_*_steps`` steps, by 
 quarter of the pre-training steps (:meth:`RampLoopConfig.round_steps`); without it each round
 trains from scratch for as many steps as pre-training. Every method gets the same steps, so
 the budget stays equal.
+
+Evaluation uses ``eval_episodes`` per task in round 0 and the last round, and
+``round_eval_episodes`` (if set) in the rounds between, whose success only draws the curve.
 
 Rollout seeds need no bookkeeping: :func:`~robodream.rl.rollout.default_rollout_seed` starts
 above every training seed of the policy, so round k's rollouts (made by a policy trained on
@@ -92,9 +100,13 @@ METHODS = ("ramp", "recap", "awr", "hgdagger")
 WARM_START_DIVISOR = 4
 #: The file of the loop's config in RUN.
 LOOP_FILE = "loop.json"
-#: The settings round 0's world model and labels depend on: not the method, so ramp, recap and
-#: awr loops that agree on these share them (:func:`reuse_round0`).
-ROUND0_KEYS = ("data", "tokenizer", "world_model", "world_model_train", "positive_fraction", "value_steps", "seed")
+#: The settings round 0's value world model depends on: not the method, so ramp, recap and awr
+#: loops that agree on these share it (:func:`reuse_round0`).
+ROUND0_WORLD_MODEL_KEYS = ("data", "tokenizer", "world_model", "world_model_train", "seed")
+#: The settings round 0's base policy and its evaluation depend on: every method's round 0 is the
+#: same plain BC policy (:meth:`RampLoopConfig.base_policy_run_config`), shared the same way.
+ROUND0_POLICY_KEYS = ("data", "tokenizer", "tasks", "policy", "policy_train", "seed", "eval_episodes", "eval_seed",
+                      "max_steps", "videos")
 
 
 def default_loop_world_model() -> WorldModelConfig:
@@ -112,7 +124,8 @@ class RampLoopConfig:
     method: str = "ramp"  # ramp, recap, awr or hgdagger
     rounds: int = 3  # rounds of rollouts + retraining after the pre-training round 0
     rollouts: int = 50  # rollout episodes per task and round
-    eval_episodes: int = 50  # evaluation episodes per task and round
+    eval_episodes: int = 50  # evaluation episodes per task of round 0 (the base) and the last round
+    round_eval_episodes: int = 0  # evaluation episodes per task of the rounds in between (0: eval_episodes)
     eval_seed: int = DEFAULT_EVAL_SEED  # first evaluation env seed (the same for every method and round)
     max_steps: int = 500  # episode step limit of rollouts and evaluation
     videos: int = 2  # evaluation episodes per task saved as MP4
@@ -144,8 +157,9 @@ class RampLoopConfig:
                               f"{self.rollouts}, {self.eval_episodes}, {self.max_steps}")
         if not 0 < self.positive_fraction < 1:
             raise ConfigError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
-        if self.round_world_model_steps < 0 or self.round_policy_steps < 0 or self.value_steps < 0:
-            raise ConfigError("round_world_model_steps, round_policy_steps and value_steps must be >= 0")
+        if min(self.round_world_model_steps, self.round_policy_steps, self.value_steps, self.round_eval_episodes) < 0:
+            raise ConfigError("round_world_model_steps, round_policy_steps, value_steps and round_eval_episodes "
+                              "must be >= 0")
 
     def round_steps(self, k: int, pretrain_steps: int, round_steps: int) -> int:
         """Training steps of round ``k``: ``pretrain_steps`` in round 0; later ``round_steps``, or
@@ -166,10 +180,23 @@ class RampLoopConfig:
         """The inference mode of rollouts and evaluation (I = 1 for the conditioned methods)."""
         return {"ramp": "standard", "recap": "efficient"}.get(self.method)
 
+    def episodes_of_round(self, k: int) -> int:
+        """Evaluation episodes per task in round ``k``: ``eval_episodes`` in round 0 and the last
+        round, ``round_eval_episodes`` (if set) in between."""
+        return self.eval_episodes if k in (0, self.rounds) or not self.round_eval_episodes else self.round_eval_episodes
+
+    def base_policy_run_config(self, data: tuple[str, ...], steps: int) -> PolicyRunConfig:
+        """Round 0's policy, the same for every method: plain flow-matching BC on the demos (the
+        issue's base policy), no conditioning, labels or weights. RAMP and RECAP add their
+        conditioning when round 1 fine-tunes it (``init_from`` adds those modules), as
+        GigaBrain-0.5M*'s RAMP fine-tunes a pre-trained policy."""
+        return PolicyRunConfig(data=data, tokenizer=self.tokenizer, model=replace(self.policy),  # a copy: training fills it in
+                               train=replace(self.policy_train, steps=steps, seed=self.seed))
+
     def policy_run_config(self, data: tuple[str, ...], labels: str | None, steps: int,
                           init_from: str = "") -> PolicyRunConfig:
-        """The method's policy run on ``data`` (``labels``: the round's labels file; ``init_from``:
-        the previous round's policy run of a warm start)."""
+        """The method's policy run on ``data`` in a round >= 1 (``labels``: the round's labels
+        file; ``init_from``: the previous round's policy run of a warm start)."""
         m = self.method
         model = replace(self.policy, advantage_conditioning=m in ("ramp", "recap"), future_conditioning=m == "ramp",
                         condition_dropout=self.condition_dropout if m in ("ramp", "recap") else self.policy.condition_dropout)
@@ -229,47 +256,57 @@ def labels_meta(file: Path) -> dict[str, Any]:
     return read_labels(file)[0]
 
 
-def reuse_round0(cfg: RampLoopConfig, out: Path, src: Path, *, log=print) -> bool:
-    """Copy round 0's world model and labels of the finished loop in ``src`` into the loop in ``out``.
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy the file or directory ``src`` to ``dst`` through a temporary name beside it, then a rename."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp) if src.is_dir() else shutil.copyfile(src, tmp)
+    tmp.rename(dst)
 
-    Round 0 trains the value world model on the demonstrations and relabels them before any
-    method-specific step, so loops whose configs agree on :data:`ROUND0_KEYS` would compute the
-    same files (``bench rl`` runs ramp, recap and awr on one config: this saves two world models
-    and two relabels). Copied only when ``out`` has neither yet and ``src`` has both (the world
-    model complete); the copy is atomic (a temporary directory, then a rename). The copied
-    labels keep their metadata (the world-model run they name is ``src``'s) and, from a ramp
-    loop, their ``z``, which a RECAP or AWR policy does not read.
+
+def reuse_round0(cfg: RampLoopConfig, out: Path, src: Path, *, log=print) -> bool:
+    """Copy the parts of round 0 that the finished loop in ``src`` shares with the loop in ``out``.
+
+    Round 0 does nothing method-specific: it pre-trains the value world model on the
+    demonstrations (world-model methods) and the base policy (every method,
+    :meth:`RampLoopConfig.base_policy_run_config`), and evaluates that policy. Loops whose configs
+    agree on :data:`ROUND0_WORLD_MODEL_KEYS` would train the same world model, and on
+    :data:`ROUND0_POLICY_KEYS` the same policy and evaluation (``bench rl`` runs all methods on
+    one config: this trains each once). Each part is copied only when ``out`` lacks it and ``src``
+    has it complete; copies are atomic (a temporary name, then a rename).
 
     Returns:
-        True when the files were copied.
+        True when something was copied.
     """
-    if not cfg.uses_world_model or not (src / LOOP_FILE).is_file() or src.resolve() == out.resolve():
+    if not (src / LOOP_FILE).is_file() or src.resolve() == out.resolve():
         return False
     theirs, ours = read_json(src / LOOP_FILE), to_dict(cfg)
-    if any(theirs.get(k) != ours.get(k) for k in ROUND0_KEYS):
-        return False
     s0, o0 = src / "round_0", out / "round_0"
-    if not run_complete(s0 / "world_model") or not (s0 / "labels.safetensors").is_file():
-        return False
-    if (o0 / "world_model").exists() or (o0 / "labels.safetensors").exists():
-        return False
-    o0.mkdir(parents=True, exist_ok=True)
-    tmp = o0 / ".world_model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(s0 / "world_model", tmp)
-    tmp.rename(o0 / "world_model")
-    shutil.copyfile(s0 / "labels.safetensors", o0 / ".labels.tmp")
-    (o0 / ".labels.tmp").rename(o0 / "labels.safetensors")
-    log(f"round 0: the world model and labels of {src} have this loop's settings; copied, not recomputed")
-    return True
+    copied = []
+    if (cfg.uses_world_model and all(theirs.get(k) == ours.get(k) for k in ROUND0_WORLD_MODEL_KEYS)
+            and run_complete(s0 / "world_model") and not (o0 / "world_model").exists()):
+        o0.mkdir(parents=True, exist_ok=True)
+        _copy_atomic(s0 / "world_model", o0 / "world_model")
+        copied.append("world model")
+    if (all(theirs.get(k) == ours.get(k) for k in ROUND0_POLICY_KEYS) and run_complete(s0 / "policy")
+            and not (o0 / "policy").exists() and not (o0 / "eval").exists()
+            and all((s0 / "eval" / t / "results.json").is_file() for t in cfg.tasks)):
+        o0.mkdir(parents=True, exist_ok=True)
+        _copy_atomic(s0 / "policy", o0 / "policy")
+        _copy_atomic(s0 / "eval", o0 / "eval")
+        copied.append("base policy and its evaluation")
+    if copied:
+        log(f"round 0: the {' and the '.join(copied)} of {src} have this loop's settings; copied, not recomputed")
+    return bool(copied)
 
 
 def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite: bool = False,
                   round0_from: tuple[str | Path, ...] = ()) -> dict[str, Any]:
     """Run (or continue) the loop of ``cfg.method`` in ``out``; returns the content of RUN/metrics.json.
 
-    ``round0_from``: other loop directories; the first whose round-0 world model and labels are
-    finished and fit is copied instead of computing them (:func:`reuse_round0`).
+    ``round0_from``: other loop directories; round 0's world model and base policy (with its
+    evaluation) are copied from the first that has them finished with fitting settings instead of
+    computing them (:func:`reuse_round0`).
 
     Returns:
         ``{"method", "tasks", "rounds": [round metrics...], "mean_success": [per round],
@@ -296,8 +333,7 @@ def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite:
         cfg = replace(cfg, tasks=infer_tasks(cfg.data))
     check_loop_dir(out, cfg, overwrite)
     for src in round0_from:
-        if reuse_round0(cfg, out, Path(src), log=log):
-            break
+        reuse_round0(cfg, out, Path(src), log=log)
     rounds = []
     for k in range(cfg.rounds + 1):
         rounds.append(run_round(cfg, out, k, log=log))
@@ -354,7 +390,8 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
                 log(f"round {k}: {cfg.rollouts} rollouts of {task} with takeover -> {path}")
                 ran.add("rollouts")
                 record_rollouts(prev / "policy", task, cfg.rollouts, path, takeover=cfg.takeover,
-                                max_steps=cfg.max_steps, mode=cfg.eval_mode, threads=threads, workers=cfg.workers,
+                                max_steps=cfg.max_steps, mode=cfg.eval_mode if k >= 2 else None, threads=threads,
+                                workers=cfg.workers,
                                 overwrite=path.exists())
             r = read_json(path / "meta" / "results.json")
             roll[task] = {key: r.get(key) for key in ("n_episodes", "success_rate", "intervention_steps",
@@ -368,6 +405,7 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
         wm = rd / "world_model"
         train_round_world_model(cfg, data, k, wm, prev / "world_model" if prev else None, log=log)
         metrics["timings_s"]["world_model_train"] = training_seconds(wm)
+    if cfg.uses_world_model and k >= 1:  # round 0's base policy reads no labels
         labels = rd / "labels.safetensors"
         t0 = time.perf_counter()
         if not labels.is_file():
@@ -384,16 +422,19 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
     if not run_complete(pol):
         steps = cfg.round_steps(k, cfg.policy_train.steps, cfg.round_policy_steps)
         init = str(prev / "policy") if cfg.warm_start and prev else ""
-        log(f"round {k}: training the {cfg.method} policy on {len(data)} datasets -> {pol}"
+        log(f"round {k}: training the {cfg.method if k else 'base (plain BC)'} policy on {len(data)} datasets -> {pol}"
             + (f" (from {init})" if init else ""))
-        train_policy(cfg.policy_run_config(tuple(data), str(labels) if labels else None, steps, init), pol,
-                     resume=pol.exists())
+        run_cfg = (cfg.policy_run_config(tuple(data), str(labels) if labels else None, steps, init) if k
+                   else cfg.base_policy_run_config(tuple(data), steps))
+        train_policy(run_cfg, pol, resume=pol.exists())
     metrics["timings_s"]["policy_train"] = training_seconds(pol)
 
-    # the method's evaluation; RAMP's policy also without z (efficient mode, I = 1)
-    evals = [("eval", "per_task", "mean_success", cfg.eval_mode)]
-    if cfg.method == "ramp":
+    # the method's evaluation; RAMP's policy also without z (efficient mode, I = 1). Round 0's base
+    # policy has no conditioning and no modes: one evaluation
+    evals = [("eval", "per_task", "mean_success", cfg.eval_mode if k else None)]
+    if cfg.method == "ramp" and k:
         evals.append(("eval_efficient", "per_task_efficient", "mean_success_efficient", "efficient"))
+    n_eval = cfg.episodes_of_round(k)
     for stage, key, mean_key, mode in evals:
         t0 = time.perf_counter()
         per_task = {}
@@ -402,9 +443,9 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
             if (ev / "results.json").is_file():
                 r = read_json(ev / "results.json")
             else:
-                log(f"round {k}: evaluating on {task} ({cfg.eval_episodes} episodes, mode {mode or 'default'}) -> {ev}")
+                log(f"round {k}: evaluating on {task} ({n_eval} episodes, mode {mode or 'default'}) -> {ev}")
                 ran.add(stage)
-                r = evaluate_policy(pol, task, cfg.eval_episodes, ev, seed_start=cfg.eval_seed,
+                r = evaluate_policy(pol, task, n_eval, ev, seed_start=cfg.eval_seed,
                                     max_steps=cfg.max_steps, n_videos=cfg.videos, mode=mode, threads=threads,
                                     workers=cfg.workers, overwrite=ev.exists())
             per_task[task] = {"success_rate": r["success_rate"], "n_episodes": r["n_episodes"],
@@ -413,6 +454,8 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
         timed(stage, t0)
         metrics[key] = per_task
         metrics[mean_key] = sum(v["success_rate"] for v in per_task.values()) / len(per_task)
+    if cfg.method == "ramp" and not k:  # the base policy: efficient mode is the same evaluation
+        metrics["per_task_efficient"], metrics["mean_success_efficient"] = metrics["per_task"], metrics["mean_success"]
     atomic_write_json(rd / "metrics.json", metrics)
     return metrics
 

@@ -50,8 +50,11 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from e
 
 
-def load_model_weights(model: torch.nn.Module, path: Path) -> None:
+def load_model_weights(model: torch.nn.Module, path: Path, *, may_lack: tuple[str, ...] = ()) -> None:
     """Load weights into ``model`` strictly.
+
+    ``may_lack``: name prefixes of parameters the file may lack (modules a warm start adds to
+    the source run's model); those keep the model's own initial values. Everything else is strict.
 
     Raises:
         CheckpointError: missing/corrupt file, or tensors that do not fit the model
@@ -61,6 +64,8 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     if hasattr(model, "upgrade_state_dict"):  # weights of an earlier version of the model
         sd = model.upgrade_state_dict(sd)
     own = model.state_dict()
+    added = {k for k in set(own) - set(sd) if may_lack and k.startswith(may_lack)}
+    sd.update({k: own[k] for k in added})
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)

@@ -388,7 +388,11 @@ def init_from_run(model, run_dir: str | os.PathLike, config_cls, tokenizer: str 
 
     The run must be one of the same model: the same ``model_type``, the same resolved model
     config (``model.cfg``, data-derived fields included: tasks, cameras, dimensions) and latents
-    of the same tokenizer weights (``tokenizer``, the new run's tokenizer run).
+    of the same tokenizer weights (``tokenizer``, the new run's tokenizer run). One exception:
+    a model may switch on modules the source run lacked, the flags of its class attribute
+    ``ADDABLE_MODULES`` (flag -> parameter name prefixes; GigaWorld-Policy's RAMP conditioning,
+    so a RAMP or RECAP policy fine-tunes a plain BC base policy); those parameters keep their
+    fresh initialisation and the settings only they read (``ADDABLE_SETTINGS``) may differ.
 
     Raises:
         CheckpointError: as :func:`check_init_run`; another model config (naming the first
@@ -405,6 +409,12 @@ def init_from_run(model, run_dir: str | os.PathLike, config_cls, tokenizer: str 
     old = flatten(to_dict(run_config_from_dict(config_cls, saved["model"], f"{run_dir}/config.json")))
     new = flatten(to_dict(model.cfg))
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    # modules switched on here that the source lacked (the model's ADDABLE_MODULES): they start from
+    # their fresh initialisation, and the settings only they read (ADDABLE_SETTINGS) may differ too
+    addable = getattr(model, "ADDABLE_MODULES", {})
+    added = [k for k in diff if k in addable and old.get(k) is False and new.get(k) is True]
+    if added:
+        diff = [k for k in diff if k not in added and k not in getattr(model, "ADDABLE_SETTINGS", ())]
     if diff:
         shown = ", ".join(f"model.{k} is {old.get(k)!r} there but {new.get(k)!r} here" for k in diff[:3])
         raise CheckpointError(f"init_from {run_dir} is another model ({shown}{', ...' if len(diff) > 3 else ''}); "
@@ -412,7 +422,7 @@ def init_from_run(model, run_dir: str | os.PathLike, config_cls, tokenizer: str 
     theirs, ours = run_dir / "tokenizer" / "model.safetensors", Path(tokenizer) / "model.safetensors"
     if not (theirs.is_file() and ours.is_file() and filecmp.cmp(theirs, ours, shallow=False)):
         raise CheckpointError(f"init_from {run_dir} was trained on another tokenizer's latents than {tokenizer}")
-    load_model_weights(model, run_dir / "model.safetensors")
+    load_model_weights(model, run_dir / "model.safetensors", may_lack=tuple(p for k in added for p in addable[k]))
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
