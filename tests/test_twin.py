@@ -255,6 +255,31 @@ def test_a_hinged_body_is_turned_back_by_the_forces_moment():
     assert abs(float(ph.joint_position()[0])) < 0.15
 
 
+def test_a_door_is_turned_back_by_the_visual_force_about_its_hinge():
+    """A 6 cm plank hinged about z at its end (a door), turned 0.3 rad: the visual force at its centre
+    of mass has a moment about the hinge, which turns it back without ``visual_torque``; physics
+    alone keeps it turned."""
+    from robodream.twin.geometry import BOX, surface_points
+
+    scene, poses = synthetic_scene()
+    pts = surface_points(BOX, np.array([0.03, 0.006, 0.006]), 0.004)
+    parts = np.stack(np.meshgrid(np.arange(-0.025, 0.026, 2 * R), [0.0], [0.0], indexing="ij"), -1).reshape(-1, 3)
+    scene.dynamic = [TwinBody("door", 1, False, parts.astype(np.float32), pts,
+                              np.tile([[0.9, 0.1, 0.1]], (len(pts), 1)).astype(np.float32), 0.3, 1.0,
+                              joint=Joint(HINGE, (0.0, 0.0, 1.0), (-0.03, 0.0, 0.0)))]
+    angles = {}
+    for forces in (True, False):
+        cfg = TwinConfig(cameras=("a", "b"), image_size=32, visual_steps=5, color_fit_steps=0, forces=forces)
+        observed = (DigitalTwin(scene, cfg, poses, []).render().detach().clamp(0, 1) * 255).byte().numpy()
+        twin = DigitalTwin(scene, cfg, poses, [])
+        ph = twin.physics
+        ph.x = ph._shape_match(ph._move_joints(ph.x, torch.tensor([0.3])))
+        for _ in range(30):
+            twin.step([], observed)
+        angles[forces] = float(ph.joint_position()[0])
+    assert abs(angles[True]) < 0.15 and angles[False] == pytest.approx(0.3, abs=1e-3)
+
+
 def test_track_cli_and_bench_quick(tmp_path):
     from cli_helpers import one_line_error, run
 

@@ -152,6 +152,7 @@ class ParticleWorld:
         # each particle from its hinge's anchor, perpendicular to the axis
         r = perpendicular(self.rest + (self.com0 - self.joint_anchor)[self.body], self.joint_axis[self.body])
         inertia = torch.zeros(self.B).index_add_(0, self.body, self.m * (r * r).sum(-1))
+        self.hinge_inertia = inertia  # (B,) kg m^2 about each hinge's axis (0 or meaningless for other bodies)
         damping = torch.tensor([0.0 if j is None else j.damping for j in joints], dtype=torch.float32)
         self.joint_rate = torch.where(self.joint_kind == SLIDE, damping / self.mass,
                                       torch.where(self.joint_kind == HINGE, damping / inertia.clamp_min(1e-9),
@@ -255,9 +256,12 @@ class ParticleWorld:
     def step(self, dt: float, kinematic: Tensor, force: Tensor | None = None, torque: Tensor | None = None,
              damping: Tensor | None = None) -> None:
         """Advance by ``dt`` seconds while the kinematic particles move to ``kinematic`` (K, 3);
-        ``force`` / ``torque`` (B, 3): external force (N) and torque (N m, about the centre of mass)
-        on each body, held over the step; ``damping`` (B,) 1/s: each body's velocity decays as
-        ``dv/dt = -damping v`` (integrated implicitly: stable for any value)."""
+        ``force`` / ``torque`` (B, 3): external force (N, at the centre of mass) and torque (N m,
+        about the centre of mass) on each body, held over the step; a hinged body takes their moment
+        about its hinge axis, ``a . ((c - anchor) x F + T)``, as an angular acceleration about the
+        axis (the force alone moves a door: a uniform acceleration of its particles would be
+        projected away with the hinge, which keeps only the rotation); ``damping`` (B,) 1/s: each
+        body's velocity decays as ``dv/dt = -damping v`` (integrated implicitly: stable for any value)."""
         h = dt / self.substeps
         k0, k1 = self.k, kinematic.float()
         self.touching = torch.zeros(self.B, dtype=torch.bool)
@@ -270,6 +274,15 @@ class ParticleWorld:
                 0, self.body, self.m[:, None, None] * ((r * r).sum(-1)[:, None, None] * torch.eye(3) - r[:, :, None] * r[:, None, :]))
             alpha = torch.linalg.solve(inertia + 1e-9 * torch.eye(3), torque)  # (B, 3) angular acceleration
             acc = acc + torch.cross(alpha[self.body], r, dim=-1)
+        hinge = self.joint_kind == HINGE
+        if (force is not None or torque is not None) and bool(hinge.any()):
+            wrench = torch.zeros(self.B, 3) if torque is None else torque.float().clone()
+            if force is not None:
+                wrench = wrench + torch.cross(self.com - self.joint_anchor, force.float(), dim=-1)
+            alpha = (self.joint_axis * wrench).sum(-1) / self.hinge_inertia.clamp_min(1e-9)  # (B,) rad/s^2
+            b = self.body
+            turn = alpha[b, None] * torch.cross(self.joint_axis[b], self.x - self.joint_anchor[b], dim=-1)
+            acc = torch.where(hinge[b][:, None], self.g + turn, acc)
         for s in range(self.substeps):
             kp_prev = k0 + (k1 - k0) * (s / self.substeps)
             kp = k0 + (k1 - k0) * ((s + 1) / self.substeps)
