@@ -255,6 +255,21 @@ def test_a_hinged_body_is_turned_back_by_the_forces_moment():
     assert abs(float(ph.joint_position()[0])) < 0.15
 
 
+def test_overlaps_are_exact_where_cdist_loses_precision():
+    """Contacts' distances and normals come from exact differences: 40 pairs 2 micrometres apart at
+    a metre from the origin (torch.cdist's matrix-product form puts some at distance 0)."""
+    from robodream.twin.pbd import _overlaps
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([0.4, 0.8, 0.15]) + 0.01 * torch.rand(40, 3, generator=g)
+    b = a + torch.tensor([2e-6, 0.0, 0.0])
+    i, j, n, pen = _overlaps(a, b, 0.012, torch.eye(40, dtype=torch.bool))
+    assert len(i) == 40 and torch.equal(i, j)
+    torch.testing.assert_close(n.norm(dim=-1), torch.ones(40), atol=1e-3, rtol=0)
+    torch.testing.assert_close(pen, 0.012 - (a - b).norm(dim=-1))
+    assert len(_overlaps(a, a + 0.02, 0.012)[0]) == 0
+
+
 def test_a_door_is_turned_back_by_the_visual_force_about_its_hinge():
     """A 6 cm plank hinged about z at its end (a door), turned 0.3 rad: the visual force at its centre
     of mass has a moment about the hinge, which turns it back without ``visual_torque``; physics
