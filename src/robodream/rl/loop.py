@@ -85,7 +85,7 @@ from robodream.rl.labels import (
 from robodream.rl.rollout import record_rollouts
 from robodream.rl.takeover import TakeoverConfig
 from robodream.train.loop import TrainConfig
-from robodream.utils.io import atomic_write_json, read_json
+from robodream.utils.io import atomic_directory, atomic_write_json, read_json
 from robodream.utils.run import code_version, environment_info, now
 from robodream.world_model.configuration import WorldModelConfig
 from robodream.world_model.train import WorldModelRunConfig, default_world_model_train, train_world_model
@@ -256,14 +256,6 @@ def labels_meta(file: Path) -> dict[str, Any]:
     return read_labels(file)[0]
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy the file or directory ``src`` to ``dst`` through a temporary name beside it, then a rename."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp) if src.is_dir() else shutil.copyfile(src, tmp)
-    tmp.rename(dst)
-
-
 def reuse_round0(cfg: RampLoopConfig, out: Path, src: Path, *, log=print) -> bool:
     """Copy the parts of round 0 that the finished loop in ``src`` shares with the loop in ``out``.
 
@@ -281,20 +273,20 @@ def reuse_round0(cfg: RampLoopConfig, out: Path, src: Path, *, log=print) -> boo
     if not (src / LOOP_FILE).is_file() or src.resolve() == out.resolve():
         return False
     theirs, ours = read_json(src / LOOP_FILE), to_dict(cfg)
+    agree = lambda keys: all(theirs.get(k) == ours.get(k) for k in keys)  # noqa: E731
     s0, o0 = src / "round_0", out / "round_0"
-    copied = []
-    if (cfg.uses_world_model and all(theirs.get(k) == ours.get(k) for k in ROUND0_WORLD_MODEL_KEYS)
-            and run_complete(s0 / "world_model") and not (o0 / "world_model").exists()):
-        o0.mkdir(parents=True, exist_ok=True)
-        _copy_atomic(s0 / "world_model", o0 / "world_model")
-        copied.append("world model")
-    if (all(theirs.get(k) == ours.get(k) for k in ROUND0_POLICY_KEYS) and run_complete(s0 / "policy")
-            and not (o0 / "policy").exists() and not (o0 / "eval").exists()
-            and all((s0 / "eval" / t / "results.json").is_file() for t in cfg.tasks)):
-        o0.mkdir(parents=True, exist_ok=True)
-        _copy_atomic(s0 / "policy", o0 / "policy")
-        _copy_atomic(s0 / "eval", o0 / "eval")
-        copied.append("base policy and its evaluation")
+    parts = []
+    if (cfg.uses_world_model and agree(ROUND0_WORLD_MODEL_KEYS) and run_complete(s0 / "world_model")
+            and not (o0 / "world_model").exists()):
+        parts.append(("world model", ("world_model",)))
+    if (agree(ROUND0_POLICY_KEYS) and run_complete(s0 / "policy") and not (o0 / "policy").exists()
+            and not (o0 / "eval").exists() and all((s0 / "eval" / t / "results.json").is_file() for t in cfg.tasks)):
+        parts.append(("base policy and its evaluation", ("policy", "eval")))
+    for _, dirs in parts:
+        for d in dirs:
+            with atomic_directory(o0 / d) as tmp:
+                shutil.copytree(s0 / d, tmp, dirs_exist_ok=True)
+    copied = [name for name, _ in parts]
     if copied:
         log(f"round 0: the {' and the '.join(copied)} of {src} have this loop's settings; copied, not recomputed")
     return bool(copied)

@@ -238,9 +238,7 @@ class ParticleWorld:
         self.x = torch.where(free, self.x + offset, self.x)
         self.com = torch.where((~self.jointed)[:, None], self.com + offset, self.com)
         if self.jointed.any() and dist > 0:
-            r2 = perpendicular(self.x - self.joint_anchor[self.body], self.joint_axis[self.body]).pow(2).sum(-1)  # (P,)
-            count = torch.zeros(self.B).index_add_(0, self.body, torch.ones_like(r2))
-            lever = (torch.zeros(self.B).index_add_(0, self.body, r2) / count.clamp_min(1.0)).sqrt().clamp_min(1e-6)
+            lever = (self.hinge_inertia / self.mass).sqrt().clamp_min(1e-6)  # (B,) the particles' rms distance from the axis
             size = torch.where(self.joint_kind == SLIDE, torch.full_like(lever, dist), dist / lever)
             q = self.joint_position()
             lo, hi = self.joint_range[:, 0] - q, self.joint_range[:, 1] - q  # room left each way

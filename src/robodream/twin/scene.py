@@ -58,7 +58,7 @@ class TwinConfig:
     kd: float = 20.0  # damping of a free body's velocity while visual forces act, N s/m (0: none, as the paper)
     # also turn bodies by the visual forces' torque about their centre of mass. Off: on door-open (5 episodes) it
     # fixed one lost door under wrong physics (13.2 -> 2.6 degrees) but made right physics 11.4 degrees instead of
-    # 0.87 (benchmarks/RESULTS.md)
+    # 0.87 (benchmarks/RESULTS.md); measured before 05c566d, while the force itself could not turn a door, not since
     visual_torque: bool = False
     visual_steps: int = 3  # Adam steps on the photometric error per control step
     visual_lr: float = 0.002  # their learning rate, metres
