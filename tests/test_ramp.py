@@ -145,6 +145,35 @@ def test_relabel_without_z_keeps_the_values(work, tmp_path):
     assert (tmp_path / "recap" / "model.safetensors").is_file()
 
 
+def test_relocated_labels_match_the_copied_datasets(work, tmp_path):
+    """A labels file moved with its dataset and world model (a loop copying a sibling's round 1):
+    the roots and the world model's run point at the copies, the copies match it
+    (``match_labels``), the original no longer does, and without ``z`` it is the file a ``--no-z``
+    relabel writes, tensor for tensor."""
+    import shutil
+
+    from robodream.data.lerobot import LeRobotDataset
+    from robodream.rl.labels import relocate_labels
+
+    shutil.copytree(work / "ds", tmp_path / "copy" / "ds")
+    meta = relocate_labels(work / "labels.safetensors", tmp_path / "moved.safetensors", {str(work): str(tmp_path / "copy")},
+                           drop_z=True)
+    assert meta["datasets"][0]["root"] == str((tmp_path / "copy" / "ds").resolve()) and meta["z_steps"] == 0
+    assert meta["world_model"]["run"] == str((tmp_path / "copy" / "wm").resolve())
+    assert meta["relocated_from"] == str((work / "labels.safetensors").resolve())
+    labels, _ = match_labels([tmp_path / "moved.safetensors"], [LeRobotDataset(tmp_path / "copy" / "ds")])
+    assert labels[0].z is None
+    with pytest.raises(DatasetError, match="not labelled"):
+        match_labels([tmp_path / "moved.safetensors"], [LeRobotDataset(work / "ds")])
+    run("relabel", "--data", work / "ds", "--world-model", work / "wm", "--out", tmp_path / "noz.safetensors",
+        "--value-steps", 2, "--batch", 64, "--no-z")
+    _, noz = read_labels(tmp_path / "noz.safetensors")
+    _, moved = read_labels(tmp_path / "moved.safetensors")
+    assert moved.keys() == noz.keys() and all(torch.equal(moved[k], noz[k]) for k in noz)
+    kept = relocate_labels(work / "labels.safetensors", tmp_path / "z.safetensors", {})
+    assert kept["z_steps"] == 1 and kept["datasets"][0]["root"] == str((work / "ds").resolve())
+
+
 def test_relabel_resumes_after_a_kill(work, tmp_path, monkeypatch):
     """Killed after its first dataset, relabel keeps that dataset's predictions; the rerun predicts only
     the second and writes the file an uninterrupted run writes, then drops the partial directory."""

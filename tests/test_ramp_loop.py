@@ -21,7 +21,7 @@ import robodream.rl.loop as loop
 from robodream.errors import CheckpointError, ConfigError
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED
 from robodream.rl.bench import quick_loop_config
-from robodream.rl.labels import awr_weights
+from robodream.rl.labels import awr_weights, weights_sha256
 from robodream.rl.loop import METHODS, RampLoopConfig, run_ramp_loop
 
 STAGES = ("record_rollouts", "train_world_model", "relabel", "train_policy", "evaluate_policy")
@@ -74,7 +74,11 @@ def _fake_stages(monkeypatch, calls: dict) -> None:
     def relabel(data, wm, out, **kw):
         calls.setdefault("relabel", []).append(list(data))
         calls.setdefault("relabel_z", []).append(kw["with_z"])
-        Path(out).write_text("")
+        Path(out).write_text(json.dumps({"z_steps": int(kw["with_z"]), "world_model": {"sha256": weights_sha256(wm)}}))
+
+    def relocate(src, dst, moves, drop_z=False):
+        meta = json.loads(Path(src).read_text())
+        Path(dst).write_text(json.dumps({**meta, "z_steps": 0 if drop_z else meta["z_steps"], "relocated_from": str(src)}))
 
     def rollouts(pol, task, n, out, **kw):
         calls.setdefault("rollouts", []).append((str(pol), task, n, kw))
@@ -95,8 +99,10 @@ def _fake_stages(monkeypatch, calls: dict) -> None:
     monkeypatch.setattr(loop, "record_rollouts", rollouts)
     monkeypatch.setattr(loop, "evaluate_policy", evaluate)
     monkeypatch.setattr(loop, "dataset_complete", lambda p: (Path(p) / "meta" / "results.json").is_file())
+    monkeypatch.setattr(loop, "relocate_labels", relocate)
     monkeypatch.setattr(loop, "labels_meta", lambda f: {"eps": 0.1, "positive_fraction": 0.3,
-                                                        "achieved_positive_fraction": 0.3})
+                                                        "achieved_positive_fraction": 0.3,
+                                                        **json.loads(Path(f).read_text())})
 
 
 def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
@@ -155,31 +161,51 @@ def test_four_methods_share_one_evaluation(monkeypatch, tmp_path):
     assert [cold.round_steps(k, 4000, 0) for k in (0, 1)] == [4000, 4000] and cold.round_steps(1, 4000, 7) == 7
 
 
-def test_round0_is_shared_and_only_ramp_relabels_z(monkeypatch, tmp_path):
-    """RECAP copies ramp's round 0 (same settings): its world model, base policy and evaluation,
-    instead of training and evaluating again, then relabels its own round without z; a loop of
-    another seed copies nothing; HG-DAgger copies the base policy but no world model."""
+def test_method_independent_stages_are_computed_once(monkeypatch, tmp_path):
+    """RECAP copies from ramp (same settings) round 0's world model, base policy and evaluation and
+    round 1's rollouts, world model and labels (without z), and trains and evaluates only its round-1
+    policy; copied stages count 0 s. A loop of another seed copies nothing. HG-DAgger copies the base
+    policy and the rollouts but no world model. RAMP takes no labels without z, and no labels of
+    another world model's weights: it relabels."""
     calls: dict = {}
     _fake_stages(monkeypatch, calls)
     cfg = RampLoopConfig(data=("demos",), tokenizer="tok", tasks=("reach-v3",), rounds=1, rollouts=2, eval_episodes=2)
     run_ramp_loop(cfg, tmp_path / "ramp", log=lambda *_: None)
     assert len(calls["wm"]) == 2 and calls["relabel_z"] == [True] and len(calls["policy"]) == 2
+    assert len(calls["rollouts"]) == 1
     calls.clear()
     logs = []
     run_ramp_loop(replace(cfg, method="recap"), tmp_path / "recap", log=logs.append,
-                  round0_from=(tmp_path / "awr", tmp_path / "ramp"))  # awr: no loop there yet
-    assert len(calls["wm"]) == 1 and calls["relabel_z"] == [False]  # round 1 only
-    assert len(calls["policy"]) == 1 and {e[0] for e in calls["eval"]} == {"round_1"}
-    for part in ("world_model/model.safetensors", "policy/model.safetensors", "eval/reach-v3/results.json"):
+                  share_from=(tmp_path / "awr", tmp_path / "ramp"))  # awr: no loop there yet
+    assert set(calls) == {"policy", "eval"} and len(calls["policy"]) == 1 and {e[0] for e in calls["eval"]} == {"round_1"}
+    r0, r1 = (json.loads((tmp_path / "recap" / f"round_{k}" / "metrics.json").read_text()) for k in (0, 1))
+    assert r0["copied"] == ["world_model_train", "policy_train", "eval"]
+    assert r1["copied"] == ["rollouts", "world_model_train", "relabel"]
+    assert all(r1["timings_s"][st] == 0.0 for st in r1["copied"]) and r1["timings_s"]["policy_train"] == 0.0  # fakes log none
+    labels = json.loads((tmp_path / "recap" / "round_1" / "labels.safetensors").read_text())
+    assert labels["z_steps"] == 0 and labels["relocated_from"] == str(tmp_path / "ramp" / "round_1" / "labels.safetensors")
+    for part in ("world_model/copied_from.json", "policy/model.safetensors", "eval/reach-v3/results.json"):
         assert (tmp_path / "recap" / "round_0" / part).is_file()
-    assert any("copied, not recomputed" in ln for ln in logs)
-    assert not list((tmp_path / "recap" / "round_0").glob(".*tmp"))
+    assert (tmp_path / "recap" / "round_1" / "rollouts" / "reach-v3" / "copied_from.json").is_file()
+    assert sum("copied, not recomputed" in ln for ln in logs) == 5
+    assert not list((tmp_path / "recap").rglob(".*tmp"))
     calls.clear()
-    run_ramp_loop(replace(cfg, method="awr", seed=1), tmp_path / "awr", log=lambda *_: None, round0_from=(tmp_path / "ramp",))
+    run_ramp_loop(replace(cfg, method="awr", seed=1), tmp_path / "awr", log=lambda *_: None, share_from=(tmp_path / "ramp",))
     assert len(calls["wm"]) == 2 and calls["relabel_z"] == [False] and len(calls["policy"]) == 2
-    assert loop.reuse_round0(replace(cfg, method="hgdagger"), tmp_path / "h", tmp_path / "ramp")
-    assert (tmp_path / "h" / "round_0" / "policy").is_dir() and not (tmp_path / "h" / "round_0" / "world_model").exists()
-    assert not loop.reuse_round0(replace(cfg, method="hgdagger"), tmp_path / "h", tmp_path / "ramp")  # has it now
+    assert len(calls["rollouts"]) == 1
+    calls.clear()
+    run_ramp_loop(replace(cfg, method="hgdagger"), tmp_path / "h", log=lambda *_: None, share_from=(tmp_path / "ramp",))
+    assert set(calls) == {"policy", "eval"} and (tmp_path / "h" / "round_1" / "rollouts" / "reach-v3").is_dir()
+    assert not (tmp_path / "h" / "round_0" / "world_model").exists()
+    calls.clear()
+    run_ramp_loop(cfg, tmp_path / "ramp2", log=lambda *_: None, share_from=(tmp_path / "recap",))
+    assert "wm" not in calls and calls["relabel_z"] == [True]  # recap's labels have no z
+    calls.clear()
+    (tmp_path / "recap" / "round_1" / "world_model" / "model.safetensors").write_text("other weights")
+    for f in ("labels.safetensors", "metrics.json"):
+        (tmp_path / "recap" / "round_1" / f).unlink()
+    run_ramp_loop(replace(cfg, method="recap"), tmp_path / "recap", log=lambda *_: None, share_from=(tmp_path / "ramp",))
+    assert calls["relabel_z"] == [False]  # ramp's labels are another world model's
 
 
 def test_loop_refuses_another_config(monkeypatch, tmp_path):
@@ -282,6 +308,7 @@ def test_hgdagger_round_and_bench_rl_quick(loop_work, tmp_path):
     assert {"tasks", "base_success", "success_by_round", "final_success", "per_task", "kendall_tau",
             "takeover_steps_by_round", "code", "wall_s"} <= set(r)
     base = json.loads((loop_work / "bench" / "base" / "metrics.json").read_text())  # WORK/base: 0 rounds
+    assert (loop_work / "bench" / "base" / "round_1" / "rollouts" / "reach-v3" / "meta" / "results.json").is_file()
     assert base["n_rounds_done"] == 1 and base["rounds"][0]["per_task"]["reach-v3"]["n_episodes"] == 2
     assert r["tasks"] == ["reach-v3"] and r["base_success"] == base["mean_success"][0] and r["wall_s"] > 0
     assert r["base_per_task"]["reach-v3"]["success_rate"] == r["base_success"]

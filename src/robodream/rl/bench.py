@@ -7,13 +7,15 @@ measures the value world model (:func:`value_ablation`), and returns the benchma
 ``z``), ``ramp_efficient`` (the same policies in efficient mode, no ``z``), ``recap``, ``awr``
 and ``hg_dagger`` (the CLI's ``hgdagger``; :data:`JSON_NAMES`).
 
-Round 0 does not depend on the method. Every method starts from one base policy, plain BC on
-the demos, trained and evaluated first in ``WORK/base`` (a loop of 0 rounds; the issue's
-``base_success``) and copied as each loop's round 0; RAMP and RECAP add their conditioning
-when round 1 fine-tunes it. The round-0 value world model is trained by the first world-model
-method and copied by the others (:func:`~robodream.rl.loop.reuse_round0`). So two ``bench rl
---methods ...`` processes can share ``WORK`` (the second waits on a lock while the first trains
-the base). RECAP's and AWR's relabels skip ``z``, which only RAMP's policy reads.
+Round 0 and most of round 1 do not depend on the method. Every method starts from one base
+policy, plain BC on the demos, trained and evaluated first in ``WORK/base`` (a loop of 0 rounds;
+the issue's ``base_success``), whose round-1 rollouts (``WORK/base/round_1/rollouts``, no mode)
+are recorded there too; each loop copies them, and the base policy as its round 0. RAMP and
+RECAP add their conditioning when round 1 fine-tunes the base. The value world models of rounds
+0 and 1 and round 1's labels are computed by the first world-model method to reach them and
+copied by the others (RECAP and AWR without ``z``, which only RAMP's policy reads)
+(:func:`~robodream.rl.loop.pull_shared`). So two ``bench rl --methods ...`` processes can share
+``WORK`` (the second waits on a lock while the first trains the base and rolls it out).
 
 Value model (GigaBrain-0.5M*'s Kendall tau, state+value 0.80 vs value-only 0.73). With R the
 last round of the ramp loop (R >= 1), round R-1's state+value world model (trained on the
@@ -37,7 +39,15 @@ from typing import Any
 from robodream.config import to_dict
 from robodream.errors import ConfigError
 from robodream.pipeline import training_seconds
-from robodream.rl.loop import METHODS, RampLoopConfig, infer_tasks, round_data, run_ramp_loop, train_round_world_model
+from robodream.rl.loop import (
+    METHODS,
+    RampLoopConfig,
+    infer_tasks,
+    record_round_rollouts,
+    round_data,
+    run_ramp_loop,
+    train_round_world_model,
+)
 from robodream.utils.io import atomic_write_json, read_json
 from robodream.utils.run import code_version, environment_info, now
 
@@ -127,10 +137,11 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
           0 has no rollouts: 0; ``ramp_efficient`` has no rollouts of its own);
         - ``kendall_tau`` ``{state_value, value_only}`` (:func:`value_ablation`; None without
           ``ramp`` or a round >= 1) and ``kendall_tau_detail`` (its evaluations);
-        - ``wall_s``: the sum of every method's and round's stage timings (``timings_s`` of the
-          round metrics: rollouts, relabel, evaluations, and the world-model and policy training
-          loops' logged time, without frame encoding) and of the value ablation's; the time of
-          the stages as they ran, across resumes;
+        - ``wall_s``: the sum of the base's, every method's and round's stage timings
+          (``timings_s`` of the round metrics: rollouts, relabel, evaluations, and the
+          world-model and policy training loops' logged time, without frame encoding; a copied
+          stage counts once, where it ran), the base's round-1 rollouts and the value
+          ablation's; the time of the stages as they ran, across resumes;
         - ``benchmark = "rl"``, created, ``code``, environment, quick, ``methods`` (CLI names),
           ``config`` (the settings, without ``method``), and ``results`` per CLI method: its
           round curve (``mean_success``), final per-task success, rollouts and intervention
@@ -149,16 +160,19 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     # the base policy (round 0 of every method) once, under a lock: parallel bench processes wait for it
+    base_cfg = replace(cfg, method="hgdagger", rounds=0)
     with open(work / ".base.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         log(f"bench rl: the base policy (plain BC on the demos, every method's round 0) -> {work / BASE_DIR}")
-        base = run_ramp_loop(replace(cfg, method="hgdagger", rounds=0), work / BASE_DIR, log=log)
+        base = run_ramp_loop(base_cfg, work / BASE_DIR, log=log)
+        if cfg.rounds >= 1:  # round 1's rollouts are the base policy's, the same for every method
+            base_rollouts = record_round_rollouts(base_cfg, work / BASE_DIR, 1, log=log)
     summaries: dict[str, dict[str, Any]] = {}
     for m in methods:
         log(f"bench rl: method {m} -> {work / m}")
         # round 0's base policy comes from WORK/base, its world model from a sibling that finished it
         siblings = (work / BASE_DIR, *(work / d for d in METHODS if d != m))
-        summaries[m] = run_ramp_loop(replace(cfg, method=m), work / m, log=log, round0_from=siblings)
+        summaries[m] = run_ramp_loop(replace(cfg, method=m), work / m, log=log, share_from=siblings)
     kendall = value_ablation(replace(cfg, method="ramp"), work / "ramp", log=log) if "ramp" in summaries else None
 
     curves: dict[str, tuple[list[float], dict[str, Any]]] = {}  # JSON method -> (mean per round, final per task)
@@ -166,7 +180,11 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
         curves[JSON_NAMES[m]] = (s["mean_success"], s["final"])
         if m == "ramp":
             curves["ramp_efficient"] = (s["mean_success_efficient"], s["final_efficient"])
-    wall = sum(t for s in summaries.values() for r in s["rounds"] for t in r["timings_s"].values())
+    # every stage once: copied stages count 0 s in the loops that copied them
+    wall = sum(t for s in (base, *summaries.values()) for r in s["rounds"] for t in r["timings_s"].values())
+    if cfg.rounds >= 1:
+        wall += sum(read_json(work / BASE_DIR / "round_1" / "rollouts" / t / "meta" / "results.json").get("wall_s", 0.0)
+                    for t in base_rollouts)
     settings = to_dict(cfg)
     settings.pop("method")
     return {

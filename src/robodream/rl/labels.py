@@ -331,6 +331,50 @@ def weights_sha256(run_dir: str | os.PathLike) -> str | None:
     return h.hexdigest()
 
 
+def relocate_labels(src: str | os.PathLike, dst: str | os.PathLike, moves: dict[str, str], *,
+                    drop_z: bool = False) -> dict[str, Any]:
+    """Write the labels file ``src`` to ``dst`` for copies of its datasets and world model run.
+
+    Labels are matched to datasets by resolved root (:func:`match_labels`); a loop that copies
+    another loop's rollouts and world model (``robodream.rl.loop``, round 1 of ``bench rl``)
+    copies their labels with this instead of computing them again. Every dataset root and the
+    world model's run path that starts with a key of ``moves`` (a directory) gets that prefix
+    replaced by its value; nothing else changes (the tensors, eps, world-model sha256). With
+    ``drop_z`` the future latents are left out and ``z_steps`` is 0, the file :func:`relabel`
+    writes ``with_z=False`` (the values' noise has its own stream, so they are the same).
+    The metadata records ``relocated_from`` (``src``, resolved). Written atomically.
+
+    Returns:
+        the new file's metadata.
+
+    Raises:
+        DatasetError: ``src`` is not a readable labels file.
+    """
+    from safetensors.torch import save
+
+    from robodream.utils.io import atomic_write_bytes
+
+    meta, tensors = read_labels(src)
+
+    def moved(path: str) -> str:
+        for old, new in moves.items():
+            old = str(Path(old).resolve())
+            if path == old or path.startswith(old + os.sep):
+                return str(Path(new).resolve()) + path[len(old):]
+        return path
+
+    meta = json.loads(json.dumps(meta))  # a deep copy
+    for entry in meta["datasets"]:
+        entry["root"] = moved(entry["root"])
+    meta["world_model"]["run"] = moved(meta["world_model"]["run"])
+    if drop_z:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(".z")}
+        meta["z_steps"] = 0
+    meta["relocated_from"] = str(Path(src).resolve())
+    atomic_write_bytes(dst, save({k: v.contiguous() for k, v in tensors.items()}, metadata={"robodream": json.dumps(meta)}))
+    return meta
+
+
 # ----------------------------------------------------------------------------- reading labels
 def read_labels(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The metadata and tensors of a labels file written by :func:`relabel`.

@@ -30,6 +30,7 @@ Layout of ``RUN`` (every stage is skipped when its output is complete, so a kill
 continued by running the same command again; training runs resume from their last checkpoint)::
 
     loop.json                       the loop's config (another config in RUN is refused)
+    round_*/<stage>/copied_from.json  a stage copied from another loop (``share_from``, below)
     round_0/world_model/            value world model on the demos          (not hgdagger)
     round_0/policy/                 the base policy (plain BC on the demos; no labels)
     round_0/eval/<task>/            evaluate_policy: results.json, MP4s
@@ -48,6 +49,10 @@ warm-up, the normalisation of the round's data) for ``round_*_steps`` steps, by 
 quarter of the pre-training steps (:meth:`RampLoopConfig.round_steps`); without it each round
 trains from scratch for as many steps as pre-training. Every method gets the same steps, so
 the budget stays equal.
+
+Shared stages (``share_from``, :func:`pull_shared`): round 0 and, but for its policy, round 1
+do not depend on the method (round 1 rolls out the base policy); a loop copies them from a
+sibling loop that finished them with the same settings, so ``bench rl`` computes them once.
 
 Evaluation uses ``eval_episodes`` per task in round 0 and the last round, and
 ``round_eval_episodes`` (if set) in the rounds between, whose success only draws the curve.
@@ -81,6 +86,8 @@ from robodream.rl.labels import (
     DEFAULT_POSITIVE_FRACTION,
     read_labels,
     relabel,
+    relocate_labels,
+    weights_sha256,
 )
 from robodream.rl.rollout import record_rollouts
 from robodream.rl.takeover import TakeoverConfig
@@ -107,6 +114,8 @@ ROUND0_WORLD_MODEL_KEYS = ("data", "tokenizer", "world_model", "world_model_trai
 #: same plain BC policy (:meth:`RampLoopConfig.base_policy_run_config`), shared the same way.
 ROUND0_POLICY_KEYS = ("data", "tokenizer", "tasks", "policy", "policy_train", "seed", "eval_episodes", "eval_seed",
                       "max_steps", "videos")
+#: The settings round 1's rollouts depend on beyond the base policy (no mode: the base has none).
+ROLLOUT_KEYS = ("rollouts", "takeover")
 
 
 def default_loop_world_model() -> WorldModelConfig:
@@ -256,49 +265,100 @@ def labels_meta(file: Path) -> dict[str, Any]:
     return read_labels(file)[0]
 
 
-def reuse_round0(cfg: RampLoopConfig, out: Path, src: Path, *, log=print) -> bool:
-    """Copy the parts of round 0 that the finished loop in ``src`` shares with the loop in ``out``.
+#: What a copied stage records about its source: a file in a copied run or evaluation directory
+#: (a labels file records ``relocated_from`` in its metadata instead).
+COPIED_FILE = "copied_from.json"
 
-    Round 0 does nothing method-specific: it pre-trains the value world model on the
-    demonstrations (world-model methods) and the base policy (every method,
-    :meth:`RampLoopConfig.base_policy_run_config`), and evaluates that policy. Loops whose configs
-    agree on :data:`ROUND0_WORLD_MODEL_KEYS` would train the same world model, and on
-    :data:`ROUND0_POLICY_KEYS` the same policy and evaluation (``bench rl`` runs all methods on
-    one config: this trains each once). Each part is copied only when ``out`` lacks it and ``src``
-    has it complete; copies are atomic (a temporary name, then a rename).
 
-    Returns:
-        True when something was copied.
+def shared_keys(k: int, stage: str) -> tuple[str, ...] | None:
+    """The config keys round ``k``'s ``stage`` depends on when it does not depend on the method,
+    or None when it does (every stage of rounds >= 2, and round 1's policy).
+
+    Round 0 is the value world model pre-trained on the demos and the base policy; round 1's
+    rollouts are the base policy's (no mode), its world model continues round 0's on the demos
+    and those rollouts, and its labels are that world model's (RAMP's with ``z``).
     """
-    if not (src / LOOP_FILE).is_file() or src.resolve() == out.resolve():
-        return False
-    theirs, ours = read_json(src / LOOP_FILE), to_dict(cfg)
-    agree = lambda keys: all(theirs.get(k) == ours.get(k) for k in keys)  # noqa: E731
-    s0, o0 = src / "round_0", out / "round_0"
-    parts = []
-    if (cfg.uses_world_model and agree(ROUND0_WORLD_MODEL_KEYS) and run_complete(s0 / "world_model")
-            and not (o0 / "world_model").exists()):
-        parts.append(("world model", ("world_model",)))
-    if (agree(ROUND0_POLICY_KEYS) and run_complete(s0 / "policy") and not (o0 / "policy").exists()
-            and not (o0 / "eval").exists() and all((s0 / "eval" / t / "results.json").is_file() for t in cfg.tasks)):
-        parts.append(("base policy and its evaluation", ("policy", "eval")))
-    for _, dirs in parts:
-        for d in dirs:
-            with atomic_directory(o0 / d) as tmp:
-                shutil.copytree(s0 / d, tmp, dirs_exist_ok=True)
-    copied = [name for name, _ in parts]
-    if copied:
-        log(f"round 0: the {' and the '.join(copied)} of {src} have this loop's settings; copied, not recomputed")
-    return bool(copied)
+    rollouts = ROUND0_POLICY_KEYS + ROLLOUT_KEYS
+    world_model = ROUND0_WORLD_MODEL_KEYS + rollouts + ("warm_start", "round_world_model_steps")
+    return {(0, "world_model"): ROUND0_WORLD_MODEL_KEYS, (0, "policy"): ROUND0_POLICY_KEYS,
+            (1, "rollouts"): rollouts, (1, "world_model"): world_model,
+            (1, "labels"): world_model + ("positive_fraction", "value_steps")}.get((k, stage))
+
+
+def _copy_stage_dir(src: Path, dst: Path) -> None:
+    """Copy a stage's directory atomically (replacing an unfinished one), recording its source."""
+    with atomic_directory(dst, overwrite=True) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        atomic_write_json(tmp / COPIED_FILE, {"from": str(src.resolve()), "copied": now()})
+
+
+def was_copied(path: Path) -> bool:
+    """Whether a stage's output was copied from another loop (:func:`pull_shared`)."""
+    if path.is_dir():
+        return (path / COPIED_FILE).is_file()
+    return path.is_file() and "relocated_from" in labels_meta(path)
+
+
+def pull_shared(cfg: RampLoopConfig, out: Path, k: int, stage: str, sources: tuple[str | Path, ...], *,
+                log=print) -> Path | None:
+    """Copy round ``k``'s ``stage`` from the first loop in ``sources`` that finished it with the
+    same settings, instead of computing it again; returns that loop's directory, or None.
+
+    Stages (:func:`shared_keys` gives the settings each depends on): ``world_model`` of rounds 0
+    and 1 (world-model methods), ``policy`` of round 0 (the base policy with its evaluation),
+    ``rollouts`` of round 1 (every task's), ``labels`` of round 1. ``bench rl`` runs every method
+    on one config, so these are computed once (round 1's rollouts of one base policy on the same
+    seeds came out byte-identical for two methods). Labels are taken only when they are this
+    loop's world model's (the same weights, by sha256) and carry ``z`` where RAMP needs it, and are
+    rewritten for this loop's paths (:func:`~robodream.rl.labels.relocate_labels`; ``z`` left out
+    for the other methods). Copies are atomic and replace an unfinished output of this loop; a
+    copied directory holds :data:`COPIED_FILE`.
+    """
+    keys = shared_keys(k, stage)
+    if keys is None or (stage in ("world_model", "labels") and not cfg.uses_world_model):
+        return None
+    ours = to_dict(cfg)
+    o = out / f"round_{k}"
+    for src in map(Path, sources):
+        if not (src / LOOP_FILE).is_file() or src.resolve() == out.resolve():
+            continue
+        theirs = read_json(src / LOOP_FILE)
+        if any(theirs.get(key) != ours.get(key) for key in keys):
+            continue
+        s = src / f"round_{k}"
+        if stage == "world_model" and run_complete(s / "world_model"):
+            _copy_stage_dir(s / "world_model", o / "world_model")
+        elif (stage == "policy" and run_complete(s / "policy")
+              and all((s / "eval" / t / "results.json").is_file() for t in cfg.tasks)):
+            _copy_stage_dir(s / "policy", o / "policy")
+            for t in cfg.tasks:
+                _copy_stage_dir(s / "eval" / t, o / "eval" / t)
+        elif stage == "rollouts" and all(dataset_complete(s / "rollouts" / t) for t in cfg.tasks):
+            for t in cfg.tasks:
+                if not dataset_complete(o / "rollouts" / t):
+                    _copy_stage_dir(s / "rollouts" / t, o / "rollouts" / t)
+        elif stage == "labels" and (s / "labels.safetensors").is_file():
+            meta = labels_meta(s / "labels.safetensors")
+            if ((cfg.method == "ramp" and not meta.get("z_steps"))
+                    or meta["world_model"].get("sha256") != weights_sha256(o / "world_model")):
+                continue
+            relocate_labels(s / "labels.safetensors", o / "labels.safetensors", {str(s): str(o)},
+                            drop_z=cfg.method != "ramp")
+        else:
+            continue
+        log(f"round {k}: the {stage.replace('_', ' ')} of {src} has this loop's settings; copied, not recomputed")
+        return src
+    return None
 
 
 def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite: bool = False,
-                  round0_from: tuple[str | Path, ...] = ()) -> dict[str, Any]:
+                  share_from: tuple[str | Path, ...] = ()) -> dict[str, Any]:
     """Run (or continue) the loop of ``cfg.method`` in ``out``; returns the content of RUN/metrics.json.
 
-    ``round0_from``: other loop directories; round 0's world model and base policy (with its
-    evaluation) are copied from the first that has them finished with fitting settings instead of
-    computing them (:func:`reuse_round0`).
+    ``share_from``: other loop directories; the stages that do not depend on the method (round
+    0's world model, base policy and its evaluation; round 1's rollouts, world model and labels)
+    are copied from the first that has them finished with the same settings instead of being
+    computed (:func:`pull_shared`). Copied stages count 0 s in ``timings_s``.
 
     Returns:
         ``{"method", "tasks", "rounds": [round metrics...], "mean_success": [per round],
@@ -324,11 +384,9 @@ def run_ramp_loop(cfg: RampLoopConfig, out: str | Path, *, log=print, overwrite:
     if not cfg.tasks:
         cfg = replace(cfg, tasks=infer_tasks(cfg.data))
     check_loop_dir(out, cfg, overwrite)
-    for src in round0_from:
-        reuse_round0(cfg, out, Path(src), log=log)
     rounds = []
     for k in range(cfg.rounds + 1):
-        rounds.append(run_round(cfg, out, k, log=log))
+        rounds.append(run_round(cfg, out, k, log=log, share_from=share_from))
         write_summary(cfg, out, rounds)
     return read_json(out / "metrics.json")
 
@@ -356,8 +414,31 @@ def train_round_world_model(cfg: RampLoopConfig, data: list[str], k: int, run: P
                       run, resume=run.exists())
 
 
-def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str, Any]:
-    """Round ``k`` of the loop (see the module docstring); its stages skip complete outputs."""
+def record_round_rollouts(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str, dict[str, Any]]:
+    """Round ``k``'s rollouts (k >= 1) of round k-1's policy in ``out``, with takeover, for every
+    task (complete ones are skipped); returns per task the rollouts' summary (episodes, success
+    with takeover, intervention steps and fraction, first and last seed). Round 1 rolls out the
+    base policy, which has no mode; later rounds use the method's (:attr:`RampLoopConfig.eval_mode`)."""
+    rd, threads = out / f"round_{k}", cfg.threads or (2 if cfg.workers == 1 else 1)
+    roll = {}
+    for task in cfg.tasks:
+        path = rd / "rollouts" / task
+        if not dataset_complete(path):
+            log(f"round {k}: {cfg.rollouts} rollouts of {task} with takeover -> {path}")
+            record_rollouts(out / f"round_{k - 1}" / "policy", task, cfg.rollouts, path, takeover=cfg.takeover,
+                            max_steps=cfg.max_steps, mode=cfg.eval_mode if k >= 2 else None, threads=threads,
+                            workers=cfg.workers, overwrite=path.exists())
+        r = read_json(path / "meta" / "results.json")
+        roll[task] = {key: r.get(key) for key in ("n_episodes", "success_rate", "intervention_steps",
+                                                   "intervention_fraction", "mean_intervention_fraction")}
+        roll[task]["seeds"] = [r["seeds"][0], r["seeds"][-1]] if r.get("seeds") else None
+    return roll
+
+
+def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print,
+              share_from: tuple[str | Path, ...] = ()) -> dict[str, Any]:
+    """Round ``k`` of the loop (see the module docstring); its stages skip complete outputs and
+    copy the method-independent ones from the loops in ``share_from`` (:func:`pull_shared`)."""
     rd = out / f"round_{k}"
     rd.mkdir(parents=True, exist_ok=True)
     old = read_json(rd / "metrics.json") if (rd / "metrics.json").is_file() else {}
@@ -373,33 +454,28 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
     data = round_data(cfg, out, k)  # this round's rollouts are made here
     prev = out / f"round_{k - 1}" if k >= 1 else None
 
+    def pull(stage: str, done: bool) -> None:  # a shared stage this loop lacks, from a sibling
+        if not done:
+            pull_shared(cfg, out, k, stage, share_from, log=log)
+
     if k >= 1:  # rollouts of the previous round's policy, with takeover
         t0 = time.perf_counter()
-        roll = {}
-        for task in cfg.tasks:
-            path = rd / "rollouts" / task
-            if not dataset_complete(path):
-                log(f"round {k}: {cfg.rollouts} rollouts of {task} with takeover -> {path}")
-                ran.add("rollouts")
-                record_rollouts(prev / "policy", task, cfg.rollouts, path, takeover=cfg.takeover,
-                                max_steps=cfg.max_steps, mode=cfg.eval_mode if k >= 2 else None, threads=threads,
-                                workers=cfg.workers,
-                                overwrite=path.exists())
-            r = read_json(path / "meta" / "results.json")
-            roll[task] = {key: r.get(key) for key in ("n_episodes", "success_rate", "intervention_steps",
-                                                       "intervention_fraction", "mean_intervention_fraction")}
-            roll[task]["seeds"] = [r["seeds"][0], r["seeds"][-1]] if r.get("seeds") else None
-        metrics["rollouts"] = roll
+        pull("rollouts", all(dataset_complete(rd / "rollouts" / t) for t in cfg.tasks))
+        if not all(dataset_complete(rd / "rollouts" / t) for t in cfg.tasks):
+            ran.add("rollouts")
+        metrics["rollouts"] = record_round_rollouts(cfg, out, k, log=log)
         timed("rollouts", t0)
 
     labels = None
     if cfg.uses_world_model:
         wm = rd / "world_model"
+        pull("world_model", run_complete(wm))
         train_round_world_model(cfg, data, k, wm, prev / "world_model" if prev else None, log=log)
         metrics["timings_s"]["world_model_train"] = training_seconds(wm)
     if cfg.uses_world_model and k >= 1:  # round 0's base policy reads no labels
         labels = rd / "labels.safetensors"
         t0 = time.perf_counter()
+        pull("labels", labels.is_file())
         if not labels.is_file():
             log(f"round {k}: relabelling {len(data)} datasets -> {labels}")
             ran.add("relabel")
@@ -411,6 +487,7 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
                              "achieved_positive_fraction": meta.get("achieved_positive_fraction")}
 
     pol = rd / "policy"
+    pull("policy", run_complete(pol))  # round 0: with its evaluation
     if not run_complete(pol):
         steps = cfg.round_steps(k, cfg.policy_train.steps, cfg.round_policy_steps)
         init = str(prev / "policy") if cfg.warm_start and prev else ""
@@ -448,6 +525,13 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print) -> dict[str,
         metrics[mean_key] = sum(v["success_rate"] for v in per_task.values()) / len(per_task)
     if cfg.method == "ramp" and not k:  # the base policy: efficient mode is the same evaluation
         metrics["per_task_efficient"], metrics["mean_success_efficient"] = metrics["per_task"], metrics["mean_success"]
+    # stages copied from another loop took no time here: their source counts them
+    outputs = {"rollouts": rd / "rollouts" / cfg.tasks[0], "world_model_train": rd / "world_model",
+               "relabel": labels, "policy_train": pol, "eval": rd / "eval" / cfg.tasks[0]}
+    copied = [st for st, path in outputs.items() if st in metrics["timings_s"] and path and was_copied(path)]
+    metrics["timings_s"].update(dict.fromkeys(copied, 0.0))
+    if copied:
+        metrics["copied"] = copied
     atomic_write_json(rd / "metrics.json", metrics)
     return metrics
 
