@@ -444,3 +444,18 @@ def test_init_from_starts_from_the_runs_weights(monkeypatch, loop_work, tmp_path
     shutil.rmtree(tmp_path / "a")  # resumed from its checkpoint: init_from is not read again
     r = ptrain.train_policy(replace(warm, train=replace(warm.train, steps=3)), tmp_path / "b", resume=True)
     assert r["steps"] == 3
+
+
+def test_bench_rl_makes_its_own_demos_and_tokenizer(tmp_path):
+    """Without --data and --tokenizer, ``bench rl`` collects the demos and trains the tokenizer in
+    WORK (quick: 32 px, two steps) before the base policy; --data without --tokenizer is refused."""
+    run("bench", "rl", "--tasks", "reach-v3", "--demos", 2, "--methods", "hgdagger", "--quick", "--max-steps", 12,
+        "--work", tmp_path / "w", "--out", tmp_path / "rl.json")
+    r = json.loads((tmp_path / "rl.json").read_text())
+    assert r["tasks"] == ["reach-v3"] and r["config"]["data"] == [str(tmp_path / "w" / "data" / "reach-v3")]
+    assert r["config"]["tokenizer"] == str(tmp_path / "w" / "tokenizer")
+    assert json.loads((tmp_path / "w" / "data" / "reach-v3" / "meta" / "info.json").read_text())["total_episodes"] == 2
+    assert (tmp_path / "w" / "hgdagger" / "round_1" / "rollouts" / "reach-v3" / "copied_from.json").is_file()
+    bad = run("bench", "rl", "--data", tmp_path / "w" / "data" / "reach-v3", "--quick", "--work", tmp_path / "x",
+              "--out", tmp_path / "x.json", code=2)
+    one_line_error(bad, "--tokenizer")

@@ -105,12 +105,17 @@ def run_complete(path: Path) -> bool:
     return (path / "model.safetensors").is_file() and (path / "results.json").is_file()
 
 
-def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str = "policy",
-               policy_overrides: dict[str, Any] | None = None, train_seed: int = 0) -> dict[str, Any]:
-    """Run (or continue) a recipe in ``work``; returns a summary with per-task results.
+def demos_and_tokenizer(recipe: Recipe, work: str | Path, *, log=print) -> tuple[list[str], Path, dict[str, float]]:
+    """The first two stages of a recipe in ``work``: ``recipe.demos_per_task`` expert episodes per
+    task (``work/data/<task>``, ``robodream collect``) and a tokenizer trained on all of them
+    (``work/tokenizer``). A complete stage is skipped, an unfinished one continued or redone.
 
-    Layout: ``work/data/<task>``, ``work/tokenizer``, ``work/<policy_name>``,
-    ``work/eval/<policy_name>/<task>``, ``work/<policy_name>_summary.json``.
+    Returns:
+        the dataset directories (in ``recipe.tasks`` order), the tokenizer run, and
+        ``{"collect_s", "tokenizer_s"}`` (wall seconds of this call's stages).
+
+    Raises:
+        ConfigError: an unknown task (from collect).
     """
     work = Path(work)
     timings: dict[str, float] = {}
@@ -134,6 +139,19 @@ def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str 
         train_tokenizer(TokenizerRunConfig(data=tuple(datasets), model=replace(recipe.tokenizer),
                                            train=replace(recipe.tokenizer_train)), tok, resume=tok.exists())
     timings["tokenizer_s"] = time.perf_counter() - t0
+
+    return datasets, tok, timings
+
+
+def run_recipe(recipe: Recipe, work: str | Path, *, log=print, policy_name: str = "policy",
+               policy_overrides: dict[str, Any] | None = None, train_seed: int = 0) -> dict[str, Any]:
+    """Run (or continue) a recipe in ``work``; returns a summary with per-task results.
+
+    Layout: ``work/data/<task>``, ``work/tokenizer``, ``work/<policy_name>``,
+    ``work/eval/<policy_name>/<task>``, ``work/<policy_name>_summary.json``.
+    """
+    work = Path(work)
+    datasets, tok, timings = demos_and_tokenizer(recipe, work, log=log)
 
     pol = work / policy_name
     t0 = time.perf_counter()

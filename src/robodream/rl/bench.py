@@ -49,7 +49,7 @@ from robodream.rl.loop import (
     train_round_world_model,
 )
 from robodream.utils.io import atomic_write_json, read_json
-from robodream.utils.run import code_version, environment_info, now
+from robodream.utils.run import code_version, environment_info, now, torch_threads
 
 #: The benchmark JSON's name of each loop method (the issue's names).
 JSON_NAMES = {"ramp": "ramp", "recap": "recap", "awr": "awr", "hgdagger": "hg_dagger"}
@@ -57,6 +57,10 @@ JSON_NAMES = {"ramp": "ramp", "recap": "recap", "awr": "awr", "hgdagger": "hg_da
 BASE_DIR = "base"
 #: Held-out rollout episodes (round-robin over the tasks) of the Kendall tau, as ``eval world-model``'s default.
 KENDALL_EPISODES = 20
+#: The bench's tasks without ``--data``: those whose base policy on 10 demos succeeds 20-60% of the
+#: time (measured over 5 candidates, benchmarks/rl_task_selection.json), and the demos per task.
+RL_TASKS = ("pick-place-v3", "push-v3", "peg-insert-side-v3")
+RL_DEMOS = 10
 
 
 def quick_loop_config(cfg: RampLoopConfig) -> RampLoopConfig:
@@ -72,6 +76,31 @@ def quick_loop_config(cfg: RampLoopConfig) -> RampLoopConfig:
                    policy=pol, policy_train=replace(cfg.policy_train, steps=3, batch_size=8, warmup_steps=1,
                                                     val_every=0, checkpoint_every=1),
                    round_world_model_steps=0, round_policy_steps=0)
+
+
+def bench_inputs(cfg: RampLoopConfig, work: Path, *, demos: int = RL_DEMOS, quick: bool = False,
+                 log=print) -> RampLoopConfig:
+    """``cfg`` with the bench's own demos and tokenizer (see :func:`run_rl_bench`): resumable
+    stages in ``work/data`` and ``work/tokenizer``.
+
+    Raises:
+        ConfigError: ``demos`` < 1, an unknown task, or ``--data`` without ``--tokenizer``.
+    """
+    from robodream.pipeline import Recipe, demos_and_tokenizer
+    from robodream.tokenizer.model import TokenizerConfig
+
+    if cfg.data:
+        raise ConfigError("--data needs --tokenizer (a tokenizer run of those demos); or pass neither and the bench "
+                          "collects its own demos and trains the tokenizer")
+    if demos < 1:
+        raise ConfigError(f"--demos must be >= 1, got {demos}")
+    recipe = Recipe(name="rl", tasks=cfg.tasks or RL_TASKS, demos_per_task=demos, workers=cfg.workers)
+    if quick:
+        recipe = replace(recipe, image_size=32, tokenizer=TokenizerConfig(channels=(8, 16, 32)),
+                         tokenizer_train=replace(recipe.tokenizer_train, steps=2, batch_size=8, val_every=0,
+                                                 checkpoint_every=1))
+    datasets, tok, _ = demos_and_tokenizer(recipe, work, log=log)
+    return replace(cfg, data=tuple(datasets), tokenizer=str(tok), tasks=recipe.tasks)
 
 
 def value_ablation(cfg: RampLoopConfig, ramp_dir: Path, *, log=print) -> dict[str, Any] | None:
@@ -121,8 +150,17 @@ def value_ablation(cfg: RampLoopConfig, ramp_dir: Path, *, log=print) -> dict[st
 
 
 def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, ...] = METHODS, quick: bool = False,
-                 log=print) -> dict[str, Any]:
+                 demos: int = RL_DEMOS, shared_threads: int = 0, log=print) -> dict[str, Any]:
     """Run the loop of every method in ``work/<method>`` with the same settings, data and budget.
+
+    Without ``cfg.data`` the bench makes its own: ``demos`` expert episodes per task of
+    ``cfg.tasks`` (default :data:`RL_TASKS`) in ``work/data/<task>`` and a tokenizer trained on
+    them in ``work/tokenizer`` (:func:`~robodream.pipeline.demos_and_tokenizer`, the main job's
+    defaults; ``quick``: 32-pixel images and a two-step tokenizer).
+
+    The stages every method shares (those inputs, the base policy and its round-1 rollouts) run
+    first, under a file lock in ``work`` (a second bench process on the same ``work`` waits for
+    them), with ``shared_threads`` torch threads (0: every core; the other process is idle).
 
     Returns:
         the benchmark JSON (method keys: :data:`JSON_NAMES` and ``ramp_efficient``, in the
@@ -155,14 +193,18 @@ def run_rl_bench(cfg: RampLoopConfig, work: str | Path, *, methods: tuple[str, .
         raise ConfigError(f"--methods must name some of {', '.join(METHODS)}, got {', '.join(methods) or 'none'}")
     if quick:
         cfg = quick_loop_config(cfg)
-    if not cfg.tasks:
+    if cfg.data and not cfg.tasks:
         cfg = replace(cfg, tasks=infer_tasks(cfg.data))
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    # the base policy (round 0 of every method) once, under a lock: parallel bench processes wait for it
-    base_cfg = replace(cfg, method="hgdagger", rounds=0)
-    with open(work / ".base.lock", "w") as lock:
+    # the stages every method shares, once, under a lock (parallel bench processes wait for them):
+    # demos and tokenizer (without --data / --tokenizer), the base policy (every method's round 0)
+    # and its round-1 rollouts
+    with open(work / ".base.lock", "w") as lock, torch_threads(shared_threads):
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cfg.data or not cfg.tokenizer:
+            cfg = bench_inputs(cfg, work, demos=demos, quick=quick, log=log)
+        base_cfg = replace(cfg, method="hgdagger", rounds=0)
         log(f"bench rl: the base policy (plain BC on the demos, every method's round 0) -> {work / BASE_DIR}")
         base = run_ramp_loop(base_cfg, work / BASE_DIR, log=log)
         if cfg.rounds >= 1:  # round 1's rollouts are the base policy's, the same for every method

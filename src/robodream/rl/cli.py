@@ -42,11 +42,12 @@ def relabel_cmd(
     out_console.print(f"{r['achieved_positive_fraction']:.1%} of {r['n_frames']} frames positive; written to {out}")
 
 
-def _loop_config(overrides: dict, data: list[Path], tokenizer: Path):
+def _loop_config(overrides: dict, data: list[Path], tokenizer: Path | str):
     from robodream.config import replace as config_replace
     from robodream.rl.loop import RampLoopConfig
 
-    return config_replace(RampLoopConfig(), {**overrides, "data": [str(d) for d in data], "tokenizer": str(tokenizer)})
+    return config_replace(RampLoopConfig(), {**overrides, "data": [str(d) for d in data],
+                                             "tokenizer": str(tokenizer) if tokenizer else ""})
 
 
 def _ci(r: dict) -> str:
@@ -78,8 +79,13 @@ def train_ramp_cmd(
 
 def bench_rl_cmd(
     overrides: dict,
-    data: Annotated[list[Path], typer.Option(help="demonstration dataset with next.reward (repeat for several)")],
-    tokenizer: Annotated[Path, typer.Option(help="an existing tokenizer run")],
+    data: Annotated[list[Path] | None, typer.Option(help="demonstration dataset with next.reward (repeat for "
+                                                         "several); default: the bench collects its own")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="an existing tokenizer run of --data; default: the bench "
+                                                        "trains one on its demos")] = None,
+    demos: Annotated[int, typer.Option(help="expert episodes per task the bench collects without --data")] = 10,
+    shared_threads: Annotated[int, typer.Option(help="torch threads of the stages every method shares (demos, "
+                                                     "tokenizer, base policy, its rollouts); 0: every core")] = 0,
     out: Annotated[Path, typer.Option(help="JSON file to write")] = Path("benchmarks/rl.json"),
     work: Annotated[Path, typer.Option(help="loop directories, WORK/<method> (resumable)")] = Path("outputs/bench_rl"),
     methods: Annotated[str, typer.Option(help="comma-separated methods")] = "ramp,recap,awr,hgdagger",
@@ -91,9 +97,9 @@ def bench_rl_cmd(
     from robodream.rl.bench import run_rl_bench
     from robodream.utils.io import atomic_write_json
 
-    cfg = _loop_config(overrides, data, tokenizer)
+    cfg = _loop_config(overrides, data or [], tokenizer or "")
     r = run_rl_bench(cfg, work, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), quick=quick,
-                     log=log)
+                     demos=demos, shared_threads=shared_threads, log=log)
     atomic_write_json(out, r)
     curves, takeover = r["success_by_round"], r["takeover_steps_by_round"]
     n = max(len(ys) for ys in curves.values())

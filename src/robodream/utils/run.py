@@ -5,11 +5,13 @@ Run directories themselves are :mod:`robodream.train.run_dir`; configs are :mod:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,18 @@ def write_run_meta(run_dir: Path, extra: dict[str, Any] | None = None) -> None:
     meta = {"created": now(), "code": code_version(), "environment": environment_info(),
             "command": sys.argv, **(extra or {})}
     atomic_write_json(Path(run_dir) / "meta.json", meta)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """Run the block with ``n`` torch intra-op threads (``n <= 0``: every CPU core), then restore
+    the previous count; yields the count used."""
+    import torch
+
+    prev = torch.get_num_threads()
+    n = n if n > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(prev)
