@@ -295,6 +295,36 @@ def test_a_door_is_turned_back_by_the_visual_force_about_its_hinge():
     assert abs(angles[True]) < 0.15 and angles[False] == pytest.approx(0.3, abs=1e-3)
 
 
+def test_kd_damps_a_touched_jointed_body_but_not_a_touched_free_one():
+    """``kd`` damps a body's velocity while the forces act; a free body the robot touches moves as
+    the robot makes it (undamped), a jointed one is damped even then (a door turning at 2 rad/s
+    turns less in a step with kd; the same free body moving at 0.1 m/s moves as far with or without)."""
+    from robodream.twin.geometry import BOX, surface_points
+
+    def moved(jointed: bool, kd: float) -> float:
+        scene, poses = synthetic_scene()
+        if jointed:
+            pts = surface_points(BOX, np.array([0.03, 0.006, 0.006]), 0.004)
+            parts = np.stack(np.meshgrid(np.arange(-0.025, 0.026, 2 * R), [0.0], [0.0], indexing="ij"), -1).reshape(-1, 3)
+            scene.dynamic = [TwinBody("door", 1, False, parts.astype(np.float32), pts,
+                                      np.tile([[0.9, 0.1, 0.1]], (len(pts), 1)).astype(np.float32), 0.3, 1.0,
+                                      joint=Joint(HINGE, (0.0, 0.0, 1.0), (-0.03, 0.0, 0.0)))]
+        twin = DigitalTwin(scene, TwinConfig(cameras=("a", "b"), image_size=32, color_fit_steps=0, kd=kd), poses, [])
+        ph = twin.physics
+        ph.g = torch.zeros(3)  # no gravity or table: only the velocity and the damping
+        if jointed:
+            ph.v = torch.cross(torch.tensor([0.0, 0.0, 2.0]).expand_as(ph.x), ph.x - ph.joint_anchor[0], dim=-1)
+        else:
+            ph.v = torch.tensor([0.1, 0.0, 0.0]).expand_as(ph.x).clone()
+        start = float(ph.joint_position()[0]) if jointed else float(ph.com[0, 0])
+        ph.touching = torch.ones(ph.B, dtype=torch.bool)  # the robot touched every body in the last step
+        twin.step([], None)
+        return (float(ph.joint_position()[0]) if jointed else float(ph.com[0, 0])) - start
+
+    assert moved(True, 20.0) < 0.8 * moved(True, 0.0) and moved(True, 0.0) > 0.01
+    assert moved(False, 20.0) == pytest.approx(moved(False, 0.0), rel=1e-4) and moved(False, 0.0) > 5e-4
+
+
 def test_track_cli_and_bench_quick(tmp_path):
     from cli_helpers import one_line_error, run
 

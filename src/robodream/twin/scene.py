@@ -55,7 +55,9 @@ class TwinConfig:
     # nothing here: the forces stay below static friction (mu m g = 7.4 N for push's 0.75 kg puck); 40 with
     # kd = 20 is what corrected a 2 cm error on push-v3 without oscillating (benchmarks/RESULTS.md)
     kp: float = 40.0
-    kd: float = 20.0  # damping of a free body's velocity while visual forces act, N s/m (0: none, as the paper)
+    # damping of a body's velocity while visual forces act, N s/m (0: none, as the paper); not of a free body the robot
+    # touches (it moves as the robot makes it), always of a jointed one
+    kd: float = 20.0
     # also turn bodies by the visual forces' torque about their centre of mass. Off: on door-open (5 episodes) it
     # fixed one lost door under wrong physics (13.2 -> 2.6 degrees) but made right physics 11.4 degrees instead of
     # 0.87 (benchmarks/RESULTS.md); measured before 05c566d, while the force itself could not turn a door, not since

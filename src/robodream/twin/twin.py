@@ -187,8 +187,11 @@ class DigitalTwin:
         "force_n"}`` (the error before correction, the largest body force)."""
         self.kin_poses = kinematic_poses
         on = self.cfg.forces
-        # damping of the visually driven motion: bodies the robot holds or pushes move as it makes them
-        damping = (self.cfg.kd / self.physics.mass) * (~self.physics.touching) if on and self.cfg.kd else None  # (B,) 1/s
+        # damping of the visually driven motion. A free body the robot holds or pushes moves as the robot makes it
+        # (damping a carried puck dragged it); a jointed one is damped even then: the robot can only push it along
+        # its joint, and undamped it coasts on past the robot when its mass is wrong (door-open seed 4, RESULTS.md)
+        damped = ~self.physics.touching | self.physics.jointed
+        damping = (self.cfg.kd / self.physics.mass) * damped if on and self.cfg.kd else None  # (B,) 1/s
         self.physics.step(self.dt, self._kinematic(kinematic_poses), self.force if on else None,
                           self.torque if on else None, damping)
         info = {"photometric_l1": None, "force_n": 0.0}
