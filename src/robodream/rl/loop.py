@@ -181,6 +181,11 @@ class RampLoopConfig:
         return max(1, pretrain_steps // WARM_START_DIVISOR) if self.warm_start else pretrain_steps
 
     @property
+    def rollout_threads(self) -> int:
+        """Torch threads per process of rollouts and evaluation (``threads``; 0: 2 with one worker, 1 with several)."""
+        return self.threads or (2 if self.workers == 1 else 1)
+
+    @property
     def uses_world_model(self) -> bool:
         return self.method != "hgdagger"
 
@@ -419,15 +424,15 @@ def record_round_rollouts(cfg: RampLoopConfig, out: Path, k: int, *, log=print) 
     task (complete ones are skipped); returns per task the rollouts' summary (episodes, success
     with takeover, intervention steps and fraction, first and last seed). Round 1 rolls out the
     base policy, which has no mode; later rounds use the method's (:attr:`RampLoopConfig.eval_mode`)."""
-    rd, threads = out / f"round_{k}", cfg.threads or (2 if cfg.workers == 1 else 1)
+    rd = out / f"round_{k}"
     roll = {}
     for task in cfg.tasks:
         path = rd / "rollouts" / task
         if not dataset_complete(path):
             log(f"round {k}: {cfg.rollouts} rollouts of {task} with takeover -> {path}")
             record_rollouts(out / f"round_{k - 1}" / "policy", task, cfg.rollouts, path, takeover=cfg.takeover,
-                            max_steps=cfg.max_steps, mode=cfg.eval_mode if k >= 2 else None, threads=threads,
-                            workers=cfg.workers, overwrite=path.exists())
+                            max_steps=cfg.max_steps, mode=cfg.eval_mode if k >= 2 else None,
+                            threads=cfg.rollout_threads, workers=cfg.workers, overwrite=path.exists())
         r = read_json(path / "meta" / "results.json")
         roll[task] = {key: r.get(key) for key in ("n_episodes", "success_rate", "intervention_steps",
                                                    "intervention_fraction", "mean_intervention_fraction")}
@@ -450,7 +455,6 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print,
         if stage in ran or stage not in metrics["timings_s"]:
             metrics["timings_s"][stage] = time.perf_counter() - t0
 
-    threads = cfg.threads or (2 if cfg.workers == 1 else 1)
     data = round_data(cfg, out, k)  # this round's rollouts are made here
     prev = out / f"round_{k - 1}" if k >= 1 else None
 
@@ -515,7 +519,8 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print,
                 log(f"round {k}: evaluating on {task} ({n_eval} episodes, mode {mode or 'default'}) -> {ev}")
                 ran.add(stage)
                 r = evaluate_policy(pol, task, n_eval, ev, seed_start=cfg.eval_seed,
-                                    max_steps=cfg.max_steps, n_videos=cfg.videos, mode=mode, threads=threads,
+                                    max_steps=cfg.max_steps, n_videos=cfg.videos, mode=mode,
+                                    threads=cfg.rollout_threads,
                                     workers=cfg.workers, overwrite=ev.exists())
             per_task[task] = {"success_rate": r["success_rate"], "n_episodes": r["n_episodes"],
                               "ci95": list(r["ci95"]),
