@@ -448,7 +448,8 @@ def test_init_from_starts_from_the_runs_weights(monkeypatch, loop_work, tmp_path
 
 def test_bench_rl_makes_its_own_demos_and_tokenizer(tmp_path):
     """Without --data and --tokenizer, ``bench rl`` collects the demos and trains the tokenizer in
-    WORK (quick: 32 px, two steps) before the base policy; --data without --tokenizer is refused."""
+    WORK (quick: 32 px, two steps) before the base policy; --data without --tokenizer, or the other
+    way round, is refused."""
     run("bench", "rl", "--tasks", "reach-v3", "--demos", 2, "--methods", "hgdagger", "--quick", "--max-steps", 12,
         "--work", tmp_path / "w", "--out", tmp_path / "rl.json")
     r = json.loads((tmp_path / "rl.json").read_text())
@@ -459,3 +460,6 @@ def test_bench_rl_makes_its_own_demos_and_tokenizer(tmp_path):
     bad = run("bench", "rl", "--data", tmp_path / "w" / "data" / "reach-v3", "--quick", "--work", tmp_path / "x",
               "--out", tmp_path / "x.json", code=2)
     one_line_error(bad, "--tokenizer")
+    bad = run("bench", "rl", "--tokenizer", tmp_path / "w" / "tokenizer", "--quick", "--work", tmp_path / "x",
+              "--out", tmp_path / "x.json", code=2)
+    one_line_error(bad, "--data and --tokenizer go together")

@@ -84,14 +84,14 @@ def bench_inputs(cfg: RampLoopConfig, work: Path, *, demos: int = RL_DEMOS, quic
     stages in ``work/data`` and ``work/tokenizer``.
 
     Raises:
-        ConfigError: ``demos`` < 1, an unknown task, or ``--data`` without ``--tokenizer``.
+        ConfigError: ``demos`` < 1, an unknown task, or only one of ``--data`` and ``--tokenizer``.
     """
     from robodream.pipeline import Recipe, demos_and_tokenizer
     from robodream.tokenizer.model import TokenizerConfig
 
-    if cfg.data:
-        raise ConfigError("--data needs --tokenizer (a tokenizer run of those demos); or pass neither and the bench "
-                          "collects its own demos and trains the tokenizer")
+    if cfg.data or cfg.tokenizer:
+        raise ConfigError("--data and --tokenizer go together (demos and a tokenizer run of them); or pass neither "
+                          "and the bench collects its own demos and trains the tokenizer")
     if demos < 1:
         raise ConfigError(f"--demos must be >= 1, got {demos}")
     recipe = Recipe(name="rl", tasks=cfg.tasks or RL_TASKS, demos_per_task=demos, workers=cfg.workers)
