@@ -180,7 +180,10 @@ def test_demo_and_bench_success(tmp_path):
 def test_recipe_task_weight_needs_one_weight_per_task(tmp_path):
     from robodream.errors import ConfigError
     from robodream.pipeline import SUCCESS_BENCH, recipe_from_json
-    assert recipe_from_json({"task_weight": [2, 1, 1, 1, 1]}, SUCCESS_BENCH).task_weight == (2.0, 1.0, 1.0, 1.0, 1.0)
+    assert recipe_from_json({"task_weight": [3, 1, 1, 1, 1]}, SUCCESS_BENCH).task_weight == (3.0, 1.0, 1.0, 1.0, 1.0)
+    assert SUCCESS_BENCH.tasks[0] == "reach-v3" and SUCCESS_BENCH.task_weight == (2.0, 1.0, 1.0, 1.0, 1.0)
+    other = recipe_from_json({"tasks": ["push-v3", "reach-wall-v3"]}, SUCCESS_BENCH)  # weights belong to their tasks
+    assert other.task_weight == () and recipe_from_json({}, SUCCESS_BENCH).task_weight == SUCCESS_BENCH.task_weight
     for bad in ([2, 1], [0, 0, 0, 0, 0], [-1, 1, 1, 1, 1]):
         with pytest.raises(ConfigError, match="task_weight"):
             recipe_from_json({"task_weight": bad}, SUCCESS_BENCH)
