@@ -117,7 +117,7 @@ def demos_and_tokenizer(recipe: Recipe, work: str | Path, *, log=print) -> tuple
         ``{"collect_s", "tokenizer_s"}`` (wall seconds of this call's stages).
 
     Raises:
-        ConfigError: an unknown task (from collect).
+        UnknownTaskError: not a Meta-World task (from collect).
     """
     work = Path(work)
     timings: dict[str, float] = {}

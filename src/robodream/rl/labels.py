@@ -376,8 +376,9 @@ def relocate_labels(src: str | os.PathLike, dst: str | os.PathLike, moves: dict[
 
 
 # ----------------------------------------------------------------------------- reading labels
-def read_labels(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The metadata and tensors of a labels file written by :func:`relabel`.
+def read_labels(path: str | os.PathLike, *, tensors: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a labels file written by :func:`relabel` (``tensors=False``:
+    the metadata alone, from the file's header, and an empty dict).
 
     Raises:
         DatasetError: a missing or unreadable file, or not a labels file.
@@ -385,12 +386,13 @@ def read_labels(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    want_tensors = tensors
     if not path.is_file():
         raise DatasetError(f"labels file {path} does not exist; make it with robodream relabel")
     try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("robodream", "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if want_tensors else {}
     except (SafetensorError, OSError, ValueError) as e:
         raise DatasetError(f"{path} is not a readable labels file: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != LABELS_FORMAT:

@@ -266,8 +266,8 @@ def check_loop_dir(out: Path, cfg: RampLoopConfig, overwrite: bool) -> None:
 
 
 def labels_meta(file: Path) -> dict[str, Any]:
-    """The metadata of a labels file (eps, positive fractions, ...)."""
-    return read_labels(file)[0]
+    """The metadata of a labels file (eps, positive fractions, ...), from its header alone."""
+    return read_labels(file, tensors=False)[0]
 
 
 #: What a copied stage records about its source: a file in a copied run or evaluation directory
@@ -464,8 +464,9 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print,
 
     if k >= 1:  # rollouts of the previous round's policy, with takeover
         t0 = time.perf_counter()
-        pull("rollouts", all(dataset_complete(rd / "rollouts" / t) for t in cfg.tasks))
-        if not all(dataset_complete(rd / "rollouts" / t) for t in cfg.tasks):
+        complete = lambda: all(dataset_complete(rd / "rollouts" / t) for t in cfg.tasks)  # noqa: E731
+        pull("rollouts", complete())
+        if not complete():
             ran.add("rollouts")
         metrics["rollouts"] = record_round_rollouts(cfg, out, k, log=log)
         timed("rollouts", t0)
