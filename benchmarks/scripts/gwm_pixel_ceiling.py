@@ -25,17 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from robodream.data.lerobot import LeRobotDataset
+from robodream.eval.metrics import psnr
 from robodream.gwm.frames import episode_camera_matrices, episode_rgbd
 from robodream.gwm.pixel import PixelGaussianConfig, pixel_gaussians, render
 
 CAMERAS = ["corner", "corner2", "corner3", "corner4"]  # the first three are inputs, the last held out
 INPUTS = [0, 1, 2]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over the leading dimension of per-image PSNR (dB) of images in [0, 1]."""
-    mse = ((a - b) ** 2).flatten(1).mean(1)
-    return float((-10 * torch.log10(mse)).mean())
 
 
 def main(data: str) -> None:

@@ -386,18 +386,17 @@ def read_labels(path: str | os.PathLike, *, tensors: bool = True) -> tuple[dict[
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    want_tensors = tensors
     if not path.is_file():
         raise DatasetError(f"labels file {path} does not exist; make it with robodream relabel")
     try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("robodream", "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if want_tensors else {}
+            data = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as e:
         raise DatasetError(f"{path} is not a readable labels file: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != LABELS_FORMAT:
         raise DatasetError(f"{path} is not a robodream relabel file (no '{LABELS_FORMAT}' metadata)")
-    return meta, tensors
+    return meta, data
 
 
 @dataclass

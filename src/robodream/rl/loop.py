@@ -464,9 +464,11 @@ def run_round(cfg: RampLoopConfig, out: Path, k: int, *, log=print,
 
     if k >= 1:  # rollouts of the previous round's policy, with takeover
         t0 = time.perf_counter()
-        complete = lambda: all(dataset_complete(rd / "rollouts" / t) for t in cfg.tasks)  # noqa: E731
+        def complete() -> bool:
+            return all(dataset_complete(rd / "rollouts" / t) for t in cfg.tasks)
+
         pull("rollouts", complete())
-        if not complete():
+        if not complete():  # checked again: pull may have copied them
             ran.add("rollouts")
         metrics["rollouts"] = record_round_rollouts(cfg, out, k, log=log)
         timed("rollouts", t0)
