@@ -19,7 +19,7 @@ from robodream.config import to_dict
 from robodream.data.collect import CollectConfig, collect
 from robodream.data.lerobot import LeRobotDataset
 from robodream.envs.meta_world import DEFAULT_CAMERAS, DEFAULT_PROPRIO
-from robodream.errors import DatasetError
+from robodream.errors import ConfigError, DatasetError
 from robodream.eval.policy_eval import DEFAULT_EVAL_SEED, evaluate_policy
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.train import PolicyRunConfig, check_draw_weights, default_policy_train, train_policy
@@ -53,6 +53,9 @@ class Recipe:
     # policy training's draw: one weight per task (a sample comes from task i with probability
     # w_i / sum(w)); empty: every task equally often (PolicyRunConfig.data_weight)
     task_weight: tuple[float, ...] = ()
+    # demonstrations per task, one count per task (e.g. more of a task whose goal varies most);
+    # empty: ``demos_per_task`` for every task
+    task_demos: tuple[int, ...] = ()
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TrainConfig = field(default_factory=default_tokenizer_train)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -62,24 +65,39 @@ class Recipe:
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
         self.task_weight = check_draw_weights(self.task_weight, len(self.tasks), "task_weight", "task")
+        self.task_demos = tuple(self.task_demos)
+        if self.task_demos and (len(self.task_demos) != len(self.tasks)
+                                or not all(isinstance(n, int) and n >= 1 for n in self.task_demos)):
+            raise ConfigError(f"task_demos needs one count >= 1 per task ({len(self.tasks)}), "
+                              f"got {list(self.task_demos)}")
+
+    def demos(self, i: int) -> int:
+        """Demonstrations of task ``i`` (``task_demos[i]``, else ``demos_per_task``)."""
+        return self.task_demos[i] if self.task_demos else self.demos_per_task
 
 
-#: Sized to finish in under 20 minutes on 2 CPU cores (times in benchmarks/RESULTS.md); the
-#: three easiest bench tasks.
 #: Supervised keypoints on the pixel stem (benchmarks/RESULTS.md, Change 8: reach 0.76 -> 0.88):
 #: the recipes record segmentation and train two keypoints per camera on the goal and object.
 KEYPOINT_POLICY = PolicyConfig(stem_keypoints=2, keypoint_targets=("goal", "object"))
 
+#: The demo: the three easiest bench tasks, sized for under 20 minutes on the slower of our 2-core
+#: hosts (benchmarks/RESULTS.md, "The demo at its budget"): one future frame (``video_stride``
+#: 16, the chunk's last step: about half the cost of a training step at stride 4), a 150-step
+#: tokenizer, 1000 policy steps at batch 32 with a learning rate of 1e-3 (5e-4 is sized for
+#: 4000 steps), reach drawn three times as often and shown 50 goal positions (its goal is the
+#: only thing that varies; 15 left the policy missing the goal's height).
 DEMO = Recipe(
     name="demo",
     with_segmentation=True,
-    policy=replace(KEYPOINT_POLICY),
+    policy=replace(KEYPOINT_POLICY, video_stride=16),
     tasks=("reach-v3", "button-press-topdown-v3", "drawer-open-v3"),
     demos_per_task=15,
+    task_demos=(50, 15, 15),
+    task_weight=(3.0, 1.0, 1.0),
     eval_episodes=10,
     eval_max_steps=300,
-    tokenizer_train=replace(default_tokenizer_train(), steps=300, val_every=0, checkpoint_every=100),
-    policy_train=replace(default_policy_train(), steps=1000, batch_size=32, warmup_steps=100, val_every=0,
+    tokenizer_train=replace(default_tokenizer_train(), steps=150, warmup_steps=50, val_every=0, checkpoint_every=50),
+    policy_train=replace(default_policy_train(), steps=1000, batch_size=32, lr=1e-3, warmup_steps=100, val_every=0,
                          checkpoint_every=250),
 )
 
@@ -108,8 +126,8 @@ def run_complete(path: Path) -> bool:
 
 
 def demos_and_tokenizer(recipe: Recipe, work: str | Path, *, log=print) -> tuple[list[str], Path, dict[str, float]]:
-    """The first two stages of a recipe in ``work``: ``recipe.demos_per_task`` expert episodes per
-    task (``work/data/<task>``, ``robodream collect``) and a tokenizer trained on all of them
+    """The first two stages of a recipe in ``work``: ``recipe.demos(i)`` expert episodes of
+    task i (``work/data/<task>``, ``robodream collect``) and a tokenizer trained on all of them
     (``work/tokenizer``). A complete stage is skipped, an unfinished one continued or redone.
 
     Returns:
@@ -123,11 +141,11 @@ def demos_and_tokenizer(recipe: Recipe, work: str | Path, *, log=print) -> tuple
     timings: dict[str, float] = {}
     datasets = []
     t0 = time.perf_counter()
-    for task in recipe.tasks:
+    for i, task in enumerate(recipe.tasks):
         path = work / "data" / task
         if not dataset_complete(path):
-            log(f"collecting {recipe.demos_per_task} expert episodes of {task} -> {path}")
-            collect(CollectConfig(task=task, episodes=recipe.demos_per_task, image_size=recipe.image_size,
+            log(f"collecting {recipe.demos(i)} expert episodes of {task} -> {path}")
+            collect(CollectConfig(task=task, episodes=recipe.demos(i), image_size=recipe.image_size,
                                   cameras=recipe.cameras, proprio=recipe.proprio, expert_target=recipe.expert_target,
                                   with_segmentation=recipe.with_segmentation),
                     path, overwrite=path.exists(), workers=recipe.workers)
@@ -214,12 +232,12 @@ def recipe_from_json(d: dict[str, Any], base: Recipe) -> Recipe:
     """Override fields of ``base`` from a JSON dict, strictly (nested configs merged field by field).
 
     Example: ``{"tasks": ["reach-v3"], "demos_per_task": 5, "policy_train": {"steps": 100}}``.
-    ``task_weight`` belongs to its task list: overriding ``tasks`` without it draws every task
-    equally often.
+    ``task_weight`` and ``task_demos`` belong to their task list: overriding ``tasks`` without
+    them draws every task equally often and collects ``demos_per_task`` of each.
 
     Raises:
         ConfigError: an unknown key (named) or a bad value.
     """
-    if "tasks" in d and "task_weight" not in d:
-        d = {**d, "task_weight": []}
+    if "tasks" in d:
+        d = {"task_weight": [], "task_demos": [], **d}
     return config_replace(base, d)

@@ -15,6 +15,7 @@ subprocess so the number is the training step's own footprint.
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import resource
 import statistics
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from robodream.envs.shift import SEG_CLASSES
 from robodream.policy.configuration import PolicyConfig
 from robodream.policy.modeling import GigaWorldPolicy
 from robodream.train.loop import autocast_context, resolve_precision
@@ -121,11 +123,14 @@ def _train_worker(cfg: PolicyConfig, batch: int, steps: int, warmup: int, thread
     actions = torch.randn(batch, cfg.horizon, cfg.action_dim, generator=g)
     fut = torch.randn(batch, cfg.n_future, len(cfg.cameras), cfg.latent_channels, cfg.latent_size, cfg.latent_size,
                       generator=g) if cfg.n_future else None
+    # supervised keypoints need per-camera segmentation (class ids) of the reference frames
+    seg = (torch.randint(0, len(SEG_CLASSES), (batch, len(cfg.cameras), cfg.image_size, cfg.image_size), generator=g,
+                         dtype=torch.uint8) if cfg.keypoint_targets else None)
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         with autocast_context(torch.device("cpu"), precision):
-            loss, _ = model(state, ref, actions, task, fut, generator=g, ref_frames=frames)
+            loss, _ = model(state, ref, actions, task, fut, generator=g, ref_frames=frames, ref_segmentation=seg)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -140,12 +145,22 @@ def _train_worker(cfg: PolicyConfig, batch: int, steps: int, warmup: int, thread
 def train_throughput(cfg: PolicyConfig, batch: int = 64, steps: int = 10, warmup: int = 3, threads: int = 2,
                      precision: str = "auto") -> dict[str, Any]:
     """Training samples/s (median step) and peak RSS (MiB) of a fresh process, in ``precision``
-    as training resolves it (``"auto"``: bf16 only on a CPU with native bf16)."""
+    as training resolves it (``"auto"``: bf16 only on a CPU with native bf16).
+
+    Raises:
+        RuntimeError: the measuring process died (its traceback is on stderr).
+    """
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_train_worker, args=(cfg, batch, steps, warmup, threads, precision, q))
     p.start()
-    res = q.get()
+    while True:  # a dead worker never puts its result: poll instead of blocking forever
+        try:
+            res = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"the training-throughput process died (exit code {p.exitcode})") from None
     p.join()
     return res
 
