@@ -150,9 +150,19 @@ def test_bench_policy(tmp_path, work):
         assert r[key] > 0, key
 
 
+def test_training_throughput_of_a_keypoint_policy_and_a_dead_process():
+    from robodream.bench.policy_bench import train_throughput
+    from robodream.policy.configuration import PolicyConfig
+    cfg = PolicyConfig(dim=32, depth=1, horizon=8, n_action_steps=4, video_stride=8, action_expert_dim=16, image_size=32,
+                       latent_size=4, pixel_stem_width=8, stem_keypoints=2, keypoint_targets=("goal", "object"))
+    assert train_throughput(cfg, batch=2, steps=1, warmup=0, threads=1)["train_samples_per_s"] > 0
+    with pytest.raises(RuntimeError, match="died"):  # the measuring process fails: an error, not a hang
+        train_throughput(cfg, batch=2, steps=1, warmup=0, threads=1, precision="no-such-precision")
+
+
 def _tiny_recipe(path: Path) -> Path:
     path.write_text(json.dumps({
-        "tasks": ["reach-v3"], "demos_per_task": 2, "eval_episodes": 1, "eval_max_steps": 8, "image_size": 32,
+        "tasks": ["reach-v3"], "demos_per_task": 1, "task_demos": [2], "eval_episodes": 1, "eval_max_steps": 8, "image_size": 32,
         "videos_per_task": 1, "task_weight": [2.0], "tokenizer_train": {"steps": 4, "batch_size": 8},
         "policy": {"dim": 32, "depth": 1, "horizon": 8, "n_action_steps": 4, "video_stride": 4,
                    "action_expert_dim": 16, "pixel_stem_width": 8},
@@ -161,12 +171,14 @@ def _tiny_recipe(path: Path) -> Path:
 
 
 def test_demo_and_bench_success(tmp_path):
+    from robodream.data.lerobot import LeRobotDataset
     recipe = _tiny_recipe(tmp_path / "recipe.json")
     res = run("demo", "--out", tmp_path / "demo", "--recipe", recipe)
     assert "reach-v3" in res.output and (tmp_path / "demo" / "policy_summary.json").is_file()
     assert json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())["model"]["pixel_stem_width"] == 8
     meta = json.loads((tmp_path / "demo" / "data" / "reach-v3" / "meta" / "robodream.json").read_text())
     assert meta["collect"]["expert_target"] == "tcp" and meta["collect"]["with_segmentation"]
+    assert LeRobotDataset(tmp_path / "demo" / "data" / "reach-v3").num_episodes == 2  # task_demos over demos_per_task
     policy_cfg = json.loads((tmp_path / "demo" / "policy" / "config.json").read_text())
     assert policy_cfg["model"]["keypoint_targets"] == ["goal", "object"]  # the recipes' supervised keypoints
     assert policy_cfg["data_weight"] == [2.0]
@@ -177,7 +189,7 @@ def test_demo_and_bench_success(tmp_path):
     assert json.loads((tmp_path / "bs" / "policy_no_video" / "config.json").read_text())["model"]["video_stride"] == 0
 
 
-def test_recipe_task_weight_needs_one_weight_per_task(tmp_path):
+def test_recipe_task_weight_and_demos_need_one_value_per_task(tmp_path):
     from robodream.errors import ConfigError
     from robodream.pipeline import SUCCESS_BENCH, recipe_from_json
     assert recipe_from_json({"task_weight": [3, 1, 1, 1, 1]}, SUCCESS_BENCH).task_weight == (3.0, 1.0, 1.0, 1.0, 1.0)
@@ -187,6 +199,13 @@ def test_recipe_task_weight_needs_one_weight_per_task(tmp_path):
     for bad in ([2, 1], [0, 0, 0, 0, 0], [-1, 1, 1, 1, 1]):
         with pytest.raises(ConfigError, match="task_weight"):
             recipe_from_json({"task_weight": bad}, SUCCESS_BENCH)
+    from robodream.pipeline import DEMO
+    assert [DEMO.demos(i) for i in range(len(DEMO.tasks))] == [50, 15, 15]  # reach: 50 goal positions
+    other = recipe_from_json({"tasks": ["push-v3"]}, DEMO)  # task_demos belong to their tasks too
+    assert other.task_demos == () and other.demos(0) == DEMO.demos_per_task
+    for bad in ([2, 1], [50, 0, 15], [50, 15, 1.5]):
+        with pytest.raises(ConfigError, match="task_demos"):
+            recipe_from_json({"task_demos": bad}, DEMO)
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"task_weight": [1, 2]}))
     one_line_error(run("demo", "--out", tmp_path / "d", "--recipe", path, code=2), "task_weight")

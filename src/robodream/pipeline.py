@@ -85,7 +85,8 @@ KEYPOINT_POLICY = PolicyConfig(stem_keypoints=2, keypoint_targets=("goal", "obje
 #: 16, the chunk's last step: about half the cost of a training step at stride 4), a 150-step
 #: tokenizer, 1000 policy steps at batch 32 with a learning rate of 1e-3 (5e-4 is sized for
 #: 4000 steps), reach drawn three times as often and shown 50 goal positions (its goal is the
-#: only thing that varies; 15 left the policy missing the goal's height).
+#: only thing that varies; 15 left the policy missing the goal's height); collection and
+#: evaluation in two processes.
 DEMO = Recipe(
     name="demo",
     with_segmentation=True,
@@ -94,6 +95,7 @@ DEMO = Recipe(
     demos_per_task=15,
     task_demos=(50, 15, 15),
     task_weight=(3.0, 1.0, 1.0),
+    workers=2,  # collection and evaluation in two processes (the same datasets and results as one)
     eval_episodes=10,
     eval_max_steps=300,
     tokenizer_train=replace(default_tokenizer_train(), steps=150, warmup_steps=50, val_every=0, checkpoint_every=50),
