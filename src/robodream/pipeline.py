@@ -82,7 +82,7 @@ KEYPOINT_POLICY = PolicyConfig(stem_keypoints=2, keypoint_targets=("goal", "obje
 
 #: The demo: the three easiest bench tasks, sized for under 20 minutes on the slower of our 2-core
 #: hosts (benchmarks/RESULTS.md, "The demo at its budget"): one future frame (``video_stride``
-#: 16, the chunk's last step: about half the cost of a training step at stride 4), a 150-step
+#: 16, the chunk's last step: about half the cost of a training step at stride 4), a 100-step
 #: tokenizer, 1000 policy steps at batch 32 with a learning rate of 1e-3 (5e-4 is sized for
 #: 4000 steps), reach drawn three times as often and shown 50 goal positions (its goal is the
 #: only thing that varies; 15 left the policy missing the goal's height); collection and
@@ -98,7 +98,7 @@ DEMO = Recipe(
     workers=2,  # collection and evaluation in two processes (the same datasets and results as one)
     eval_episodes=10,
     eval_max_steps=300,
-    tokenizer_train=replace(default_tokenizer_train(), steps=150, warmup_steps=50, val_every=0, checkpoint_every=50),
+    tokenizer_train=replace(default_tokenizer_train(), steps=100, warmup_steps=50, val_every=0, checkpoint_every=50),
     policy_train=replace(default_policy_train(), steps=1000, batch_size=32, lr=1e-3, warmup_steps=100, val_every=0,
                          checkpoint_every=250),
 )
