@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from robodream.data.lerobot import LeRobotDataset
+from robodream.data.lerobot_format import SEGMENTATION_PREFIX
 from robodream.envs.shift import SEG_CLASSES
 from robodream.policy.train import load_policy
 
@@ -26,7 +27,7 @@ with torch.inference_mode():
         split = "train" if i < n_train else "heldout"
         for c in cams:
             fr = torch.from_numpy(ds.frames(i, c)).permute(0, 3, 1, 2)[::4]  # every 4th frame
-            seg = ds.array(i, "observation.segmentation." + c)[::4]
+            seg = ds.array(i, SEGMENTATION_PREFIX + c)[::4]
             x = fr.float() * (2.0 / 255.0) - 1.0
             _, feats = policy.pixel_stem.forward_with_features(x)
             kp, _ = policy.keypoints.forward_with_log_prob(feats)  # (T, K, 2) in [-1, 1]
