@@ -12,10 +12,17 @@ frame's queries are the Fourier embeddings of these anchors, so latent ``j`` alw
 the same region of space in every frame. The dynamics model needs exactly that: token ``j`` of
 the next frame continues token ``j`` of this one. ``"frame"`` — FPS over each frame's own
 Gaussians (3DShape2VecSet as written): the queries follow the frame, but FPS is unstable under
-small motions, so token ``j`` means different places in consecutive frames.
+small motions, so token ``j`` means different places in consecutive frames. With fixed queries,
+``encoder_neighbors`` = k > 0 lets each query attend only to its k nearest Gaussians, each
+embedding with its offset from the query's anchor (the local pooling of PointNet++-style set
+encoders); 0 attends to all of them.
 
 Decoder: self-attention layers over the latent set; every latent vector becomes
-``n / n_latents`` Gaussians (14 numbers each, activated: robodream.gwm.pixel's layout).
+``n / n_latents`` Gaussians (14 numbers each, activated: robodream.gwm.pixel's layout). Their
+centres (``decode_means``): ``"anchor"`` — offsets from the latent's own anchor (at most a few
+centimetres are needed: the Gaussians near anchor ``j`` are the ones latent ``j`` describes);
+``"absolute"`` — anywhere in the scene box, from every latent alike (the first design: the
+decoder must learn each token's place in space before it can place a Gaussian).
 
 Loss: Chamfer distance between decoded and input centres (normalised units) + L1 between
 renders of the decoded and of the input Gaussians through ``robodream.gaussians``'s
@@ -57,11 +64,19 @@ class SetVAEConfig:
     render_weight: float = 1.0
     render_cameras: int = 1  # input cameras rendered per frame and step in the loss (random ones)
     query_mode: str = "fixed"  # "fixed": FPS anchors of the training set, shared by all frames; "frame": per-frame FPS
+    # Decoded centres: "anchor" = latent j's Gaussians are offsets from anchor j (needs query_mode "fixed");
+    # "absolute" = anywhere in the scene box from every latent
+    decode_means: str = "anchor"
+    anchor_radius: float = 0.1  # "anchor": a unit of the head's output moves a centre this far (x extent)
+    # > 0: each fixed query attends only to its k nearest Gaussians (centres), which also carry their
+    # offset from the query's anchor; 0: every query attends to every Gaussian
+    encoder_neighbors: int = 16
     # Scene normalisation (metres), fitted on the training Gaussians (filled in by training).
     center: tuple[float, float, float] = (0.0, 0.6, 0.1)
     extent: float = 1.0
 
-    LEGACY_DEFAULTS: ClassVar[dict] = {}
+    # runs saved before these fields existed decoded and encoded so
+    LEGACY_DEFAULTS: ClassVar[dict] = {"decode_means": "absolute", "encoder_neighbors": 0}
 
     def __post_init__(self) -> None:
         self.center = tuple(float(c) for c in self.center)
@@ -73,6 +88,18 @@ class SetVAEConfig:
             raise ConfigError("n_latents, latent_dim, fourier_bands, decoder_layers and render_cameras must be >= 1")
         if self.query_mode not in ("fixed", "frame"):
             raise ConfigError(f"query_mode must be 'fixed' or 'frame', got {self.query_mode!r}")
+        if self.decode_means not in ("absolute", "anchor"):
+            raise ConfigError(f"decode_means must be 'absolute' or 'anchor', got {self.decode_means!r}")
+        if self.decode_means == "anchor" and self.query_mode != "fixed":
+            raise ConfigError("decode_means 'anchor' needs query_mode 'fixed' (the anchors are the fixed queries); "
+                              "use decode_means 'absolute' with per-frame queries")
+        if self.encoder_neighbors < 0 or (self.encoder_neighbors and self.query_mode != "fixed"):
+            raise ConfigError(f"encoder_neighbors must be >= 0 and > 0 needs query_mode 'fixed' (got "
+                              f"{self.encoder_neighbors}); use encoder_neighbors 0 with per-frame queries")
+        if self.encoder_neighbors > self.n_gaussians:
+            raise ConfigError(f"encoder_neighbors ({self.encoder_neighbors}) > n_gaussians ({self.n_gaussians})")
+        if self.anchor_radius <= 0:
+            raise ConfigError(f"anchor_radius must be > 0, got {self.anchor_radius}")
         if self.extent <= 0 or min(self.kl_weight, self.chamfer_weight, self.render_weight) < 0:
             raise ConfigError("extent must be > 0 and the loss weights >= 0")
 
@@ -139,6 +166,8 @@ class GaussianSetVAE(nn.Module):
         self.embed = nn.Sequential(nn.Linear(3 + 6 * cfg.fourier_bands + GAUSSIAN_DIM - 3, d), nn.GELU(),
                                    nn.Linear(d, d))
         self.q_norm, self.kv_norm = RMSNorm(d), RMSNorm(d)
+        if cfg.encoder_neighbors:  # a neighbour's offset from the query's anchor, in anchor radii
+            self.offset_embed = nn.Sequential(nn.Linear(3 + 6 * cfg.fourier_bands, d), nn.GELU(), nn.Linear(d, d))
         self.cross = CrossAttention(d, cfg.heads)
         self.cross_mlp = MLP(d, 4 * d)
         self.cross_norm = RMSNorm(d)
@@ -195,12 +224,33 @@ class GaussianSetVAE(nn.Module):
             with torch.no_grad():
                 idx, _ = farthest_point_sample(unpack(g)["means"].float(), self.cfg.n_latents, live)
             q = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))  # (B, n_latents, d)
-        x = q + self.cross(self.q_norm(q), self.kv_norm(h), context_mask=live)
+        if self.cfg.encoder_neighbors:
+            x = q + self._local_cross(q, h, g, live)
+        else:
+            x = q + self.cross(self.q_norm(q), self.kv_norm(h), context_mask=live)
         x = x + self.cross_mlp(self.cross_norm(x))
         for blk in self.encoder:
             x = blk(x)
         mean, logvar = self.to_latent(x).chunk(2, -1)
         return mean, logvar.clamp(-20.0, 10.0)
+
+    def _local_cross(self, q: Tensor, h: Tensor, g: Tensor, live: Tensor) -> Tensor:
+        """Cross-attention of each fixed query (B, n_latents, d) to its ``encoder_neighbors`` nearest
+        Gaussians (embeddings h (B, n, d) plus their offset from the query's anchor)."""
+        B, L, d = q.shape
+        k = self.cfg.encoder_neighbors
+        xyz = self.normalize_centers(unpack(g)["means"])  # (B, n, 3)
+        anchors = self.normalize_centers(self.anchors).to(xyz.dtype)  # (L, 3)
+        with torch.no_grad():
+            dist = torch.cdist(anchors[None].expand(B, -1, -1), xyz)  # (B, L, n)
+            idx = dist.masked_fill(~live[:, None, :], float("inf")).topk(k, dim=-1, largest=False).indices
+        flat = idx.reshape(B, L * k, 1)
+        hk = torch.gather(h, 1, flat.expand(-1, -1, d)).reshape(B, L, k, d)
+        rel = torch.gather(xyz, 1, flat.expand(-1, -1, 3)).reshape(B, L, k, 3) - anchors[None, :, None]
+        hk = hk + self.offset_embed(fourier_features(rel / self.cfg.anchor_radius, self.cfg.fourier_bands))
+        mask = torch.gather(live, 1, idx.reshape(B, L * k)).reshape(B * L, k)
+        out = self.cross(self.q_norm(q).reshape(B * L, 1, d), self.kv_norm(hk).reshape(B * L, k, d), context_mask=mask)
+        return out.reshape(B, L, d)
 
     def decode(self, z: Tensor) -> Tensor:
         """Latent set (B, n_latents, latent_dim) -> Gaussians (B, n_gaussians, 14) (activated)."""
@@ -208,7 +258,11 @@ class GaussianSetVAE(nn.Module):
         for blk in self.decoder:
             x = blk(x)
         raw = self.head(self.out_norm(x)).reshape(z.shape[0], self.cfg.n_gaussians, GAUSSIAN_DIM)
-        means = self.center + self.extent * raw[..., 0:3] * 0.5
+        if self.cfg.decode_means == "anchor":  # token j's Gaussians around anchor j
+            base = self.anchors.to(raw.dtype).repeat_interleave(self.per_token, 0)  # (n_gaussians, 3)
+            means = base + self.extent * self.cfg.anchor_radius * raw[..., 0:3]
+        else:
+            means = self.center + self.extent * raw[..., 0:3] * 0.5
         quats = F.normalize(raw[..., 3:7] + torch.tensor([1.0, 0, 0, 0], device=z.device, dtype=raw.dtype), dim=-1)
         scales = self.extent * torch.exp(raw[..., 7:10] - 5.0).clamp_max(1.0)  # starts at ~7 mm for a 1 m scene
         opac = torch.sigmoid(raw[..., 10] + 2.0)
