@@ -216,16 +216,17 @@ class GaussianSetVAE(nn.Module):
                               f"got {tuple(g.shape)}")
         g = canonical_order(g)
         h = self.embed(self._features(g))  # (B, n, d)
-        live = unpack(g)["opacities"] > 0
+        p = unpack(g)
+        live = p["opacities"] > 0
         if self.cfg.query_mode == "fixed":
             q = self.query_embed(fourier_features(self.normalize_centers(self.anchors), self.cfg.fourier_bands))
             q = q[None].expand(g.shape[0], -1, -1)
         else:
             with torch.no_grad():
-                idx, _ = farthest_point_sample(unpack(g)["means"].float(), self.cfg.n_latents, live)
+                idx, _ = farthest_point_sample(p["means"].float(), self.cfg.n_latents, live)
             q = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))  # (B, n_latents, d)
         if self.cfg.encoder_neighbors:
-            x = q + self._local_cross(q, h, g, live)
+            x = q + self._local_cross(q, h, self.normalize_centers(p["means"]), live)
         else:
             x = q + self.cross(self.q_norm(q), self.kv_norm(h), context_mask=live)
         x = x + self.cross_mlp(self.cross_norm(x))
@@ -234,12 +235,12 @@ class GaussianSetVAE(nn.Module):
         mean, logvar = self.to_latent(x).chunk(2, -1)
         return mean, logvar.clamp(-20.0, 10.0)
 
-    def _local_cross(self, q: Tensor, h: Tensor, g: Tensor, live: Tensor) -> Tensor:
+    def _local_cross(self, q: Tensor, h: Tensor, xyz: Tensor, live: Tensor) -> Tensor:
         """Cross-attention of each fixed query (B, n_latents, d) to its ``encoder_neighbors`` nearest
-        Gaussians (embeddings h (B, n, d) plus their offset from the query's anchor)."""
+        Gaussians: embeddings h (B, n, d) plus their offset from the query's anchor; xyz (B, n, 3)
+        their normalised centres, live (B, n) bool. Returns (B, n_latents, d)."""
         B, L, d = q.shape
         k = self.cfg.encoder_neighbors
-        xyz = self.normalize_centers(unpack(g)["means"])  # (B, n, 3)
         anchors = self.normalize_centers(self.anchors).to(xyz.dtype)  # (L, 3)
         with torch.no_grad():
             dist = torch.cdist(anchors[None].expand(B, -1, -1), xyz)  # (B, L, n)
