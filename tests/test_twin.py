@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from robodream.errors import ConfigError
-from robodream.twin.pbd import HINGE, SLIDE, Joint, ParticleWorld, rotation_about, twist_angle
+from robodream.twin.pbd import HINGE, SLIDE, Joint, ParticleWorld, rotation_about, soft_limit_from_solref, twist_angle
 from robodream.twin.scene import TwinBody, TwinConfig, TwinScene
 from robodream.twin.twin import DigitalTwin
 
@@ -100,6 +100,37 @@ def test_a_drawer_slides_on_its_joint_and_stops_at_its_range():
                       table_z=-10.0, joints=[joint, None])
 
 
+def test_a_soft_limit_gives_way_to_the_robot_and_springs_back():
+    """With MuJoCo's soft limit (solref (0.02, 1)), a kinematic pad pushes a box on a slide 2 cm past
+    the end of its range (-5 cm), as Meta-World's robot pulls its drawer 4 cm past; a hard range stops
+    it at -5 cm. Let go, the soft limit pushes it back into its range."""
+    box = torch.cat([cube([dx, 0, 0.1]) for dx in (-2 * R, 2 * R)])
+    pad0 = cube([0, 4 * R, 0.1])  # pushing it along -y
+    ends = {}
+    for name, soft in (("soft", soft_limit_from_solref((0.02, 1.0))), ("hard", None)):
+        joint = Joint(SLIDE, axis=(0.0, 1.0, 0.0), anchor=(0.0, 0.0, 0.1), range=(-0.05, 0.0), damping=2.0, soft_limit=soft)
+        w = ParticleWorld(box, torch.zeros(16).long(), torch.tensor([0.4]), torch.tensor([1.0]), pad0, radius=R,
+                          table_z=-10.0, joints=[joint])
+        for k in range(1, 61):
+            w.step(0.0125, pad0 + torch.tensor([0.0, -0.07 * min(k, 40) / 40, 0.0]))
+        ends[name] = float(w.joint_position()[0])
+        if soft:
+            away = pad0 + torch.tensor([0.0, -0.5, 0.0])
+            for _ in range(80):
+                w.step(0.0125, away)
+            assert -0.05 <= float(w.joint_position()[0]) <= 0.002
+    assert ends["hard"] == pytest.approx(-0.05, abs=1e-6)
+    assert ends["soft"] == pytest.approx(-0.07, abs=2e-3)  # follows the pad past the range
+
+
+def test_soft_limit_from_solref():
+    """MuJoCo's solref as a stiffness and damping: (timeconst, dampratio), or both <= 0 given directly."""
+    assert soft_limit_from_solref((0.02, 1.0)) == pytest.approx((2631.58, 100.0), rel=1e-5)
+    assert soft_limit_from_solref((-1000.0, -50.0), dmax=1.0) == pytest.approx((1000.0, 50.0))
+    with pytest.raises(ValueError, match="time constant"):
+        soft_limit_from_solref((0.0, 1.0))
+
+
 def test_a_door_turns_about_its_hinge():
     """A plank hinged about z at x = 0, pushed at its far end along +y: it turns about the hinge
     (every particle keeps its distance to the axis and its height), within its range."""
@@ -149,6 +180,7 @@ def test_articulated_bodies_of_a_meta_world_scene():
             assert j.kind == kind and j.damping == 2.0
             np.testing.assert_allclose(j.anchor, d.xanchor[m.body_jntadr[ids[0]]])
             assert j.range[1] - j.range[0] == pytest.approx(0.16 if kind == SLIDE else 2.0)
+            assert j.soft_limit == pytest.approx((1 / (0.95 * 0.02 ** 2), 100.0))  # MuJoCo's default solref
         finally:
             env.close()
 

@@ -22,7 +22,11 @@ Articulated bodies (a drawer on its slide, a door on its hinge: :class:`Joint`):
 matching, a jointed body's pose is projected onto its joint — a slide keeps the rest rotation
 and the centre of mass on the line through its start along the axis; a hinge keeps only the
 rotation's twist about the axis (swing-twist) and turns the centre of mass about the anchor —
-with the joint coordinate clamped to its range, as a position-level joint constraint does. The
+with the joint coordinate clamped to its range, as a position-level joint constraint does, or,
+for a joint with a ``soft_limit`` (MuJoCo's limits are soft constraints: the position-controlled
+robot pulls a Meta-World drawer 4 cm past the end of its range), not clamped but pushed back into
+its range by a one-sided spring-damper acceleration along the joint, ``-(k * violation + b *
+joint velocity)``, only while out of range and only towards it. The
 joint's damping (MuJoCo's ``dof_damping``) slows the body's velocity; the table plane does not
 act on them (their joint holds them, and the cabinet or frame they move in is not modelled).
 
@@ -65,13 +69,35 @@ def _overlaps(a: Tensor, b: Tensor, reach: float, allowed: Tensor | None = None)
 class Joint:
     """One body's joint (module docstring): ``kind`` SLIDE or HINGE, unit ``axis`` (3,) and
     ``anchor`` (3,) in world coordinates at the start, the range ``(lo, hi)`` of the joint
-    coordinate relative to the start (metres or radians), ``damping`` N s/m or N m s/rad."""
+    coordinate relative to the start (metres or radians), ``damping`` N s/m or N m s/rad;
+    ``soft_limit``: None, the range is a hard clamp, or ``(k, b)``, the range is a soft limit
+    (module docstring) of stiffness ``k`` (1/s^2) and damping ``b`` (1/s) — accelerations per unit
+    of violation and of joint velocity, as MuJoCo's ``solref`` gives them (:func:`soft_limit_from_solref`)."""
 
     kind: int
     axis: tuple[float, float, float]
     anchor: tuple[float, float, float]
     range: tuple[float, float] = (-float("inf"), float("inf"))
     damping: float = 0.0
+    soft_limit: tuple[float, float] | None = None
+
+
+def soft_limit_from_solref(solref, dmax: float = 0.95) -> tuple[float, float]:
+    """The stiffness ``k`` (1/s^2) and damping ``b`` (1/s) of a MuJoCo joint limit from its ``solref``
+    (timeconst, dampratio) — or, both <= 0, (-stiffness, -damping) — and the impedance ``dmax``
+    (``solimp[1]``) it reaches at depth: ``b = 2 / timeconst``, ``k = 1 / (dmax timeconst^2
+    dampratio^2)``, MuJoCo's reference acceleration ``-b v - k r`` scaled by the impedance (MuJoCo
+    documentation, "Solver parameters"; its default (0.02, 1) gives k = 2632, b = 100).
+
+    Raises:
+        ValueError: a timeconst <= 0 with a dampratio > 0.
+    """
+    a, b = float(solref[0]), float(solref[1])
+    if a <= 0 and b <= 0:
+        return -a * dmax, -b * dmax
+    if a <= 0:
+        raise ValueError(f"solref {tuple(solref)}: the time constant must be > 0 (or both numbers <= 0)")
+    return 1.0 / (dmax * a * a * b * b), 2.0 / a
 
 
 def rotation_about(axis: Tensor, angle: Tensor) -> Tensor:
@@ -165,6 +191,9 @@ class ParticleWorld:
                                          dtype=torch.float32).view(-1, 3)
         self.joint_range = torch.tensor([(-float("inf"), float("inf")) if j is None else j.range for j in joints],
                                         dtype=torch.float32).view(-1, 2)
+        self.soft_limit = torch.tensor([j is not None and j.soft_limit is not None for j in joints], dtype=torch.bool)
+        self.limit_kb = torch.tensor([(0.0, 0.0) if j is None or j.soft_limit is None else j.soft_limit for j in joints],
+                                     dtype=torch.float32).view(-1, 2)  # (B, 2): stiffness 1/s^2, damping 1/s
         self.com0 = self.com.clone()  # the joints' zero
         self.jointed = self.joint_kind != FREE  # (B,)
         self.free_particle = ~self.jointed[self.body]  # (P,) particles the table plane acts on
@@ -249,6 +278,7 @@ class ParticleWorld:
         """The jointed bodies' poses (centres (B, 3), rotations (B, 3, 3)) moved onto their joints
         (module docstring); free bodies unchanged."""
         a, lo, hi = self.joint_axis, self.joint_range[:, 0], self.joint_range[:, 1]
+        lo, hi = torch.where(self.soft_limit, -float("inf"), lo), torch.where(self.soft_limit, float("inf"), hi)
         s = torch.clamp(((c - self.com0) * a).sum(-1), lo, hi)
         c_slide = self.com0 + s[:, None] * a
         theta = torch.clamp(twist_angle(R, a), lo, hi)
@@ -259,6 +289,24 @@ class ParticleWorld:
         c = torch.where(slide[:, None], c_slide, torch.where(hinge[:, None], c_hinge, c))
         R = torch.where(slide[:, None, None], eye, torch.where(hinge[:, None, None], R_hinge, R))
         return c, R
+
+    def _limit_acceleration(self) -> Tensor:
+        """Per-particle accelerations (P, 3) of the soft joint limits (module docstring): for each body
+        out of its range, ``-(k * violation + b * joint velocity)`` along its joint, kept only where it
+        points back into the range (a limit pushes, it does not pull); 0 for every other particle."""
+        q = self.joint_position()
+        viol = q - torch.clamp(q, self.joint_range[:, 0], self.joint_range[:, 1])
+        r = self.x - self.joint_anchor[self.body]
+        mv = self.m[:, None] * self.v
+        slide_v = (torch.zeros(self.B, 3).index_add_(0, self.body, mv) / self.mass[:, None] * self.joint_axis).sum(-1)
+        spin = (torch.zeros(self.B, 3).index_add_(0, self.body, torch.cross(r, mv, dim=-1)) * self.joint_axis).sum(-1)
+        qdot = torch.where(self.joint_kind == SLIDE, slide_v, spin / self.hinge_inertia.clamp_min(1e-9))
+        a = -(self.limit_kb[:, 0] * viol + self.limit_kb[:, 1] * qdot)
+        a = torch.where(viol < 0, a.clamp_min(0.0), a.clamp_max(0.0))
+        a = torch.where(self.soft_limit & (viol != 0), a, 0.0)[self.body]  # (P,)
+        axis = self.joint_axis[self.body]
+        slide = (self.joint_kind == SLIDE)[self.body][:, None]
+        return a[:, None] * torch.where(slide, axis, torch.cross(axis, r, dim=-1))
 
     @staticmethod
     def _friction(dx: Tensor, n: Tensor, depth: Tensor, mu: Tensor) -> Tensor:
@@ -308,6 +356,8 @@ class ParticleWorld:
             # substeps on the positions themselves, so it never turns into velocity (resting stacks stay put)
             self.x = self._shape_match(self._project(self.x, kp_prev, kp_prev, friction=False))
             self.v = self.v + h * acc
+            if bool(self.soft_limit.any()):
+                self.v = self.v + h * self._limit_acceleration()
             rate = self.joint_rate if damping is None else self.joint_rate + damping
             if bool((rate > 0).any()):
                 self.v = self.v / (1.0 + h * rate[self.body, None])

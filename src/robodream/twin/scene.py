@@ -4,7 +4,7 @@ et al., CoRL 2024, Sec. 3): bodies made of particles (physics) with Gaussians bo
 - **Dynamic bodies**: every body with a free joint (Meta-World's objects), and every articulated
   body outside the robot — one slide or hinge joint to a static parent: a drawer, a door, a
   window — whose pose the physics keeps on that joint (:class:`~robodream.twin.pbd.Joint`: axis,
-  anchor, range and damping from MuJoCo). Particles of radius
+  anchor, range, damping and the range's softness from MuJoCo). Particles of radius
   ``particle_radius`` fill its collision geoms on a grid (:func:`~robodream.twin.geometry.volume_points`);
   its mass is MuJoCo's times ``mass_scale`` and its friction MuJoCo's sliding coefficient times
   ``friction_scale`` (the robot's geoms' too: a contact takes the larger coefficient of its two
@@ -30,7 +30,7 @@ import numpy as np
 
 from robodream.errors import ConfigError
 from robodream.twin.geometry import MESH, SUPPORTED, surface_points, volume_points
-from robodream.twin.pbd import HINGE, SLIDE, Joint
+from robodream.twin.pbd import HINGE, SLIDE, Joint, soft_limit_from_solref
 
 
 @dataclass
@@ -216,7 +216,8 @@ def dynamic_body_ids(model, robot: set[int] = frozenset()) -> list[int]:
 
 def body_joint(model, data, b: int) -> Joint | None:
     """The :class:`~robodream.twin.pbd.Joint` of articulated body ``b`` at its current state
-    (world axis and anchor; range relative to the current joint position), None for a free body."""
+    (world axis and anchor; range relative to the current joint position, soft as MuJoCo's limit
+    is: its ``solref`` and ``solimp``), None for a free body."""
     import mujoco
 
     if model.body_jntnum[b] != 1:
@@ -228,8 +229,9 @@ def body_joint(model, data, b: int) -> Joint | None:
     q = float(data.qpos[model.jnt_qposadr[j]])
     lo, hi = (float(model.jnt_range[j][0]) - q, float(model.jnt_range[j][1]) - q) if model.jnt_limited[j] else \
         (-float("inf"), float("inf"))
+    soft = soft_limit_from_solref(model.jnt_solref[j], float(model.jnt_solimp[j][1])) if model.jnt_limited[j] else None
     return Joint(kind, tuple(float(v) for v in data.xaxis[j]), tuple(float(v) for v in data.xanchor[j]), (lo, hi),
-                 float(model.dof_damping[model.jnt_dofadr[j]]))
+                 float(model.dof_damping[model.jnt_dofadr[j]]), soft)
 
 
 def table_height(model, data) -> float:
