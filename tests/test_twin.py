@@ -103,23 +103,27 @@ def test_a_drawer_slides_on_its_joint_and_stops_at_its_range():
 def test_a_soft_limit_gives_way_to_the_robot_and_springs_back():
     """With MuJoCo's soft limit (solref (0.02, 1)), a kinematic pad pushes a box on a slide 2 cm past
     the end of its range (-5 cm), as Meta-World's robot pulls its drawer 4 cm past; a hard range stops
-    it at -5 cm. Let go, the soft limit pushes it back into its range."""
+    it at -5 cm, as does a soft limit whose soft end is the other one. Let go, the soft limit pushes
+    it back into its range."""
     box = torch.cat([cube([dx, 0, 0.1]) for dx in (-2 * R, 2 * R)])
     pad0 = cube([0, 4 * R, 0.1])  # pushing it along -y
     ends = {}
-    for name, soft in (("soft", soft_limit_from_solref((0.02, 1.0))), ("hard", None)):
-        joint = Joint(SLIDE, axis=(0.0, 1.0, 0.0), anchor=(0.0, 0.0, 0.1), range=(-0.05, 0.0), damping=2.0, soft_limit=soft)
+    k_b = soft_limit_from_solref((0.02, 1.0))
+    for name, soft, which in (("soft", k_b, (True, True)), ("hard", None, (True, True)), ("hard end", k_b, (False, True))):
+        joint = Joint(SLIDE, axis=(0.0, 1.0, 0.0), anchor=(0.0, 0.0, 0.1), range=(-0.05, 0.0), damping=2.0, soft_limit=soft,
+                      soft_ends=which)
         w = ParticleWorld(box, torch.zeros(16).long(), torch.tensor([0.4]), torch.tensor([1.0]), pad0, radius=R,
                           table_z=-10.0, joints=[joint])
         for k in range(1, 61):
             w.step(0.0125, pad0 + torch.tensor([0.0, -0.07 * min(k, 40) / 40, 0.0]))
         ends[name] = float(w.joint_position()[0])
-        if soft:
+        if name == "soft":
             away = pad0 + torch.tensor([0.0, -0.5, 0.0])
             for _ in range(80):
                 w.step(0.0125, away)
             assert -0.05 <= float(w.joint_position()[0]) <= 0.002
     assert ends["hard"] == pytest.approx(-0.05, abs=1e-6)
+    assert ends["hard end"] == pytest.approx(-0.05, abs=1e-6)  # soft only at the other end
     assert ends["soft"] == pytest.approx(-0.07, abs=2e-3)  # follows the pad past the range
 
 
@@ -181,6 +185,7 @@ def test_articulated_bodies_of_a_meta_world_scene():
             np.testing.assert_allclose(j.anchor, d.xanchor[m.body_jntadr[ids[0]]])
             assert j.range[1] - j.range[0] == pytest.approx(0.16 if kind == SLIDE else 2.0)
             assert j.soft_limit == pytest.approx((1 / (0.95 * 0.02 ** 2), 100.0))  # MuJoCo's default solref
+            assert j.soft_ends == (True, False)  # closed at the start: a hard stop there
         finally:
             env.close()
 

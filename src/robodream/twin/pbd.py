@@ -23,10 +23,10 @@ matching, a jointed body's pose is projected onto its joint — a slide keeps th
 and the centre of mass on the line through its start along the axis; a hinge keeps only the
 rotation's twist about the axis (swing-twist) and turns the centre of mass about the anchor —
 with the joint coordinate clamped to its range, as a position-level joint constraint does, or,
-for a joint with a ``soft_limit`` (MuJoCo's limits are soft constraints: the position-controlled
-robot pulls a Meta-World drawer 4 cm past the end of its range), not clamped but pushed back into
-its range by a one-sided spring-damper acceleration along the joint, ``-(k * violation + b *
-joint velocity)``, only while out of range and only towards it. The
+at an end of a joint with a ``soft_limit`` (MuJoCo's limits are soft constraints: the
+position-controlled robot pulls a Meta-World drawer 4 cm past the open end of its range), not
+clamped but pushed back into its range by a one-sided spring-damper acceleration along the joint,
+``-(k * violation + b * joint velocity)``, only while out of range and only towards it. The
 joint's damping (MuJoCo's ``dof_damping``) slows the body's velocity; the table plane does not
 act on them (their joint holds them, and the cabinet or frame they move in is not modelled).
 
@@ -72,7 +72,8 @@ class Joint:
     coordinate relative to the start (metres or radians), ``damping`` N s/m or N m s/rad;
     ``soft_limit``: None, the range is a hard clamp, or ``(k, b)``, the range is a soft limit
     (module docstring) of stiffness ``k`` (1/s^2) and damping ``b`` (1/s) — accelerations per unit
-    of violation and of joint velocity, as MuJoCo's ``solref`` gives them (:func:`soft_limit_from_solref`)."""
+    of violation and of joint velocity, as MuJoCo's ``solref`` gives them (:func:`soft_limit_from_solref`);
+    ``soft_ends``: which ends ``(lo, hi)`` the soft limit applies to (the others are hard clamps)."""
 
     kind: int
     axis: tuple[float, float, float]
@@ -80,6 +81,7 @@ class Joint:
     range: tuple[float, float] = (-float("inf"), float("inf"))
     damping: float = 0.0
     soft_limit: tuple[float, float] | None = None
+    soft_ends: tuple[bool, bool] = (True, True)
 
 
 def soft_limit_from_solref(solref, dmax: float = 0.95) -> tuple[float, float]:
@@ -191,7 +193,9 @@ class ParticleWorld:
                                          dtype=torch.float32).view(-1, 3)
         self.joint_range = torch.tensor([(-float("inf"), float("inf")) if j is None else j.range for j in joints],
                                         dtype=torch.float32).view(-1, 2)
-        self.soft_limit = torch.tensor([j is not None and j.soft_limit is not None for j in joints], dtype=torch.bool)
+        self.soft_end = torch.tensor([(False, False) if j is None or j.soft_limit is None else j.soft_ends for j in joints],
+                                     dtype=torch.bool).view(-1, 2)  # (B, 2): the (lo, hi) ends with a soft limit
+        self.soft_limit = self.soft_end.any(-1)  # (B,)
         self.limit_kb = torch.tensor([(0.0, 0.0) if j is None or j.soft_limit is None else j.soft_limit for j in joints],
                                      dtype=torch.float32).view(-1, 2)  # (B, 2): stiffness 1/s^2, damping 1/s
         self.com0 = self.com.clone()  # the joints' zero
@@ -278,7 +282,7 @@ class ParticleWorld:
         """The jointed bodies' poses (centres (B, 3), rotations (B, 3, 3)) moved onto their joints
         (module docstring); free bodies unchanged."""
         a, lo, hi = self.joint_axis, self.joint_range[:, 0], self.joint_range[:, 1]
-        lo, hi = torch.where(self.soft_limit, -float("inf"), lo), torch.where(self.soft_limit, float("inf"), hi)
+        lo, hi = torch.where(self.soft_end[:, 0], -float("inf"), lo), torch.where(self.soft_end[:, 1], float("inf"), hi)
         s = torch.clamp(((c - self.com0) * a).sum(-1), lo, hi)
         c_slide = self.com0 + s[:, None] * a
         theta = torch.clamp(twist_angle(R, a), lo, hi)
@@ -303,7 +307,8 @@ class ParticleWorld:
         qdot = torch.where(self.joint_kind == SLIDE, slide_v, spin / self.hinge_inertia.clamp_min(1e-9))
         a = -(self.limit_kb[:, 0] * viol + self.limit_kb[:, 1] * qdot)
         a = torch.where(viol < 0, a.clamp_min(0.0), a.clamp_max(0.0))
-        a = torch.where(self.soft_limit & (viol != 0), a, 0.0)[self.body]  # (P,)
+        soft = ((viol < 0) & self.soft_end[:, 0]) | ((viol > 0) & self.soft_end[:, 1])
+        a = torch.where(soft, a, 0.0)[self.body]  # (P,)
         axis = self.joint_axis[self.body]
         slide = (self.joint_kind == SLIDE)[self.body][:, None]
         return a[:, None] * torch.where(slide, axis, torch.cross(axis, r, dim=-1))

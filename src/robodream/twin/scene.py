@@ -216,8 +216,14 @@ def dynamic_body_ids(model, robot: set[int] = frozenset()) -> list[int]:
 
 def body_joint(model, data, b: int) -> Joint | None:
     """The :class:`~robodream.twin.pbd.Joint` of articulated body ``b`` at its current state
-    (world axis and anchor; range relative to the current joint position, soft as MuJoCo's limit
-    is: its ``solref`` and ``solimp``), None for a free body."""
+    (world axis and anchor; range relative to the current joint position), None for a free body.
+
+    The range's ends are soft as MuJoCo's limits are (its ``solref`` and ``solimp``), except the end
+    the body starts at, a hard stop: a Meta-World fixture starts closed against its frame, which the
+    twin does not model (drawer-open's drawer against the static RetainingWall: MuJoCo lets a 1000 N
+    push close it 2.6 mm past that end, and the same pull open it 52 mm past the other), and no
+    task's force pushes it further closed; a soft start end let the visual forces' bias at rest (tens
+    of newtons) push the twin's door into its frame and spring it open (door-open seed 4, RESULTS.md)."""
     import mujoco
 
     if model.body_jntnum[b] != 1:
@@ -231,7 +237,7 @@ def body_joint(model, data, b: int) -> Joint | None:
         (-float("inf"), float("inf"))
     soft = soft_limit_from_solref(model.jnt_solref[j], float(model.jnt_solimp[j][1])) if model.jnt_limited[j] else None
     return Joint(kind, tuple(float(v) for v in data.xaxis[j]), tuple(float(v) for v in data.xanchor[j]), (lo, hi),
-                 float(model.dof_damping[model.jnt_dofadr[j]]), soft)
+                 float(model.dof_damping[model.jnt_dofadr[j]]), soft, (abs(lo) > 1e-6, abs(hi) > 1e-6))
 
 
 def table_height(model, data) -> float:
