@@ -141,7 +141,7 @@ def test_lambda_weights_action_loss():
     for lam in (1.0, 5.0):
         m = random_policy(tiny_cfg(action_loss_weight=lam))
         loss, logs = m(state, ref, actions, task, fut, generator=torch.Generator().manual_seed(0))
-        losses[lam] = (float(loss), logs)
+        losses[lam] = (loss.item(), logs)
     for lam, (loss, logs) in losses.items():
         assert loss == pytest.approx(logs["loss_video"] + lam * logs["loss_action"], rel=1e-5)
 
