@@ -16,21 +16,16 @@ import numpy as np
 import torch
 
 from robodream.envs.meta_world import MetaWorldEnv
-from robodream.twin.track import TrackConfig, body_pose, build_scene, twin_env_config
-from robodream.twin.twin import DigitalTwin, TwinConfig
+from robodream.twin.track import TrackConfig, body_pose, start_twin, twin_env_config
+from robodream.twin.twin import TwinConfig
 
 seed = int(sys.argv[1])
 overrides = {"mass_scale": 3.0, "friction_scale": 0.3, **(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})}
 cfg = TrackConfig(task="door-open-v3", seed=seed, twin=TwinConfig(**overrides))
 env = MetaWorldEnv(twin_env_config(cfg))
 try:
-    obs = env.reset(seed)
+    obs, twin, kin_ids, dyn_ids, _ = start_twin(env, cfg, seed)
     model, data = env.mujoco_model, env.mujoco_data
-    scene = build_scene(env, cfg.twin)
-    kin_ids = [b.body_id for b in scene.kinematic]
-    dyn_ids = [b.body_id for b in scene.dynamic]
-    twin = DigitalTwin(scene, cfg.twin, [body_pose(data, b) for b in dyn_ids], [body_pose(data, b) for b in kin_ids])
-    twin.fit_colors(obs.images)
     qadr = model.jnt_qposadr[model.body_jntadr[dyn_ids[0]]]
     q0, ph = float(data.qpos[qadr]), twin.physics
     print(f"door mass {float(ph.mass[0]):.2f} kg, inertia about the hinge {float(ph.hinge_inertia[0]):.3f} kg m^2")

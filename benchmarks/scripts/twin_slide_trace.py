@@ -18,8 +18,8 @@ import mujoco
 import numpy as np
 
 from robodream.envs.meta_world import EnvConfig, MetaWorldEnv
-from robodream.twin.track import TrackConfig, body_pose, build_scene, twin_env_config
-from robodream.twin.twin import DigitalTwin, TwinConfig
+from robodream.twin.track import TrackConfig, body_pose, start_twin, twin_env_config
+from robodream.twin.twin import TwinConfig
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 seed = int(args[0])
@@ -44,13 +44,8 @@ finally:
 
 env = MetaWorldEnv(twin_env_config(cfg))
 try:
-    obs = env.reset(seed)
+    obs, twin, kin_ids, dyn_ids, _ = start_twin(env, cfg, seed)
     model, data = env.mujoco_model, env.mujoco_data
-    scene = build_scene(env, cfg.twin)
-    kin_ids = [b.body_id for b in scene.kinematic]
-    dyn_ids = [b.body_id for b in scene.dynamic]
-    twin = DigitalTwin(scene, cfg.twin, [body_pose(data, b) for b in dyn_ids], [body_pose(data, b) for b in kin_ids])
-    twin.fit_colors(obs.images)
     qadr = model.jnt_qposadr[model.body_jntadr[dyn_ids[0]]]
     print(f"twin joint: range {twin.physics.joint_range[0].tolist()}, soft ends {twin.physics.soft_end[0].tolist()}")
     errors = []

@@ -294,12 +294,16 @@ class ParticleWorld:
         R = torch.where(slide[:, None, None], eye, torch.where(hinge[:, None, None], R_hinge, R))
         return c, R
 
-    def _limit_acceleration(self) -> Tensor:
+    def _limit_acceleration(self) -> Tensor | None:
         """Per-particle accelerations (P, 3) of the soft joint limits (module docstring): for each body
         out of its range, ``-(k * violation + b * joint velocity)`` along its joint, kept only where it
-        points back into the range (a limit pushes, it does not pull); 0 for every other particle."""
+        points back into the range (a limit pushes, it does not pull); 0 for every other particle.
+        None when no body is past a soft end (the usual case: nothing to add)."""
         q = self.joint_position()
         viol = q - torch.clamp(q, self.joint_range[:, 0], self.joint_range[:, 1])
+        soft = ((viol < 0) & self.soft_end[:, 0]) | ((viol > 0) & self.soft_end[:, 1])
+        if not bool(soft.any()):
+            return None
         r = self.x - self.joint_anchor[self.body]
         mv = self.m[:, None] * self.v
         slide_v = (torch.zeros(self.B, 3).index_add_(0, self.body, mv) / self.mass[:, None] * self.joint_axis).sum(-1)
@@ -307,7 +311,6 @@ class ParticleWorld:
         qdot = torch.where(self.joint_kind == SLIDE, slide_v, spin / self.hinge_inertia.clamp_min(1e-9))
         a = -(self.limit_kb[:, 0] * viol + self.limit_kb[:, 1] * qdot)
         a = torch.where(viol < 0, a.clamp_min(0.0), a.clamp_max(0.0))
-        soft = ((viol < 0) & self.soft_end[:, 0]) | ((viol > 0) & self.soft_end[:, 1])
         a = torch.where(soft, a, 0.0)[self.body]  # (P,)
         axis = self.joint_axis[self.body]
         slide = (self.joint_kind == SLIDE)[self.body][:, None]
@@ -361,8 +364,9 @@ class ParticleWorld:
             # substeps on the positions themselves, so it never turns into velocity (resting stacks stay put)
             self.x = self._shape_match(self._project(self.x, kp_prev, kp_prev, friction=False))
             self.v = self.v + h * acc
-            if bool(self.soft_limit.any()):
-                self.v = self.v + h * self._limit_acceleration()
+            limit = self._limit_acceleration() if bool(self.soft_limit.any()) else None
+            if limit is not None:
+                self.v = self.v + h * limit
             rate = self.joint_rate if damping is None else self.joint_rate + damping
             if bool((rate > 0).any()):
                 self.v = self.v / (1.0 + h * rate[self.body, None])

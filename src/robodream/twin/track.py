@@ -62,6 +62,25 @@ def _touching(model, data, dynamic_ids: set[int], robot_ids: set[int]) -> bool:
     return False
 
 
+def start_twin(env, cfg: TrackConfig, seed: int) -> tuple[Any, DigitalTwin, list[int], list[int], float]:
+    """Reset ``env`` (a :class:`~robodream.envs.meta_world.MetaWorldEnv` rendering the twin's cameras,
+    :func:`twin_env_config`) to ``seed`` and build the twin on it at the true initial poses, its
+    colours fitted to the first frames. Returns the first observation, the twin, the MuJoCo body ids
+    of its kinematic and dynamic bodies (in the twin's order) and the colour fit's L1 error.
+
+    Raises:
+        ConfigError: as :func:`~robodream.twin.scene.build_scene`.
+    """
+    obs = env.reset(seed)
+    data = env.mujoco_data
+    scene = build_scene(env, cfg.twin)
+    kin_ids = [b.body_id for b in scene.kinematic]
+    dyn_ids = [b.body_id for b in scene.dynamic]
+    twin = DigitalTwin(scene, cfg.twin, [body_pose(data, b) for b in dyn_ids], [body_pose(data, b) for b in kin_ids])
+    fit_error = twin.fit_colors(obs.images)  # the appearance, captured at the true initial pose
+    return obs, twin, kin_ids, dyn_ids, fit_error
+
+
 def track_episode(env, cfg: TrackConfig, seed: int, record: bool = False) -> dict[str, Any]:
     """Track one expert episode from ``env.reset(seed)`` (module docstring). Returns the per-step
     ``pos_error_mm`` / ``rot_error_deg`` (mean over dynamic bodies), ``contact`` flags, the summary
@@ -70,14 +89,9 @@ def track_episode(env, cfg: TrackConfig, seed: int, record: bool = False) -> dic
     import mujoco
     import torch
 
-    obs = env.reset(seed)
+    obs, twin, kin_ids, dyn_ids, fit_error = start_twin(env, cfg, seed)
     model, data = env.mujoco_model, env.mujoco_data
-    scene = build_scene(env, cfg.twin)
-    kin_ids = [b.body_id for b in scene.kinematic]
-    dyn_ids = [b.body_id for b in scene.dynamic]
     robot_bodies = set(subtree(model, mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, cfg.twin.robot_root)))
-    twin = DigitalTwin(scene, cfg.twin, [body_pose(data, b) for b in dyn_ids], [body_pose(data, b) for b in kin_ids])
-    fit_error = twin.fit_colors(obs.images)  # the appearance, captured at the true initial pose
     twin.displace(cfg.init_offset)  # then the state estimate is (optionally) wrong
     pos_err, rot_err, contact, l1, frames = [], [], [], [], []
     twin_s, diverged, first_success = 0.0, None, None
